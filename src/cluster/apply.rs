@@ -1,0 +1,318 @@
+//! Writing a plan: only Secrets with differences, only the changed keys.
+//!
+//! Every update is a JSON merge patch carrying the resourceVersion it was
+//! planned against, so a concurrent edit makes the API server answer 409
+//! instead of being overwritten; credsync then re-reads that one Secret,
+//! re-plans it and tries again (bounded).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use chrono::{SecondsFormat, Utc};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::diff::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_after};
+use super::{
+    CREATED_ANNOTATION, Cluster, FINGERPRINT_ANNOTATION, LAST_SYNC_ANNOTATION, LiveSecret,
+    LiveState, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, MAX_SECRET_BYTES,
+    describe_kube_error,
+};
+use crate::manifest::{DesiredSecret, Manifest, SecretRef};
+
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Send server-side dry-run requests: validated, never stored.
+    pub dry_run: bool,
+    /// Secrets written at once.
+    pub concurrency: usize,
+    /// Tries per Secret when the API server reports a concurrent change.
+    pub max_attempts: u32,
+    pub diff: DiffOptions,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            concurrency: 8,
+            max_attempts: 4,
+            diff: DiffOptions::default(),
+        }
+    }
+}
+
+/// A Secret that was not written, and why (never a value).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WriteFailure {
+    pub secret: SecretRef,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    /// The changes as finally written (re-planned ones may differ from the plan).
+    pub written: Vec<SecretChange>,
+    pub failed: Vec<WriteFailure>,
+}
+
+enum Attempt {
+    Done,
+    /// The Secret moved under us: re-read and re-plan.
+    Stale,
+}
+
+impl Cluster {
+    /// Applies every change of `plan`; one Secret's failure does not stop the others.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        manifest: &Manifest,
+        live: &LiveState,
+        options: ApplyOptions,
+    ) -> ApplyOutcome {
+        let results: Vec<(SecretRef, Result<Option<SecretChange>, String>)> =
+            futures::stream::iter(&plan.changes)
+                .map(|change| async move {
+                    let desired = manifest.secrets.get(&change.secret);
+                    let live = live.secrets.get(&change.secret).cloned();
+                    let result = self.apply_one(change.clone(), desired, live, options).await;
+                    (change.secret.clone(), result)
+                })
+                .buffer_unordered(options.concurrency.max(1))
+                .collect()
+                .await;
+        let mut outcome = ApplyOutcome::default();
+        for (secret, result) in results {
+            match result {
+                Ok(Some(change)) => {
+                    self.metrics
+                        .secrets_written
+                        .with_label_values(&[change.action.as_str()])
+                        .inc();
+                    outcome.written.push(change);
+                }
+                Ok(None) => {}
+                Err(reason) => outcome.failed.push(WriteFailure { secret, reason }),
+            }
+        }
+        outcome.written.sort_by(|a, b| a.secret.cmp(&b.secret));
+        outcome.failed.sort_by(|a, b| a.secret.cmp(&b.secret));
+        outcome
+    }
+
+    async fn apply_one(
+        &self,
+        mut change: SecretChange,
+        desired: Option<&DesiredSecret>,
+        mut live: Option<LiveSecret>,
+        options: ApplyOptions,
+    ) -> Result<Option<SecretChange>, String> {
+        let empty = DesiredSecret::default();
+        let desired_or_empty = desired.unwrap_or(&empty);
+        for _ in 0..options.max_attempts.max(1) {
+            match self
+                .write(&change, desired_or_empty, live.as_ref(), options.dry_run)
+                .await
+            {
+                Ok(Attempt::Done) => return Ok(Some(change)),
+                Ok(Attempt::Stale) => {}
+                Err(reason) => {
+                    self.metrics
+                        .secret_write_failures
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    return Err(reason);
+                }
+            }
+            live = self.get(&change.secret).await.map_err(|e| e.to_string())?;
+            match diff_secret(&change.secret, desired, live.as_ref(), options.diff) {
+                Ok(Some(replanned)) => change = replanned,
+                Ok(None) => return Ok(None),
+                Err(skip) => return Err(skip.reason),
+            }
+        }
+        self.metrics
+            .secret_write_failures
+            .with_label_values(&["conflict"])
+            .inc();
+        Err(format!(
+            "gave up after {} attempts: the Secret kept changing concurrently; the next reconcile retries",
+            options.max_attempts
+        ))
+    }
+
+    async fn write(
+        &self,
+        change: &SecretChange,
+        desired: &DesiredSecret,
+        live: Option<&LiveSecret>,
+        dry_run: bool,
+    ) -> Result<Attempt, String> {
+        let secret = &change.secret;
+        let api = self.secrets(&secret.namespace);
+        let result = match (change.action, live) {
+            (Action::Delete, Some(live)) => {
+                let params = DeleteParams {
+                    dry_run,
+                    preconditions: Some(Preconditions {
+                        resource_version: live.resource_version.clone(),
+                        uid: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                self.count("delete");
+                api.delete(&secret.name, &params).await.map(|_| ())
+            }
+            (Action::Create, _) => {
+                check_size(change, desired, None)?;
+                let body = new_secret(change, desired);
+                let params = PostParams {
+                    dry_run,
+                    field_manager: Some(self.field_manager.clone()),
+                };
+                self.count("create");
+                api.create(&params, &body).await.map(|_| ())
+            }
+            // The Secret vanished since it was read: re-plan it.
+            (Action::Update | Action::Delete, None) => return Ok(Attempt::Stale),
+            (Action::Update, Some(live)) => {
+                check_size(change, desired, Some(live))?;
+                let body = update_patch(change, desired, live);
+                let mut params = PatchParams::default();
+                params.dry_run = dry_run;
+                params.field_manager = Some(self.field_manager.clone());
+                self.count("patch");
+                api.patch(&secret.name, &params, &Patch::Merge(&body))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => Ok(Attempt::Done),
+            Err(kube::Error::Api(status))
+                if status.is_conflict() || status.is_already_exists() || status.is_not_found() =>
+            {
+                tracing::info!(secret = %secret, reason = %status.reason, "Secret changed concurrently; re-planning it");
+                Ok(Attempt::Stale)
+            }
+            Err(err) => Err(format!(
+                "API server refused the write: {}",
+                describe_kube_error(&err)
+            )),
+        }
+    }
+}
+
+fn check_size(
+    change: &SecretChange,
+    desired: &DesiredSecret,
+    live: Option<&LiveSecret>,
+) -> Result<(), String> {
+    let mut sizes: BTreeMap<&str, usize> = live
+        .map(|l| {
+            l.data
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.expose().len()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for key in &change.removed {
+        sizes.remove(key.as_str());
+    }
+    for key in change.added.iter().chain(&change.changed) {
+        if let Some(want) = desired.keys.get(key) {
+            sizes.insert(key, want.value.expose().len());
+        }
+    }
+    if sizes.values().sum::<usize>() > MAX_SECRET_BYTES {
+        return Err("not written: the Secret would exceed Kubernetes' 1 MiB size limit; split its keys across Secrets".to_owned());
+    }
+    Ok(())
+}
+
+fn annotations(
+    desired: &DesiredSecret,
+    live: Option<&LiveSecret>,
+    removed: &[String],
+) -> BTreeMap<String, String> {
+    let owned = match live {
+        Some(live) => owned_after(desired, live, removed),
+        None => desired.keys.keys().cloned().collect(),
+    };
+    // The fingerprint covers key names and source versions, never values.
+    let mut hash = Sha256::new();
+    for (key, want) in &desired.keys {
+        hash.update(format!("{key}={}\n", want.source).as_bytes());
+    }
+    BTreeMap::from([
+        (
+            MANAGED_KEYS_ANNOTATION.to_owned(),
+            owned.into_iter().collect::<Vec<_>>().join(","),
+        ),
+        (
+            LAST_SYNC_ANNOTATION.to_owned(),
+            Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        ),
+        (
+            FINGERPRINT_ANNOTATION.to_owned(),
+            format!("sha256:{}", &hex::encode(hash.finalize())[..32]),
+        ),
+    ])
+}
+
+fn new_secret(change: &SecretChange, desired: &DesiredSecret) -> Secret {
+    let mut annotations = annotations(desired, None, &[]);
+    annotations.insert(CREATED_ANNOTATION.to_owned(), "true".to_owned());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(change.secret.name.clone()),
+            namespace: Some(change.secret.namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGED_BY_VALUE.to_owned(),
+            )])),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            desired
+                .keys
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.value.expose().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// A merge patch with only the changed keys, guarded by resourceVersion.
+fn update_patch(change: &SecretChange, desired: &DesiredSecret, live: &LiveSecret) -> Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut data = Map::new();
+    for key in change.added.iter().chain(&change.changed) {
+        if let Some(want) = desired.keys.get(key) {
+            data.insert(key.clone(), Value::String(b64.encode(want.value.expose())));
+        }
+    }
+    for key in &change.removed {
+        data.insert(key.clone(), Value::Null);
+    }
+    let mut patch = json!({
+        "metadata": {
+            "resourceVersion": live.resource_version,
+            "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE },
+            "annotations": annotations(desired, Some(live), &change.removed),
+        }
+    });
+    if !data.is_empty() {
+        patch["data"] = Value::Object(data);
+    }
+    patch
+}

@@ -1,0 +1,371 @@
+//! The plan: per Secret, what must change, in key names only (SPEC 3).
+//!
+//! A [`Plan`] never holds a value, a value's hash or its length, so it can be
+//! printed into a pull request. Apply looks values up in the manifest.
+
+use std::collections::BTreeSet;
+
+use super::{LiveSecret, LiveState};
+use crate::credstash::ItemFailure;
+use crate::manifest::{Conflict, DesiredSecret, Manifest, SecretRef, Skip};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// What one Secret needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretChange {
+    pub secret: SecretRef,
+    pub action: Action,
+    /// The Secret exists but credsync did not create or manage it yet.
+    pub adopt: bool,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// What a reconcile would do.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Plan {
+    pub changes: Vec<SecretChange>,
+    pub unchanged: usize,
+    pub skipped: Vec<Skip>,
+    pub conflicts: Vec<Conflict>,
+    pub failures: Vec<FailedItem>,
+}
+
+/// A failed item as the plan shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedItem {
+    pub item: String,
+    pub version: String,
+    pub reason: String,
+}
+
+impl From<&ItemFailure> for FailedItem {
+    fn from(f: &ItemFailure) -> Self {
+        Self {
+            item: f.id.name.clone(),
+            version: f.id.version.clone(),
+            reason: f.reason.clone(),
+        }
+    }
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    pub fn count(&self, action: Action) -> usize {
+        self.changes.iter().filter(|c| c.action == action).count()
+    }
+}
+
+/// Switches for the destructive parts of a plan.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffOptions {
+    /// Remove owned keys the table no longer names.
+    pub prune_keys: bool,
+    /// Delete a Secret credsync created once it has no keys left.
+    pub delete_empty: bool,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        Self {
+            prune_keys: true,
+            delete_empty: true,
+        }
+    }
+}
+
+/// Diffs every Secret the manifest names, and every managed Secret in scope.
+pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan {
+    let mut plan = Plan {
+        skipped: manifest.skipped.clone(),
+        conflicts: manifest.conflicts.clone(),
+        failures: manifest.failures.iter().map(FailedItem::from).collect(),
+        ..Plan::default()
+    };
+    let mut subjects: BTreeSet<&SecretRef> = manifest.secrets.keys().collect();
+    subjects.extend(
+        live.secrets
+            .values()
+            .filter(|s| s.managed && manifest.in_scope(&s.secret.namespace))
+            .map(|s| &s.secret),
+    );
+    for secret in subjects {
+        match diff_secret(
+            secret,
+            manifest.secrets.get(secret),
+            live.secrets.get(secret),
+            options,
+        ) {
+            Ok(Some(change)) => plan.changes.push(change),
+            Ok(None) => plan.unchanged += 1,
+            Err(skip) => plan.skipped.push(skip),
+        }
+    }
+    plan
+}
+
+/// The change one Secret needs, `None` if it is in step, or a reason to leave it alone.
+pub fn diff_secret(
+    secret: &SecretRef,
+    desired: Option<&DesiredSecret>,
+    live: Option<&LiveSecret>,
+    options: DiffOptions,
+) -> Result<Option<SecretChange>, Skip> {
+    let empty = DesiredSecret::default();
+    let desired = desired.unwrap_or(&empty);
+    let change = |action, adopt, added, changed, removed| SecretChange {
+        secret: secret.clone(),
+        action,
+        adopt,
+        added,
+        changed,
+        removed,
+    };
+    let Some(live) = live else {
+        let added: Vec<String> = desired.keys.keys().cloned().collect();
+        return Ok(
+            (!added.is_empty()).then(|| change(Action::Create, false, added, vec![], vec![]))
+        );
+    };
+    if live.type_ != "Opaque" {
+        return Err(Skip {
+            subject: secret.to_string(),
+            reason: format!(
+                "Secret has type {}; credsync only writes Opaque Secrets",
+                live.type_
+            ),
+        });
+    }
+    let mut added = Vec::new();
+    let mut changed = Vec::new();
+    for (key, want) in &desired.keys {
+        match live.data.get(key) {
+            None => added.push(key.clone()),
+            Some(have) if !want.value.ct_eq(have.expose()) => changed.push(key.clone()),
+            Some(_) => {}
+        }
+    }
+    let removed: Vec<String> = if options.prune_keys {
+        live.owned_keys
+            .iter()
+            .filter(|k| !desired.keys.contains_key(*k) && !desired.held.contains_key(*k))
+            .filter(|k| live.data.contains_key(*k))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let remaining = live.data.len() + added.len() - removed.len();
+    if live.created_by_credsync && options.delete_empty && remaining == 0 && desired.held.is_empty()
+    {
+        return Ok(Some(change(Action::Delete, false, vec![], vec![], removed)));
+    }
+    // Ownership must also follow the table: a key the table stopped naming
+    // (pruning off) or a newly adopted Secret needs its annotation rewritten.
+    let owned_now = owned_after(desired, live, &removed);
+    let ownership_changed =
+        !live.managed && !desired.keys.is_empty() || owned_now != live.owned_keys;
+    if added.is_empty() && changed.is_empty() && removed.is_empty() && !ownership_changed {
+        return Ok(None);
+    }
+    Ok(Some(change(
+        Action::Update,
+        !live.managed,
+        added,
+        changed,
+        removed,
+    )))
+}
+
+/// The keys credsync owns once a change is applied: the table's keys, the
+/// held keys it already owned, and owned keys kept because pruning is off.
+pub fn owned_after(
+    desired: &DesiredSecret,
+    live: &LiveSecret,
+    removed: &[String],
+) -> BTreeSet<String> {
+    let mut owned: BTreeSet<String> = desired.keys.keys().cloned().collect();
+    owned.extend(
+        live.owned_keys
+            .iter()
+            .filter(|k| !removed.contains(k) && live.data.contains_key(*k))
+            .cloned(),
+    );
+    owned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credstash::ItemId;
+    use crate::manifest::{DesiredKey, Hold};
+    use crate::secret::SecretValue;
+    use std::collections::BTreeMap;
+
+    fn sref() -> SecretRef {
+        SecretRef::new("ns", "app")
+    }
+
+    fn desired(pairs: &[(&str, &str)]) -> DesiredSecret {
+        let mut d = DesiredSecret::default();
+        for (k, v) in pairs {
+            d.keys.insert(
+                k.to_string(),
+                DesiredKey {
+                    value: SecretValue::new(v.as_bytes().to_vec()),
+                    source: ItemId {
+                        name: format!("ns/app/{k}"),
+                        version: "1".into(),
+                    },
+                },
+            );
+        }
+        d
+    }
+
+    fn live(pairs: &[(&str, &str)], owned: &[&str], created: bool) -> LiveSecret {
+        LiveSecret {
+            secret: sref(),
+            type_: "Opaque".into(),
+            data: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), SecretValue::new(v.as_bytes().to_vec())))
+                .collect::<BTreeMap<_, _>>(),
+            managed: !owned.is_empty() || created,
+            owned_keys: owned.iter().map(|s| s.to_string()).collect(),
+            created_by_credsync: created,
+            resource_version: Some("7".into()),
+        }
+    }
+
+    fn diff(d: &DesiredSecret, l: Option<&LiveSecret>) -> Option<SecretChange> {
+        diff_secret(&sref(), Some(d), l, DiffOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn missing_secret_is_created_with_all_keys() {
+        let c = diff(&desired(&[("A", "1"), ("B", "2")]), None).unwrap();
+        assert_eq!(c.action, Action::Create);
+        assert_eq!(c.added, ["A", "B"]);
+    }
+
+    #[test]
+    fn in_step_secret_is_unchanged() {
+        let l = live(&[("A", "1"), ("OTHER", "x")], &["A"], true);
+        assert_eq!(diff(&desired(&[("A", "1")]), Some(&l)), None);
+    }
+
+    #[test]
+    fn update_lists_added_changed_and_removed_owned_keys_only() {
+        let l = live(
+            &[("A", "1"), ("B", "old"), ("GONE", "z"), ("HANDS_OFF", "h")],
+            &["A", "B", "GONE"],
+            true,
+        );
+        let c = diff(&desired(&[("A", "1"), ("B", "new"), ("C", "3")]), Some(&l)).unwrap();
+        assert_eq!(c.action, Action::Update);
+        assert_eq!(
+            (c.added, c.changed, c.removed),
+            (
+                vec!["C".to_string()],
+                vec!["B".to_string()],
+                vec!["GONE".to_string()]
+            )
+        );
+    }
+
+    #[test]
+    fn held_keys_are_never_removed() {
+        let l = live(&[("A", "1"), ("B", "2")], &["A", "B"], true);
+        let mut d = desired(&[("A", "1")]);
+        d.held.insert("B".into(), Hold::Failed);
+        assert_eq!(diff(&d, Some(&l)), None);
+    }
+
+    #[test]
+    fn unmanaged_secret_is_adopted_without_touching_other_keys() {
+        let l = live(&[("THEIRS", "t"), ("A", "old")], &[], false);
+        let c = diff(&desired(&[("A", "new")]), Some(&l)).unwrap();
+        assert!(c.adopt);
+        assert_eq!(c.changed, ["A"]);
+        assert!(c.removed.is_empty());
+        // Same values: still adopted (labels), with no key changes.
+        let l = live(&[("A", "new")], &[], false);
+        let c = diff(&desired(&[("A", "new")]), Some(&l)).unwrap();
+        assert!(c.adopt && c.added.is_empty() && c.changed.is_empty());
+    }
+
+    #[test]
+    fn created_secret_left_empty_is_deleted_unless_switched_off() {
+        let l = live(&[("A", "1")], &["A"], true);
+        let c = diff_secret(&sref(), None, Some(&l), DiffOptions::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.action, Action::Delete);
+        let keep = DiffOptions {
+            prune_keys: true,
+            delete_empty: false,
+        };
+        let c = diff_secret(&sref(), None, Some(&l), keep).unwrap().unwrap();
+        assert_eq!(
+            (c.action, c.removed.clone()),
+            (Action::Update, vec!["A".to_string()])
+        );
+        let no_prune = DiffOptions {
+            prune_keys: false,
+            delete_empty: true,
+        };
+        assert_eq!(
+            diff_secret(&sref(), None, Some(&l), no_prune).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn adopted_secret_is_never_deleted() {
+        let mut l = live(&[("A", "1"), ("THEIRS", "t")], &["A"], false);
+        l.managed = true;
+        let c = diff_secret(&sref(), None, Some(&l), DiffOptions::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.action, c.removed),
+            (Action::Update, vec!["A".to_string()])
+        );
+    }
+
+    #[test]
+    fn other_types_are_skipped() {
+        let mut l = live(&[], &[], false);
+        l.type_ = "kubernetes.io/tls".into();
+        let skip = diff_secret(
+            &sref(),
+            Some(&desired(&[("A", "1")])),
+            Some(&l),
+            DiffOptions::default(),
+        )
+        .unwrap_err();
+        assert!(skip.reason.contains("kubernetes.io/tls"));
+    }
+}

@@ -1,0 +1,219 @@
+//! The cluster side: live Secrets, the diff against the manifest, and apply.
+//!
+//! Reads are kept to what the diff needs: one labelled list of the Secrets
+//! credsync manages (across namespaces), one list of namespaces, and a get
+//! for each desired Secret that is not managed yet (an adoption candidate or
+//! a Secret to create). In steady state that is two list calls.
+
+mod apply;
+pub mod diff;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ListParams};
+
+use crate::manifest::{Manifest, SecretRef};
+use crate::metrics::Metrics;
+use crate::secret::SecretValue;
+
+pub use apply::{ApplyOptions, ApplyOutcome, WriteFailure};
+pub use diff::{Action, DiffOptions, Plan, SecretChange};
+
+/// Marks the Secrets credsync manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "credsync";
+/// Comma-separated data keys credsync owns in the Secret.
+pub const MANAGED_KEYS_ANNOTATION: &str = "credsync.io/managed-keys";
+/// When credsync last wrote the Secret (RFC 3339, UTC).
+pub const LAST_SYNC_ANNOTATION: &str = "credsync.io/last-sync";
+/// Hash of the owned keys' sources (name@version), never of values.
+pub const FINGERPRINT_ANNOTATION: &str = "credsync.io/fingerprint";
+/// Present when credsync created the Secret, so it may delete it when empty.
+pub const CREATED_ANNOTATION: &str = "credsync.io/created";
+/// Kubernetes' limit on a Secret's data.
+pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+
+/// A Secret as it lives in the cluster, reduced to what the diff needs.
+#[derive(Debug, Clone)]
+pub struct LiveSecret {
+    pub secret: SecretRef,
+    pub type_: String,
+    pub data: BTreeMap<String, SecretValue>,
+    /// Labelled as managed by credsync.
+    pub managed: bool,
+    /// Keys the managed-keys annotation says credsync owns.
+    pub owned_keys: BTreeSet<String>,
+    pub created_by_credsync: bool,
+    pub resource_version: Option<String>,
+}
+
+impl LiveSecret {
+    fn from_k8s(secret: Secret) -> Option<Self> {
+        let meta = secret.metadata;
+        let namespace = meta.namespace?;
+        let name = meta.name?;
+        let labels = meta.labels.unwrap_or_default();
+        let annotations = meta.annotations.unwrap_or_default();
+        let managed = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
+        let owned_keys = annotations
+            .get(MANAGED_KEYS_ANNOTATION)
+            .map(|keys| {
+                keys.split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            secret: SecretRef::new(namespace, name),
+            type_: secret.type_.unwrap_or_else(|| "Opaque".to_owned()),
+            data: secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, SecretValue::new(v.0)))
+                .collect(),
+            managed,
+            owned_keys: if managed { owned_keys } else { BTreeSet::new() },
+            created_by_credsync: managed && annotations.contains_key(CREATED_ANNOTATION),
+            resource_version: meta.resource_version,
+        })
+    }
+}
+
+/// The live Secrets relevant to a manifest.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    pub secrets: BTreeMap<SecretRef, LiveSecret>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "cannot configure the Kubernetes client: {0} (set KUBECONFIG or run in a pod with a service account)"
+    )]
+    Config(#[source] kube::Error),
+    #[error("Kubernetes API call failed while {doing}: {cause}")]
+    Api { doing: String, cause: String },
+}
+
+/// The Kubernetes client plus call counting.
+#[derive(Clone)]
+pub struct Cluster {
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    field_manager: String,
+}
+
+impl Cluster {
+    /// Connects from KUBECONFIG or the in-cluster service account.
+    pub async fn connect(metrics: Arc<Metrics>) -> Result<Self, ClusterError> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(ClusterError::Config)?;
+        Ok(Self::from_client(client, metrics))
+    }
+
+    pub fn from_client(client: kube::Client, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            metrics,
+            field_manager: "credsync".to_owned(),
+        }
+    }
+
+    fn count(&self, verb: &str) {
+        self.metrics
+            .kubernetes_requests
+            .with_label_values(&[verb])
+            .inc();
+    }
+
+    fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Names of the namespaces that exist (credsync never creates one).
+    pub async fn namespaces(&self) -> Result<BTreeSet<String>, ClusterError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut names = BTreeSet::new();
+        let mut params = ListParams::default().limit(500);
+        loop {
+            self.count("list");
+            let page = api
+                .list_metadata(&params)
+                .await
+                .map_err(|e| api_error("listing namespaces", e))?;
+            names.extend(page.items.into_iter().filter_map(|ns| ns.metadata.name));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => return Ok(names),
+            }
+        }
+    }
+
+    /// The managed Secrets, plus every Secret the manifest names that is
+    /// not managed yet (to create or adopt).
+    pub async fn live_state(&self, manifest: &Manifest) -> Result<LiveState, ClusterError> {
+        let mut state = LiveState::default();
+        let api: Api<Secret> = Api::all(self.client.clone());
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let mut params = ListParams::default().labels(&selector).limit(500);
+        loop {
+            self.count("list");
+            let page = api
+                .list(&params)
+                .await
+                .map_err(|e| api_error("listing managed Secrets", e))?;
+            for secret in page.items.into_iter().filter_map(LiveSecret::from_k8s) {
+                state.secrets.insert(secret.secret.clone(), secret);
+            }
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        let unmanaged: Vec<&SecretRef> = manifest
+            .secrets
+            .keys()
+            .filter(|secret| !state.secrets.contains_key(*secret))
+            .collect();
+        let fetched =
+            futures::future::try_join_all(unmanaged.into_iter().map(|secret| self.get(secret)))
+                .await?;
+        for secret in fetched.into_iter().flatten() {
+            state.secrets.insert(secret.secret.clone(), secret);
+        }
+        Ok(state)
+    }
+
+    /// One Secret, or `None` if it does not exist.
+    pub async fn get(&self, secret: &SecretRef) -> Result<Option<LiveSecret>, ClusterError> {
+        self.count("get");
+        let found = self
+            .secrets(&secret.namespace)
+            .get_opt(&secret.name)
+            .await
+            .map_err(|e| api_error(&format!("reading Secret {secret}"), e))?;
+        Ok(found.and_then(LiveSecret::from_k8s))
+    }
+}
+
+fn api_error(doing: &str, err: kube::Error) -> ClusterError {
+    ClusterError::Api {
+        doing: doing.to_owned(),
+        cause: describe_kube_error(&err),
+    }
+}
+
+/// The API server's own words for a failed call (never a request body).
+pub(crate) fn describe_kube_error(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => other.to_string(),
+    }
+}

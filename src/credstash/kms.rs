@@ -1,0 +1,171 @@
+//! KMS Decrypt with bounded concurrency and a cache of decrypted values.
+//!
+//! The cache key is the item's name, version and a SHA-256 of its stored
+//! key, contents, hmac and digest: if any stored byte changes, the item is
+//! decrypted (and verified) again; if none does, the next reconcile in this
+//! process costs no KMS call for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use base64::Engine;
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+
+use super::crypto::{self, DataKey, Digest};
+use super::{Credential, ItemFailure, ItemId, RawItem};
+use crate::metrics::Metrics;
+use crate::secret::SecretValue;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    id: ItemId,
+    stored: [u8; 32],
+}
+
+impl CacheKey {
+    fn of(item: &RawItem) -> Self {
+        let mut h = Sha256::new();
+        for part in [
+            item.key.as_bytes(),
+            item.contents.as_bytes(),
+            item.hmac.as_slice(),
+            item.digest.as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        Self {
+            id: item.id.clone(),
+            stored: h.finalize().into(),
+        }
+    }
+}
+
+pub(super) struct Decryptor {
+    client: aws_sdk_kms::Client,
+    context: BTreeMap<String, String>,
+    concurrency: usize,
+    /// By name: the stored-bytes key of the version we hold, and its value.
+    cache: Mutex<HashMap<String, (CacheKey, SecretValue)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Decryptor {
+    pub fn new(
+        client: aws_sdk_kms::Client,
+        context: BTreeMap<String, String>,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            context,
+            concurrency: concurrency.max(1),
+            cache: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Drops cached values of names no longer in the table.
+    pub fn forget_all_but<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<&str> = names.collect();
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|name, _| keep.contains(name.as_str()));
+        }
+    }
+
+    /// Decrypts every item, at most `concurrency` KMS calls at once.
+    pub async fn open_all(&self, items: Vec<RawItem>) -> Vec<Result<Credential, ItemFailure>> {
+        futures::stream::iter(items)
+            .map(|item| self.open(item))
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await
+    }
+
+    async fn open(&self, item: RawItem) -> Result<Credential, ItemFailure> {
+        let key = CacheKey::of(&item);
+        let cached = self.cache.lock().ok().and_then(|cache| {
+            cache
+                .get(&item.id.name)
+                .filter(|(held, _)| *held == key)
+                .map(|(_, value)| value.clone())
+        });
+        if let Some(value) = cached {
+            return Ok(Credential { id: item.id, value });
+        }
+        let fail = |reason: String| ItemFailure {
+            id: item.id.clone(),
+            reason,
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let wrapped = b64
+            .decode(item.key.trim())
+            .map_err(|_| fail("'key' is not base64".into()))?;
+        let ciphertext = b64
+            .decode(item.contents.trim())
+            .map_err(|_| fail("'contents' is not base64".into()))?;
+        let expected_hmac = crypto::decode_hmac(&item.hmac).map_err(|e| fail(e.to_string()))?;
+        let digest = Digest::from_credstash_name(&item.digest).map_err(|e| fail(e.to_string()))?;
+        let data_key = self.decrypt_data_key(wrapped).await.map_err(fail)?;
+        let value = crypto::open(&data_key, &ciphertext, &expected_hmac, digest)
+            .map_err(|e| fail(e.to_string()))?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(item.id.name.clone(), (key, value.clone()));
+        }
+        Ok(Credential { id: item.id, value })
+    }
+
+    async fn decrypt_data_key(&self, wrapped: Vec<u8>) -> Result<DataKey, String> {
+        self.metrics
+            .kms_requests
+            .with_label_values(&["Decrypt"])
+            .inc();
+        let out = self
+            .client
+            .decrypt()
+            .ciphertext_blob(Blob::new(wrapped))
+            .set_encryption_context((!self.context.is_empty()).then(|| {
+                self.context
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }))
+            .send()
+            .await
+            .map_err(describe_kms_error)?;
+        let plaintext = out
+            .plaintext
+            .ok_or_else(|| "KMS Decrypt returned no plaintext".to_owned())?;
+        DataKey::new(plaintext.into_inner()).map_err(|e| e.to_string())
+    }
+}
+
+fn describe_kms_error<R: std::fmt::Debug>(
+    err: SdkError<aws_sdk_kms::operation::decrypt::DecryptError, R>,
+) -> String {
+    let hint = match &err {
+        SdkError::ServiceError(s) => match s.err().code() {
+            Some("InvalidCiphertextException") => {
+                "KMS refused the data key: wrong encryption context (--context) or not a KMS blob"
+            }
+            Some("AccessDeniedException") => {
+                "KMS refused the data key: no kms:Decrypt on its key, or the key is in another account/region"
+            }
+            Some("DisabledException" | "KMSInvalidStateException") => {
+                "KMS refused the data key: the key is disabled or pending deletion"
+            }
+            Some("NotFoundException") => "KMS refused the data key: its key does not exist",
+            _ => "KMS Decrypt failed",
+        },
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            "KMS endpoint unreachable (check network, AWS_ENDPOINT_URL and region)"
+        }
+        _ => "KMS Decrypt failed",
+    };
+    let detail = DisplayErrorContext(&err).to_string().replace('\n', " ");
+    format!("{hint}: {detail}")
+}

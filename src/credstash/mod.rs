@@ -1,0 +1,162 @@
+//! The source of truth: a Credstash table in DynamoDB, decrypted through KMS.
+//!
+//! [`CredstashSource::scan`] reads the latest version of every name and
+//! [`CredstashSource::decrypt`] opens the ones the mapping selected. Item-level problems (tampering, KMS refusals) become
+//! [`ItemFailure`]s so the rest of the table still syncs; table-level problems
+//! (missing table, no permission, no endpoint) are a [`SourceError`] and stop
+//! the reconcile before anything is written.
+
+pub mod crypto;
+mod kms;
+mod table;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::secret::SecretValue;
+
+pub use table::{RawItem, Scanned};
+
+/// One version of one Credstash name: what a reviewer audits as `name@version`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ItemId {
+    pub name: String,
+    pub version: String,
+}
+
+impl fmt::Display for ItemId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// A decrypted item.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub id: ItemId,
+    pub value: SecretValue,
+}
+
+/// An item that could not be decrypted; its key keeps its live value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemFailure {
+    pub id: ItemId,
+    /// Why, in words that never include the value.
+    pub reason: String,
+}
+
+/// What decrypting a set of items produced.
+#[derive(Debug, Default)]
+pub struct Decrypted {
+    pub credentials: Vec<Credential>,
+    pub failures: Vec<ItemFailure>,
+}
+
+/// Where and how to read the table.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub table: String,
+    /// Region override; `None` takes the AWS configuration chain's.
+    pub region: Option<String>,
+    /// KMS encryption context the items were written with.
+    pub context: BTreeMap<String, String>,
+    /// KMS Decrypt calls in flight at once.
+    pub kms_concurrency: usize,
+    /// Parallel Scan segments.
+    pub scan_segments: i32,
+}
+
+/// A table-level failure: nothing can be synced.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read Credstash table '{table}' in region {region}: {cause}")]
+pub struct SourceError {
+    pub table: String,
+    pub region: String,
+    pub cause: String,
+}
+
+/// Reads and decrypts the table, remembering what it decrypted so an
+/// unchanged item costs no KMS call the next time.
+pub struct CredstashSource {
+    config: SourceConfig,
+    region: String,
+    dynamodb: aws_sdk_dynamodb::Client,
+    kms: kms::Decryptor,
+    metrics: Arc<Metrics>,
+}
+
+impl CredstashSource {
+    /// Builds clients from the standard AWS configuration chain.
+    pub async fn connect(config: SourceConfig, metrics: Arc<Metrics>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let sdk = loader.load().await;
+        let region = sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "<unset: give --region or AWS_REGION>".to_owned());
+        let kms = kms::Decryptor::new(
+            aws_sdk_kms::Client::new(&sdk),
+            config.context.clone(),
+            config.kms_concurrency,
+            metrics.clone(),
+        );
+        Self {
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            kms,
+            region,
+            config,
+            metrics,
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.config.table
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Reads the latest version of every name, still encrypted, so the
+    /// caller can choose what is worth a KMS call.
+    pub async fn scan(&self) -> Result<Scanned, SourceError> {
+        let scanned = table::scan_latest(
+            &self.dynamodb,
+            &self.config.table,
+            self.config.scan_segments,
+            &self.metrics,
+        )
+        .await
+        .map_err(|cause| self.source_error(cause))?;
+        self.kms
+            .forget_all_but(scanned.latest.iter().map(|item| item.id.name.as_str()));
+        Ok(scanned)
+    }
+
+    /// Decrypts `items` (cached ones cost no KMS call).
+    pub async fn decrypt(&self, items: Vec<RawItem>) -> Decrypted {
+        let mut out = Decrypted::default();
+        for result in self.kms.open_all(items).await {
+            match result {
+                Ok(credential) => out.credentials.push(credential),
+                Err(failure) => out.failures.push(failure),
+            }
+        }
+        out.credentials.sort_by(|a, b| a.id.cmp(&b.id));
+        out.failures.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn source_error(&self, cause: String) -> SourceError {
+        SourceError {
+            table: self.config.table.clone(),
+            region: self.region.clone(),
+            cause,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Reading the Credstash table: a parallel segmented Scan, latest version per name.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::future::try_join_all;
+
+use super::{ItemFailure, ItemId};
+use crate::metrics::Metrics;
+
+/// An item as stored: still encrypted.
+#[derive(Debug, Clone)]
+pub struct RawItem {
+    pub id: ItemId,
+    /// base64 of the KMS-wrapped data key.
+    pub key: String,
+    /// base64 of the AES-CTR ciphertext.
+    pub contents: String,
+    /// ASCII hex of the HMAC (stored as S or as B).
+    pub hmac: Vec<u8>,
+    pub digest: String,
+}
+
+/// The latest version of every name, and the items too broken to read.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub latest: Vec<RawItem>,
+    pub malformed: Vec<ItemFailure>,
+}
+
+/// Scans every segment in parallel and keeps the greatest version of each
+/// name in DynamoDB's string order, as `credstash get` does.
+pub(super) async fn scan_latest(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    segments: i32,
+    metrics: &Metrics,
+) -> Result<Scanned, String> {
+    let segments = segments.max(1);
+    let pages = try_join_all(
+        (0..segments).map(|segment| scan_segment(client, table, segment, segments, metrics)),
+    )
+    .await?;
+    let mut latest: HashMap<String, RawItem> = HashMap::new();
+    let mut malformed = Vec::new();
+    for item in pages.into_iter().flatten() {
+        match parse_item(&item) {
+            Ok(raw) => match latest.get(&raw.id.name) {
+                Some(seen) if seen.id.version >= raw.id.version => {}
+                _ => {
+                    latest.insert(raw.id.name.clone(), raw);
+                }
+            },
+            Err(failure) => malformed.push(failure),
+        }
+    }
+    // A malformed old version does not matter if a newer good one exists.
+    malformed.retain(|f| {
+        latest
+            .get(&f.id.name)
+            .is_none_or(|good| good.id.version < f.id.version)
+    });
+    Ok(Scanned {
+        latest: latest.into_values().collect(),
+        malformed,
+    })
+}
+
+async fn scan_segment(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    segment: i32,
+    total: i32,
+    metrics: &Metrics,
+) -> Result<Vec<HashMap<String, AttributeValue>>, String> {
+    let mut items = Vec::new();
+    let mut start_key = None;
+    loop {
+        metrics.dynamodb_requests.with_label_values(&["Scan"]).inc();
+        let page = client
+            .scan()
+            .table_name(table)
+            .segment(segment)
+            .total_segments(total)
+            .set_exclusive_start_key(start_key)
+            .send()
+            .await
+            .map_err(describe_sdk_error)?;
+        items.extend(page.items.unwrap_or_default());
+        match page.last_evaluated_key {
+            Some(key) if !key.is_empty() => start_key = Some(key),
+            _ => return Ok(items),
+        }
+    }
+}
+
+fn parse_item(item: &HashMap<String, AttributeValue>) -> Result<RawItem, ItemFailure> {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    let id = ItemId {
+        name: text("name").unwrap_or_else(|| "<no name>".to_owned()),
+        version: text("version").unwrap_or_else(|| "<no version>".to_owned()),
+    };
+    let missing = |what: &str| ItemFailure {
+        id: id.clone(),
+        reason: format!("item has no '{what}' attribute: not written by credstash"),
+    };
+    if text("name").is_none() {
+        return Err(missing("name"));
+    }
+    if text("version").is_none() {
+        return Err(missing("version"));
+    }
+    let hmac = match item.get("hmac") {
+        Some(AttributeValue::S(s)) => s.as_bytes().to_vec(),
+        Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
+        _ => return Err(missing("hmac")),
+    };
+    Ok(RawItem {
+        key: text("key").ok_or_else(|| missing("key"))?,
+        contents: text("contents").ok_or_else(|| missing("contents"))?,
+        hmac,
+        digest: text("digest").unwrap_or_else(|| "SHA256".to_owned()),
+        id,
+    })
+}
+
+/// One line naming the cause of a failed DynamoDB call and what to do.
+pub(super) fn describe_sdk_error<E, R>(err: SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let hint = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            "endpoint unreachable (check network, AWS_ENDPOINT_URL and region)"
+        }
+        SdkError::ServiceError(service) => match service.err().code() {
+            Some("ResourceNotFoundException") => "table not found (check --table and --region)",
+            Some(
+                "AccessDeniedException"
+                | "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "ExpiredTokenException"
+                | "MissingAuthenticationToken",
+            ) => "access denied (credentials need dynamodb:Scan and dynamodb:Query on the table)",
+            _ => "request failed",
+        },
+        _ => "request failed",
+    };
+    let detail = DisplayErrorContext(&err).to_string().replace('\n', " ");
+    format!("{hint}: {detail}")
+}

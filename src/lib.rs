@@ -1,0 +1,16 @@
+//! credsync keeps Kubernetes Secrets in step with a Credstash table.
+//!
+//! The modules follow one reconcile from top to bottom: [`credstash`] reads
+//! and decrypts the table, [`manifest`] maps names to desired Secrets,
+//! [`cluster`] reads live state, diffs and applies, and [`reconcile`] ties
+//! them together. [`render`] prints plans; [`cli`] is the command line.
+
+pub mod cli;
+pub mod cluster;
+pub mod credstash;
+pub mod manifest;
+pub mod metrics;
+pub mod reconcile;
+pub mod render;
+pub mod secret;
+pub mod telemetry;

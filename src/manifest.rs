@@ -1,0 +1,450 @@
+//! From table names to desired Secrets (SPEC 2).
+//!
+//! `namespace/secret-name/KEY` names Secret `secret-name` in `namespace`,
+//! data key `KEY` upper-cased with `.` and `-` turned into `_`. Mapping runs
+//! twice: [`Selection::of`] on the encrypted items decides which are worth a
+//! KMS call (bad names and filtered namespaces are not), and
+//! [`Selection::assemble`] builds the [`Manifest`] from what was decrypted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::credstash::{Credential, ItemFailure, ItemId, RawItem};
+use crate::secret::SecretValue;
+
+/// A Secret by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl SecretRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where a table name lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub secret: SecretRef,
+    pub key: String,
+}
+
+/// Maps a table name, or says why it cannot be mapped.
+pub fn map_name(name: &str) -> Result<Target, String> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let [namespace, secret, key] = parts.as_slice() else {
+        return Err(format!(
+            "name has {} segment(s), expected namespace/secret-name/KEY",
+            parts.len()
+        ));
+    };
+    if !is_dns1123_label(namespace) {
+        return Err(format!(
+            "namespace '{namespace}' is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63)"
+        ));
+    }
+    if !is_dns1123_subdomain(secret) {
+        return Err(format!(
+            "secret name '{secret}' is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253)"
+        ));
+    }
+    let key = normalize_key(key);
+    if !is_secret_key(&key) {
+        return Err(format!(
+            "key '{key}' is not a valid Secret data key (only A-Z a-z 0-9 . _ - allowed)"
+        ));
+    }
+    Ok(Target {
+        secret: SecretRef::new(*namespace, *secret),
+        key,
+    })
+}
+
+/// Upper-cases and turns `.` and `-` into `_`, so keys work as env names.
+pub fn normalize_key(key: &str) -> String {
+    key.chars()
+        .map(|c| match c {
+            '.' | '-' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect()
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+fn is_secret_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Which namespaces credsync may write to.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceFilter {
+    exclude: BTreeSet<String>,
+    include: Option<BTreeSet<String>>,
+}
+
+/// Kubestash-V2's default: never touch the cluster's own namespaces.
+pub const DEFAULT_NAMESPACE_EXCLUDE: &str = "kube-system|kube-public|kube-node-lease";
+
+impl NamespaceFilter {
+    /// Lists are `|`- or `,`-separated; an empty include list means "all".
+    pub fn parse(exclude: &str, include: Option<&str>) -> Self {
+        let split = |s: &str| -> BTreeSet<String> {
+            s.split(['|', ','])
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Self {
+            exclude: split(exclude),
+            include: include.map(split).filter(|set| !set.is_empty()),
+        }
+    }
+
+    fn reason_to_skip(&self, namespace: &str) -> Option<&'static str> {
+        if self.exclude.contains(namespace) {
+            Some("namespace is excluded (--namespace-exclude)")
+        } else if self
+            .include
+            .as_ref()
+            .is_some_and(|include| !include.contains(namespace))
+        {
+            Some("namespace is not included (--namespace-include)")
+        } else {
+            None
+        }
+    }
+}
+
+/// A table name that does not sync, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Skip {
+    /// A table name, or a Secret as `namespace/name`.
+    pub subject: String,
+    pub reason: String,
+}
+
+/// Two or more table names claiming one Secret key: none of them is applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Conflict {
+    pub secret: SecretRef,
+    pub key: String,
+    pub sources: Vec<ItemId>,
+}
+
+/// A key's desired value and where it came from.
+#[derive(Debug, Clone)]
+pub struct DesiredKey {
+    pub value: SecretValue,
+    pub source: ItemId,
+}
+
+/// Why a key's live value must be left as it is this time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Its item failed to decrypt.
+    Failed,
+    /// Several table names claim it.
+    Conflict,
+}
+
+/// The keys one Secret should hold.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredSecret {
+    pub keys: BTreeMap<String, DesiredKey>,
+    /// Keys named by the table whose live value stays untouched.
+    pub held: BTreeMap<String, Hold>,
+}
+
+/// The desired state built from the table.
+#[derive(Debug, Default)]
+pub struct Manifest {
+    pub secrets: BTreeMap<SecretRef, DesiredSecret>,
+    pub skipped: Vec<Skip>,
+    pub conflicts: Vec<Conflict>,
+    pub failures: Vec<ItemFailure>,
+    filter: NamespaceFilter,
+    existing: BTreeSet<String>,
+}
+
+impl Manifest {
+    /// Whether credsync may act in `namespace`: managed Secrets elsewhere
+    /// are left alone even if the table no longer names them.
+    pub fn in_scope(&self, namespace: &str) -> bool {
+        self.filter.reason_to_skip(namespace).is_none() && self.existing.contains(namespace)
+    }
+}
+
+/// The items worth decrypting, plus what the mapping already rejected.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub to_decrypt: Vec<RawItem>,
+    targets: BTreeMap<ItemId, Target>,
+    filter: NamespaceFilter,
+    existing: BTreeSet<String>,
+    skipped: Vec<Skip>,
+    conflicts: Vec<Conflict>,
+    failures: Vec<ItemFailure>,
+}
+
+impl Selection {
+    /// Maps every item, drops bad names and namespaces that are filtered or
+    /// absent from `existing`, and finds conflicts before any KMS call.
+    pub fn of(
+        items: Vec<RawItem>,
+        malformed: Vec<ItemFailure>,
+        filter: &NamespaceFilter,
+        existing: &BTreeSet<String>,
+    ) -> Self {
+        let mut selection = Selection {
+            failures: malformed,
+            filter: filter.clone(),
+            existing: existing.clone(),
+            ..Self::default()
+        };
+        let mut claims: BTreeMap<(SecretRef, String), Vec<RawItem>> = BTreeMap::new();
+        for item in items {
+            let target = match map_name(&item.id.name) {
+                Ok(target) => target,
+                Err(reason) => {
+                    selection.skip(item.id.name, reason);
+                    continue;
+                }
+            };
+            let namespace = &target.secret.namespace;
+            if let Some(reason) = filter.reason_to_skip(namespace) {
+                selection.skip(item.id.name, reason.to_owned());
+                continue;
+            }
+            if !existing.contains(namespace) {
+                let reason = format!("namespace '{namespace}' does not exist in the cluster");
+                selection.skip(item.id.name, reason);
+                continue;
+            }
+            claims
+                .entry((target.secret, target.key))
+                .or_default()
+                .push(item);
+        }
+        for ((secret, key), mut claimants) in claims {
+            if claimants.len() > 1 {
+                claimants.sort_by(|a, b| a.id.cmp(&b.id));
+                selection.conflicts.push(Conflict {
+                    secret,
+                    key,
+                    sources: claimants.into_iter().map(|item| item.id).collect(),
+                });
+                continue;
+            }
+            for item in claimants {
+                let target = Target {
+                    secret: secret.clone(),
+                    key: key.clone(),
+                };
+                selection.targets.insert(item.id.clone(), target);
+                selection.to_decrypt.push(item);
+            }
+        }
+        selection
+    }
+
+    fn skip(&mut self, subject: String, reason: String) {
+        self.skipped.push(Skip { subject, reason });
+    }
+
+    /// Builds the manifest from the decrypted items; failed items and
+    /// conflicts become held keys so their live values stay.
+    pub fn assemble(self, credentials: Vec<Credential>, failures: Vec<ItemFailure>) -> Manifest {
+        let mut manifest = Manifest {
+            skipped: self.skipped,
+            filter: self.filter,
+            existing: self.existing,
+            ..Manifest::default()
+        };
+        for credential in credentials {
+            if let Some(target) = self.targets.get(&credential.id) {
+                manifest
+                    .secrets
+                    .entry(target.secret.clone())
+                    .or_default()
+                    .keys
+                    .insert(
+                        target.key.clone(),
+                        DesiredKey {
+                            value: credential.value,
+                            source: credential.id,
+                        },
+                    );
+            }
+        }
+        for failure in self.failures.into_iter().chain(failures) {
+            let target = self.targets.get(&failure.id).cloned();
+            // A malformed item was never selected; hold its key all the same.
+            let target = target.or_else(|| map_name(&failure.id.name).ok());
+            if let Some(target) = target {
+                let secret = manifest.secrets.entry(target.secret.clone()).or_default();
+                secret.held.insert(target.key.clone(), Hold::Failed);
+            }
+            manifest.failures.push(failure);
+        }
+        for conflict in &self.conflicts {
+            let secret = manifest.secrets.entry(conflict.secret.clone()).or_default();
+            secret.held.insert(conflict.key.clone(), Hold::Conflict);
+        }
+        manifest.conflicts = self.conflicts;
+        manifest.skipped.sort_by(|a, b| a.subject.cmp(&b.subject));
+        manifest.failures.sort_by(|a, b| a.id.cmp(&b.id));
+        manifest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str) -> RawItem {
+        RawItem {
+            id: ItemId {
+                name: name.into(),
+                version: "0000000000000000001".into(),
+            },
+            key: String::new(),
+            contents: String::new(),
+            hmac: Vec::new(),
+            digest: "SHA256".into(),
+        }
+    }
+
+    fn existing(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn maps_and_normalizes_keys() {
+        let t = map_name("team-a/db-creds/db.pass-word").unwrap();
+        assert_eq!(t.secret, SecretRef::new("team-a", "db-creds"));
+        assert_eq!(t.key, "DB_PASS_WORD");
+        assert_eq!(map_name("a/b.c/Key_1").unwrap().key, "KEY_1");
+    }
+
+    #[test]
+    fn rejects_bad_names_with_reasons() {
+        for (name, needle) in [
+            ("a/b", "2 segment"),
+            ("a/b/c/d", "4 segment"),
+            ("Team/app/k", "namespace 'Team'"),
+            ("-ns/app/k", "namespace"),
+            ("ns/App_1/k", "secret name 'App_1'"),
+            ("ns/app/pass word", "key 'PASS WORD'"),
+            ("ns/app/k$y", "key 'K$Y'"),
+            ("ns/app/", "key ''"),
+        ] {
+            let err = map_name(name).unwrap_err();
+            assert!(err.contains(needle), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn filter_excludes_includes_and_requires_existing_namespaces() {
+        let filter = NamespaceFilter::parse(DEFAULT_NAMESPACE_EXCLUDE, Some("a,b,kube-system"));
+        let items = vec![
+            item("a/s/k"),
+            item("b/s/k"),
+            item("c/s/k"),
+            item("kube-system/s/k"),
+        ];
+        let sel = Selection::of(
+            items,
+            vec![],
+            &filter,
+            &existing(&["a", "c", "kube-system"]),
+        );
+        let chosen: Vec<_> = sel.to_decrypt.iter().map(|i| i.id.name.as_str()).collect();
+        assert_eq!(chosen, ["a/s/k"]);
+        let m = sel.assemble(vec![], vec![]);
+        let reasons: Vec<_> = m
+            .skipped
+            .iter()
+            .map(|s| (s.subject.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 3);
+        assert!(reasons.contains(&("b/s/k", "namespace 'b' does not exist in the cluster")));
+        assert!(reasons.contains(&("c/s/k", "namespace is not included (--namespace-include)")));
+        assert!(reasons.contains(&(
+            "kube-system/s/k",
+            "namespace is excluded (--namespace-exclude)"
+        )));
+    }
+
+    #[test]
+    fn normalized_collisions_are_conflicts_and_hold_the_key() {
+        let filter = NamespaceFilter::parse("", None);
+        let sel = Selection::of(
+            vec![
+                item("ns/app/db.pass"),
+                item("ns/app/DB_PASS"),
+                item("ns/app/user"),
+            ],
+            vec![],
+            &filter,
+            &existing(&["ns"]),
+        );
+        assert_eq!(
+            sel.to_decrypt.len(),
+            1,
+            "conflicting items are not decrypted"
+        );
+        let m = sel.assemble(vec![], vec![]);
+        assert_eq!(m.conflicts.len(), 1);
+        assert_eq!(m.conflicts[0].key, "DB_PASS");
+        assert_eq!(m.conflicts[0].sources.len(), 2);
+        let secret = &m.secrets[&SecretRef::new("ns", "app")];
+        assert_eq!(secret.held.get("DB_PASS"), Some(&Hold::Conflict));
+    }
+
+    #[test]
+    fn failed_items_hold_their_key() {
+        let filter = NamespaceFilter::parse("", None);
+        let sel = Selection::of(vec![item("ns/app/k")], vec![], &filter, &existing(&["ns"]));
+        let failure = ItemFailure {
+            id: sel.to_decrypt[0].id.clone(),
+            reason: "HMAC mismatch".into(),
+        };
+        let m = sel.assemble(vec![], vec![failure]);
+        assert_eq!(m.failures.len(), 1);
+        assert_eq!(
+            m.secrets[&SecretRef::new("ns", "app")].held.get("K"),
+            Some(&Hold::Failed)
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! Plan and sync output: text for people, markdown for pull requests, JSON
+//! for programs. Everything printed comes from a [`Plan`], which holds key
+//! names only, so no format can show a value.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::cluster::{Action, ApplyOutcome, Plan, SecretChange};
+
+/// The JSON plan's schema, shipped with the binary and documented in the README.
+pub const PLAN_SCHEMA: &str = include_str!("plan.schema.json");
+/// Bumped on any incompatible change to the JSON plan.
+pub const PLAN_SCHEMA_ID: &str = "credsync.plan/v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+/// What the plan was computed against, for its heading.
+#[derive(Debug, Clone)]
+pub struct Heading {
+    pub table: String,
+    pub region: String,
+    pub cluster: String,
+}
+
+/// Renders a plan, and the result of applying it when there is one.
+pub fn render(
+    plan: &Plan,
+    outcome: Option<(&ApplyOutcome, bool)>,
+    heading: &Heading,
+    format: Format,
+    color: bool,
+) -> String {
+    match format {
+        Format::Text => text(plan, outcome, heading, color),
+        Format::Markdown => markdown(plan, outcome, heading),
+        Format::Json => {
+            let mut doc = plan_json(plan, heading);
+            if let Some((outcome, dry_run)) = outcome {
+                doc["result"] = json!({
+                    "dry_run": dry_run,
+                    "written": outcome.written.iter().map(change_json).collect::<Vec<_>>(),
+                    "failed": outcome.failed,
+                });
+            }
+            // Serializing a Value into a String cannot fail.
+            serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+        }
+    }
+}
+
+fn summary(plan: &Plan) -> String {
+    let mut s = format!(
+        "{} to create, {} to update, {} to delete, {} unchanged",
+        plan.count(Action::Create),
+        plan.count(Action::Update),
+        plan.count(Action::Delete),
+        plan.unchanged
+    );
+    for (n, what) in [
+        (plan.skipped.len(), "skipped"),
+        (plan.conflicts.len(), "conflict(s)"),
+        (plan.failures.len(), "failed item(s)"),
+    ] {
+        if n > 0 {
+            let _ = write!(s, "; {n} {what}");
+        }
+    }
+    s
+}
+
+fn key_list(change: &SecretChange) -> Vec<String> {
+    let mut keys = Vec::new();
+    keys.extend(change.added.iter().map(|k| format!("+{k}")));
+    keys.extend(change.changed.iter().map(|k| format!("~{k}")));
+    keys.extend(change.removed.iter().map(|k| format!("-{k}")));
+    keys
+}
+
+fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color: bool) -> String {
+    let paint = |code: &str, s: &str| {
+        if color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    };
+    let mut out = format!(
+        "credsync plan: table {} ({}) -> cluster {}\n\n",
+        h.table, h.region, h.cluster
+    );
+    for c in &plan.changes {
+        let (mark, code) = match c.action {
+            Action::Create => ("+ create ", "32"),
+            Action::Update => ("~ update ", "33"),
+            Action::Delete => ("- delete ", "31"),
+        };
+        let adopt = if c.adopt { " (adopt)" } else { "" };
+        let _ = writeln!(
+            out,
+            "  {} {}{}  {}",
+            paint(code, mark),
+            c.secret,
+            adopt,
+            key_list(c).join(" ")
+        );
+    }
+    for s in &plan.skipped {
+        let _ = writeln!(
+            out,
+            "  {} {}  {}",
+            paint("35", "! skip   "),
+            s.subject,
+            s.reason
+        );
+    }
+    for c in &plan.conflicts {
+        let sources: Vec<String> = c.sources.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  {} {} key {}  claimed by {}; live value kept",
+            paint("35", "! conflict"),
+            c.secret,
+            c.key,
+            sources.join(", ")
+        );
+    }
+    for f in &plan.failures {
+        let _ = writeln!(
+            out,
+            "  {} {}@{}  {}; live value kept",
+            paint("31;1", "x failed "),
+            f.item,
+            f.version,
+            f.reason
+        );
+    }
+    if !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "Plan: {}.", summary(plan));
+    if let Some((outcome, dry_run)) = outcome {
+        let verb = if dry_run {
+            "Dry run (server-side), would write"
+        } else {
+            "Applied"
+        };
+        let _ = writeln!(out, "{verb}: {} Secret(s).", outcome.written.len());
+        for f in &outcome.failed {
+            let _ = writeln!(
+                out,
+                "  {} {}  {}",
+                paint("31;1", "x not written"),
+                f.secret,
+                f.reason
+            );
+        }
+    }
+    out
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|").replace('`', "'")
+}
+
+fn md_code(s: &str) -> String {
+    format!("`{}`", md_escape(s))
+}
+
+fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) -> String {
+    let mut out = format!(
+        "### credsync plan: {} ({}) → {}\n\n**{}**\n\n",
+        md_code(&h.table),
+        md_escape(&h.region),
+        md_code(&h.cluster),
+        summary(plan)
+    );
+    if !plan.changes.is_empty() {
+        out.push_str("| Action | Secret | Added | Changed | Removed |\n|---|---|---|---|---|\n");
+        for c in &plan.changes {
+            let keys = |ks: &[String]| ks.iter().map(|k| md_code(k)).collect::<Vec<_>>().join(", ");
+            let adopt = if c.adopt { " (adopt)" } else { "" };
+            let _ = writeln!(
+                out,
+                "| {}{} | {} | {} | {} | {} |",
+                c.action.as_str(),
+                adopt,
+                md_code(&c.secret.to_string()),
+                keys(&c.added),
+                keys(&c.changed),
+                keys(&c.removed)
+            );
+        }
+        out.push('\n');
+    }
+    if !plan.failures.is_empty() {
+        out.push_str(
+            "**Failed items** (live values kept):\n\n| Item | Version | Reason |\n|---|---|---|\n",
+        );
+        for f in &plan.failures {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                md_code(&f.item),
+                md_code(&f.version),
+                md_escape(&f.reason)
+            );
+        }
+        out.push('\n');
+    }
+    if !plan.conflicts.is_empty() {
+        out.push_str(
+            "**Conflicts** (live values kept):\n\n| Secret | Key | Claimed by |\n|---|---|---|\n",
+        );
+        for c in &plan.conflicts {
+            let sources: Vec<String> = c.sources.iter().map(|s| md_code(&s.to_string())).collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                md_code(&c.secret.to_string()),
+                md_code(&c.key),
+                sources.join(", ")
+            );
+        }
+        out.push('\n');
+    }
+    if !plan.skipped.is_empty() {
+        let _ = write!(
+            out,
+            "<details><summary>Skipped ({})</summary>\n\n| Name | Reason |\n|---|---|\n",
+            plan.skipped.len()
+        );
+        for s in &plan.skipped {
+            let _ = writeln!(
+                out,
+                "| {} | {} |",
+                md_code(&s.subject),
+                md_escape(&s.reason)
+            );
+        }
+        out.push_str("\n</details>\n");
+    }
+    if let Some((outcome, dry_run)) = outcome {
+        let verb = if dry_run {
+            "Dry run: would write"
+        } else {
+            "Applied"
+        };
+        let _ = writeln!(out, "\n{verb} {} Secret(s).", outcome.written.len());
+        for f in &outcome.failed {
+            let _ = writeln!(
+                out,
+                "- not written {}: {}",
+                md_code(&f.secret.to_string()),
+                md_escape(&f.reason)
+            );
+        }
+    }
+    out
+}
+
+fn change_json(c: &SecretChange) -> Value {
+    json!({
+        "action": c.action,
+        "namespace": c.secret.namespace,
+        "name": c.secret.name,
+        "adopt": c.adopt,
+        "keys": { "added": c.added, "changed": c.changed, "removed": c.removed },
+    })
+}
+
+fn plan_json(plan: &Plan, h: &Heading) -> Value {
+    json!({
+        "schema": PLAN_SCHEMA_ID,
+        "table": h.table,
+        "region": h.region,
+        "cluster": h.cluster,
+        "summary": {
+            "create": plan.count(Action::Create),
+            "update": plan.count(Action::Update),
+            "delete": plan.count(Action::Delete),
+            "unchanged": plan.unchanged,
+            "skipped": plan.skipped.len(),
+            "conflicts": plan.conflicts.len(),
+            "failed": plan.failures.len(),
+            "has_changes": plan.has_changes(),
+        },
+        "changes": plan.changes.iter().map(change_json).collect::<Vec<_>>(),
+        "skipped": plan.skipped,
+        "conflicts": plan.conflicts.iter().map(|c| json!({
+            "namespace": c.secret.namespace,
+            "name": c.secret.name,
+            "key": c.key,
+            "sources": c.sources,
+        })).collect::<Vec<_>>(),
+        "failed": plan.failures,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::diff::FailedItem;
+    use crate::credstash::ItemId;
+    use crate::manifest::{Conflict, SecretRef, Skip};
+
+    fn sample() -> Plan {
+        Plan {
+            changes: vec![
+                SecretChange {
+                    secret: SecretRef::new("team-a", "db"),
+                    action: Action::Create,
+                    adopt: false,
+                    added: vec!["PASSWORD".into(), "USER".into()],
+                    changed: vec![],
+                    removed: vec![],
+                },
+                SecretChange {
+                    secret: SecretRef::new("team-b", "api"),
+                    action: Action::Update,
+                    adopt: true,
+                    added: vec![],
+                    changed: vec!["TOKEN".into()],
+                    removed: vec!["OLD".into()],
+                },
+            ],
+            unchanged: 3,
+            skipped: vec![Skip {
+                subject: "a/b".into(),
+                reason: "name has 2 segment(s)".into(),
+            }],
+            conflicts: vec![Conflict {
+                secret: SecretRef::new("ns", "app"),
+                key: "DB_PASS".into(),
+                sources: vec![
+                    ItemId {
+                        name: "ns/app/db.pass".into(),
+                        version: "1".into(),
+                    },
+                    ItemId {
+                        name: "ns/app/DB_PASS".into(),
+                        version: "1".into(),
+                    },
+                ],
+            }],
+            failures: vec![FailedItem {
+                item: "ns/app/x".into(),
+                version: "2".into(),
+                reason: "HMAC mismatch".into(),
+            }],
+        }
+    }
+
+    fn heading() -> Heading {
+        Heading {
+            table: "credential-store".into(),
+            region: "us-east-1".into(),
+            cluster: "demo".into(),
+        }
+    }
+
+    #[test]
+    fn text_lists_every_entry_and_summary_without_color_off_tty() {
+        let out = render(&sample(), None, &heading(), Format::Text, false);
+        assert!(
+            out.contains("+ create  team-a/db  +PASSWORD +USER"),
+            "{out}"
+        );
+        assert!(
+            out.contains("~ update  team-b/api (adopt)  ~TOKEN -OLD"),
+            "{out}"
+        );
+        assert!(out.contains("ns/app/x@2  HMAC mismatch"), "{out}");
+        assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s)."), "{out}");
+        assert!(!out.contains('\x1b'));
+        assert!(render(&sample(), None, &heading(), Format::Text, true).contains("\x1b[32m"));
+    }
+
+    #[test]
+    fn markdown_is_a_table_with_escaped_cells() {
+        let mut plan = sample();
+        plan.skipped[0].subject = "a|b`c".into();
+        let out = render(&plan, None, &heading(), Format::Markdown, false);
+        assert!(
+            out.contains("| create | `team-a/db` | `PASSWORD`, `USER` |  |  |"),
+            "{out}"
+        );
+        assert!(out.contains("`a\\|b'c`"), "{out}");
+    }
+
+    #[test]
+    fn json_carries_schema_id_and_counts() {
+        let out = render(&sample(), None, &heading(), Format::Json, false);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["schema"], PLAN_SCHEMA_ID);
+        assert_eq!(v["summary"]["update"], 1);
+        assert_eq!(v["changes"][1]["keys"]["removed"][0], "OLD");
+        assert_eq!(v["conflicts"][0]["sources"][1]["name"], "ns/app/DB_PASS");
+        let schema: Value = serde_json::from_str(PLAN_SCHEMA).unwrap();
+        assert_eq!(schema["properties"]["schema"]["const"], PLAN_SCHEMA_ID);
+    }
+}

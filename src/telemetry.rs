@@ -1,0 +1,26 @@
+//! Logging setup.
+//!
+//! RUST_LOG is deliberately not read: at trace level the Kubernetes client
+//! logs response bodies, which for Secrets are values. `--verbose` raises
+//! credsync's own level only; the clients stay at info.
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init(format: LogFormat, verbose: bool) {
+    let own = if verbose { "debug" } else { "info" };
+    let filter = EnvFilter::new(format!("warn,credsync={own}"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
