@@ -187,7 +187,7 @@ pub async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{err:#}");
+            // One line on stderr, whatever the log format.
             eprintln!("error: {err:#}");
             ExitCode::from(1)
         }

@@ -92,9 +92,9 @@ pub struct LiveState {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
-        "cannot configure the Kubernetes client: {0} (set KUBECONFIG or run in a pod with a service account)"
+        "cannot configure the Kubernetes client (set KUBECONFIG or run in a pod with a service account): {0}"
     )]
-    Config(#[source] kube::Error),
+    Config(kube::Error),
     #[error("Kubernetes API call failed while {doing}: {cause}")]
     Api { doing: String, cause: String },
 }

@@ -8,14 +8,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::config::http::HttpResponse;
+use aws_sdk_kms::error::SdkError;
+use aws_sdk_kms::operation::decrypt::DecryptError;
 use aws_sdk_kms::primitives::Blob;
 use base64::Engine;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use super::crypto::{self, DataKey, Digest};
-use super::{Credential, ItemFailure, ItemId, RawItem};
+use super::{Credential, ItemFailure, ItemId, RawItem, describe_aws_error};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
@@ -144,28 +146,18 @@ impl Decryptor {
     }
 }
 
-fn describe_kms_error<R: std::fmt::Debug>(
-    err: SdkError<aws_sdk_kms::operation::decrypt::DecryptError, R>,
-) -> String {
-    let hint = match &err {
-        SdkError::ServiceError(s) => match s.err().code() {
-            Some("InvalidCiphertextException") => {
-                "KMS refused the data key: wrong encryption context (--context) or not a KMS blob"
-            }
-            Some("AccessDeniedException") => {
-                "KMS refused the data key: no kms:Decrypt on its key, or the key is in another account/region"
-            }
-            Some("DisabledException" | "KMSInvalidStateException") => {
-                "KMS refused the data key: the key is disabled or pending deletion"
-            }
-            Some("NotFoundException") => "KMS refused the data key: its key does not exist",
-            _ => "KMS Decrypt failed",
-        },
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            "KMS endpoint unreachable (check network, AWS_ENDPOINT_URL and region)"
+fn describe_kms_error(err: SdkError<DecryptError, HttpResponse>) -> String {
+    describe_aws_error(&err, |code, status| match (code, status) {
+        (Some("InvalidCiphertextException"), _) => {
+            "KMS refused the data key: wrong encryption context (--context) or not a KMS blob"
+        }
+        (Some("DisabledException" | "KMSInvalidStateException"), _) => {
+            "KMS refused the data key: the key is disabled or pending deletion"
+        }
+        (Some("NotFoundException"), _) => "KMS refused the data key: its key does not exist",
+        (_, 401 | 403) | (Some("AccessDeniedException"), _) => {
+            "KMS refused the data key: no kms:Decrypt on its key, or the key is in another account or region"
         }
         _ => "KMS Decrypt failed",
-    };
-    let detail = DisplayErrorContext(&err).to_string().replace('\n', " ");
-    format!("{hint}: {detail}")
+    })
 }

@@ -94,19 +94,27 @@ impl CredstashSource {
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
-        let sdk = loader.load().await;
+        Self::from_sdk_config(&loader.load().await, config, metrics)
+    }
+
+    /// Builds clients from an explicit AWS configuration (embedding, tests).
+    pub fn from_sdk_config(
+        sdk: &aws_config::SdkConfig,
+        config: SourceConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let region = sdk
             .region()
             .map(|r| r.to_string())
             .unwrap_or_else(|| "<unset: give --region or AWS_REGION>".to_owned());
         let kms = kms::Decryptor::new(
-            aws_sdk_kms::Client::new(&sdk),
+            aws_sdk_kms::Client::new(sdk),
             config.context.clone(),
             config.kms_concurrency,
             metrics.clone(),
         );
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             kms,
             region,
             config,
@@ -158,5 +166,34 @@ impl CredstashSource {
             region: self.region.clone(),
             cause,
         }
+    }
+}
+
+/// One line for a failed AWS call: `hint: what AWS said`. `hint` comes from
+/// `classify(error code, HTTP status)` and tells the user what to check.
+fn describe_aws_error<E>(
+    err: &aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    classify: impl Fn(Option<&str>, u16) -> &'static str,
+) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code();
+            let hint = classify(code, status);
+            match (code, service.err().message()) {
+                (Some(code), Some(message)) => format!("{hint}: {code}: {message}"),
+                (Some(code), None) => format!("{hint}: {code}"),
+                _ => format!("{hint}: HTTP {status}"),
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => format!(
+            "endpoint unreachable (check network, AWS_ENDPOINT_URL and region): {}",
+            DisplayErrorContext(err)
+        ),
+        other => format!("{}: {}", classify(None, 0), DisplayErrorContext(other)),
     }
 }

@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::try_join_all;
 
-use super::{ItemFailure, ItemId};
+use super::{ItemFailure, ItemId, describe_aws_error};
 use crate::metrics::Metrics;
 
 /// An item as stored: still encrypted.
@@ -86,7 +88,7 @@ async fn scan_segment(
             .set_exclusive_start_key(start_key)
             .send()
             .await
-            .map_err(describe_sdk_error)?;
+            .map_err(describe_scan_error)?;
         items.extend(page.items.unwrap_or_default());
         match page.last_evaluated_key {
             Some(key) if !key.is_empty() => start_key = Some(key),
@@ -126,28 +128,12 @@ fn parse_item(item: &HashMap<String, AttributeValue>) -> Result<RawItem, ItemFai
 }
 
 /// One line naming the cause of a failed DynamoDB call and what to do.
-pub(super) fn describe_sdk_error<E, R>(err: SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let hint = match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            "endpoint unreachable (check network, AWS_ENDPOINT_URL and region)"
+fn describe_scan_error(err: SdkError<ScanError, HttpResponse>) -> String {
+    describe_aws_error(&err, |code, status| match (code, status) {
+        (Some("ResourceNotFoundException"), _) => "table not found (check --table and --region)",
+        (_, 401 | 403) | (Some("AccessDeniedException"), _) => {
+            "access denied (the credentials need dynamodb:Scan and dynamodb:Query on the table)"
         }
-        SdkError::ServiceError(service) => match service.err().code() {
-            Some("ResourceNotFoundException") => "table not found (check --table and --region)",
-            Some(
-                "AccessDeniedException"
-                | "UnrecognizedClientException"
-                | "InvalidSignatureException"
-                | "ExpiredTokenException"
-                | "MissingAuthenticationToken",
-            ) => "access denied (credentials need dynamodb:Scan and dynamodb:Query on the table)",
-            _ => "request failed",
-        },
-        _ => "request failed",
-    };
-    let detail = DisplayErrorContext(&err).to_string().replace('\n', " ");
-    format!("{hint}: {detail}")
+        _ => "DynamoDB Scan failed",
+    })
 }

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::emu::{BeforeWrite, Emu, Fault, RequestInfo};
 use crate::patch::PatchKind;
+use crate::proto;
 use crate::select::Selector;
 use crate::store::{
     ApiError, Event, EventType, RESOURCES, ResourceType, Store, find_resource, meta_str, verbs,
@@ -209,8 +210,59 @@ fn discovery(state: &AppState, segs: &[&str]) -> Option<Value> {
         ["apis", g, v] if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) => {
             Some(resource_list(g, v))
         }
+        ["openapi", "v3"] => Some(openapi_v3_root()),
+        ["openapi", "v3", "api", "v1"] => Some(openapi_v3_doc("", "v1")),
+        ["openapi", "v3", "apis", g, v] if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) => {
+            Some(openapi_v3_doc(g, v))
+        }
         _ => None,
     }
+}
+
+/// A skeleton OpenAPI v3 document for one group/version. kubectl apply and
+/// create only look here to learn that PATCH takes `fieldValidation` (so it
+/// validates server-side instead of downloading full schemas); component
+/// schemas are left out so it computes strategic patches from its built-in types.
+fn openapi_v3_doc(group: &str, version: &str) -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        let path = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", r.plural)
+        };
+        let param = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+        let op = json!({
+            "operationId": format!("patch{}", r.kind),
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": r.kind},
+            "parameters": [param("dryRun"), param("fieldManager"), param("fieldValidation"), param("force")],
+            "responses": {"200": {"description": "OK"}},
+        });
+        paths.insert(path, json!({"patch": op}));
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.34.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    })
+}
+
+/// The /openapi/v3 index; the hash changes whenever a document would.
+fn openapi_v3_root() -> Value {
+    let mut gvs: Vec<(&str, &str)> = RESOURCES.iter().map(|r| (r.group, r.version)).collect();
+    gvs.dedup();
+    let mut paths = serde_json::Map::new();
+    for (g, v) in gvs {
+        let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+        // FNV-1a of the document, as a cache key for the client.
+        let text = openapi_v3_doc(g, v).to_string();
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash:016X}")}));
+    }
+    json!({"paths": paths})
 }
 
 // ---------------------------------------------------------------- routing
@@ -261,6 +313,11 @@ fn not_found_path() -> Response {
 fn parse_body(content_type: &str, body: &Bytes) -> Result<Option<Value>, ApiError> {
     if body.is_empty() {
         return Ok(None);
+    }
+    if content_type.contains("protobuf") {
+        return proto::decode(body)
+            .map(Some)
+            .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
     }
     let value = if content_type.contains("yaml") {
         serde_yaml::from_slice::<Value>(body)
@@ -342,6 +399,13 @@ async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if content_type.contains("cbor") {
+        return error_response(&ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        ));
+    }
     let parsed = parse_body(content_type, body);
     let body_value = parsed.as_ref().ok().cloned().flatten();
     let dry_run = match q("dryRun") {

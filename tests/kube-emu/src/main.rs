@@ -9,6 +9,7 @@
 mod api;
 mod emu;
 mod patch;
+mod proto;
 mod select;
 mod store;
 mod validate;

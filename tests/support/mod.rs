@@ -1,0 +1,350 @@
+//! Local stand-ins for the integration tests: moto (DynamoDB + KMS) and the
+//! Kubernetes API emulation on loopback, the real credstash CLI to write
+//! items, and the credsync binary to run. Every process started here dies
+//! with the test (PDEATHSIG and Drop), and every output captured from
+//! credsync is checked for the values the test seeded.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use credsync::cluster::{ApplyOptions, Cluster};
+use credsync::credstash::{CredstashSource, SourceConfig};
+use credsync::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
+use credsync::metrics::Metrics;
+use credsync::reconcile::Reconciler;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::Value;
+
+pub const REGION: &str = "us-east-1";
+
+pub fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool from the project's venv (`just setup` makes it).
+pub fn venv_tool(name: &str) -> PathBuf {
+    let path = project_dir().join(".venv/bin").join(name);
+    assert!(path.exists(), "{} missing: run `just setup` first", path.display());
+    path
+}
+
+fn kube_emu_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("KUBE_EMU_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| project_dir().join("target"));
+    let path = target.join("debug/kube-emu");
+    assert!(path.exists(), "{} missing: run `cargo build -p kube-emu` (just test does)", path.display());
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Spawns a child that gets SIGTERM when this test's thread ends.
+fn spawn_tied(cmd: &mut Command) -> Child {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How to write one item with the credstash CLI.
+#[derive(Default, Clone)]
+pub struct Put<'a> {
+    pub version: Option<&'a str>,
+    pub context: &'a [(&'a str, &'a str)],
+    pub key_alias: Option<&'a str>,
+    pub digest: Option<&'a str>,
+}
+
+/// What one credsync run printed.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub struct StandIns {
+    moto: Child,
+    emu: Child,
+    pub dir: tempfile::TempDir,
+    pub aws_endpoint: String,
+    pub emu_url: String,
+    pub kubeconfig: PathBuf,
+    pub table: String,
+    seeded: Mutex<Vec<String>>,
+    /// Every stdout and stderr credsync produced in this test.
+    pub captured: Mutex<Vec<String>>,
+}
+
+impl Drop for StandIns {
+    fn drop(&mut self) {
+        let _ = self.moto.kill();
+        let _ = self.emu.kill();
+        let _ = self.moto.wait();
+        let _ = self.emu.wait();
+    }
+}
+
+impl StandIns {
+    /// Starts moto and the emulator with `namespaces`, a KMS key under
+    /// alias/credstash and a table made by `credstash setup`.
+    pub async fn start(namespaces: &[&str]) -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let moto = spawn_tied(
+            Command::new(venv_tool("moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut emu_cmd = Command::new(kube_emu_bin());
+        emu_cmd.arg("--kubeconfig").arg(&kubeconfig);
+        for ns in namespaces {
+            emu_cmd.args(["--namespace", ns]);
+        }
+        let mut emu = spawn_tied(emu_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()));
+        let mut line = String::new();
+        BufReader::new(emu.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let emu_url = line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("kube-emu said {line:?}")).to_owned();
+        wait_for_port(port, "moto");
+        let stand_ins = Self {
+            moto,
+            emu,
+            aws_endpoint: format!("http://127.0.0.1:{port}"),
+            emu_url,
+            kubeconfig,
+            table: "credential-store".to_owned(),
+            dir,
+            seeded: Mutex::new(Vec::new()),
+            captured: Mutex::new(Vec::new()),
+        };
+        stand_ins.create_kms_key("alias/credstash", REGION).await;
+        let out = stand_ins.credstash(&["setup"]);
+        assert!(out.status.success(), "credstash setup: {}", String::from_utf8_lossy(&out.stderr));
+        Arc::new(stand_ins)
+    }
+
+    pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()))
+            .endpoint_url(&self.aws_endpoint)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "test"))
+            .load()
+            .await
+    }
+
+    pub async fn create_kms_key(&self, alias: &str, region: &str) {
+        let kms = aws_sdk_kms::Client::new(&self.sdk_config(region).await);
+        let key = kms.create_key().send().await.unwrap();
+        let id = key.key_metadata.unwrap().key_id;
+        kms.create_alias().alias_name(alias).target_key_id(id).send().await.unwrap();
+    }
+
+    pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk_config(REGION).await)
+    }
+
+    /// Environment for child processes: loopback AWS, no user config.
+    fn aws_env(&self, cmd: &mut Command) {
+        cmd.env("AWS_ENDPOINT_URL", &self.aws_endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("AWS_PROFILE");
+    }
+
+    pub fn credstash(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(venv_tool("credstash"));
+        cmd.args(["-t", &self.table]).args(args);
+        self.aws_env(&mut cmd);
+        cmd.output().unwrap()
+    }
+
+    /// Writes `value` under `name` with the real credstash CLI and remembers
+    /// it so no credsync output may contain it.
+    pub fn put(&self, name: &str, value: &str) {
+        self.put_with(name, value, Put::default());
+    }
+
+    pub fn put_with(&self, name: &str, value: &str, opts: Put) {
+        self.seeded.lock().unwrap().push(value.to_owned());
+        let file = tempfile::NamedTempFile::new_in(self.dir.path()).unwrap();
+        std::fs::write(file.path(), value).unwrap();
+        let mut args = vec!["put".to_owned(), "-a".to_owned()];
+        if let Some(v) = opts.version {
+            args = vec!["put".into(), "-v".into(), v.into()];
+        }
+        if let Some(k) = opts.key_alias {
+            args.extend(["-k".into(), k.into()]);
+        }
+        if let Some(d) = opts.digest {
+            args.extend(["-d".into(), d.into()]);
+        }
+        args.push(name.to_owned());
+        args.push(format!("@{}", file.path().display()));
+        args.extend(opts.context.iter().map(|(k, v)| format!("{k}={v}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.credstash(&args);
+        assert!(out.status.success(), "credstash put {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs the credsync binary and asserts its output holds no seeded value.
+    pub fn credsync(&self, args: &[&str]) -> Run {
+        self.credsync_env(args, &[])
+    }
+
+    pub fn credsync_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
+        self.aws_env(&mut cmd);
+        cmd.env("KUBECONFIG", &self.kubeconfig).env("CREDSYNC_TABLE", &self.table).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        self.assert_no_value_in(&run.stdout, &format!("stdout of credsync {args:?}"));
+        self.assert_no_value_in(&run.stderr, &format!("stderr of credsync {args:?}"));
+        self.captured.lock().unwrap().push(format!("{}\n{}", run.stdout, run.stderr));
+        run
+    }
+
+    /// Fails if any seeded value (or its base64) appears in `text`.
+    pub fn assert_no_value_in(&self, text: &str, what: &str) {
+        use base64::Engine;
+        for value in self.seeded.lock().unwrap().iter().filter(|v| v.len() >= 6) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+            assert!(!text.contains(value.as_str()), "{what} contains a seeded secret value");
+            assert!(!text.contains(&b64), "{what} contains a seeded secret value in base64");
+        }
+    }
+
+    pub async fn kube(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// A reconciler in this process, for counting calls across reconciles.
+    pub async fn reconciler(&self) -> Reconciler {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let source = CredstashSource::from_sdk_config(
+            &self.sdk_config(REGION).await,
+            SourceConfig {
+                table: self.table.clone(),
+                region: Some(REGION.to_owned()),
+                context: BTreeMap::new(),
+                kms_concurrency: 32,
+                scan_segments: 4,
+            },
+            metrics.clone(),
+        );
+        let cluster = Cluster::from_client(self.kube().await, metrics.clone());
+        let filter = NamespaceFilter::parse(DEFAULT_NAMESPACE_EXCLUDE, None);
+        Reconciler::new(source, cluster, filter, ApplyOptions::default(), metrics)
+    }
+
+    /// The Secret's data as bytes, or None if it does not exist.
+    pub async fn secret_data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.secret(namespace, name)
+            .await
+            .map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+
+    pub async fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.kube().await, namespace).get_opt(name).await.unwrap()
+    }
+
+    /// Creates a Secret by hand, as another tool would.
+    pub async fn create_secret(&self, namespace: &str, name: &str, type_: &str, data: &[(&str, &str)]) {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "type": type_,
+            "stringData": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(self.kube().await, namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
+    pub async fn patch_secret(&self, namespace: &str, name: &str, patch: Value) {
+        Api::<Secret>::namespaced(self.kube().await, namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    async fn emu(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+            .unwrap();
+        let text = self.kube().await.request_text(req).await.unwrap();
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Requests the emulator counted: `{"requests": {verb: n}, "writes": [...]}`.
+    pub async fn emu_stats(&self) -> Value {
+        self.emu("GET", "/_emu/stats", None).await
+    }
+
+    pub async fn emu_reset(&self) {
+        self.emu("POST", "/_emu/stats/reset", None).await;
+    }
+
+    pub async fn emu_post(&self, path: &str, body: Value) {
+        self.emu("POST", path, Some(body)).await;
+    }
+
+    /// Writes (create/update/patch/delete) the emulator stored, excluding dry runs.
+    pub async fn emu_writes(&self) -> Vec<Value> {
+        let stats = self.emu_stats().await;
+        stats["writes"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        path
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
