@@ -16,7 +16,8 @@ pub enum LogFormat {
 
 pub fn init(format: LogFormat, verbose: bool) {
     let own = if verbose { "debug" } else { "info" };
-    let filter = EnvFilter::new(format!("warn,credsync={own}"));
+    // The AWS config loader warns at every start outside EC2 (no IMDS): noise.
+    let filter = EnvFilter::new(format!("warn,aws_config=error,credsync={own}"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

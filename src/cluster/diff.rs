@@ -118,7 +118,9 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
             options,
         ) {
             Ok(Some(change)) => plan.changes.push(change),
-            Ok(None) => plan.unchanged += 1,
+            // A Secret that neither exists nor gets keys (all held) is not "unchanged".
+            Ok(None) if live.secrets.contains_key(secret) => plan.unchanged += 1,
+            Ok(None) => {}
             Err(skip) => plan.skipped.push(skip),
         }
     }

@@ -94,6 +94,15 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
         "credsync plan: table {} ({}) -> cluster {}\n\n",
         h.table, h.region, h.cluster
     );
+    // One column for the subject, so key lists and reasons line up.
+    let width = plan
+        .changes
+        .iter()
+        .map(|c| c.secret.to_string().len() + if c.adopt { 8 } else { 0 })
+        .chain(plan.skipped.iter().map(|s| s.subject.len()))
+        .max()
+        .unwrap_or(0)
+        .min(48);
     for c in &plan.changes {
         let (mark, code) = match c.action {
             Action::Create => ("+ create ", "32"),
@@ -101,12 +110,11 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             Action::Delete => ("- delete ", "31"),
         };
         let adopt = if c.adopt { " (adopt)" } else { "" };
+        let subject = format!("{}{adopt}", c.secret);
         let _ = writeln!(
             out,
-            "  {} {}{}  {}",
+            "  {} {subject:width$}  {}",
             paint(code, mark),
-            c.secret,
-            adopt,
             key_list(c).join(" ")
         );
     }

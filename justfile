@@ -1,0 +1,33 @@
+# credsync tasks. `just demo` and `just test` each do their own setup.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv"
+export SOPS_DISABLE_VERSION_CHECK := "1"
+
+# Run every test.
+default: test
+
+# Python tools for tests and the demo, pinned in requirements-test.txt, into .venv.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x "{{venv}}/bin/python" ]; then python3 -m venv "{{venv}}"; fi
+    if [ ! "{{venv}}/.installed" -nt requirements-test.txt ]; then
+        "{{venv}}/bin/pip" install --quiet --disable-pip-version-check -r requirements-test.txt
+        touch "{{venv}}/.installed"
+    fi
+
+# Build credsync and the Kubernetes API emulation used by tests and the demo.
+build:
+    cargo build --workspace --quiet
+
+# Formatting, lints, unit and integration tests (moto + the API emulation on loopback).
+test: setup build
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+    PATH="{{venv}}/bin:$PATH" cargo test --workspace
+
+# The main job end to end on local stand-ins; stops everything it starts.
+demo: setup build
+    PATH="{{venv}}/bin:$PATH" bash tests/demo.sh

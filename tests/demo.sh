@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The main job end to end on local stand-ins: moto (DynamoDB + KMS) and the
+# Kubernetes API emulation on loopback, items written by the real credstash
+# CLI, then `credsync plan` and `credsync sync`, one change, and the second
+# plan. Stops everything it started; fails if any seeded value is printed.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$root/target/debug"
+work="$(mktemp -d)"
+log="$work/demo.log"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+export CREDSYNC_TABLE=credential-store CREDSYNC_CLUSTER_NAME=demo
+
+{
+say "Starting moto and the Kubernetes API emulation on loopback"
+port="$(free_port)"
+moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+pids+=($!)
+export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+export KUBECONFIG="$work/kubeconfig"
+coproc EMU { exec "$bin/kube-emu" --kubeconfig "$KUBECONFIG" --namespace payments --namespace search --namespace web; }
+pids+=("$EMU_PID")
+read -r ready <&"${EMU[0]}"
+echo "moto: $AWS_ENDPOINT_URL   kube-emu: ${ready#READY }"
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+
+say "Creating the KMS key alias/credstash and the table (credstash setup)"
+python3 -c 'import boto3; k=boto3.client("kms"); kid=k.create_key()["KeyMetadata"]["KeyId"]; k.create_alias(AliasName="alias/credstash", TargetKeyId=kid)'
+credstash -t "$CREDSYNC_TABLE" setup >/dev/null
+
+say "Seeding $(grep -vc '^#' "$root/fixtures/demo-table.tsv") items with the credstash CLI (one invalid name, one conflict)"
+while IFS=$'\t' read -r name value; do
+    [[ "$name" == \#* ]] && continue
+    credstash -t "$CREDSYNC_TABLE" put -a "$name" "$value" >/dev/null
+    echo "  put $name"
+done <"$root/fixtures/demo-table.tsv"
+
+say "credsync plan"
+"$bin/credsync" plan
+
+say "credsync sync"
+"$bin/credsync" sync
+
+say "kubectl get secrets (the real kubectl, through the emulation)"
+kubectl get secrets -A -l app.kubernetes.io/managed-by=credsync
+
+say "Rotating one value: credstash put payments/db/password"
+credstash -t "$CREDSYNC_TABLE" put -a payments/db/password demo-payments-pass-rotated-5e5e >/dev/null
+
+say "credsync plan (markdown, as for a pull request): exactly one update"
+"$bin/credsync" plan --format markdown
+"$bin/credsync" plan --format json >"$work/plan.json"
+python3 - "$work/plan.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))["summary"]
+assert (s["create"], s["update"], s["delete"]) == (0, 1, 0), s
+print(f"second plan: {s['update']} update, {s['unchanged']} unchanged")
+PY
+
+say "credsync sync"
+"$bin/credsync" sync
+} 2>&1 | tee "$log"
+
+say "Checking the demo's output for seeded values"
+leaks=0
+while IFS=$'\t' read -r name value; do
+    [[ "$name" == \#* ]] && continue
+    if grep -qF -- "$value" "$log"; then echo "LEAK: the value of $name was printed"; leaks=1; fi
+done < <(cat "$root/fixtures/demo-table.tsv"; printf 'payments/db/password\tdemo-payments-pass-rotated-5e5e\n')
+[ "$leaks" -eq 0 ] && echo "no seeded value appears in the output"
+exit "$leaks"
