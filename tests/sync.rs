@@ -17,9 +17,18 @@ async fn credstash_cli_items_decrypt_byte_exact() {
     let env = StandIns::start(&["team-a", "team-b"]).await;
     let big: String = "0123456789abcdef-big-value\n".repeat(100 * 1024 / 27 + 1);
     let values: Vec<(&str, String)> = vec![
-        ("team-a/app/unicode", "pässwörd-ключ-密码-🔑-unicode".to_owned()),
-        ("team-a/app/multi-line", "line-one-xyz\nline-two-xyz\n\nend-of-lines".to_owned()),
-        ("team-a/app/dollar", "$HOME-${PATH}-$(echo no)-dollars".to_owned()),
+        (
+            "team-a/app/unicode",
+            "pässwörd-ключ-密码-🔑-unicode".to_owned(),
+        ),
+        (
+            "team-a/app/multi-line",
+            "line-one-xyz\nline-two-xyz\n\nend-of-lines".to_owned(),
+        ),
+        (
+            "team-a/app/dollar",
+            "$HOME-${PATH}-$(echo no)-dollars".to_owned(),
+        ),
         ("team-a/app/empty", String::new()),
         ("team-b/big/blob", big.clone()),
     ];
@@ -31,15 +40,36 @@ async fn credstash_cli_items_decrypt_byte_exact() {
     env.put("team-a/app/rotated", "rotated-version-two");
     env.put("team-a/app/rotated", "rotated-version-three");
     // A custom, non-padded version: "zz-custom" sorts after the padded ones.
-    env.put_with("team-b/custom/token", "custom-padded-version", Put::default());
-    env.put_with("team-b/custom/token", "custom-unpadded-latest", Put { version: Some("zz-custom"), ..Put::default() });
-    env.put_with("team-b/custom/sha512", "digest-sha512-value", Put { digest: Some("SHA512"), ..Put::default() });
+    env.put_with(
+        "team-b/custom/token",
+        "custom-padded-version",
+        Put::default(),
+    );
+    env.put_with(
+        "team-b/custom/token",
+        "custom-unpadded-latest",
+        Put {
+            version: Some("zz-custom"),
+            ..Put::default()
+        },
+    );
+    env.put_with(
+        "team-b/custom/sha512",
+        "digest-sha512-value",
+        Put {
+            digest: Some("SHA512"),
+            ..Put::default()
+        },
+    );
 
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("3 to create"), "{}", run.stdout);
 
-    let app = env.secret_data("team-a", "app").await.expect("team-a/app created");
+    let app = env
+        .secret_data("team-a", "app")
+        .await
+        .expect("team-a/app created");
     assert_eq!(app["UNICODE"], bytes(&values[0].1));
     assert_eq!(app["MULTI_LINE"], bytes(&values[1].1));
     assert_eq!(app["DOLLAR"], bytes(&values[2].1));
@@ -54,9 +84,15 @@ async fn credstash_cli_items_decrypt_byte_exact() {
 
     let secret = env.secret("team-a", "app").await.unwrap();
     let meta = secret.metadata;
-    assert_eq!(meta.labels.unwrap()["app.kubernetes.io/managed-by"], "credsync");
+    assert_eq!(
+        meta.labels.unwrap()["app.kubernetes.io/managed-by"],
+        "credsync"
+    );
     let annotations = meta.annotations.unwrap();
-    assert_eq!(annotations["credsync.io/managed-keys"], "DOLLAR,EMPTY,MULTI_LINE,ROTATED,UNICODE");
+    assert_eq!(
+        annotations["credsync.io/managed-keys"],
+        "DOLLAR,EMPTY,MULTI_LINE,ROTATED,UNICODE"
+    );
     assert!(annotations["credsync.io/last-sync"].ends_with('Z'));
     assert!(annotations["credsync.io/fingerprint"].starts_with("sha256:"));
 }
@@ -65,7 +101,10 @@ async fn credstash_cli_items_decrypt_byte_exact() {
 async fn second_reconcile_makes_no_kms_calls_and_no_writes() {
     let env = StandIns::start(&["apps"]).await;
     for i in 0..5 {
-        env.put(&format!("apps/svc-{i}/password"), &format!("password-value-{i}"));
+        env.put(
+            &format!("apps/svc-{i}/password"),
+            &format!("password-value-{i}"),
+        );
     }
     let reconciler = env.reconciler().await;
     let first = reconciler.sync(false).await.unwrap();
@@ -79,7 +118,11 @@ async fn second_reconcile_makes_no_kms_calls_and_no_writes() {
     assert!(!second.plan.has_changes());
     assert_eq!(second.plan.unchanged, 5);
     assert_eq!(m.kms_calls() - kms, 0, "KMS calls on an unchanged table");
-    assert_eq!(m.kubernetes_writes() - writes, 0, "Kubernetes writes on an unchanged table");
+    assert_eq!(
+        m.kubernetes_writes() - writes,
+        0,
+        "Kubernetes writes on an unchanged table"
+    );
     assert!(env.emu_writes().await.is_empty(), "the emulator saw writes");
 
     // A changed item is decrypted again (one call), and only it.
@@ -93,8 +136,14 @@ async fn second_reconcile_makes_no_kms_calls_and_no_writes() {
 async fn one_changed_key_among_50_secrets_is_one_write_of_that_key() {
     let env = StandIns::start(&["fleet"]).await;
     for i in 0..50 {
-        env.put(&format!("fleet/svc-{i:02}/user"), &format!("user-of-svc-{i:02}"));
-        env.put(&format!("fleet/svc-{i:02}/password"), &format!("password-of-svc-{i:02}"));
+        env.put(
+            &format!("fleet/svc-{i:02}/user"),
+            &format!("user-of-svc-{i:02}"),
+        );
+        env.put(
+            &format!("fleet/svc-{i:02}/password"),
+            &format!("password-of-svc-{i:02}"),
+        );
     }
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -104,14 +153,26 @@ async fn one_changed_key_among_50_secrets_is_one_write_of_that_key() {
     env.emu_reset().await;
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("0 to create, 1 to update, 0 to delete, 49 unchanged"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("0 to create, 1 to update, 0 to delete, 49 unchanged"),
+        "{}",
+        run.stdout
+    );
 
     let writes = env.emu_writes().await;
     assert_eq!(writes.len(), 1, "{writes:#?}");
     let write = &writes[0];
-    assert_eq!((write["namespace"].as_str(), write["name"].as_str()), (Some("fleet"), Some("svc-17")));
+    assert_eq!(
+        (write["namespace"].as_str(), write["name"].as_str()),
+        (Some("fleet"), Some("svc-17"))
+    );
     let data = write["body"]["data"].as_object().unwrap();
-    assert_eq!(data.keys().collect::<Vec<_>>(), ["PASSWORD"], "the write carries only the changed key");
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["PASSWORD"],
+        "the write carries only the changed key"
+    );
     let body_keys: Vec<&String> = write["body"].as_object().unwrap().keys().collect();
     assert_eq!(body_keys, ["data", "metadata"]);
     let live = env.secret_data("fleet", "svc-17").await.unwrap();
@@ -130,16 +191,36 @@ async fn bad_names_are_skipped_with_reasons_and_the_rest_syncs() {
     env.put("good/app/bad key!", "bad-key-chars-value");
 
     let run = env.credsync(&["sync"]);
-    assert_eq!(run.code, 0, "skips are warnings: {}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 0,
+        "skips are warnings: {}\n{}",
+        run.stdout, run.stderr
+    );
     for (name, reason) in [
         ("good/app ", "2 segment(s)"),
         ("good/app/key/extra", "4 segment(s)"),
-        ("Bad_NS/app/key", "namespace 'Bad_NS' is not a DNS-1123 label"),
-        ("good/Bad_Name/key", "secret name 'Bad_Name' is not a DNS-1123 subdomain"),
-        ("good/app/bad key!", "key 'BAD KEY!' is not a valid Secret data key"),
+        (
+            "Bad_NS/app/key",
+            "namespace 'Bad_NS' is not a DNS-1123 label",
+        ),
+        (
+            "good/Bad_Name/key",
+            "secret name 'Bad_Name' is not a DNS-1123 subdomain",
+        ),
+        (
+            "good/app/bad key!",
+            "key 'BAD KEY!' is not a valid Secret data key",
+        ),
     ] {
-        let line = run.stdout.lines().find(|l| l.contains("skip") && l.contains(name.trim_end()) && l.contains(reason));
-        assert!(line.is_some(), "no skip line for {name} with {reason}:\n{}", run.stdout);
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.contains("skip") && l.contains(name.trim_end()) && l.contains(reason));
+        assert!(
+            line.is_some(),
+            "no skip line for {name} with {reason}:\n{}",
+            run.stdout
+        );
     }
     assert!(run.stdout.contains("5 skipped"), "{}", run.stdout);
     let data = env.secret_data("good", "app").await.unwrap();
@@ -149,7 +230,8 @@ async fn bad_names_are_skipped_with_reasons_and_the_rest_syncs() {
 #[tokio::test]
 async fn normalized_name_conflict_keeps_the_live_value() {
     let env = StandIns::start(&["ns"]).await;
-    env.create_secret("ns", "app", "Opaque", &[("DB_PASS", "live-db-pass-value")]).await;
+    env.create_secret("ns", "app", "Opaque", &[("DB_PASS", "live-db-pass-value")])
+        .await;
     env.put("ns/app/db.pass", "table-db-pass-lower");
     env.put("ns/app/DB_PASS", "table-db-pass-upper");
     env.put("ns/app/user", "table-user-value");
@@ -157,7 +239,11 @@ async fn normalized_name_conflict_keeps_the_live_value() {
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("conflict"), "{}", run.stdout);
-    assert!(run.stdout.contains("ns/app/db.pass@") && run.stdout.contains("ns/app/DB_PASS@"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("ns/app/db.pass@") && run.stdout.contains("ns/app/DB_PASS@"),
+        "{}",
+        run.stdout
+    );
     let data = env.secret_data("ns", "app").await.unwrap();
     assert_eq!(data["DB_PASS"], b"live-db-pass-value");
     assert_eq!(data["USER"], b"table-user-value");
@@ -169,7 +255,10 @@ async fn normalized_name_conflict_keeps_the_live_value() {
     env.credstash(&["delete", "ns/app/DB_PASS"]);
     let run = env.credsync(&["sync"]);
     assert!(!run.stdout.contains("conflict"), "{}", run.stdout);
-    assert_eq!(env.secret_data("ns", "app").await.unwrap()["DB_PASS"], b"table-db-pass-lower");
+    assert_eq!(
+        env.secret_data("ns", "app").await.unwrap()["DB_PASS"],
+        b"table-db-pass-lower"
+    );
 }
 
 #[tokio::test]
@@ -187,8 +276,14 @@ async fn undecryptable_items_are_reported_and_keep_live_values() {
     let item = ddb
         .get_item()
         .table_name(&env.table)
-        .key("name", aws_sdk_dynamodb::types::AttributeValue::S("ns/app/tampered".into()))
-        .key("version", aws_sdk_dynamodb::types::AttributeValue::S("0000000000000000002".into()))
+        .key(
+            "name",
+            aws_sdk_dynamodb::types::AttributeValue::S("ns/app/tampered".into()),
+        )
+        .key(
+            "version",
+            aws_sdk_dynamodb::types::AttributeValue::S("0000000000000000002".into()),
+        )
         .send()
         .await
         .unwrap()
@@ -199,11 +294,26 @@ async fn undecryptable_items_are_reported_and_keep_live_values() {
     let mut contents = b64.decode(item["contents"].as_s().unwrap()).unwrap();
     contents[0] ^= 0x55;
     let mut tampered = item.clone();
-    tampered.insert("contents".into(), aws_sdk_dynamodb::types::AttributeValue::S(b64.encode(contents)));
-    ddb.put_item().table_name(&env.table).set_item(Some(tampered)).send().await.unwrap();
+    tampered.insert(
+        "contents".into(),
+        aws_sdk_dynamodb::types::AttributeValue::S(b64.encode(contents)),
+    );
+    ddb.put_item()
+        .table_name(&env.table)
+        .set_item(Some(tampered))
+        .send()
+        .await
+        .unwrap();
 
     // Written with an encryption context credsync is not given.
-    env.put_with("ns/app/context", "context-new-value", Put { context: &[("team", "payments")], ..Put::default() });
+    env.put_with(
+        "ns/app/context",
+        "context-new-value",
+        Put {
+            context: &[("team", "payments")],
+            ..Put::default()
+        },
+    );
 
     // Wrapped by a key KMS will not use here: made in another region, copied in.
     env.create_kms_key("alias/credstash", "eu-west-1").await;
@@ -217,29 +327,68 @@ async fn undecryptable_items_are_reported_and_keep_live_values() {
         .unwrap();
     assert!(other_out.status.success());
     let put_out = std::process::Command::new(support::venv_tool("credstash"))
-        .args(["-r", "eu-west-1", "-t", "other-region", "put", "ns/app/refused", "refused-new-value", "-v", "0000000000000000002"])
+        .args([
+            "-r",
+            "eu-west-1",
+            "-t",
+            "other-region",
+            "put",
+            "ns/app/refused",
+            "refused-new-value",
+            "-v",
+            "0000000000000000002",
+        ])
         .env("AWS_ENDPOINT_URL", &env.aws_endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .output()
         .unwrap();
-    assert!(put_out.status.success(), "{}", String::from_utf8_lossy(&put_out.stderr));
+    assert!(
+        put_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put_out.stderr)
+    );
     let eu = aws_sdk_dynamodb::Client::new(&env.sdk_config("eu-west-1").await);
-    let copied = eu.scan().table_name("other-region").send().await.unwrap().items.unwrap().remove(0);
-    ddb.put_item().table_name(&env.table).set_item(Some(copied)).send().await.unwrap();
+    let copied = eu
+        .scan()
+        .table_name("other-region")
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap()
+        .remove(0);
+    ddb.put_item()
+        .table_name(&env.table)
+        .set_item(Some(copied))
+        .send()
+        .await
+        .unwrap();
 
     env.put("ns/app/fine", "fine-new-value");
     env.put("ns/other/unaffected", "unaffected-new-value");
 
     let run = env.credsync(&["sync"]);
-    assert_eq!(run.code, 1, "item failures exit 1:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "item failures exit 1:\n{}\n{}",
+        run.stdout, run.stderr
+    );
     for (item, reason) in [
         ("ns/app/tampered@0000000000000000002", "HMAC mismatch"),
-        ("ns/app/context@0000000000000000002", "wrong encryption context"),
-        ("ns/app/refused@0000000000000000002", "KMS refused the data key"),
+        (
+            "ns/app/context@0000000000000000002",
+            "wrong encryption context",
+        ),
+        (
+            "ns/app/refused@0000000000000000002",
+            "KMS refused the data key",
+        ),
     ] {
         assert!(
-            run.stdout.lines().any(|l| l.contains(item) && l.contains(reason)),
+            run.stdout
+                .lines()
+                .any(|l| l.contains(item) && l.contains(reason)),
             "{item} not reported with {reason}:\n{}",
             run.stdout
         );
@@ -250,7 +399,10 @@ async fn undecryptable_items_are_reported_and_keep_live_values() {
     assert_eq!(data["CONTEXT"], b"context-original-value");
     assert_eq!(data["REFUSED"], b"refused-original-value");
     assert_eq!(data["FINE"], b"fine-new-value");
-    assert_eq!(env.secret_data("ns", "other").await.unwrap()["UNAFFECTED"], b"unaffected-new-value");
+    assert_eq!(
+        env.secret_data("ns", "other").await.unwrap()["UNAFFECTED"],
+        b"unaffected-new-value"
+    );
 
     // With the right context the context item syncs; the others still fail.
     let run = env.credsync(&["sync", "--context", "team=payments"]);
@@ -264,14 +416,24 @@ async fn oversized_secret_is_reported_and_not_written() {
     let env = StandIns::start(&["ns"]).await;
     // Five items of 250 KiB: each fits DynamoDB, together they pass 1 MiB.
     for i in 0..5 {
-        env.put(&format!("ns/huge/part-{i}"), &format!("{i}").repeat(250 * 1024));
+        env.put(
+            &format!("ns/huge/part-{i}"),
+            &format!("{i}").repeat(250 * 1024),
+        );
     }
     env.put("ns/small/key", "small-secret-value");
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("ns/huge") && run.stdout.contains("1 MiB"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("ns/huge") && run.stdout.contains("1 MiB"),
+        "{}",
+        run.stdout
+    );
     assert!(env.secret("ns", "huge").await.is_none());
-    assert_eq!(env.secret_data("ns", "small").await.unwrap()["KEY"], b"small-secret-value");
+    assert_eq!(
+        env.secret_data("ns", "small").await.unwrap()["KEY"],
+        b"small-secret-value"
+    );
 }
 
 #[tokio::test]
@@ -281,16 +443,38 @@ async fn table_level_errors_are_one_clear_line_and_write_nothing() {
 
     let run = env.credsync(&["sync", "--table", "no-such-table"]);
     assert_eq!(run.code, 1);
-    let line = run.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
-    assert!(line.contains("'no-such-table'") && line.contains("us-east-1") && line.contains("table not found"), "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("'no-such-table'")
+            && line.contains("us-east-1")
+            && line.contains("table not found"),
+        "{}",
+        run.stderr
+    );
 
     let run = env.credsync_env(&["sync"], &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")]);
     assert_eq!(run.code, 1);
-    let line = run.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
-    assert!(line.contains("'credential-store'") && line.contains("endpoint unreachable"), "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("'credential-store'") && line.contains("endpoint unreachable"),
+        "{}",
+        run.stderr
+    );
 
     // moto checks credentials when told to: a second moto with auth enforced.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut strict = std::process::Command::new(support::venv_tool("moto_server"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
@@ -299,15 +483,28 @@ async fn table_level_errors_are_one_clear_line_and_write_nothing() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && std::time::Instant::now() < deadline {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let run = env.credsync_env(&["sync"], &[("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}"))]);
+    let run = env.credsync_env(
+        &["sync"],
+        &[("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}"))],
+    );
     let _ = strict.kill();
     let _ = strict.wait();
     assert_eq!(run.code, 1);
-    let line = run.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
-    assert!(line.contains("'credential-store'") && line.contains("access denied"), "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("'credential-store'") && line.contains("access denied"),
+        "{}",
+        run.stderr
+    );
 
     assert!(env.emu_writes().await.is_empty(), "nothing may be written");
     assert!(env.secret("ns", "app").await.is_none());
@@ -316,18 +513,43 @@ async fn table_level_errors_are_one_clear_line_and_write_nothing() {
 #[tokio::test]
 async fn other_secret_types_and_missing_namespaces_are_reported_untouched() {
     let env = StandIns::start(&["ns"]).await;
-    env.create_secret("ns", "tls", "kubernetes.io/tls", &[("tls.crt", "crt-data"), ("tls.key", "key-data")]).await;
+    env.create_secret(
+        "ns",
+        "tls",
+        "kubernetes.io/tls",
+        &[("tls.crt", "crt-data"), ("tls.key", "key-data")],
+    )
+    .await;
     env.put("ns/tls/extra", "extra-value-for-tls");
     env.put("ghost/app/key", "ghost-namespace-value");
     env.put("ns/fine/key", "fine-value-here");
 
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.lines().any(|l| l.contains("ns/tls") && l.contains("kubernetes.io/tls")), "{}", run.stdout);
-    assert!(run.stdout.lines().any(|l| l.contains("ghost/app/key") && l.contains("namespace 'ghost' does not exist")), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("ns/tls") && l.contains("kubernetes.io/tls")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("ghost/app/key") && l.contains("namespace 'ghost' does not exist")),
+        "{}",
+        run.stdout
+    );
     let tls = env.secret("ns", "tls").await.unwrap();
-    assert_eq!(tls.data.unwrap().keys().collect::<Vec<_>>(), ["tls.crt", "tls.key"]);
-    assert!(tls.metadata.labels.is_none_or(|l| !l.contains_key("app.kubernetes.io/managed-by")));
+    assert_eq!(
+        tls.data.unwrap().keys().collect::<Vec<_>>(),
+        ["tls.crt", "tls.key"]
+    );
+    assert!(
+        tls.metadata
+            .labels
+            .is_none_or(|l| !l.contains_key("app.kubernetes.io/managed-by"))
+    );
     assert!(env.secret("ns", "fine").await.is_some());
 }
 
@@ -347,15 +569,29 @@ async fn concurrent_edit_between_read_and_write_is_not_lost() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let data = env.secret_data("ns", "app").await.unwrap();
     assert_eq!(data["HAND_ADDED"], b"hand", "the concurrent edit survived");
-    assert_eq!(data["TOKEN"], b"token-value-two", "credsync's change landed");
-    let patches = env.emu_writes().await.into_iter().filter(|w| w["verb"] == "patch").count();
+    assert_eq!(
+        data["TOKEN"], b"token-value-two",
+        "credsync's change landed"
+    );
+    let patches = env
+        .emu_writes()
+        .await
+        .into_iter()
+        .filter(|w| w["verb"] == "patch")
+        .count();
     assert!(patches >= 2, "the stale write was refused and retried");
 }
 
 #[tokio::test]
 async fn adoption_pruning_and_deletion_follow_ownership() {
     let env = StandIns::start(&["ns"]).await;
-    env.create_secret("ns", "shared", "Opaque", &[("THEIRS", "not-ours-value"), ("A", "stale-a")]).await;
+    env.create_secret(
+        "ns",
+        "shared",
+        "Opaque",
+        &[("THEIRS", "not-ours-value"), ("A", "stale-a")],
+    )
+    .await;
     env.put("ns/shared/a", "table-a-value");
     env.put("ns/owned/x", "owned-x-value");
     env.put("ns/owned/y", "owned-y-value");
@@ -363,20 +599,43 @@ async fn adoption_pruning_and_deletion_follow_ownership() {
     assert_eq!(run.code, 0);
     assert!(run.stdout.contains("ns/shared (adopt)"), "{}", run.stdout);
     let shared = env.secret_data("ns", "shared").await.unwrap();
-    assert_eq!(shared, BTreeMap::from([("A".into(), bytes("table-a-value")), ("THEIRS".into(), bytes("not-ours-value"))]));
+    assert_eq!(
+        shared,
+        BTreeMap::from([
+            ("A".into(), bytes("table-a-value")),
+            ("THEIRS".into(), bytes("not-ours-value"))
+        ])
+    );
 
     // A removed key goes only if credsync owns it; an emptied Secret it created goes too.
     env.credstash(&["delete", "ns/owned/y"]);
     env.credstash(&["delete", "ns/shared/a"]);
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(env.secret_data("ns", "owned").await.unwrap().keys().collect::<Vec<_>>(), ["X"]);
-    assert_eq!(env.secret_data("ns", "shared").await.unwrap().keys().collect::<Vec<_>>(), ["THEIRS"]);
+    assert_eq!(
+        env.secret_data("ns", "owned")
+            .await
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["X"]
+    );
+    assert_eq!(
+        env.secret_data("ns", "shared")
+            .await
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["THEIRS"]
+    );
     env.credstash(&["delete", "ns/owned/x"]);
     let run = env.credsync(&["sync"]);
     assert!(run.stdout.contains("- delete  ns/owned"), "{}", run.stdout);
     assert!(env.secret("ns", "owned").await.is_none());
-    assert!(env.secret("ns", "shared").await.is_some(), "an adopted Secret is never deleted");
+    assert!(
+        env.secret("ns", "shared").await.is_some(),
+        "an adopted Secret is never deleted"
+    );
 }
 
 #[tokio::test]
@@ -389,8 +648,15 @@ async fn dry_run_writes_nothing_and_plan_exit_codes_follow_changes() {
     assert_eq!(run.code, 0);
     let run = env.credsync(&["sync", "--dry-run"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("would write: 1 Secret"), "{}", run.stdout);
-    assert!(env.secret("ns", "app").await.is_none(), "dry run stored nothing");
+    assert!(
+        run.stdout.contains("would write: 1 Secret"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        env.secret("ns", "app").await.is_none(),
+        "dry run stored nothing"
+    );
     let stats = env.emu_stats().await;
     assert_eq!(stats["dry_run"]["create"], 1, "{stats}");
     assert_eq!(env.credsync(&["sync"]).code, 0);

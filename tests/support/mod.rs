@@ -33,7 +33,11 @@ pub fn project_dir() -> PathBuf {
 /// A tool from the project's venv (`just setup` makes it).
 pub fn venv_tool(name: &str) -> PathBuf {
     let path = project_dir().join(".venv/bin").join(name);
-    assert!(path.exists(), "{} missing: run `just setup` first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `just setup` first",
+        path.display()
+    );
     path
 }
 
@@ -41,14 +45,24 @@ fn kube_emu_bin() -> PathBuf {
     if let Ok(path) = std::env::var("KUBE_EMU_BIN") {
         return PathBuf::from(path);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| project_dir().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| project_dir().join("target"));
     let path = target.join("debug/kube-emu");
-    assert!(path.exists(), "{} missing: run `cargo build -p kube-emu` (just test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build -p kube-emu` (just test does)",
+        path.display()
+    );
     path
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Spawns a child that gets SIGTERM when this test's thread ends.
@@ -59,7 +73,8 @@ fn spawn_tied(cmd: &mut Command) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
 
 fn wait_for_port(port: u16, what: &str) {
@@ -126,10 +141,21 @@ impl StandIns {
         for ns in namespaces {
             emu_cmd.args(["--namespace", ns]);
         }
-        let mut emu = spawn_tied(emu_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()));
+        let mut emu = spawn_tied(
+            emu_cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
         let mut line = String::new();
-        BufReader::new(emu.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let emu_url = line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("kube-emu said {line:?}")).to_owned();
+        BufReader::new(emu.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let emu_url = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("kube-emu said {line:?}"))
+            .to_owned();
         wait_for_port(port, "moto");
         let stand_ins = Self {
             moto,
@@ -144,7 +170,11 @@ impl StandIns {
         };
         stand_ins.create_kms_key("alias/credstash", REGION).await;
         let out = stand_ins.credstash(&["setup"]);
-        assert!(out.status.success(), "credstash setup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "credstash setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Arc::new(stand_ins)
     }
 
@@ -152,7 +182,9 @@ impl StandIns {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()))
             .endpoint_url(&self.aws_endpoint)
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "test"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
             .load()
             .await
     }
@@ -161,7 +193,12 @@ impl StandIns {
         let kms = aws_sdk_kms::Client::new(&self.sdk_config(region).await);
         let key = kms.create_key().send().await.unwrap();
         let id = key.key_metadata.unwrap().key_id;
-        kms.create_alias().alias_name(alias).target_key_id(id).send().await.unwrap();
+        kms.create_alias()
+            .alias_name(alias)
+            .target_key_id(id)
+            .send()
+            .await
+            .unwrap();
     }
 
     pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
@@ -213,7 +250,11 @@ impl StandIns {
         args.extend(opts.context.iter().map(|(k, v)| format!("{k}={v}")));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.credstash(&args);
-        assert!(out.status.success(), "credstash put {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "credstash put {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs the credsync binary and asserts its output holds no seeded value.
@@ -224,7 +265,9 @@ impl StandIns {
     pub fn credsync_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
         self.aws_env(&mut cmd);
-        cmd.env("KUBECONFIG", &self.kubeconfig).env("CREDSYNC_TABLE", &self.table).args(args);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("CREDSYNC_TABLE", &self.table)
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -236,7 +279,10 @@ impl StandIns {
         };
         self.assert_no_value_in(&run.stdout, &format!("stdout of credsync {args:?}"));
         self.assert_no_value_in(&run.stderr, &format!("stderr of credsync {args:?}"));
-        self.captured.lock().unwrap().push(format!("{}\n{}", run.stdout, run.stderr));
+        self.captured
+            .lock()
+            .unwrap()
+            .push(format!("{}\n{}", run.stdout, run.stderr));
         run
     }
 
@@ -245,14 +291,22 @@ impl StandIns {
         use base64::Engine;
         for value in self.seeded.lock().unwrap().iter().filter(|v| v.len() >= 6) {
             let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-            assert!(!text.contains(value.as_str()), "{what} contains a seeded secret value");
-            assert!(!text.contains(&b64), "{what} contains a seeded secret value in base64");
+            assert!(
+                !text.contains(value.as_str()),
+                "{what} contains a seeded secret value"
+            );
+            assert!(
+                !text.contains(&b64),
+                "{what} contains a seeded secret value in base64"
+            );
         }
     }
 
     pub async fn kube(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
         kube::Client::try_from(config).unwrap()
     }
 
@@ -276,18 +330,35 @@ impl StandIns {
     }
 
     /// The Secret's data as bytes, or None if it does not exist.
-    pub async fn secret_data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        self.secret(namespace, name)
-            .await
-            .map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect())
+    pub async fn secret_data(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.secret(namespace, name).await.map(|s| {
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        })
     }
 
     pub async fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
-        Api::<Secret>::namespaced(self.kube().await, namespace).get_opt(name).await.unwrap()
+        Api::<Secret>::namespaced(self.kube().await, namespace)
+            .get_opt(name)
+            .await
+            .unwrap()
     }
 
     /// Creates a Secret by hand, as another tool would.
-    pub async fn create_secret(&self, namespace: &str, name: &str, type_: &str, data: &[(&str, &str)]) {
+    pub async fn create_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        type_: &str,
+        data: &[(&str, &str)],
+    ) {
         let secret: Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": namespace},
             "type": type_,

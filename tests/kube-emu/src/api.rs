@@ -212,7 +212,9 @@ fn discovery(state: &AppState, segs: &[&str]) -> Option<Value> {
         }
         ["openapi", "v3"] => Some(openapi_v3_root()),
         ["openapi", "v3", "api", "v1"] => Some(openapi_v3_doc("", "v1")),
-        ["openapi", "v3", "apis", g, v] if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) => {
+        ["openapi", "v3", "apis", g, v]
+            if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) =>
+        {
             Some(openapi_v3_doc(g, v))
         }
         _ => None,
@@ -225,8 +227,15 @@ fn discovery(state: &AppState, segs: &[&str]) -> Option<Value> {
 /// schemas are left out so it computes strategic patches from its built-in types.
 fn openapi_v3_doc(group: &str, version: &str) -> Value {
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
-        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
         let path = if r.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
         } else {
@@ -256,11 +265,20 @@ fn openapi_v3_root() -> Value {
     gvs.dedup();
     let mut paths = serde_json::Map::new();
     for (g, v) in gvs {
-        let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+        let key = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
         // FNV-1a of the document, as a cache key for the client.
         let text = openapi_v3_doc(g, v).to_string();
-        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash:016X}")}));
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        paths.insert(
+            key.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash:016X}")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -456,7 +474,7 @@ async fn handle(
     let res = target.res;
     let result = match verb {
         "list" => return list(state, res, target.ns.as_deref(), &query, headers),
-        "watch" => return watch(state.clone(), res, target.ns, target.name, &query),
+        "watch" => return watch(state.clone(), res, target.ns, target.name, &query, headers),
         "get" => state.store().get(res, &ns, &name).map(|o| (200, o)),
         "create" => state
             .store()
@@ -666,6 +684,21 @@ struct WatchSpec {
     timeout: Duration,
     bookmarks: bool,
     send_initial_events: bool,
+    /// `includeObject` when the client asked for Table rows (kubectl get -w).
+    table: Option<String>,
+}
+
+impl WatchSpec {
+    /// The event's object as the client asked for it: itself or a one-row Table.
+    fn shown(&self, obj: &Value) -> Value {
+        match &self.table {
+            Some(include) => {
+                let meta = json!({"resourceVersion": meta_str(obj, "resourceVersion")});
+                table(self.res, std::slice::from_ref(obj), meta, include)
+            }
+            None => obj.clone(),
+        }
+    }
 }
 
 fn watch(
@@ -674,12 +707,15 @@ fn watch(
     ns: Option<String>,
     name: Option<String>,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Response {
     let q = |k: &str| query.get(k).map(String::as_str).unwrap_or("");
     let sel = match Selector::parse(res, q("labelSelector"), q("fieldSelector")) {
         Ok(s) => s,
         Err(e) => return error_response(&e),
     };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let table = accept.contains("as=Table").then(|| q("includeObject").to_string());
     let sel = match &name {
         Some(n) => sel.with_name(n),
         None => sel,
@@ -713,6 +749,7 @@ fn watch(
         timeout,
         bookmarks,
         send_initial_events,
+        table,
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(run_watch(state, spec, tx));
@@ -800,7 +837,7 @@ async fn run_watch(state: Arc<AppState>, spec: WatchSpec, mut tx: Tx) {
         }
     };
     for obj in &initial {
-        if !send_event(&mut tx, "ADDED", obj).await {
+        if !send_event(&mut tx, "ADDED", &spec.shown(obj)).await {
             return;
         }
     }
@@ -829,7 +866,7 @@ async fn run_watch(state: Arc<AppState>, spec: WatchSpec, mut tx: Tx) {
         };
         for ev in &events {
             if let Some((kind, obj)) = visible(&spec, ev) {
-                if !send_event(&mut tx, kind, obj).await {
+                if !send_event(&mut tx, kind, &spec.shown(obj)).await {
                     return;
                 }
             }

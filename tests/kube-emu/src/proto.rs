@@ -67,7 +67,13 @@ fn map_entry(b: &[u8], bytes_value: bool, into: &mut Map<String, Value>) -> Resu
     for (n, f) in fields(b)? {
         match (n, f) {
             (1, Field::Bytes(x)) => k = text(x),
-            (2, Field::Bytes(x)) => v = if bytes_value { STANDARD.encode(x) } else { text(x) },
+            (2, Field::Bytes(x)) => {
+                v = if bytes_value {
+                    STANDARD.encode(x)
+                } else {
+                    text(x)
+                }
+            }
             _ => {}
         }
     }
@@ -77,7 +83,8 @@ fn map_entry(b: &[u8], bytes_value: bool, into: &mut Map<String, Value>) -> Resu
 
 fn object_meta(b: &[u8]) -> Result<Value, String> {
     let mut m = Map::new();
-    let (mut labels, mut annotations, mut finalizers, mut owners) = (Map::new(), Map::new(), vec![], vec![]);
+    let (mut labels, mut annotations, mut finalizers, mut owners) =
+        (Map::new(), Map::new(), vec![], vec![]);
     for (n, f) in fields(b)? {
         match (n, f) {
             (1, Field::Bytes(x)) => _ = m.insert("name".into(), json!(text(x))),
@@ -180,7 +187,9 @@ fn namespace(b: &[u8]) -> Result<Value, String> {
 
 /// Decodes a protobuf request body of a Secret, ConfigMap or Namespace.
 pub fn decode(body: &[u8]) -> Result<Value, String> {
-    let unknown = body.strip_prefix(b"k8s\0").ok_or("missing k8s protobuf magic prefix")?;
+    let unknown = body
+        .strip_prefix(b"k8s\0")
+        .ok_or("missing k8s protobuf magic prefix")?;
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
     for (n, f) in fields(unknown)? {
         match (n, f) {
@@ -201,7 +210,11 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         "Secret" => secret(raw)?,
         "ConfigMap" => config_map(raw)?,
         "Namespace" => namespace(raw)?,
-        other => return Err(format!("protobuf bodies of kind {other:?} are not emulated; send JSON")),
+        other => {
+            return Err(format!(
+                "protobuf bodies of kind {other:?} are not emulated; send JSON"
+            ));
+        }
     };
     obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
