@@ -75,14 +75,26 @@ impl Reconciler {
     pub async fn plan(&self) -> Result<Planned, ReconcileError> {
         let (scanned, namespaces) = tokio::join!(self.source.scan(), self.cluster.namespaces());
         let (scanned, namespaces) = (scanned?, namespaces?);
+        tracing::debug!(
+            items = scanned.latest.len(),
+            malformed = scanned.malformed.len(),
+            namespaces = namespaces.len(),
+            "read table and namespaces"
+        );
         let mut selection =
             Selection::of(scanned.latest, scanned.malformed, &self.filter, &namespaces);
         let to_decrypt = std::mem::take(&mut selection.to_decrypt);
         let decrypted = self.source.decrypt(to_decrypt).await;
         let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
         let live = self.cluster.live_state(&manifest).await?;
+        tracing::debug!(
+            desired = manifest.secrets.len(),
+            live = live.secrets.len(),
+            "read live Secrets"
+        );
         let plan = diff::plan(&manifest, &live, self.apply.diff);
         self.record(&manifest, &plan);
+        log_findings(&plan);
         Ok(Planned {
             manifest,
             live,
@@ -109,6 +121,20 @@ impl Reconciler {
             .cluster
             .apply(&planned.plan, &planned.manifest, &planned.live, options)
             .await;
+        for change in &outcome.written {
+            tracing::info!(
+                secret = %change.secret,
+                action = change.action.as_str(),
+                added = ?change.added,
+                changed = ?change.changed,
+                removed = ?change.removed,
+                dry_run,
+                "wrote Secret"
+            );
+        }
+        for failure in &outcome.failed {
+            tracing::error!(secret = %failure.secret, reason = %failure.reason, "Secret not written");
+        }
         let report = SyncReport {
             plan: planned.plan,
             outcome,
@@ -136,4 +162,23 @@ impl Reconciler {
                 .sum::<usize>() as i64,
         );
     }
+}
+
+/// Warnings and errors a user must see whatever the output format.
+fn log_findings(plan: &Plan) {
+    for skip in &plan.skipped {
+        tracing::warn!(subject = %skip.subject, reason = %skip.reason, "skipped");
+    }
+    for conflict in &plan.conflicts {
+        let sources: Vec<String> = conflict.sources.iter().map(ToString::to_string).collect();
+        tracing::warn!(secret = %conflict.secret, key = %conflict.key, ?sources, "conflicting table names; live value kept");
+    }
+    for failure in &plan.failures {
+        tracing::error!(item = %failure.item, version = %failure.version, reason = %failure.reason, "item not decrypted; live value kept");
+    }
+    tracing::debug!(
+        changes = plan.changes.len(),
+        unchanged = plan.unchanged,
+        "planned"
+    );
 }

@@ -97,8 +97,10 @@ impl Decryptor {
                 .map(|(_, value)| value.clone())
         });
         if let Some(value) = cached {
+            tracing::debug!(item = %item.id, "unchanged since last read; no KMS call");
             return Ok(Credential { id: item.id, value });
         }
+        tracing::debug!(item = %item.id, digest = %item.digest, "decrypting");
         let fail = |reason: String| ItemFailure {
             id: item.id.clone(),
             reason,

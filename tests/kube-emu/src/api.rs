@@ -714,8 +714,13 @@ fn watch(
         Ok(s) => s,
         Err(e) => return error_response(&e),
     };
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let table = accept.contains("as=Table").then(|| q("includeObject").to_string());
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let table = accept
+        .contains("as=Table")
+        .then(|| q("includeObject").to_string());
     let sel = match &name {
         Some(n) => sel.with_name(n),
         None => sel,

@@ -502,6 +502,27 @@ async fn watch_events_and_watcher() {
         ]
     );
 
+    // The streaming-list variant (sendInitialEvents + initial-events-end bookmark).
+    let mut streaming = watcher(
+        api.clone(),
+        watcher::Config::default().labels("app=w").streaming_lists(),
+    )
+    .boxed();
+    let mut names = vec![];
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), streaming.try_next())
+            .await
+            .expect("event in time")
+            .expect("ok")
+            .expect("open");
+        match ev {
+            watcher::Event::InitApply(s) => names.push(s.metadata.name.unwrap_or_default()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, ["pre"]);
+
     // Resuming from a resourceVersion replays what came after it; bookmarks arrive.
     let rv = api
         .list(&ListParams::default())
