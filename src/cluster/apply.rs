@@ -184,9 +184,11 @@ impl Cluster {
             (Action::Update, Some(live)) => {
                 check_size(change, desired, Some(live))?;
                 let body = update_patch(change, desired, live);
-                let mut params = PatchParams::default();
-                params.dry_run = dry_run;
-                params.field_manager = Some(self.field_manager.clone());
+                let params = PatchParams {
+                    dry_run,
+                    field_manager: Some(self.field_manager.clone()),
+                    ..PatchParams::default()
+                };
                 self.count("patch");
                 api.patch(&secret.name, &params, &Patch::Merge(&body))
                     .await

@@ -130,7 +130,7 @@ fn fault_error(
             "Timeout",
             "the server was unable to return a response in the time allotted, but may still be processing the request".to_string(),
         ),
-        _ => ("Unknown", format!("an error on the server (\"injected fault\") has prevented the request from succeeding")),
+        _ => ("Unknown", "an error on the server (\"injected fault\") has prevented the request from succeeding".to_string()),
     };
     ApiError::new(code, reason, message.unwrap_or(default_msg))
 }
@@ -384,10 +384,10 @@ async fn handle(
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     }
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
-    if *method == Method::GET {
-        if let Some(doc) = discovery(state, &segs) {
-            return json_response(200, &doc);
-        }
+    if *method == Method::GET
+        && let Some(doc) = discovery(state, &segs)
+    {
+        return json_response(200, &doc);
     }
     let Some(target) = parse_target(&segs) else {
         return not_found_path();
@@ -409,7 +409,7 @@ async fn handle(
             return error_response(&ApiError::new(
                 405,
                 "MethodNotAllowed",
-                format!("the server does not allow this method on the requested resource"),
+                "the server does not allow this method on the requested resource".to_string(),
             ));
         }
     };
@@ -772,10 +772,11 @@ fn visible<'a>(spec: &WatchSpec, ev: &'a Event) -> Option<(&'static str, &'a Val
     if !ev.resource.is(spec.res.group, spec.res.plural) {
         return None;
     }
-    if let Some(ns) = &spec.ns {
-        if spec.res.namespaced && ev.namespace != *ns {
-            return None;
-        }
+    if let Some(ns) = &spec.ns
+        && spec.res.namespaced
+        && ev.namespace != *ns
+    {
+        return None;
     }
     let now = spec.sel.matches(&ev.object);
     let before = ev.old.as_ref().map(|o| spec.sel.matches(o));
@@ -870,10 +871,10 @@ async fn run_watch(state: Arc<AppState>, spec: WatchSpec, mut tx: Tx) {
             }
         };
         for ev in &events {
-            if let Some((kind, obj)) = visible(&spec, ev) {
-                if !send_event(&mut tx, kind, &spec.shown(obj)).await {
-                    return;
-                }
+            if let Some((kind, obj)) = visible(&spec, ev)
+                && !send_event(&mut tx, kind, &spec.shown(obj)).await
+            {
+                return;
             }
         }
         last_rv = last_rv.max(head);

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 pub struct Emu {
     requests: BTreeMap<String, u64>,
     dry_run: BTreeMap<String, u64>,
+    /// Write requests (create/update/patch/delete), dry runs kept apart.
     writes: Vec<Value>,
+    dry_run_writes: Vec<Value>,
     faults: Vec<Fault>,
     before_write: Vec<BeforeWrite>,
 }
@@ -63,26 +65,36 @@ impl Emu {
         };
         *counts.entry(r.verb.to_string()).or_default() += 1;
         if matches!(r.verb, "create" | "update" | "patch" | "delete") {
-            self.writes.push(json!({
+            let list = if r.dry_run {
+                &mut self.dry_run_writes
+            } else {
+                &mut self.writes
+            };
+            list.push(json!({
                 "verb": r.verb,
                 "namespace": r.namespace,
                 "name": r.name,
                 "resource": r.resource,
                 "content_type": r.content_type,
-                "dry_run": r.dry_run,
                 "body": r.body.clone().unwrap_or(Value::Null),
             }));
         }
     }
 
     pub fn stats(&self) -> Value {
-        json!({"requests": self.requests, "dry_run": self.dry_run, "writes": self.writes})
+        json!({
+            "requests": self.requests,
+            "dry_run": self.dry_run,
+            "writes": self.writes,
+            "dry_run_writes": self.dry_run_writes,
+        })
     }
 
     pub fn reset_stats(&mut self) {
         self.requests.clear();
         self.dry_run.clear();
         self.writes.clear();
+        self.dry_run_writes.clear();
     }
 
     pub fn add_fault(&mut self, f: Fault) {

@@ -139,10 +139,10 @@ fn qualified_name_errors(k: &str) -> Vec<&'static str> {
         None => (None, k),
     };
     let mut errs = vec![];
-    if let Some(p) = prefix {
-        if !dns_subdomain_errors(p).is_empty() {
-            errs.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')");
-        }
+    if let Some(p) = prefix
+        && !dns_subdomain_errors(p).is_empty()
+    {
+        errs.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')");
     }
     if !qname_part_ok(name) {
         errs.push(QNAME_FMT);
@@ -282,14 +282,14 @@ pub fn normalize(res: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
             m.insert("type".into(), json!("Opaque"));
         }
     }
-    if res.is("", "configmaps") {
-        if let Some(bd) = obj.get("binaryData").and_then(Value::as_object) {
-            for v in bd.values() {
-                let s = v.as_str().unwrap_or("");
-                STANDARD
-                    .decode(s.as_bytes())
-                    .map_err(|e| cannot(go_base64_error(&e)))?;
-            }
+    if res.is("", "configmaps")
+        && let Some(bd) = obj.get("binaryData").and_then(Value::as_object)
+    {
+        for v in bd.values() {
+            let s = v.as_str().unwrap_or("");
+            STANDARD
+                .decode(s.as_bytes())
+                .map_err(|e| cannot(go_base64_error(&e)))?;
         }
     }
     if res.is("", "namespaces") {

@@ -377,6 +377,8 @@ async fn dry_run_stores_nothing() {
         json!({"create": 2, "patch": 1, "delete": 1})
     );
     assert!(stats["requests"].get("create").is_none());
+    assert_eq!(stats["writes"], json!([]));
+    assert_eq!(stats["dry_run_writes"].as_array().map(Vec::len), Some(4));
 }
 
 #[tokio::test]
