@@ -178,7 +178,7 @@ fn describe_aws_error<E>(
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
-    use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+    use aws_sdk_dynamodb::error::SdkError;
     match err {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -192,8 +192,23 @@ where
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => format!(
             "endpoint unreachable (check network, AWS_ENDPOINT_URL and region): {}",
-            DisplayErrorContext(err)
+            error_chain(err)
         ),
-        other => format!("{}: {}", classify(None, 0), DisplayErrorContext(other)),
+        other => format!("{}: {}", classify(None, 0), error_chain(other)),
     }
+}
+
+/// An error and its sources on one line, without Debug dumps.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
