@@ -138,11 +138,19 @@ const LEGACY_ENV: &[(&str, &str)] = &[
 
 /// Parses arguments, filling flags left at their default from Kubestash-V2's variables.
 pub fn parse() -> Result<Cli> {
-    let mut matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches_mut(&mut matches)?;
+    parse_from(std::env::args_os(), |var| std::env::var(var).ok())
+}
+
+fn parse_from<I, T>(args: I, legacy_env: impl Fn(&str) -> Option<String>) -> Result<Cli>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
     let sub = matches.subcommand().map(|(_, m)| m);
     for (arg, var) in LEGACY_ENV {
-        let Ok(value) = std::env::var(var) else {
+        let Some(value) = legacy_env(var) else {
             continue;
         };
         let source = sub
@@ -178,6 +186,13 @@ pub fn parse() -> Result<Cli> {
 pub async fn main() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
+        Err(err) if err.downcast_ref::<clap::Error>().is_some() => {
+            // Help, version and usage errors print as clap formats them.
+            if let Some(clap_err) = err.downcast_ref::<clap::Error>() {
+                clap_err.exit();
+            }
+            return ExitCode::from(1);
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             return ExitCode::from(1);
@@ -264,4 +279,58 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     };
     tracing::info!(calls = %reconciler.metrics().call_summary(), "done");
     Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn kubestash_variables_fill_unset_flags() {
+        let env = legacy(&[
+            ("DDB_TABLE", "legacy-table"),
+            ("TABLE_REGION", "eu-west-1"),
+            ("CLUSTER_NAME", "prod"),
+            ("NAMESPACE_EXCLUDE_FILTER", "a|b"),
+            ("VERBOSE", "true"),
+            ("DRY_RUN", "1"),
+        ]);
+        let cli = parse_from(["credsync", "sync"], env).unwrap();
+        assert_eq!(cli.common.table, "legacy-table");
+        assert_eq!(cli.common.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(cli.common.cluster_name, "prod");
+        assert_eq!(cli.common.namespace_exclude, "a|b");
+        assert!(cli.common.verbose);
+        assert!(matches!(cli.command, Command::Sync { dry_run: true, .. }));
+    }
+
+    #[test]
+    fn flags_win_over_kubestash_variables() {
+        let env = legacy(&[("DDB_TABLE", "legacy-table"), ("DRY_RUN", "false")]);
+        let cli = parse_from(["credsync", "--table", "mine", "sync"], env).unwrap();
+        assert_eq!(cli.common.table, "mine");
+        assert!(matches!(cli.command, Command::Sync { dry_run: false, .. }));
+    }
+
+    #[test]
+    fn context_pairs_parse_and_bad_ones_are_refused() {
+        let cli = parse_from(
+            ["credsync", "plan", "--context", "a=b", "--context", "c=d=e"],
+            legacy(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            cli.common.context,
+            [("a".into(), "b".into()), ("c".into(), "d=e".into())]
+        );
+        assert!(parse_from(["credsync", "plan", "--context", "novalue"], legacy(&[])).is_err());
+    }
 }

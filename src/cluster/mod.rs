@@ -11,6 +11,7 @@ pub mod diff;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
 
@@ -32,6 +33,8 @@ pub const LAST_SYNC_ANNOTATION: &str = "credsync.io/last-sync";
 pub const FINGERPRINT_ANNOTATION: &str = "credsync.io/fingerprint";
 /// Present when credsync created the Secret, so it may delete it when empty.
 pub const CREATED_ANNOTATION: &str = "credsync.io/created";
+/// Reads of adoption candidates in flight at once.
+const READ_CONCURRENCY: usize = 16;
 /// Kubernetes' limit on a Secret's data.
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
 
@@ -175,16 +178,23 @@ impl Cluster {
                 _ => break,
             }
         }
+        // Desired Secrets not managed yet: to create (404) or to adopt.
+        // Bounded, so a first sync of thousands of Secrets does not flood the API.
         let unmanaged: Vec<&SecretRef> = manifest
             .secrets
             .keys()
             .filter(|secret| !state.secrets.contains_key(*secret))
             .collect();
-        let fetched =
-            futures::future::try_join_all(unmanaged.into_iter().map(|secret| self.get(secret)))
-                .await?;
-        for secret in fetched.into_iter().flatten() {
-            state.secrets.insert(secret.secret.clone(), secret);
+        let fetched: Vec<Result<Option<LiveSecret>, ClusterError>> =
+            futures::stream::iter(unmanaged)
+                .map(|secret| self.get(secret))
+                .buffer_unordered(READ_CONCURRENCY)
+                .collect()
+                .await;
+        for secret in fetched {
+            if let Some(secret) = secret? {
+                state.secrets.insert(secret.secret.clone(), secret);
+            }
         }
         Ok(state)
     }
