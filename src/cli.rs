@@ -187,11 +187,12 @@ pub async fn main() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
         Err(err) if err.downcast_ref::<clap::Error>().is_some() => {
-            // Help, version and usage errors print as clap formats them.
-            if let Some(clap_err) = err.downcast_ref::<clap::Error>() {
-                clap_err.exit();
-            }
-            return ExitCode::from(1);
+            // Help and version print as clap formats them and exit 0; usage
+            // errors exit 1, since 2 means "changes" under --detailed-exitcode.
+            let clap_err = err.downcast_ref::<clap::Error>();
+            let _ = clap_err.map(clap::Error::print);
+            let is_error = clap_err.is_some_and(clap::Error::use_stderr);
+            return ExitCode::from(u8::from(is_error));
         }
         Err(err) => {
             eprintln!("error: {err:#}");
