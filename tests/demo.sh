@@ -5,7 +5,7 @@
 # plan. Stops everything it started; fails if any seeded value is printed.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/target/debug"
+bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 work="$(mktemp -d)"
 log="$work/demo.log"
 pids=()
