@@ -11,7 +11,6 @@ log="$work/demo.log"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -23,14 +22,18 @@ export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AW
 export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export CREDSYNC_TABLE=credential-store CREDSYNC_CLUSTER_NAME=demo
 
-{
+# Everything below is shown and kept in $log, for the leak check at the end.
+exec 3>&1 4>&2
+exec > >(tee "$log") 2>&1
+tee_pid=$!
+
 say "Starting moto and the Kubernetes API emulation on loopback"
 port="$(free_port)"
 moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
 pids+=($!)
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
 export KUBECONFIG="$work/kubeconfig"
-coproc EMU { exec "$bin/kube-emu" --kubeconfig "$KUBECONFIG" --namespace payments --namespace search --namespace web; }
+coproc EMU { exec "$bin/kube-emu" --kubeconfig "$KUBECONFIG" --namespace payments --namespace search --namespace web 2>"$work/kube-emu.log"; }
 pids+=("$EMU_PID")
 read -r ready <&"${EMU[0]}"
 echo "moto: $AWS_ENDPOINT_URL   kube-emu: ${ready#READY }"
@@ -71,7 +74,10 @@ PY
 
 say "credsync sync"
 "$bin/credsync" sync
-} 2>&1 | tee "$log"
+
+# Close the pipe to tee and let it finish writing the log.
+exec 1>&3 2>&4
+wait "$tee_pid" 2>/dev/null || true
 
 say "Checking the demo's output for seeded values"
 leaks=0
