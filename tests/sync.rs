@@ -317,36 +317,23 @@ async fn undecryptable_items_are_reported_and_keep_live_values() {
 
     // Wrapped by a key KMS will not use here: made in another region, copied in.
     env.create_kms_key("alias/credstash", "eu-west-1").await;
-    let mut other = std::process::Command::new(support::venv_tool("credstash"));
-    let other_out = other
-        .args(["-r", "eu-west-1", "-t", "other-region", "setup"])
-        .env("AWS_ENDPOINT_URL", &env.aws_endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output()
-        .unwrap();
-    assert!(other_out.status.success());
-    let put_out = std::process::Command::new(support::venv_tool("credstash"))
-        .args([
-            "-r",
-            "eu-west-1",
-            "-t",
-            "other-region",
+    let setup = env.credstash_in("eu-west-1", "other-region", &["setup"]);
+    assert!(setup.status.success());
+    let put = env.credstash_in(
+        "eu-west-1",
+        "other-region",
+        &[
             "put",
-            "ns/app/refused",
-            "refused-new-value",
             "-v",
             "0000000000000000002",
-        ])
-        .env("AWS_ENDPOINT_URL", &env.aws_endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output()
-        .unwrap();
+            "ns/app/refused",
+            "refused-new-value",
+        ],
+    );
     assert!(
-        put_out.status.success(),
+        put.status.success(),
         "{}",
-        String::from_utf8_lossy(&put_out.stderr)
+        String::from_utf8_lossy(&put.stderr)
     );
     let eu = aws_sdk_dynamodb::Client::new(&env.sdk_config("eu-west-1").await);
     let copied = eu
@@ -443,67 +430,32 @@ async fn table_level_errors_are_one_clear_line_and_write_nothing() {
 
     let run = env.credsync(&["sync", "--table", "no-such-table"]);
     assert_eq!(run.code, 1);
-    let line = run
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_default();
+    let line = run.error_line();
     assert!(
-        line.contains("'no-such-table'")
-            && line.contains("us-east-1")
-            && line.contains("table not found"),
-        "{}",
-        run.stderr
+        line.contains("'no-such-table'") && line.contains("us-east-1"),
+        "{line}"
     );
+    assert!(line.contains("table not found"), "{line}");
 
     let run = env.credsync_env(&["sync"], &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")]);
     assert_eq!(run.code, 1);
-    let line = run
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_default();
+    let line = run.error_line();
     assert!(
         line.contains("'credential-store'") && line.contains("endpoint unreachable"),
-        "{}",
-        run.stderr
+        "{line}"
     );
 
     // moto checks credentials when told to: a second moto with auth enforced.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut strict = std::process::Command::new(support::venv_tool("moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let run = env.credsync_env(
-        &["sync"],
-        &[("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}"))],
-    );
+    let (mut strict, port) = support::start_moto(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let run = env.credsync_env(&["sync"], &[("AWS_ENDPOINT_URL", &endpoint)]);
     let _ = strict.kill();
     let _ = strict.wait();
     assert_eq!(run.code, 1);
-    let line = run
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_default();
+    let line = run.error_line();
     assert!(
         line.contains("'credential-store'") && line.contains("access denied"),
-        "{}",
-        run.stderr
+        "{line}"
     );
 
     assert!(env.emu_writes().await.is_empty(), "nothing may be written");

@@ -85,6 +85,21 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// Starts moto on a free loopback port with extra environment; returns once it listens.
+pub fn start_moto(env: &[(&str, &str)]) -> (Child, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(venv_tool("moto_server"));
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = spawn_tied(&mut cmd);
+    wait_for_port(port, "moto");
+    (child, port)
+}
+
 /// How to write one item with the credstash CLI.
 #[derive(Default, Clone)]
 pub struct Put<'a> {
@@ -99,6 +114,16 @@ pub struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl Run {
+    /// The one `error:` line a failed run ends with.
+    pub fn error_line(&self) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("no error line in:\n{}", self.stderr))
+    }
 }
 
 pub struct StandIns {
@@ -128,13 +153,7 @@ impl StandIns {
     /// alias/credstash and a table made by `credstash setup`.
     pub async fn start(namespaces: &[&str]) -> Arc<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let moto = spawn_tied(
-            Command::new(venv_tool("moto_server"))
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
+        let (moto, port) = start_moto(&[]);
         let kubeconfig = dir.path().join("kubeconfig");
         let mut emu_cmd = Command::new(kube_emu_bin());
         emu_cmd.arg("--kubeconfig").arg(&kubeconfig);
@@ -156,7 +175,6 @@ impl StandIns {
             .strip_prefix("READY ")
             .unwrap_or_else(|| panic!("kube-emu said {line:?}"))
             .to_owned();
-        wait_for_port(port, "moto");
         let stand_ins = Self {
             moto,
             emu,
@@ -219,8 +237,13 @@ impl StandIns {
     }
 
     pub fn credstash(&self, args: &[&str]) -> Output {
+        self.credstash_in(REGION, &self.table, args)
+    }
+
+    /// The credstash CLI against another region or table of the same moto.
+    pub fn credstash_in(&self, region: &str, table: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new(venv_tool("credstash"));
-        cmd.args(["-t", &self.table]).args(args);
+        cmd.args(["-r", region, "-t", table]).args(args);
         self.aws_env(&mut cmd);
         cmd.output().unwrap()
     }
