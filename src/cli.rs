@@ -12,12 +12,17 @@ use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use std::path::PathBuf;
+
 use crate::cluster::{ApplyOptions, Cluster, DiffOptions};
 use crate::credstash::{CredstashSource, SourceConfig};
+use crate::manifest::SecretRef;
 use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
-use crate::render::{self, Format, Heading};
+use crate::render::{self, Format, Heading, listing};
+use crate::snapshot::sops::{Identities, Recipients};
+use crate::snapshot::store::{SnapshotStore, StoreConfig};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -97,6 +102,20 @@ pub struct Common {
     /// Debug logging for credsync itself.
     #[arg(long, short, global = true, env = "CREDSYNC_VERBOSE")]
     pub verbose: bool,
+    /// Local snapshot repository (created if absent); `sync` commits to it before applying.
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_REPO")]
+    pub snapshot_repo: Option<PathBuf>,
+    /// Who can read snapshots: age recipients (`age1...`, `ssh-ed25519 ...`), repeatable.
+    #[arg(
+        long = "age-recipient",
+        global = true,
+        env = "CREDSYNC_AGE_RECIPIENT",
+        value_delimiter = ','
+    )]
+    pub age_recipients: Vec<String>,
+    /// age identity file: for `show --reveal`, `rollback`, and minimal snapshot diffs.
+    #[arg(long, global = true, env = "CREDSYNC_AGE_IDENTITY")]
+    pub age_identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +127,9 @@ pub enum Command {
         /// Exit 0 with no changes, 2 with changes, 1 on error.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan a snapshot instead of the table: what `rollback REV` would do.
+        #[arg(long, value_name = "REV")]
+        from_snapshot: Option<String>,
     },
     /// Reconcile once: plan, then write only what differs.
     Sync {
@@ -117,6 +139,55 @@ pub enum Command {
         #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
         format: Format,
     },
+    /// List snapshot commits, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
+    /// Secrets, keys and sources at a snapshot (values only with --reveal).
+    Show {
+        rev: String,
+        #[arg(long = "secret", value_name = "NS/NAME")]
+        secrets: Vec<SecretRef>,
+        /// Print the values (needs --age-identity); to stdout only.
+        #[arg(long)]
+        reveal: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
+    /// Key-level changes between two snapshots (never values).
+    Diff {
+        from: String,
+        to: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
+    /// Apply a snapshot's Secrets and pin them until `unpin`.
+    Rollback {
+        rev: String,
+        #[arg(long = "secret", value_name = "NS/NAME")]
+        secrets: Vec<SecretRef>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Release rollback pins so sync manages the Secrets again.
+    Unpin {
+        #[arg(value_name = "NS/NAME", required_unless_present = "all")]
+        secrets: Vec<SecretRef>,
+        #[arg(long, conflicts_with = "secrets")]
+        all: bool,
+    },
+}
+
+/// Output of listings (`history`, `show`, `diff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    Text,
+    Json,
 }
 
 fn parse_context(s: &str) -> Result<(String, String), String> {
@@ -210,7 +281,52 @@ pub async fn main() -> ExitCode {
     }
 }
 
-async fn build(common: &Common) -> Result<Reconciler> {
+fn identities(common: &Common) -> Result<Option<Identities>> {
+    common
+        .age_identity
+        .as_deref()
+        .map(|path| {
+            Identities::from_file(path)
+                .with_context(|| format!("reading age identity {}", path.display()))
+        })
+        .transpose()
+}
+
+/// Opens the snapshot repository; recipients are checked here, before any work.
+fn snapshot_store(common: &Common, need_recipients: bool) -> Result<Option<Arc<SnapshotStore>>> {
+    let Some(path) = &common.snapshot_repo else {
+        return Ok(None);
+    };
+    if need_recipients && common.age_recipients.is_empty() {
+        bail!(
+            "--age-recipient is required with --snapshot-repo: snapshots are encrypted for their readers"
+        );
+    }
+    let recipients = match common.age_recipients.is_empty() {
+        true => None,
+        false => Some(Recipients::parse(&common.age_recipients).context("--age-recipient")?),
+    };
+    let store = SnapshotStore::open(StoreConfig {
+        path: path.clone(),
+        cluster: common.cluster_name.clone(),
+        recipients,
+        identities: identities(common)?,
+    })?;
+    Ok(Some(Arc::new(store)))
+}
+
+fn required_store(common: &Common) -> Result<Arc<SnapshotStore>> {
+    snapshot_store(common, false)?
+        .context("this command needs --snapshot-repo (or CREDSYNC_SNAPSHOT_REPO)")
+}
+
+fn required_identities(common: &Common) -> Result<Identities> {
+    identities(common)?.context(
+        "this command needs --age-identity (or CREDSYNC_AGE_IDENTITY) to decrypt the snapshot",
+    )
+}
+
+async fn build(common: &Common, snapshots: Option<Arc<SnapshotStore>>) -> Result<Reconciler> {
     if common.kms_concurrency == 0 {
         bail!("--kms-concurrency must be at least 1");
     }
@@ -241,23 +357,76 @@ async fn build(common: &Common) -> Result<Reconciler> {
         },
         ..ApplyOptions::default()
     };
-    Ok(Reconciler::new(source, cluster, filter, apply, metrics))
+    let reconciler = Reconciler::new(source, cluster, filter, apply, metrics);
+    Ok(match snapshots {
+        Some(store) => reconciler.with_snapshots(store),
+        None => reconciler,
+    })
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let reconciler = build(&cli.common).await?;
+    let common = &cli.common;
+    let color = std::io::stdout().is_terminal();
+    // Listings read the snapshot repository only: no AWS, no cluster.
+    match &cli.command {
+        Command::History { limit, format } => {
+            let store = required_store(common)?;
+            print!("{}", listing::history(&store.history(*limit)?, *format));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Show {
+            rev,
+            secrets,
+            reveal,
+            format,
+        } => {
+            let store = required_store(common)?;
+            let commit = store.resolve(rev)?;
+            if *reveal {
+                let docs = store.documents(&commit.id, secrets, &required_identities(common)?)?;
+                print!("{}", listing::reveal(&docs)?);
+            } else {
+                print!(
+                    "{}",
+                    listing::show(&commit, &store.entries(&commit.id, secrets)?, *format)
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Diff { from, to, format } => {
+            let store = required_store(common)?;
+            let (from, to) = (store.resolve(from)?, store.resolve(to)?);
+            print!(
+                "{}",
+                listing::diff(&from, &to, &store.diff(&from.id, &to.id)?, *format)
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let needs_recipients = matches!(cli.command, Command::Sync { .. });
+    let store = snapshot_store(common, needs_recipients)?;
+    let reconciler = build(common, store.clone()).await?;
     let heading = Heading {
         table: reconciler.source().table().to_owned(),
         region: reconciler.source().region().to_owned(),
-        cluster: cli.common.cluster_name.clone(),
+        cluster: common.cluster_name.clone(),
     };
-    let color = std::io::stdout().is_terminal();
     let code = match cli.command {
         Command::Plan {
             format,
             detailed_exitcode,
+            from_snapshot,
         } => {
-            let planned = reconciler.plan().await?;
+            let planned = match from_snapshot {
+                Some(rev) => {
+                    let store = required_store(common)?;
+                    let commit = store.resolve(&rev)?;
+                    let docs = store.documents(&commit.id, &[], &required_identities(common)?)?;
+                    reconciler.plan_documents(docs).await?
+                }
+                None => reconciler.plan().await?,
+            };
             let plan = &planned.plan;
             print!("{}", render::render(plan, None, &heading, format, color));
             if !plan.failures.is_empty() {
@@ -275,8 +444,51 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 "{}",
                 render::render(&report.plan, outcome, &heading, format, color)
             );
+            if let Some(commit) = &report.snapshot {
+                eprintln!("snapshot: {} {}", &commit.id[..12], commit.summary);
+            }
             u8::from(report.has_errors())
         }
+        Command::Rollback {
+            rev,
+            secrets,
+            dry_run,
+            format,
+        } => {
+            let store = required_store(common)?;
+            let commit = store.resolve(&rev)?;
+            // Decrypt (and check every MAC) before touching the cluster.
+            let docs = store.documents(&commit.id, &secrets, &required_identities(common)?)?;
+            let report = reconciler.rollback(docs, &commit, dry_run).await?;
+            let outcome = Some((&report.outcome, dry_run));
+            print!(
+                "{}",
+                render::render(&report.plan, outcome, &heading, format, color)
+            );
+            if let Some(recorded) = &report.snapshot {
+                eprintln!("snapshot: {} {}", &recorded.id[..12], recorded.summary);
+            }
+            u8::from(!report.outcome.failed.is_empty())
+        }
+        Command::Unpin { secrets, all: _ } => {
+            let unpinned = reconciler.cluster().unpin(&secrets).await?;
+            for secret in &unpinned {
+                println!("unpinned {secret}");
+            }
+            let missing: Vec<String> = secrets
+                .iter()
+                .filter(|s| !unpinned.contains(s))
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "not pinned (or not managed by credsync): {}",
+                    missing.join(", ")
+                );
+            }
+            0
+        }
+        Command::History { .. } | Command::Show { .. } | Command::Diff { .. } => 0,
     };
     tracing::info!(calls = %reconciler.metrics().call_summary(), "done");
     Ok(ExitCode::from(code))

@@ -2,8 +2,8 @@
 //!
 //! The modules follow one reconcile from top to bottom: [`credstash`] reads
 //! and decrypts the table, [`manifest`] maps names to desired Secrets,
-//! [`cluster`] reads live state, diffs and applies, and [`reconcile`] ties
-//! them together. [`render`] prints plans; [`cli`] is the command line.
+//! [`snapshot`] records it in git as SOPS files, [`cluster`] reads live state,
+//! diffs and applies, and [`reconcile`] ties them together. [`render`] prints plans; [`cli`] is the command line.
 
 pub mod cli;
 pub mod cluster;
@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod reconcile;
 pub mod render;
 pub mod secret;
+pub mod snapshot;
 pub mod telemetry;

@@ -28,6 +28,20 @@ impl SecretRef {
     }
 }
 
+impl std::str::FromStr for SecretRef {
+    type Err = String;
+
+    /// Parses `namespace/name`, as users name Secrets on the command line.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self::new(ns, name))
+            }
+            _ => Err(format!("'{s}' is not namespace/name")),
+        }
+    }
+}
+
 impl fmt::Display for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -198,6 +212,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Exactly these Secrets and nothing else in scope: what a rollback or
+    /// `plan --from-snapshot` compares with the cluster.
+    pub fn of_secrets(secrets: BTreeMap<SecretRef, DesiredSecret>) -> Self {
+        Self {
+            secrets,
+            ..Self::default()
+        }
+    }
+
     /// Whether credsync may act in `namespace`: managed Secrets elsewhere
     /// are left alone even if the table no longer names them.
     pub fn in_scope(&self, namespace: &str) -> bool {

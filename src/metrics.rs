@@ -30,6 +30,12 @@ pub struct Metrics {
     /// Secrets and keys credsync manages after the last reconcile.
     pub secrets_managed: IntGauge,
     pub keys_managed: IntGauge,
+    /// Snapshot commits written, and snapshot writes that failed.
+    pub snapshot_commits: prometheus::IntCounter,
+    pub snapshot_failures: prometheus::IntCounter,
+    /// Secrets pinned by a rollback, and those the table now disagrees with.
+    pub secrets_pinned: IntGauge,
+    pub secrets_pinned_differing: IntGauge,
 }
 
 /// Kubernetes verbs that change state: what "0 writes" counts.
@@ -41,6 +47,12 @@ impl Metrics {
         let counter =
             |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
                 let c = IntCounterVec::new(Opts::new(format!("credsync_{name}"), help), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let plain_counter =
+            |name: &str, help: &str| -> Result<prometheus::IntCounter, prometheus::Error> {
+                let c = prometheus::IntCounter::new(format!("credsync_{name}"), help)?;
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
@@ -87,6 +99,16 @@ impl Metrics {
             )?,
             secrets_managed: gauge("secrets_managed", "Secrets credsync manages.")?,
             keys_managed: gauge("keys_managed", "Secret keys credsync manages.")?,
+            snapshot_commits: plain_counter("snapshot_commits_total", "Snapshot commits written.")?,
+            snapshot_failures: plain_counter(
+                "snapshot_failures_total",
+                "Snapshot writes that failed (nothing was applied).",
+            )?,
+            secrets_pinned: gauge("secrets_pinned", "Secrets pinned by a rollback.")?,
+            secrets_pinned_differing: gauge(
+                "secrets_pinned_differing",
+                "Pinned Secrets whose table state differs from the pinned state.",
+            )?,
             registry,
         })
     }

@@ -3,12 +3,16 @@
 //! Every trigger (the CLI, and later streams, schedules and HTTP) goes
 //! through [`Reconciler`], so they all share the KMS cache and the counters.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::cluster::{ApplyOptions, ApplyOutcome, Cluster, ClusterError, LiveState, Plan, diff};
 use crate::credstash::{CredstashSource, SourceError};
-use crate::manifest::{Manifest, NamespaceFilter, Selection};
+use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection};
 use crate::metrics::Metrics;
+use crate::snapshot::sops::SecretDocument;
+use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
+use crate::snapshot::{self};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -16,6 +20,8 @@ pub enum ReconcileError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error("snapshot not written, so nothing was applied: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// What a reconcile reads and decides before it writes anything.
@@ -25,10 +31,12 @@ pub struct Planned {
     pub plan: Plan,
 }
 
-/// A finished `sync`.
+/// A finished `sync` or `rollback`.
 pub struct SyncReport {
     pub plan: Plan,
     pub outcome: ApplyOutcome,
+    /// The snapshot commit written before applying, if the desired state changed.
+    pub snapshot: Option<CommitInfo>,
 }
 
 impl SyncReport {
@@ -44,6 +52,7 @@ pub struct Reconciler {
     filter: NamespaceFilter,
     apply: ApplyOptions,
     metrics: Arc<Metrics>,
+    snapshot: Option<Arc<SnapshotStore>>,
 }
 
 impl Reconciler {
@@ -60,7 +69,18 @@ impl Reconciler {
             filter,
             apply,
             metrics,
+            snapshot: None,
         }
+    }
+
+    /// Records every change of the desired state in `store` before applying it.
+    pub fn with_snapshots(mut self, store: Arc<SnapshotStore>) -> Self {
+        self.snapshot = Some(store);
+        self
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     pub fn source(&self) -> &CredstashSource {
@@ -111,15 +131,50 @@ impl Reconciler {
                 return Err(err);
             }
         };
-        // Seam for the snapshot store: the desired state is committed here,
-        // before anything is applied, and a failure stops the reconcile.
+        // The snapshot is committed before anything is applied; if it
+        // cannot be written, nothing is applied.
+        let snapshot = match (&self.snapshot, dry_run) {
+            (Some(store), false) => {
+                let pinned: BTreeSet<SecretRef> = planned
+                    .plan
+                    .pinned
+                    .iter()
+                    .map(|p| p.secret.clone())
+                    .collect();
+                let docs: Vec<SecretDocument> = planned
+                    .manifest
+                    .secrets
+                    .iter()
+                    .filter(|(_, desired)| !desired.keys.is_empty())
+                    .map(|(secret, desired)| snapshot::document(secret, desired))
+                    .collect();
+                let heading = self.commit_heading();
+                match record_blocking(store.clone(), move |store| {
+                    store.record(&docs, &pinned, &heading)
+                })
+                .await
+                {
+                    Ok(commit) => commit,
+                    Err(err) => {
+                        self.metrics.snapshot_failures.inc();
+                        self.metrics.reconciles.with_label_values(&["error"]).inc();
+                        return Err(err.into());
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(commit) = &snapshot {
+            self.metrics.snapshot_commits.inc();
+            tracing::info!(commit = %commit.id, summary = %commit.summary, "snapshot committed");
+        }
         let options = ApplyOptions {
             dry_run,
-            ..self.apply
+            ..self.apply.clone()
         };
         let outcome = self
             .cluster
-            .apply(&planned.plan, &planned.manifest, &planned.live, options)
+            .apply(&planned.plan, &planned.manifest, &planned.live, &options)
             .await;
         for change in &outcome.written {
             tracing::info!(
@@ -138,6 +193,7 @@ impl Reconciler {
         let report = SyncReport {
             plan: planned.plan,
             outcome,
+            snapshot,
         };
         let result = if report.has_errors() {
             "partial"
@@ -146,6 +202,94 @@ impl Reconciler {
         };
         self.metrics.reconciles.with_label_values(&[result]).inc();
         Ok(report)
+    }
+
+    /// What the desired state in `docs` (a snapshot) would change in the cluster.
+    /// Pins are ignored: this is what a rollback would do.
+    pub async fn plan_documents(
+        &self,
+        docs: Vec<SecretDocument>,
+    ) -> Result<Planned, ReconcileError> {
+        let manifest = Manifest::of_secrets(docs.into_iter().map(snapshot::desired).collect());
+        let mut live = self.cluster.live_state(&manifest).await?;
+        for secret in live.secrets.values_mut() {
+            secret.pinned = None;
+        }
+        let plan = diff::plan(&manifest, &live, self.apply.diff);
+        Ok(Planned {
+            manifest,
+            live,
+            plan,
+        })
+    }
+
+    /// Applies the Secrets of snapshot `commit` and pins them to it, then
+    /// records a rollback commit (unless `dry_run`).
+    pub async fn rollback(
+        &self,
+        docs: Vec<SecretDocument>,
+        commit: &CommitInfo,
+        dry_run: bool,
+    ) -> Result<SyncReport, ReconcileError> {
+        let secrets: Vec<SecretRef> = docs
+            .iter()
+            .map(|d| SecretRef::new(&d.namespace, &d.name))
+            .collect();
+        let mut planned = self.plan_documents(docs).await?;
+        // Every rolled-back Secret is pinned, even one already in step.
+        for secret in &secrets {
+            let in_plan = planned.plan.changes.iter().any(|c| &c.secret == secret);
+            let live = planned.live.secrets.get(secret);
+            if !in_plan && let Some(live) = live {
+                planned.plan.changes.push(crate::cluster::SecretChange {
+                    secret: secret.clone(),
+                    action: crate::cluster::Action::Update,
+                    adopt: !live.managed,
+                    added: vec![],
+                    changed: vec![],
+                    removed: vec![],
+                });
+                planned.plan.unchanged = planned.plan.unchanged.saturating_sub(1);
+            }
+        }
+        let options = ApplyOptions {
+            dry_run,
+            pin: Some(commit.id.clone()),
+            ..self.apply.clone()
+        };
+        let outcome = self
+            .cluster
+            .apply(&planned.plan, &planned.manifest, &planned.live, &options)
+            .await;
+        let mut snapshot = None;
+        if !dry_run && let Some(store) = &self.snapshot {
+            let id = commit.id.clone();
+            let restored: Vec<SecretRef> =
+                outcome.written.iter().map(|c| c.secret.clone()).collect();
+            if !restored.is_empty() {
+                snapshot = record_blocking(store.clone(), move |store| {
+                    store.record_rollback(&id, &restored)
+                })
+                .await?;
+            }
+        }
+        Ok(SyncReport {
+            plan: planned.plan,
+            outcome,
+            snapshot,
+        })
+    }
+
+    fn commit_heading(&self) -> String {
+        format!(
+            "table: {} ({})\ncluster: {}",
+            self.source.table(),
+            self.source.region(),
+            self.snapshot
+                .as_ref()
+                .map(|s| s.cluster())
+                .unwrap_or_default()
+        )
     }
 
     fn record(&self, manifest: &Manifest, plan: &Plan) {
@@ -181,4 +325,20 @@ fn log_findings(plan: &Plan) {
         unchanged = plan.unchanged,
         "planned"
     );
+}
+
+/// Runs a git operation off the async runtime's worker threads.
+async fn record_blocking<T: Send + 'static>(
+    store: Arc<SnapshotStore>,
+    op: impl FnOnce(&SnapshotStore) -> Result<T, SnapshotError> + Send + 'static,
+) -> Result<T, SnapshotError> {
+    tokio::task::spawn_blocking(move || op(&store))
+        .await
+        .unwrap_or_else(|join| {
+            Err(SnapshotError::Git {
+                path: String::new(),
+                what: "writing the snapshot".to_owned(),
+                cause: join.to_string(),
+            })
+        })
 }

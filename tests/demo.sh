@@ -21,6 +21,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export CREDSYNC_TABLE=credential-store CREDSYNC_CLUSTER_NAME=demo
+export SOPS_DISABLE_VERSION_CHECK=1
 
 # Everything below is shown and kept in $log, for the leak check at the end.
 exec 3>&1 4>&2
@@ -38,6 +39,13 @@ pids+=("$EMU_PID")
 read -r ready <&"${EMU[0]}"
 echo "moto: $AWS_ENDPOINT_URL   kube-emu: ${ready#READY }"
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+
+say "Making the snapshot reader's age identity and the snapshot repository"
+age-keygen -o "$work/reader.agekey" 2>/dev/null
+export CREDSYNC_AGE_RECIPIENT="$(age-keygen -y "$work/reader.agekey")"
+export CREDSYNC_AGE_IDENTITY="$work/reader.agekey"
+export CREDSYNC_SNAPSHOT_REPO="$work/snapshots"
+echo "recipient: $CREDSYNC_AGE_RECIPIENT   repository: $CREDSYNC_SNAPSHOT_REPO"
 
 say "Creating the KMS key alias/credstash and the table (credstash setup)"
 python3 -c 'import boto3; k=boto3.client("kms"); kid=k.create_key()["KeyMetadata"]["KeyId"]; k.create_alias(AliasName="alias/credstash", TargetKeyId=kid)'
@@ -74,6 +82,37 @@ PY
 
 say "credsync sync"
 "$bin/credsync" sync
+
+say "credsync history"
+"$bin/credsync" history
+
+say "git show --stat of the last snapshot commit: one file, no values in the message"
+git -C "$CREDSYNC_SNAPSHOT_REPO" show --stat --format='commit %H%n%n%B' HEAD
+
+say "The changed file as git stores it: metadata readable, values encrypted"
+sed -n '1,40p' "$CREDSYNC_SNAPSHOT_REPO/demo/payments/db.yaml"
+
+say "sops -d of that file with the reader's age key (values masked by the demo, checked instead)"
+SOPS_AGE_KEY_FILE="$CREDSYNC_AGE_IDENTITY" sops -d "$CREDSYNC_SNAPSHOT_REPO/demo/payments/db.yaml" >"$work/db.decrypted.yaml"
+sed -E 's/^(  [A-Z_]+: ).*/\1<value hidden by the demo>/' "$work/db.decrypted.yaml"
+python3 - "$work/db.decrypted.yaml" <<'PY'
+import base64, sys
+data = {}
+in_data = False
+for line in open(sys.argv[1]):
+    if line.startswith("data:"):
+        in_data = True
+        continue
+    if in_data and line.startswith("  "):
+        key, value = line.strip().split(": ", 1)
+        data[key] = base64.b64decode(value).decode()
+    elif in_data:
+        in_data = False
+expected = {"USER": "demo-payments-user-71c2", "PASSWORD": "demo-payments-pass-rotated-5e5e", "HOST": "demo-payments-host-04aa"}
+assert data == expected, sorted(data)
+print(f"sops -d decrypted {len(data)} values, each equal to the table's latest version")
+PY
+rm -f "$work/db.decrypted.yaml"
 
 # Close the pipe to tee and let it finish writing the log.
 exec 1>&3 2>&4

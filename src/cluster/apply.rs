@@ -21,11 +21,11 @@ use super::diff::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_af
 use super::{
     CREATED_ANNOTATION, Cluster, FINGERPRINT_ANNOTATION, LAST_SYNC_ANNOTATION, LiveSecret,
     LiveState, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, MAX_SECRET_BYTES,
-    describe_kube_error,
+    PINNED_ANNOTATION, describe_kube_error,
 };
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ApplyOptions {
     /// Send server-side dry-run requests: validated, never stored.
     pub dry_run: bool,
@@ -34,6 +34,8 @@ pub struct ApplyOptions {
     /// Tries per Secret when the API server reports a concurrent change.
     pub max_attempts: u32,
     pub diff: DiffOptions,
+    /// Pin written Secrets to this snapshot commit (rollback).
+    pub pin: Option<String>,
 }
 
 impl Default for ApplyOptions {
@@ -43,6 +45,7 @@ impl Default for ApplyOptions {
             concurrency: 8,
             max_attempts: 4,
             diff: DiffOptions::default(),
+            pin: None,
         }
     }
 }
@@ -74,7 +77,7 @@ impl Cluster {
         plan: &Plan,
         manifest: &Manifest,
         live: &LiveState,
-        options: ApplyOptions,
+        options: &ApplyOptions,
     ) -> ApplyOutcome {
         let results: Vec<(SecretRef, Result<Option<SecretChange>, String>)> =
             futures::stream::iter(&plan.changes)
@@ -111,13 +114,13 @@ impl Cluster {
         mut change: SecretChange,
         desired: Option<&DesiredSecret>,
         mut live: Option<LiveSecret>,
-        options: ApplyOptions,
+        options: &ApplyOptions,
     ) -> Result<Option<SecretChange>, String> {
         let empty = DesiredSecret::default();
         let desired_or_empty = desired.unwrap_or(&empty);
         for _ in 0..options.max_attempts.max(1) {
             match self
-                .write(&change, desired_or_empty, live.as_ref(), options.dry_run)
+                .write(&change, desired_or_empty, live.as_ref(), options)
                 .await
             {
                 Ok(Attempt::Done) => return Ok(Some(change)),
@@ -152,8 +155,9 @@ impl Cluster {
         change: &SecretChange,
         desired: &DesiredSecret,
         live: Option<&LiveSecret>,
-        dry_run: bool,
+        options: &ApplyOptions,
     ) -> Result<Attempt, String> {
+        let (dry_run, pin) = (options.dry_run, options.pin.as_deref());
         let secret = &change.secret;
         let api = self.secrets(&secret.namespace);
         let result = match (change.action, live) {
@@ -171,7 +175,7 @@ impl Cluster {
             }
             (Action::Create, _) => {
                 check_size(change, desired, None)?;
-                let body = new_secret(change, desired);
+                let body = new_secret(change, desired, pin);
                 let params = PostParams {
                     dry_run,
                     field_manager: Some(self.field_manager.clone()),
@@ -183,7 +187,7 @@ impl Cluster {
             (Action::Update | Action::Delete, None) => return Ok(Attempt::Stale),
             (Action::Update, Some(live)) => {
                 check_size(change, desired, Some(live))?;
-                let body = update_patch(change, desired, live);
+                let body = update_patch(change, desired, live, pin);
                 let params = PatchParams {
                     dry_run,
                     field_manager: Some(self.field_manager.clone()),
@@ -242,6 +246,7 @@ fn annotations(
     desired: &DesiredSecret,
     live: Option<&LiveSecret>,
     removed: &[String],
+    pin: Option<&str>,
 ) -> BTreeMap<String, String> {
     let owned = match live {
         Some(live) => owned_after(desired, live, removed),
@@ -252,7 +257,7 @@ fn annotations(
     for (key, want) in &desired.keys {
         hash.update(format!("{key}={}\n", want.source).as_bytes());
     }
-    BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (
             MANAGED_KEYS_ANNOTATION.to_owned(),
             owned.into_iter().collect::<Vec<_>>().join(","),
@@ -265,11 +270,15 @@ fn annotations(
             FINGERPRINT_ANNOTATION.to_owned(),
             format!("sha256:{}", &hex::encode(hash.finalize())[..32]),
         ),
-    ])
+    ]);
+    if let Some(commit) = pin {
+        annotations.insert(PINNED_ANNOTATION.to_owned(), commit.to_owned());
+    }
+    annotations
 }
 
-fn new_secret(change: &SecretChange, desired: &DesiredSecret) -> Secret {
-    let mut annotations = annotations(desired, None, &[]);
+fn new_secret(change: &SecretChange, desired: &DesiredSecret, pin: Option<&str>) -> Secret {
+    let mut annotations = annotations(desired, None, &[], pin);
     annotations.insert(CREATED_ANNOTATION.to_owned(), "true".to_owned());
     Secret {
         metadata: ObjectMeta {
@@ -295,7 +304,12 @@ fn new_secret(change: &SecretChange, desired: &DesiredSecret) -> Secret {
 }
 
 /// A merge patch with only the changed keys, guarded by resourceVersion.
-fn update_patch(change: &SecretChange, desired: &DesiredSecret, live: &LiveSecret) -> Value {
+fn update_patch(
+    change: &SecretChange,
+    desired: &DesiredSecret,
+    live: &LiveSecret,
+    pin: Option<&str>,
+) -> Value {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut data = Map::new();
     for key in change.added.iter().chain(&change.changed) {
@@ -310,7 +324,7 @@ fn update_patch(change: &SecretChange, desired: &DesiredSecret, live: &LiveSecre
         "metadata": {
             "resourceVersion": live.resource_version,
             "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE },
-            "annotations": annotations(desired, Some(live), &change.removed),
+            "annotations": annotations(desired, Some(live), &change.removed, pin),
         }
     });
     if !data.is_empty() {

@@ -47,6 +47,17 @@ pub struct Plan {
     pub skipped: Vec<Skip>,
     pub conflicts: Vec<Conflict>,
     pub failures: Vec<FailedItem>,
+    pub pinned: Vec<Pinned>,
+}
+
+/// A Secret a rollback pinned: left alone until `unpin`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Pinned {
+    pub secret: SecretRef,
+    /// The snapshot commit it was rolled back to.
+    pub commit: String,
+    /// Whether the table now wants something else for it.
+    pub differs_from_table: bool,
 }
 
 /// A failed item as the plan shows it.
@@ -111,6 +122,19 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
             .map(|s| &s.secret),
     );
     for secret in subjects {
+        let live_secret = live.secrets.get(secret);
+        if let Some(commit) = live_secret.and_then(|l| l.pinned.clone()) {
+            let differs = !matches!(
+                diff_secret(secret, manifest.secrets.get(secret), live_secret, options),
+                Ok(None)
+            );
+            plan.pinned.push(Pinned {
+                secret: secret.clone(),
+                commit,
+                differs_from_table: differs,
+            });
+            continue;
+        }
         match diff_secret(
             secret,
             manifest.secrets.get(secret),
@@ -257,6 +281,7 @@ mod tests {
             managed: !owned.is_empty() || created,
             owned_keys: owned.iter().map(|s| s.to_string()).collect(),
             created_by_credsync: created,
+            pinned: None,
             resource_version: Some("7".into()),
         }
     }
@@ -354,6 +379,28 @@ mod tests {
         assert_eq!(
             (c.action, c.removed),
             (Action::Update, vec!["A".to_string()])
+        );
+    }
+
+    #[test]
+    fn pinned_secrets_are_listed_not_changed() {
+        let mut l = live(&[("A", "rolled-back")], &["A"], true);
+        l.pinned = Some("abc123".into());
+        let mut desired_secrets = BTreeMap::new();
+        desired_secrets.insert(sref(), desired(&[("A", "table")]));
+        let manifest = Manifest::of_secrets(desired_secrets);
+        let live_state = LiveState {
+            secrets: BTreeMap::from([(sref(), l)]),
+        };
+        let plan = plan(&manifest, &live_state, DiffOptions::default());
+        assert!(plan.changes.is_empty());
+        assert_eq!(
+            plan.pinned,
+            [Pinned {
+                secret: sref(),
+                commit: "abc123".into(),
+                differs_from_table: true
+            }]
         );
     }
 

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
 pub use apply::{ApplyOptions, ApplyOutcome, WriteFailure};
-pub use diff::{Action, DiffOptions, Plan, SecretChange};
+pub use diff::{Action, DiffOptions, Pinned, Plan, SecretChange};
 
 /// Marks the Secrets credsync manages.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -31,6 +31,8 @@ pub const MANAGED_KEYS_ANNOTATION: &str = "credsync.io/managed-keys";
 pub const LAST_SYNC_ANNOTATION: &str = "credsync.io/last-sync";
 /// Hash of the owned keys' sources (name@version), never of values.
 pub const FINGERPRINT_ANNOTATION: &str = "credsync.io/fingerprint";
+/// Set by `rollback` to the snapshot commit restored; sync leaves the Secret alone until `unpin`.
+pub const PINNED_ANNOTATION: &str = "credsync.io/pinned";
 /// Present when credsync created the Secret, so it may delete it when empty.
 pub const CREATED_ANNOTATION: &str = "credsync.io/created";
 /// Reads of adoption candidates in flight at once.
@@ -49,6 +51,8 @@ pub struct LiveSecret {
     /// Keys the managed-keys annotation says credsync owns.
     pub owned_keys: BTreeSet<String>,
     pub created_by_credsync: bool,
+    /// The snapshot commit a rollback pinned this Secret to.
+    pub pinned: Option<String>,
     pub resource_version: Option<String>,
 }
 
@@ -81,6 +85,10 @@ impl LiveSecret {
             managed,
             owned_keys: if managed { owned_keys } else { BTreeSet::new() },
             created_by_credsync: managed && annotations.contains_key(CREATED_ANNOTATION),
+            pinned: annotations
+                .get(PINNED_ANNOTATION)
+                .filter(|_| managed)
+                .cloned(),
             resource_version: meta.resource_version,
         })
     }
@@ -197,6 +205,35 @@ impl Cluster {
             }
         }
         Ok(state)
+    }
+
+    /// Removes rollback pins: from `only`, or from every pinned Secret when
+    /// `only` is empty. Returns the Secrets unpinned.
+    pub async fn unpin(&self, only: &[SecretRef]) -> Result<Vec<SecretRef>, ClusterError> {
+        let managed = self.live_state(&Manifest::default()).await?;
+        let mut unpinned = Vec::new();
+        for live in managed.secrets.values().filter(|l| l.pinned.is_some()) {
+            if !only.is_empty() && !only.contains(&live.secret) {
+                continue;
+            }
+            let patch = serde_json::json!({
+                "metadata": {
+                    "resourceVersion": live.resource_version,
+                    "annotations": { PINNED_ANNOTATION: null },
+                }
+            });
+            self.count("patch");
+            self.secrets(&live.secret.namespace)
+                .patch(
+                    &live.secret.name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|e| api_error(&format!("unpinning Secret {}", live.secret), e))?;
+            unpinned.push(live.secret.clone());
+        }
+        Ok(unpinned)
     }
 
     /// One Secret, or `None` if it does not exist.

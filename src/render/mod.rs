@@ -2,6 +2,8 @@
 //! for programs. Everything printed comes from a [`Plan`], which holds key
 //! names only, so no format can show a value.
 
+pub mod listing;
+
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
@@ -66,6 +68,7 @@ fn summary(plan: &Plan) -> String {
         (plan.skipped.len(), "skipped"),
         (plan.conflicts.len(), "conflict(s)"),
         (plan.failures.len(), "failed item(s)"),
+        (plan.pinned.len(), "pinned"),
     ] {
         if n > 0 {
             let _ = write!(s, "; {n} {what}");
@@ -136,6 +139,21 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             c.secret,
             c.key,
             sources.join(", ")
+        );
+    }
+    for p in &plan.pinned {
+        let state = if p.differs_from_table {
+            "table differs"
+        } else {
+            "table agrees"
+        };
+        let _ = writeln!(
+            out,
+            "  {} {:width$}  rolled back to {}; {state}; `credsync unpin {}` to resume",
+            paint("36", "= pinned "),
+            p.secret.to_string(),
+            &p.commit[..p.commit.len().min(12)],
+            p.secret
         );
     }
     for f in &plan.failures {
@@ -237,6 +255,23 @@ fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) ->
         }
         out.push('\n');
     }
+    if !plan.pinned.is_empty() {
+        out.push_str("**Pinned by a rollback** (left alone until `credsync unpin`):\n\n| Secret | Snapshot | Table |\n|---|---|---|\n");
+        for p in &plan.pinned {
+            let state = if p.differs_from_table {
+                "differs"
+            } else {
+                "agrees"
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {state} |",
+                md_code(&p.secret.to_string()),
+                md_code(&p.commit)
+            );
+        }
+        out.push('\n');
+    }
     if !plan.skipped.is_empty() {
         let _ = write!(
             out,
@@ -296,6 +331,7 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "skipped": plan.skipped.len(),
             "conflicts": plan.conflicts.len(),
             "failed": plan.failures.len(),
+            "pinned": plan.pinned.len(),
             "has_changes": plan.has_changes(),
         },
         "changes": plan.changes.iter().map(change_json).collect::<Vec<_>>(),
@@ -307,12 +343,19 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "sources": c.sources,
         })).collect::<Vec<_>>(),
         "failed": plan.failures,
+        "pinned": plan.pinned.iter().map(|p| json!({
+            "namespace": p.secret.namespace,
+            "name": p.secret.name,
+            "commit": p.commit,
+            "differs_from_table": p.differs_from_table,
+        })).collect::<Vec<_>>(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Pinned;
     use crate::cluster::diff::FailedItem;
     use crate::credstash::ItemId;
     use crate::manifest::{Conflict, SecretRef, Skip};
@@ -361,6 +404,11 @@ mod tests {
                 version: "2".into(),
                 reason: "HMAC mismatch".into(),
             }],
+            pinned: vec![Pinned {
+                secret: SecretRef::new("ns", "rolled"),
+                commit: "0123456789abcdef".into(),
+                differs_from_table: true,
+            }],
         }
     }
 
@@ -385,7 +433,11 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("ns/app/x@2  HMAC mismatch"), "{out}");
-        assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s)."), "{out}");
+        assert!(
+            squeezed.contains("= pinned ns/rolled rolled back to 0123456789ab; table differs"),
+            "{out}"
+        );
+        assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s); 1 pinned."), "{out}");
         assert!(!out.contains('\x1b'));
         assert!(render(&sample(), None, &heading(), Format::Text, true).contains("\x1b[32m"));
     }

@@ -431,6 +431,49 @@ impl StandIns {
         stats["writes"].as_array().cloned().unwrap_or_default()
     }
 
+    /// A fresh age identity in the test's directory: (recipient, identity file).
+    pub fn age_identity(&self, name: &str) -> (String, PathBuf) {
+        use age::secrecy::ExposeSecret;
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public().to_string();
+        let path = self.dir.path().join(format!("{name}.agekey"));
+        std::fs::write(
+            &path,
+            format!(
+                "# test identity\n{}\n",
+                identity.to_string().expose_secret()
+            ),
+        )
+        .unwrap();
+        (recipient, path)
+    }
+
+    /// Runs git in `repo` and returns stdout.
+    pub fn git(&self, repo: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the real sops with `identity` as its age key file.
+    pub fn sops(&self, identity: &Path, args: &[&str]) -> Output {
+        Command::new(venv_tool("sops"))
+            .env("SOPS_AGE_KEY_FILE", identity)
+            .env("SOPS_DISABLE_VERSION_CHECK", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         let mut f = std::fs::File::create(&path).unwrap();

@@ -1,0 +1,638 @@
+//! The snapshot repository: one SOPS file per Secret, one commit per change.
+//!
+//! Commits are built from blobs and trees straight into the object database
+//! and published by moving the branch ref (compare-and-swap), never through
+//! the index: a process killed half way leaves unreferenced objects, never a
+//! commit of partial state. The work tree is refreshed afterwards so people
+//! can read the files with `git` and `sops -d`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
+use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
+
+use super::sops::{self, Identities, Outline, Recipients, SecretDocument};
+use crate::manifest::SecretRef;
+
+/// Annotation listing where every key came from: `KEY=name@version` lines.
+pub const SOURCES_ANNOTATION: &str = "credsync.io/sources";
+/// The branch snapshots are committed to.
+pub const BRANCH: &str = "main";
+/// An index.lock older than this was left by a killed process.
+const STALE_LOCK: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot repository {path}: {what}: {cause}")]
+    Git {
+        path: String,
+        what: String,
+        cause: String,
+    },
+    #[error("unknown revision '{0}' in the snapshot repository (see `credsync history`)")]
+    UnknownRev(String),
+    #[error("revision '{0}' is ambiguous in the snapshot repository: give more characters")]
+    AmbiguousRev(String),
+    #[error("{}", describe_file_error(file, cause))]
+    File {
+        file: String,
+        cause: sops::SopsError,
+    },
+    #[error(
+        "snapshot repository {path} is locked by another git process ({lock} is recent); retry, or remove it if no git process is running"
+    )]
+    Locked { path: String, lock: String },
+}
+
+/// Where snapshots go and who can read them.
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub cluster: String,
+    /// Who can read new files; only writing needs them.
+    pub recipients: Option<Recipients>,
+    /// Lets credsync reuse a file's data key, so a changed file keeps the
+    /// ciphertext of its unchanged values (a minimal diff).
+    pub identities: Option<Identities>,
+}
+
+/// One commit, as `history` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommitInfo {
+    pub id: String,
+    pub time: String,
+    pub summary: String,
+    pub message: String,
+}
+
+/// Key-level change of one Secret between two snapshots (no values).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecretDelta {
+    pub secret: SecretRef,
+    /// "create", "update" or "delete".
+    pub action: &'static str,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A Secret at a revision, readable without any identity.
+#[derive(Debug, Clone)]
+pub struct SnapshotEntry {
+    pub secret: SecretRef,
+    pub path: String,
+    pub outline: Outline,
+    /// Key -> `name@version` it came from.
+    pub sources: BTreeMap<String, String>,
+}
+
+pub struct SnapshotStore {
+    repo: Mutex<Repository>,
+    config: StoreConfig,
+}
+
+impl SnapshotStore {
+    /// Opens the repository, creating it if absent.
+    pub fn open(config: StoreConfig) -> Result<Self, SnapshotError> {
+        let path = &config.path;
+        let repo = match Repository::open(path) {
+            Ok(repo) => repo,
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                std::fs::create_dir_all(path)
+                    .map_err(|e| git_error(path, "creating the directory", e))?;
+                let mut opts = git2::RepositoryInitOptions::new();
+                opts.initial_head(BRANCH);
+                Repository::init_opts(path, &opts)
+                    .map_err(|e| git_error(path, "initializing", e))?
+            }
+            Err(e) => return Err(git_error(path, "opening", e)),
+        };
+        Ok(Self {
+            repo: Mutex::new(repo),
+            config,
+        })
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.config.cluster
+    }
+
+    fn err(&self, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
+        git_error(&self.config.path, what, cause)
+    }
+
+    fn with_repo<T>(
+        &self,
+        f: impl FnOnce(&Repository) -> Result<T, SnapshotError>,
+    ) -> Result<T, SnapshotError> {
+        let repo = self
+            .repo
+            .lock()
+            .map_err(|_| self.err("locking", "a previous operation panicked"))?;
+        f(&repo)
+    }
+
+    fn file_path(&self, secret: &SecretRef) -> String {
+        format!(
+            "{}/{}/{}.yaml",
+            self.config.cluster, secret.namespace, secret.name
+        )
+    }
+
+    /// Writes `docs` as the cluster's desired state and commits if anything
+    /// changed. Secrets in `keep` (pinned by a rollback) keep their files.
+    /// Returns the new commit, or None when nothing changed.
+    pub fn record(
+        &self,
+        docs: &[SecretDocument],
+        keep: &BTreeSet<SecretRef>,
+        heading: &str,
+    ) -> Result<Option<CommitInfo>, SnapshotError> {
+        let Some(recipients) = &self.config.recipients else {
+            return Err(self.err("writing a snapshot", "no --age-recipient given"));
+        };
+        self.with_repo(|repo| {
+            self.check_lock(repo)?;
+            let head = head_commit(repo).map_err(|e| self.err("reading HEAD", e))?;
+            let base_tree = match &head {
+                Some(commit) => commit
+                    .tree()
+                    .map_err(|e| self.err("reading HEAD's tree", e))?,
+                None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
+            };
+            let before = self.entries_in(repo, &base_tree)?;
+            let mut update = TreeUpdateBuilder::new();
+            let mut after: BTreeMap<SecretRef, BTreeMap<String, String>> = BTreeMap::new();
+            for doc in docs {
+                let secret = SecretRef::new(&doc.namespace, &doc.name);
+                if keep.contains(&secret) {
+                    continue;
+                }
+                let path = self.file_path(&secret);
+                let sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
+                let old = before.get(&secret);
+                let unchanged = old.is_some_and(|old| {
+                    old.sources == sources
+                        && old.outline.labels == doc.labels
+                        && old.outline.annotations == doc.annotations
+                        && old.outline.recipients == recipients.as_strings()
+                });
+                after.insert(secret.clone(), sources);
+                if unchanged {
+                    continue;
+                }
+                let old_text = match old {
+                    Some(_) => Some(
+                        blob_text(repo, &base_tree, &path)
+                            .map_err(|e| self.err("reading a snapshot file", e))?,
+                    ),
+                    None => None,
+                };
+                let previous = match (&old_text, &self.config.identities) {
+                    (Some(text), Some(ids)) => Some((text.as_str(), ids)),
+                    _ => None,
+                };
+                let sealed =
+                    sops::seal(doc, recipients, previous, chrono::Utc::now()).map_err(|cause| {
+                        SnapshotError::File {
+                            file: path.clone(),
+                            cause,
+                        }
+                    })?;
+                let oid = repo
+                    .blob(sealed.as_bytes())
+                    .map_err(|e| self.err("writing a blob", e))?;
+                update.upsert(path.as_str(), oid, FileMode::Blob);
+            }
+            for (secret, entry) in &before {
+                if !after.contains_key(secret) && !keep.contains(secret) {
+                    update.remove(entry.path.as_str());
+                }
+            }
+            let tree_id = update
+                .create_updated(repo, &base_tree)
+                .map_err(|e| self.err("building the tree", e))?;
+            if tree_id == base_tree.id() {
+                return Ok(None);
+            }
+            let deltas = compare(
+                &before
+                    .iter()
+                    .filter(|(s, _)| !keep.contains(*s))
+                    .map(|(s, e)| (s.clone(), e.sources.clone()))
+                    .collect(),
+                &after,
+            );
+            let message = commit_message(heading, &deltas);
+            let commit = self.commit(repo, head.as_ref(), tree_id, &message)?;
+            Ok(Some(commit))
+        })
+    }
+
+    fn commit(
+        &self,
+        repo: &Repository,
+        parent: Option<&git2::Commit<'_>>,
+        tree_id: Oid,
+        message: &str,
+    ) -> Result<CommitInfo, SnapshotError> {
+        let tree = repo
+            .find_tree(tree_id)
+            .map_err(|e| self.err("reading the new tree", e))?;
+        let signature = repo
+            .signature()
+            .or_else(|_| Signature::now("credsync", "credsync@localhost"))
+            .map_err(|e| self.err("making a signature", e))?;
+        let parents: Vec<&git2::Commit<'_>> = parent.into_iter().collect();
+        let oid = repo
+            .commit(None, &signature, &signature, message, &tree, &parents)
+            .map_err(|e| self.err("writing the commit", e))?;
+        // Publish by compare-and-swap on the branch: a concurrent writer makes this fail, not overwrite.
+        let refname = format!("refs/heads/{BRANCH}");
+        let published = match parent {
+            Some(p) => repo.reference_matching(&refname, oid, true, p.id(), message),
+            None => repo.reference(&refname, oid, false, message),
+        };
+        published.map_err(|e| self.err("moving the branch to the new commit", e))?;
+        repo.set_head(&refname)
+            .map_err(|e| self.err("pointing HEAD at the branch", e))?;
+        // The commit is published; a work tree that cannot be refreshed now
+        // is refreshed by the next write.
+        let mut checkout = CheckoutBuilder::new();
+        checkout.force().remove_untracked(false);
+        if let Err(e) = repo.checkout_head(Some(&mut checkout)) {
+            tracing::warn!(error = %e, "snapshot committed, but the work tree was not refreshed");
+        }
+        let commit = repo
+            .find_commit(oid)
+            .map_err(|e| self.err("reading the new commit", e))?;
+        Ok(commit_info(&commit))
+    }
+
+    /// Refuses to write while another git process holds the index, and
+    /// removes a lock a killed process left behind.
+    fn check_lock(&self, repo: &Repository) -> Result<(), SnapshotError> {
+        let lock = repo.path().join("index.lock");
+        let Ok(meta) = std::fs::metadata(&lock) else {
+            return Ok(());
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok());
+        if age.is_some_and(|age| age > STALE_LOCK) {
+            tracing::warn!(lock = %lock.display(), "removing a stale index.lock left by a killed git process");
+            std::fs::remove_file(&lock).map_err(|e| self.err("removing a stale index.lock", e))
+        } else {
+            Err(SnapshotError::Locked {
+                path: self.config.path.display().to_string(),
+                lock: lock.display().to_string(),
+            })
+        }
+    }
+
+    /// Snapshot commits, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<CommitInfo>, SnapshotError> {
+        self.with_repo(|repo| {
+            let Some(head) = head_commit(repo).map_err(|e| self.err("reading HEAD", e))? else {
+                return Ok(Vec::new());
+            };
+            let mut walk = repo.revwalk().map_err(|e| self.err("walking history", e))?;
+            walk.push(head.id())
+                .map_err(|e| self.err("walking history", e))?;
+            let mut out = Vec::new();
+            for oid in walk.take(limit) {
+                let oid = oid.map_err(|e| self.err("walking history", e))?;
+                let commit = repo
+                    .find_commit(oid)
+                    .map_err(|e| self.err("reading a commit", e))?;
+                out.push(commit_info(&commit));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Resolves REV to a commit id, with clear errors for unknown and ambiguous ones.
+    pub fn resolve(&self, rev: &str) -> Result<CommitInfo, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = find_rev(repo, rev)?;
+            Ok(commit_info(&commit))
+        })
+    }
+
+    /// The Secrets at REV (all, or those in `only`), readable without identity.
+    pub fn entries(
+        &self,
+        rev: &str,
+        only: &[SecretRef],
+    ) -> Result<Vec<SnapshotEntry>, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = find_rev(repo, rev)?;
+            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
+            let entries = self.entries_in(repo, &tree)?;
+            for secret in only {
+                if !entries.contains_key(secret) {
+                    return Err(self.err(
+                        &format!("reading {rev}"),
+                        format!("no snapshot of Secret {secret} at this revision"),
+                    ));
+                }
+            }
+            Ok(entries
+                .into_values()
+                .filter(|e| only.is_empty() || only.contains(&e.secret))
+                .collect())
+        })
+    }
+
+    /// The sealed text of one entry at REV.
+    pub fn file_text(&self, rev: &str, path: &str) -> Result<String, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = find_rev(repo, rev)?;
+            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
+            blob_text(repo, &tree, path).map_err(|e| self.err("reading a snapshot file", e))
+        })
+    }
+
+    /// Decrypts the Secrets at REV; a file that fails its MAC is an error naming it.
+    pub fn documents(
+        &self,
+        rev: &str,
+        only: &[SecretRef],
+        identities: &Identities,
+    ) -> Result<Vec<SecretDocument>, SnapshotError> {
+        let entries = self.entries(rev, only)?;
+        let mut docs = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let text = self.file_text(rev, &entry.path)?;
+            let doc = sops::open(&text, identities).map_err(|cause| SnapshotError::File {
+                file: entry.path.clone(),
+                cause,
+            })?;
+            docs.push(doc);
+        }
+        Ok(docs)
+    }
+
+    /// Key-level changes from REV1 to REV2.
+    pub fn diff(&self, from: &str, to: &str) -> Result<Vec<SecretDelta>, SnapshotError> {
+        let sources =
+            |rev: &str| -> Result<BTreeMap<SecretRef, BTreeMap<String, String>>, SnapshotError> {
+                Ok(self
+                    .entries(rev, &[])?
+                    .into_iter()
+                    .map(|e| (e.secret, e.sources))
+                    .collect())
+            };
+        Ok(compare(&sources(from)?, &sources(to)?))
+    }
+
+    /// Records a rollback: the files of `secrets` as they were at `rev`.
+    pub fn record_rollback(
+        &self,
+        rev: &str,
+        secrets: &[SecretRef],
+    ) -> Result<Option<CommitInfo>, SnapshotError> {
+        self.with_repo(|repo| {
+            self.check_lock(repo)?;
+            let source = find_rev(repo, rev)?;
+            let source_tree = source.tree().map_err(|e| self.err("reading a tree", e))?;
+            let head = head_commit(repo).map_err(|e| self.err("reading HEAD", e))?;
+            let base_tree = match &head {
+                Some(commit) => commit.tree().map_err(|e| self.err("reading HEAD's tree", e))?,
+                None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
+            };
+            let mut update = TreeUpdateBuilder::new();
+            for secret in secrets {
+                let path = self.file_path(secret);
+                let entry = source_tree
+                    .get_path(Path::new(&path))
+                    .map_err(|e| self.err(&format!("reading {path} at {rev}"), e))?;
+                update.upsert(path.as_str(), entry.id(), FileMode::Blob);
+            }
+            let tree_id = update.create_updated(repo, &base_tree).map_err(|e| self.err("building the tree", e))?;
+            let short = source.id().to_string()[..12].to_owned();
+            let names: Vec<String> = secrets.iter().map(|s| format!("  {s}")).collect();
+            let message = format!(
+                "credsync: roll back {} Secret(s) in cluster {} to {short}\n\n{}\n\nPinned until `credsync unpin`.\n",
+                secrets.len(),
+                self.config.cluster,
+                names.join("\n")
+            );
+            // Recorded even when the files already match: the rollback happened.
+            self.commit(repo, head.as_ref(), tree_id, &message).map(Some)
+        })
+    }
+
+    fn entries_in(
+        &self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+    ) -> Result<BTreeMap<SecretRef, SnapshotEntry>, SnapshotError> {
+        let mut out = BTreeMap::new();
+        let Ok(cluster) = tree.get_path(Path::new(&self.config.cluster)) else {
+            return Ok(out);
+        };
+        let cluster = repo
+            .find_tree(cluster.id())
+            .map_err(|e| self.err("reading the cluster directory", e))?;
+        for ns in cluster
+            .iter()
+            .filter(|e| e.kind() == Some(ObjectType::Tree))
+        {
+            let namespace = ns.name().unwrap_or_default().to_owned();
+            let ns_tree = repo
+                .find_tree(ns.id())
+                .map_err(|e| self.err("reading a namespace directory", e))?;
+            for file in ns_tree
+                .iter()
+                .filter(|e| e.kind() == Some(ObjectType::Blob))
+            {
+                let Some(name) = file.name().ok().and_then(|n| n.strip_suffix(".yaml")) else {
+                    continue;
+                };
+                let path = format!("{}/{namespace}/{name}.yaml", self.config.cluster);
+                let blob = repo
+                    .find_blob(file.id())
+                    .map_err(|e| self.err("reading a blob", e))?;
+                let text = String::from_utf8_lossy(blob.content());
+                let outline = sops::outline(&text).map_err(|cause| SnapshotError::File {
+                    file: path.clone(),
+                    cause,
+                })?;
+                let secret = SecretRef::new(&namespace, name);
+                let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
+                out.insert(
+                    secret.clone(),
+                    SnapshotEntry {
+                        secret,
+                        path,
+                        outline,
+                        sources,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Builds the `credsync.io/sources` annotation value.
+pub fn sources_annotation<'a>(sources: impl Iterator<Item = (&'a String, String)>) -> String {
+    sources
+        .map(|(key, source)| format!("{key}={source}\n"))
+        .collect()
+}
+
+/// Reads the `credsync.io/sources` annotation: key -> `name@version`.
+pub fn parse_sources(value: Option<&String>) -> BTreeMap<String, String> {
+    value
+        .map(|v| {
+            v.lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(k, s)| (k.to_owned(), s.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn compare(
+    before: &BTreeMap<SecretRef, BTreeMap<String, String>>,
+    after: &BTreeMap<SecretRef, BTreeMap<String, String>>,
+) -> Vec<SecretDelta> {
+    let secrets: BTreeSet<&SecretRef> = before.keys().chain(after.keys()).collect();
+    let empty = BTreeMap::new();
+    let mut out = Vec::new();
+    for secret in secrets {
+        let old = before.get(secret).unwrap_or(&empty);
+        let new = after.get(secret).unwrap_or(&empty);
+        let added: Vec<String> = new
+            .keys()
+            .filter(|k| !old.contains_key(*k))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
+        let changed: Vec<String> = new
+            .iter()
+            .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if added.is_empty() && removed.is_empty() && changed.is_empty() {
+            continue;
+        }
+        let action = match (before.contains_key(secret), after.contains_key(secret)) {
+            (false, _) => "create",
+            (_, false) => "delete",
+            _ => "update",
+        };
+        out.push(SecretDelta {
+            secret: secret.clone(),
+            action,
+            added,
+            changed,
+            removed,
+        });
+    }
+    out
+}
+
+/// The commit message: what changed, by Secret and key name, never a value.
+fn commit_message(heading: &str, deltas: &[SecretDelta]) -> String {
+    let count = |a: &str| deltas.iter().filter(|d| d.action == a).count();
+    let mut msg = format!(
+        "credsync: {} created, {} updated, {} deleted\n\n",
+        count("create"),
+        count("update"),
+        count("delete")
+    );
+    for d in deltas {
+        let mark = match d.action {
+            "create" => '+',
+            "delete" => '-',
+            _ => '~',
+        };
+        let keys: Vec<String> = d
+            .added
+            .iter()
+            .map(|k| format!("+{k}"))
+            .chain(d.changed.iter().map(|k| format!("~{k}")))
+            .chain(d.removed.iter().map(|k| format!("-{k}")))
+            .collect();
+        msg.push_str(&format!("{mark} {}: {}\n", d.secret, keys.join(" ")));
+    }
+    msg.push('\n');
+    msg.push_str(heading);
+    msg.push('\n');
+    msg
+}
+
+fn commit_info(commit: &git2::Commit<'_>) -> CommitInfo {
+    let time = chrono::DateTime::from_timestamp(commit.time().seconds(), 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    CommitInfo {
+        id: commit.id().to_string(),
+        time,
+        summary: commit
+            .summary()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_owned(),
+        message: commit.message().unwrap_or_default().to_owned(),
+    }
+}
+
+fn head_commit(repo: &Repository) -> Result<Option<git2::Commit<'_>>, git2::Error> {
+    match repo.head() {
+        Ok(head) => head.peel_to_commit().map(Some),
+        Err(e) if matches!(e.code(), ErrorCode::UnbornBranch | ErrorCode::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn find_rev<'r>(repo: &'r Repository, rev: &str) -> Result<git2::Commit<'r>, SnapshotError> {
+    let object = repo.revparse_single(rev).map_err(|e| match e.code() {
+        ErrorCode::Ambiguous => SnapshotError::AmbiguousRev(rev.to_owned()),
+        _ => SnapshotError::UnknownRev(rev.to_owned()),
+    })?;
+    object
+        .peel_to_commit()
+        .map_err(|_| SnapshotError::UnknownRev(rev.to_owned()))
+}
+
+fn empty_tree(repo: &Repository) -> Result<git2::Tree<'_>, git2::Error> {
+    let oid = repo.treebuilder(None)?.write()?;
+    repo.find_tree(oid)
+}
+
+fn blob_text(repo: &Repository, tree: &git2::Tree<'_>, path: &str) -> Result<String, git2::Error> {
+    let entry = tree.get_path(Path::new(path))?;
+    let blob = repo.find_blob(entry.id())?;
+    Ok(String::from_utf8_lossy(blob.content()).into_owned())
+}
+
+fn git_error(path: &Path, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Git {
+        path: path.display().to_string(),
+        what: what.to_owned(),
+        cause: cause.to_string(),
+    }
+}
+
+/// An edited value fails its GCM tag before the MAC is even computed: to the
+/// user both are the same fact, the file was edited, so both say so.
+fn describe_file_error(file: &str, cause: &sops::SopsError) -> String {
+    match cause {
+        sops::SopsError::MacMismatch | sops::SopsError::BadCiphertext { .. } => {
+            format!("MAC mismatch in {file}: {cause}")
+        }
+        other => format!("{file}: {other}"),
+    }
+}

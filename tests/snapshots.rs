@@ -1,0 +1,508 @@
+//! Snapshots end to end: credsync writes SOPS files into git before it
+//! applies, the real sops, age and git read them, and rollback restores an
+//! older commit and pins it.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use support::{StandIns, path_str};
+
+/// Stand-ins plus a snapshot repository and one age identity.
+struct Snap {
+    env: Arc<StandIns>,
+    repo: PathBuf,
+    recipient: String,
+    identity: PathBuf,
+}
+
+impl Snap {
+    async fn start(namespaces: &[&str]) -> Self {
+        let env = StandIns::start(namespaces).await;
+        let (recipient, identity) = env.age_identity("reader");
+        let repo = env.dir.path().join("snapshots");
+        Snap {
+            env,
+            repo,
+            recipient,
+            identity,
+        }
+    }
+
+    fn args<'a>(&'a self, command: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "--cluster-name",
+            "test",
+            "--snapshot-repo",
+            path_str(&self.repo),
+            "--age-recipient",
+            &self.recipient,
+            "--age-identity",
+            path_str(&self.identity),
+        ];
+        args.extend_from_slice(command);
+        args
+    }
+
+    fn run(&self, command: &[&str]) -> support::Run {
+        self.env.credsync(&self.args(command))
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        self.env.git(&self.repo, args)
+    }
+
+    fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"]).trim().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn sync_commits_a_snapshot_that_sops_decrypts_to_the_secret() {
+    let s = Snap::start(&["team-a"]).await;
+    s.env.put("team-a/db/user", "snap-user-value");
+    s.env
+        .put("team-a/db/password", "snap-pass-value\nwith newline $x");
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("snapshot: "), "{}", run.stderr);
+
+    let file = s.repo.join("test/team-a/db.yaml");
+    let out = s.env.sops(&s.identity, &["-d", path_str(&file)]);
+    assert!(
+        out.status.success(),
+        "sops -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["kind"], "Secret");
+    assert_eq!(manifest["metadata"]["namespace"], "team-a");
+    assert_eq!(manifest["metadata"]["name"], "db");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let data = &manifest["data"];
+    assert_eq!(
+        b64.decode(data["USER"].as_str().unwrap()).unwrap(),
+        b"snap-user-value"
+    );
+    assert_eq!(
+        b64.decode(data["PASSWORD"].as_str().unwrap()).unwrap(),
+        b"snap-pass-value\nwith newline $x"
+    );
+    let sources = manifest["metadata"]["annotations"]["credsync.io/sources"]
+        .as_str()
+        .unwrap();
+    assert!(
+        sources.contains("USER=team-a/db/user@0000000000000000001"),
+        "{sources}"
+    );
+
+    // The live Secret equals what sops -d gives: the manifest applies as is.
+    let live = s.env.secret_data("team-a", "db").await.unwrap();
+    assert_eq!(live["USER"], b"snap-user-value");
+
+    // Nothing changed: no new commit.
+    let head = s.head();
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0);
+    assert_eq!(s.head(), head, "no empty commits");
+    let log = s.git(&["log", "--format=%s%n%b"]);
+    assert!(
+        log.contains("credsync: 1 created, 0 updated, 0 deleted"),
+        "{log}"
+    );
+    assert!(log.contains("+ team-a/db: +PASSWORD +USER"), "{log}");
+    s.env.assert_no_value_in(&log, "the commit messages");
+}
+
+#[tokio::test]
+async fn one_key_change_among_50_touches_one_file_and_only_its_lines() {
+    let s = Snap::start(&["fleet"]).await;
+    for i in 0..50 {
+        s.env.put(
+            &format!("fleet/svc-{i:02}/user"),
+            &format!("snap-user-{i:02}"),
+        );
+        s.env.put(
+            &format!("fleet/svc-{i:02}/password"),
+            &format!("snap-password-{i:02}"),
+        );
+    }
+    assert_eq!(s.run(&["sync"]).code, 0);
+    s.env
+        .put("fleet/svc-33/password", "snap-password-33-rotated");
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let files = s.git(&["diff", "--name-only", "HEAD~1", "HEAD"]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        ["test/fleet/svc-33.yaml"]
+    );
+    let diff = s.git(&["diff", "-U0", "HEAD~1", "HEAD"]);
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    let touches =
+        |l: &&str| l.contains("PASSWORD") || l.contains("lastmodified:") || l.contains("mac:");
+    assert!(
+        changed.iter().all(touches),
+        "unexpected lines changed:\n{diff}"
+    );
+    assert_eq!(
+        changed.iter().filter(|l| l.contains("USER")).count(),
+        0,
+        "{diff}"
+    );
+    assert!(
+        changed.iter().any(|l| l
+            .trim_start_matches(['+', '-'])
+            .trim_start()
+            .starts_with("PASSWORD: ENC[")),
+        "{diff}"
+    );
+    assert!(
+        changed.iter().any(|l| l.contains("lastmodified:"))
+            && changed.iter().any(|l| l.contains("mac:")),
+        "{diff}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_restores_pins_and_unpin_resumes() {
+    let s = Snap::start(&["app"]).await;
+    s.env.put("app/api/token", "token-version-one");
+    s.env.put("app/api/url", "url-version-one");
+    s.env.put("app/other/key", "other-version-one");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    let v1 = s.head();
+    s.env.put("app/api/token", "token-version-two");
+    s.env.put("app/other/key", "other-version-two");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    let v2 = s.head();
+    assert_eq!(
+        s.env.secret_data("app", "api").await.unwrap()["TOKEN"],
+        b"token-version-two"
+    );
+
+    // What the rollback would do, as a plan.
+    let run = s.run(&["plan", "--from-snapshot", &v1[..10]]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("~ update") && run.stdout.contains("~TOKEN"),
+        "{}",
+        run.stdout
+    );
+
+    let run = s.run(&["rollback", &v1, "--secret", "app/api"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        s.env.secret_data("app", "api").await.unwrap()["TOKEN"],
+        b"token-version-one"
+    );
+    assert_eq!(
+        s.env.secret_data("app", "other").await.unwrap()["KEY"],
+        b"other-version-two",
+        "only --secret is rolled back"
+    );
+    let message = s.git(&["log", "-1", "--format=%B"]);
+    assert!(
+        message.contains("roll back 1 Secret(s)")
+            && message.contains(&v1[..12])
+            && message.contains("app/api"),
+        "{message}"
+    );
+    assert_ne!(s.head(), v2);
+    let annotations = s
+        .env
+        .secret("app", "api")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap();
+    assert_eq!(annotations["credsync.io/pinned"], v1);
+
+    // The loop leaves the pinned Secret alone and says the table differs.
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stdout.contains("= pinned") && run.stdout.contains("table differs"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        s.env.secret_data("app", "api").await.unwrap()["TOKEN"],
+        b"token-version-one"
+    );
+
+    let run = s.run(&["unpin", "app/api"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0);
+    assert_eq!(
+        s.env.secret_data("app", "api").await.unwrap()["TOKEN"],
+        b"token-version-two"
+    );
+    assert!(!run.stdout.contains("pinned"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn unwritable_snapshot_repository_applies_nothing() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/app/key", "unwritable-value");
+    // A file where the repository should be.
+    std::fs::write(&s.repo, "not a directory").unwrap();
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.error_line().contains("snapshot"), "{}", run.stderr);
+    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+
+    // A repository whose objects cannot be written.
+    std::fs::remove_file(&s.repo).unwrap();
+    s.env
+        .git(s.env.dir.path(), &["init", "-q", path_str(&s.repo)]);
+    let objects = s.repo.join(".git/objects");
+    let mut perms = std::fs::metadata(&objects).unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt;
+    perms.set_mode(0o500);
+    std::fs::set_permissions(&objects, perms.clone()).unwrap();
+    let run = s.run(&["sync"]);
+    perms.set_mode(0o755);
+    std::fs::set_permissions(&objects, perms).unwrap();
+    if nix_is_root() {
+        // root ignores directory permissions; the first case covered it.
+        return;
+    }
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+}
+
+fn nix_is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[tokio::test]
+async fn tampered_snapshot_and_wrong_identity_are_refused() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/app/key", "tamper-original-value");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    let good = s.head();
+
+    // Edit the ciphertext of a value and commit it as another writer would.
+    let file = s.repo.join("test/ns/app.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let start = text.find("KEY: ENC[AES256_GCM,data:").unwrap() + "KEY: ENC[AES256_GCM,data:".len();
+    let mut bytes = text.into_bytes();
+    bytes[start] = if bytes[start] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&file, bytes).unwrap();
+    s.git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qam",
+        "hand edit",
+    ]);
+    s.env.put("ns/app/key", "tamper-newer-value");
+    s.env.emu_reset().await;
+
+    for command in [vec!["rollback", "HEAD"], vec!["show", "HEAD", "--reveal"]] {
+        let run = s.run(&command);
+        assert_eq!(run.code, 1, "{command:?}: {}", run.stdout);
+        assert!(
+            run.error_line()
+                .contains("MAC mismatch in test/ns/app.yaml"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+
+    // The wrong identity: the error names the file's recipients.
+    let (_, other) = s.env.age_identity("stranger");
+    let run = s.env.credsync(&[
+        "--cluster-name",
+        "test",
+        "--snapshot-repo",
+        path_str(&s.repo),
+        "--age-identity",
+        path_str(&other),
+        "show",
+        &good,
+        "--reveal",
+    ]);
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains(&s.recipient), "{}", run.stderr);
+
+    // Unknown and ambiguous revisions, and a bad recipient, fail before any work.
+    let run = s.run(&["rollback", "no-such-rev"]);
+    assert!(
+        run.code == 1 && run.error_line().contains("unknown revision 'no-such-rev'"),
+        "{}",
+        run.stderr
+    );
+    let run = s.env.credsync(&[
+        "--snapshot-repo",
+        path_str(&s.repo),
+        "--age-recipient",
+        "age1notakey",
+        "sync",
+    ]);
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("age1notakey"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn files_from_real_sops_are_shown_and_rolled_back() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/seed/key", "seed-value-for-repo");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    // A Secret written by hand with the real sops, committed into the repo.
+    let plain = s.env.write_file(
+        "handmade.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: handmade\n  namespace: ns\ntype: Opaque\ndata:\n  TOKEN: aGFuZG1hZGUtdG9rZW4tdmFsdWU=\n",
+    );
+    let out = s.env.sops(
+        &s.identity,
+        &[
+            "-e",
+            "--age",
+            &s.recipient,
+            "--encrypted-regex",
+            "^(data|stringData)$",
+            path_str(&plain),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "sops -e: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&plain).unwrap();
+    let target = s.repo.join("test/ns/handmade.yaml");
+    std::fs::write(&target, &out.stdout).unwrap();
+    s.git(&["add", "."]);
+    s.git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "handmade by sops",
+    ]);
+
+    let run = s.run(&["show", "HEAD", "--secret", "ns/handmade", "--reveal"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // --reveal is the one place a value may be printed: on stdout, when asked.
+    assert!(
+        run.stdout.contains("TOKEN: handmade-token-value"),
+        "{}",
+        run.stdout
+    );
+    let run = s.run(&["rollback", "HEAD", "--secret", "ns/handmade"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        s.env.secret_data("ns", "handmade").await.unwrap()["TOKEN"],
+        b"handmade-token-value"
+    );
+}
+
+#[tokio::test]
+async fn no_plaintext_value_is_written_to_disk() {
+    let s = Snap::start(&["ns"]).await;
+    let values = ["disk-scan-value-one", "disk-scan-value-two"];
+    s.env.put("ns/app/one", values[0]);
+    s.env.put("ns/app/two", values[1]);
+    let tmp = s.env.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let args = s.args(&["sync"]);
+    let run = s.env.credsync_env(&args, &[("TMPDIR", path_str(&tmp))]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    s.env.put("ns/app/one", "disk-scan-value-three");
+    assert_eq!(
+        s.env
+            .credsync_env(&args, &[("TMPDIR", path_str(&tmp))])
+            .code,
+        0
+    );
+
+    // Every object in the repository, decompressed, and every file on disk.
+    let objects = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&s.repo)
+        .args(["cat-file", "--batch-all-objects", "--batch"])
+        .output()
+        .unwrap();
+    let mut everything = String::from_utf8_lossy(&objects.stdout).into_owned();
+    for dir in [&s.repo, &tmp] {
+        for file in walk(dir) {
+            everything.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap()));
+        }
+    }
+    assert!(
+        everything.contains("ENC[AES256_GCM"),
+        "the scan saw the snapshot files"
+    );
+    for value in values.iter().chain(&["disk-scan-value-three"]) {
+        assert!(!everything.contains(value), "a plaintext value is on disk");
+    }
+    s.env
+        .assert_no_value_in(&everything, "the snapshot repository and temp dir");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_lock_left_by_a_killed_git_is_recovered_and_a_live_one_refused() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/app/key", "lock-test-value-one");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    let head = s.head();
+    s.env.put("ns/app/key", "lock-test-value-two");
+    let lock = s.repo.join(".git/index.lock");
+
+    std::fs::write(&lock, "").unwrap();
+    s.env.emu_reset().await;
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.error_line().contains("index.lock"), "{}", run.stderr);
+    assert_eq!(s.head(), head, "no commit while locked");
+    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+
+    // The same lock, two hours old: a killed process left it.
+    let status = std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&lock)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_ne!(s.head(), head);
+    assert!(!lock.exists());
+    assert_eq!(
+        s.git(&["status", "--porcelain"]).trim(),
+        "",
+        "the work tree matches the commit"
+    );
+}
