@@ -94,7 +94,7 @@ sed -n '1,40p' "$CREDSYNC_SNAPSHOT_REPO/demo/payments/db.yaml"
 
 say "sops -d of that file with the reader's age key (values masked by the demo, checked instead)"
 SOPS_AGE_KEY_FILE="$CREDSYNC_AGE_IDENTITY" sops -d "$CREDSYNC_SNAPSHOT_REPO/demo/payments/db.yaml" >"$work/db.decrypted.yaml"
-sed -E 's/^(  [A-Z_]+: ).*/\1<value hidden by the demo>/' "$work/db.decrypted.yaml"
+sed -E '/^data:/,/^[a-z]/ s/^( +[A-Za-z0-9_.-]+: ).*/\1<value hidden by the demo>/' "$work/db.decrypted.yaml"
 python3 - "$work/db.decrypted.yaml" <<'PY'
 import base64, sys
 data = {}
@@ -122,7 +122,8 @@ say "Checking the demo's output for seeded values"
 leaks=0
 while IFS=$'\t' read -r name value; do
     [[ "$name" == \#* ]] && continue
-    if grep -qF -- "$value" "$log"; then echo "LEAK: the value of $name was printed"; leaks=1; fi
+    encoded="$(printf '%s' "$value" | base64 -w0)"
+    if grep -qF -e "$value" -e "$encoded" "$log"; then echo "LEAK: the value of $name was printed"; leaks=1; fi
 done < <(cat "$root/fixtures/demo-table.tsv"; printf 'payments/db/password\tdemo-payments-pass-rotated-5e5e\n')
 [ "$leaks" -eq 0 ] && echo "no seeded value appears in the output"
 exit "$leaks"
