@@ -21,6 +21,7 @@ use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, listing};
+use crate::snapshot::remote::RemoteConfig;
 use crate::snapshot::sops::{Identities, Recipients};
 use crate::snapshot::store::{SnapshotStore, StoreConfig};
 use crate::telemetry::{self, LogFormat};
@@ -113,6 +114,15 @@ pub struct Common {
         value_delimiter = ','
     )]
     pub age_recipients: Vec<String>,
+    /// Remote to clone the snapshot repository from and push to (ssh or https).
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_REMOTE")]
+    pub snapshot_remote: Option<String>,
+    /// ssh private key for the snapshot remote.
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_SSH_KEY")]
+    pub snapshot_ssh_key: Option<PathBuf>,
+    /// File holding an https token for the snapshot remote (CREDSYNC_SNAPSHOT_TOKEN also works).
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_TOKEN_FILE")]
+    pub snapshot_token_file: Option<PathBuf>,
     /// age identity file: for `show --reveal`, `rollback`, and minimal snapshot diffs.
     #[arg(long, global = true, env = "CREDSYNC_AGE_IDENTITY")]
     pub age_identity: Option<PathBuf>,
@@ -306,11 +316,26 @@ fn snapshot_store(common: &Common, need_recipients: bool) -> Result<Option<Arc<S
         true => None,
         false => Some(Recipients::parse(&common.age_recipients).context("--age-recipient")?),
     };
+    let token = match &common.snapshot_token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading --snapshot-token-file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("CREDSYNC_SNAPSHOT_TOKEN").ok(),
+    };
+    let remote = common.snapshot_remote.as_ref().map(|url| RemoteConfig {
+        url: url.clone(),
+        ssh_key: common.snapshot_ssh_key.clone(),
+        token,
+    });
     let store = SnapshotStore::open(StoreConfig {
         path: path.clone(),
         cluster: common.cluster_name.clone(),
         recipients,
         identities: identities(common)?,
+        remote,
     })?;
     Ok(Some(Arc::new(store)))
 }

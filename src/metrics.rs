@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Snapshot commits written, and snapshot writes that failed.
     pub snapshot_commits: prometheus::IntCounter,
     pub snapshot_failures: prometheus::IntCounter,
+    /// Snapshot pushes that failed or hit a conflict (retried next sync).
+    pub snapshot_push_failures: prometheus::IntCounter,
     /// Secrets pinned by a rollback, and those the table now disagrees with.
     pub secrets_pinned: IntGauge,
     pub secrets_pinned_differing: IntGauge,
@@ -103,6 +105,10 @@ impl Metrics {
             snapshot_failures: plain_counter(
                 "snapshot_failures_total",
                 "Snapshot writes that failed (nothing was applied).",
+            )?,
+            snapshot_push_failures: plain_counter(
+                "snapshot_push_failures_total",
+                "Snapshot pushes that failed or conflicted; retried on the next sync.",
             )?,
             secrets_pinned: gauge("secrets_pinned", "Secrets pinned by a rollback.")?,
             secrets_pinned_differing: gauge(

@@ -10,6 +10,7 @@ use crate::cluster::{ApplyOptions, ApplyOutcome, Cluster, ClusterError, LiveStat
 use crate::credstash::{CredstashSource, SourceError};
 use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection};
 use crate::metrics::Metrics;
+use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::sops::SecretDocument;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
 use crate::snapshot::{self};
@@ -149,11 +150,15 @@ impl Reconciler {
                     .map(|(secret, desired)| snapshot::document(secret, desired))
                     .collect();
                 let heading = self.commit_heading();
-                match record_blocking(store.clone(), move |store| {
-                    store.record(&docs, &pinned, &heading)
-                })
-                .await
-                {
+                let metrics = self.metrics.clone();
+                let recorded = record_blocking(store.clone(), move |store| {
+                    // Pull in other writers' commits first, so ours goes on top.
+                    share(store, &metrics);
+                    let commit = store.record(&docs, &pinned, &heading)?;
+                    share(store, &metrics);
+                    Ok(commit)
+                });
+                match recorded.await {
                     Ok(commit) => commit,
                     Err(err) => {
                         self.metrics.snapshot_failures.inc();
@@ -267,8 +272,11 @@ impl Reconciler {
             let restored: Vec<SecretRef> =
                 outcome.written.iter().map(|c| c.secret.clone()).collect();
             if !restored.is_empty() {
+                let metrics = self.metrics.clone();
                 snapshot = record_blocking(store.clone(), move |store| {
-                    store.record_rollback(&id, &restored)
+                    let commit = store.record_rollback(&id, &restored)?;
+                    share(store, &metrics);
+                    Ok(commit)
                 })
                 .await?;
             }
@@ -341,4 +349,22 @@ async fn record_blocking<T: Send + 'static>(
                 cause: join.to_string(),
             })
         })
+}
+
+/// Pushes and pulls the snapshot remote; a failure is reported and counted,
+/// and the local commit stays for the next sync to push.
+fn share(store: &SnapshotStore, metrics: &Metrics) {
+    match store.share() {
+        Ok(PushOutcome::UpToDate) => {}
+        Ok(PushOutcome::Conflict) => {
+            metrics.snapshot_push_failures.inc();
+            tracing::warn!(
+                "snapshot push: the remote changed this cluster's files; kept the local commit, will retry"
+            );
+        }
+        Err(err) => {
+            metrics.snapshot_push_failures.inc();
+            tracing::warn!(error = %err, "snapshot push failed; kept the local commit, will retry");
+        }
+    }
 }

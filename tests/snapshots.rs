@@ -506,3 +506,106 @@ async fn a_lock_left_by_a_killed_git_is_recovered_and_a_live_one_refused() {
         "the work tree matches the commit"
     );
 }
+
+#[tokio::test]
+async fn snapshots_are_pushed_and_a_moved_remote_is_replayed() {
+    let s = Snap::start(&["ns"]).await;
+    let dir = s.env.dir.path();
+    let remote = dir.join("remote.git");
+    s.env.git(
+        dir,
+        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
+    );
+    let with_remote = |command: &[&str]| {
+        let mut args = vec!["--snapshot-remote", path_str(&remote)];
+        args.extend_from_slice(command);
+        s.run(&args)
+    };
+    let remote_log = || s.env.git(&remote, &["log", "--format=%s", "main"]);
+    let commit = [
+        "-c",
+        "user.name=other",
+        "-c",
+        "user.email=o@o",
+        "commit",
+        "-qam",
+    ];
+
+    // credsync clones the empty remote and pushes its first snapshot.
+    s.env.put("ns/app/key", "remote-value-one");
+    let run = with_remote(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(remote_log().lines().count(), 1, "{}", remote_log());
+
+    // Another writer pushes under another cluster's directory.
+    let other = dir.join("other");
+    s.env
+        .git(dir, &["clone", "-q", path_str(&remote), path_str(&other)]);
+    std::fs::create_dir_all(other.join("elsewhere")).unwrap();
+    std::fs::write(other.join("elsewhere/x.yaml"), "kind: Secret\n").unwrap();
+    s.env.git(&other, &["add", "."]);
+    s.env
+        .git(&other, &[&commit[..], &["other cluster"]].concat());
+    s.env.git(&other, &["push", "-q", "origin", "main"]);
+
+    // credsync's next snapshot is replayed on top of it and pushed.
+    s.env.put("ns/app/key", "remote-value-two");
+    let run = with_remote(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let log = remote_log();
+    assert_eq!(log.lines().count(), 3, "{log}");
+    let files = s
+        .env
+        .git(&remote, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        files.contains("elsewhere/x.yaml") && files.contains("test/ns/app.yaml"),
+        "{files}"
+    );
+    let pushed = s.env.git(&remote, &["show", "main:test/ns/app.yaml"]);
+    assert!(
+        pushed.contains("KEY=ns/app/key@0000000000000000002"),
+        "{pushed}"
+    );
+
+    // A real conflict: credsync holds a commit the remote has not seen (made
+    // while the remote was not configured, as when it is unreachable), and
+    // meanwhile the other writer edits this cluster's file.
+    s.env.put("ns/app/key", "remote-value-three");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    s.env
+        .git(&other, &["pull", "-q", "--rebase", "origin", "main"]);
+    let file = other.join("test/ns/app.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("# edited by hand\n{text}")).unwrap();
+    s.env
+        .git(&other, &[&commit[..], &["hand edit of our file"]].concat());
+    s.env.git(&other, &["push", "-q", "origin", "main"]);
+    let run = with_remote(&["sync"]);
+    assert_eq!(
+        run.code, 0,
+        "the snapshot is committed locally, so the sync applies: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("kept the local commit"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        s.env.secret_data("ns", "app").await.unwrap()["KEY"],
+        b"remote-value-three"
+    );
+    let unpushed = s.git(&["rev-list", "--count", "origin/main..main"]);
+    assert_eq!(unpushed.trim(), "1", "the local commit stays");
+
+    // Once the other writer takes its edit back, the next sync pushes.
+    s.env.git(&other, &["revert", "--no-edit", "HEAD"]);
+    s.env.git(&other, &["push", "-q", "origin", "main"]);
+    let run = with_remote(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pushed = s.env.git(&remote, &["show", "main:test/ns/app.yaml"]);
+    assert!(
+        pushed.contains("KEY=ns/app/key@0000000000000000003"),
+        "{pushed}"
+    );
+}

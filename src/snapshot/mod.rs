@@ -5,6 +5,7 @@
 //! Secret in a git repository, one commit per change of the desired state,
 //! and reads old commits back for `history`, `show`, `diff` and `rollback`.
 
+pub mod remote;
 pub mod sops;
 pub mod store;
 

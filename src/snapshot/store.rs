@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
+use super::remote::{self, PushOutcome, RemoteConfig};
 use super::sops::{self, Identities, Outline, Recipients, SecretDocument};
 use crate::manifest::SecretRef;
 
@@ -56,6 +57,8 @@ pub struct StoreConfig {
     /// Lets credsync reuse a file's data key, so a changed file keeps the
     /// ciphertext of its unchanged values (a minimal diff).
     pub identities: Option<Identities>,
+    /// A remote to clone from and push to.
+    pub remote: Option<RemoteConfig>,
 }
 
 /// One commit, as `history` lists it.
@@ -94,11 +97,44 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    /// Opens the repository, creating it if absent.
+    /// Opens the repository, cloning the remote or creating it if absent.
     pub fn open(config: StoreConfig) -> Result<Self, SnapshotError> {
         let path = &config.path;
+        if config.cluster.is_empty()
+            || config.cluster.contains(['/', '\\'])
+            || config.cluster.starts_with('.')
+        {
+            return Err(git_error(
+                path,
+                "checking --cluster-name",
+                "it names the snapshot directory: no '/', not empty, not starting with '.'",
+            ));
+        }
         let repo = match Repository::open(path) {
             Ok(repo) => repo,
+            Err(e)
+                if e.code() == ErrorCode::NotFound
+                    && config.remote.is_some()
+                    && is_empty_dir(path) =>
+            {
+                let remote = config
+                    .remote
+                    .as_ref()
+                    .map(|r| r.url.clone())
+                    .unwrap_or_default();
+                let repo = config
+                    .remote
+                    .as_ref()
+                    .map(|r| remote::clone(r, path))
+                    .transpose()
+                    .map_err(|e| git_error(path, &format!("cloning {remote}"), e))?
+                    .ok_or_else(|| git_error(path, "cloning", "no remote"))?;
+                if head_commit(&repo).ok().flatten().is_none() {
+                    repo.set_head(&format!("refs/heads/{BRANCH}"))
+                        .map_err(|e| git_error(path, "setting HEAD", e))?;
+                }
+                repo
+            }
             Err(e) if e.code() == ErrorCode::NotFound => {
                 std::fs::create_dir_all(path)
                     .map_err(|e| git_error(path, "creating the directory", e))?;
@@ -109,10 +145,78 @@ impl SnapshotStore {
             }
             Err(e) => return Err(git_error(path, "opening", e)),
         };
+        if let Some(remote) = &config.remote {
+            remote::ensure_origin(&repo, remote)
+                .map_err(|e| git_error(path, "configuring the remote", e))?;
+        }
         Ok(Self {
             repo: Mutex::new(repo),
             config,
         })
+    }
+
+    /// Brings in what other writers pushed and pushes local commits, replaying
+    /// them if the remote moved. Without a remote there is nothing to do.
+    pub fn share(&self) -> Result<PushOutcome, SnapshotError> {
+        let Some(config) = &self.config.remote else {
+            return Ok(PushOutcome::UpToDate);
+        };
+        self.with_repo(|repo| {
+            for _ in 0..3 {
+                let remote_head = remote::fetch(repo, config).map_err(|e| self.err(&format!("fetching {}", config.url), e))?;
+                let local_head = head_commit(repo).map_err(|e| self.err("reading HEAD", e))?.map(|c| c.id());
+                let to_push = match (local_head, remote_head) {
+                    (None, None) => return Ok(PushOutcome::UpToDate),
+                    (None, Some(theirs)) => {
+                        self.move_branch(repo, theirs, "credsync: take the remote's snapshots")?;
+                        return Ok(PushOutcome::UpToDate);
+                    }
+                    (Some(_), None) => true,
+                    (Some(ours), Some(theirs)) if ours == theirs => return Ok(PushOutcome::UpToDate),
+                    (Some(ours), Some(theirs)) => {
+                        let (ahead, behind) = repo
+                            .graph_ahead_behind(ours, theirs)
+                            .map_err(|e| self.err("comparing with the remote", e))?;
+                        match (ahead, behind) {
+                            (0, _) => {
+                                self.move_branch(repo, theirs, "credsync: fast-forward to the remote")?;
+                                return Ok(PushOutcome::UpToDate);
+                            }
+                            (_, 0) => true,
+                            _ => match remote::replay(repo, &self.config.cluster, ours, theirs)
+                                .map_err(|e| self.err("replaying local snapshots on the remote's", e))?
+                            {
+                                Some(replayed) => {
+                                    self.move_branch(repo, replayed, "credsync: replay on the remote")?;
+                                    true
+                                }
+                                None => {
+                                    tracing::warn!(remote = %config.url, cluster = %self.config.cluster, "the remote changed this cluster's snapshot files too; local commits kept, push retried next sync");
+                                    return Ok(PushOutcome::Conflict);
+                                }
+                            },
+                        }
+                    }
+                };
+                if to_push && remote::push(repo, config).map_err(|e| self.err(&format!("pushing to {}", config.url), e))? {
+                    return Ok(PushOutcome::UpToDate);
+                }
+            }
+            Err(self.err(&format!("pushing to {}", config.url), "the remote kept moving; the next sync retries"))
+        })
+    }
+
+    /// Points the branch at `target` and refreshes the work tree.
+    fn move_branch(&self, repo: &Repository, target: Oid, why: &str) -> Result<(), SnapshotError> {
+        let refname = format!("refs/heads/{BRANCH}");
+        repo.reference(&refname, target, true, why)
+            .map_err(|e| self.err("moving the branch", e))?;
+        repo.set_head(&refname)
+            .map_err(|e| self.err("pointing HEAD at the branch", e))?;
+        let mut checkout = CheckoutBuilder::new();
+        checkout.force();
+        repo.checkout_head(Some(&mut checkout))
+            .map_err(|e| self.err("updating the work tree", e))
     }
 
     pub fn cluster(&self) -> &str {
@@ -616,6 +720,12 @@ fn blob_text(repo: &Repository, tree: &git2::Tree<'_>, path: &str) -> Result<Str
     let entry = tree.get_path(Path::new(path))?;
     let blob = repo.find_blob(entry.id())?;
     Ok(String::from_utf8_lossy(blob.content()).into_owned())
+}
+
+fn is_empty_dir(path: &Path) -> bool {
+    std::fs::read_dir(path)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
 }
 
 fn git_error(path: &Path, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
