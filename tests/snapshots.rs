@@ -191,6 +191,37 @@ async fn rollback_restores_pins_and_unpin_resumes() {
         b"token-version-two"
     );
 
+    // Reviewers see which keys changed between snapshots, never values.
+    let run = s.run(&["diff", &v1, &v2]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let squeezed = run.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(squeezed.contains("update app/api ~TOKEN"), "{}", run.stdout);
+    assert!(squeezed.contains("update app/other ~KEY"), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("URL"),
+        "unchanged keys are not listed: {}",
+        run.stdout
+    );
+    let run = s.run(&["history", "--format", "json"]);
+    let history: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let ids: Vec<&str> = history["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [v2.as_str(), v1.as_str()]);
+    let run = s.run(&["show", &v2, "--format", "json"]);
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        shown["secrets"][0]["keys"],
+        serde_json::json!(["TOKEN", "URL"])
+    );
+    assert_eq!(
+        shown["secrets"][0]["sources"]["TOKEN"],
+        "app/api/token@0000000000000000002"
+    );
+
     // What the rollback would do, as a plan.
     let run = s.run(&["plan", "--from-snapshot", &v1[..10]]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -242,8 +273,11 @@ async fn rollback_restores_pins_and_unpin_resumes() {
         b"token-version-one"
     );
 
-    let run = s.run(&["unpin", "app/api"]);
+    let run = s.run(&["unpin", "app/other"]);
+    assert_eq!(run.code, 1, "app/other is not pinned: {}", run.stdout);
+    let run = s.run(&["unpin", "--all"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "unpinned app/api");
     let run = s.run(&["sync"]);
     assert_eq!(run.code, 0);
     assert_eq!(
@@ -324,6 +358,40 @@ async fn tampered_snapshot_and_wrong_identity_are_refused() {
             run.stderr
         );
     }
+    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+
+    // An edited MAC is refused the same way.
+    s.git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "revert",
+        "--no-edit",
+        "HEAD",
+    ]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let start = text.find("mac: ENC[AES256_GCM,data:").unwrap() + "mac: ENC[AES256_GCM,data:".len();
+    let mut bytes = text.into_bytes();
+    bytes[start] = if bytes[start] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&file, bytes).unwrap();
+    s.git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qam",
+        "mac edit",
+    ]);
+    let run = s.run(&["rollback", "HEAD"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.error_line()
+            .contains("MAC mismatch in test/ns/app.yaml"),
+        "{}",
+        run.stderr
+    );
     assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
 
     // The wrong identity: the error names the file's recipients.
@@ -599,7 +667,18 @@ async fn snapshots_are_pushed_and_a_moved_remote_is_replayed() {
     assert_eq!(unpushed.trim(), "1", "the local commit stays");
 
     // Once the other writer takes its edit back, the next sync pushes.
-    s.env.git(&other, &["revert", "--no-edit", "HEAD"]);
+    s.env.git(
+        &other,
+        &[
+            "-c",
+            "user.name=o",
+            "-c",
+            "user.email=o@o",
+            "revert",
+            "--no-edit",
+            "HEAD",
+        ],
+    );
     s.env.git(&other, &["push", "-q", "origin", "main"]);
     let run = with_remote(&["sync"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
