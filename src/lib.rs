@@ -15,3 +15,4 @@ pub mod render;
 pub mod secret;
 pub mod snapshot;
 pub mod telemetry;
+pub mod trigger;

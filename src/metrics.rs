@@ -35,6 +35,15 @@ pub struct Metrics {
     pub snapshot_failures: prometheus::IntCounter,
     /// Snapshot pushes that failed or hit a conflict (retried next sync).
     pub snapshot_push_failures: prometheus::IntCounter,
+    /// DynamoDB Stream records seen, and whether a stream is followed (1) or not (0).
+    pub stream_records: prometheus::IntCounter,
+    pub stream_enabled: IntGauge,
+    /// Seconds between a stream record's creation and its reconcile starting.
+    pub stream_lag_seconds: prometheus::Gauge,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: IntGauge,
+    /// Leadership changes seen by this replica.
+    pub leader_transitions: prometheus::IntCounter,
     /// Secrets pinned by a rollback, and those the table now disagrees with.
     pub secrets_pinned: IntGauge,
     pub secrets_pinned_differing: IntGauge,
@@ -109,6 +118,27 @@ impl Metrics {
             snapshot_push_failures: plain_counter(
                 "snapshot_push_failures_total",
                 "Snapshot pushes that failed or conflicted; retried on the next sync.",
+            )?,
+            stream_records: plain_counter(
+                "stream_records_total",
+                "DynamoDB Stream records read.",
+            )?,
+            stream_enabled: gauge(
+                "stream_enabled",
+                "1 when a DynamoDB Stream is followed, 0 in schedule-only mode.",
+            )?,
+            stream_lag_seconds: {
+                let g = prometheus::Gauge::new(
+                    "credsync_stream_lag_seconds",
+                    "Seconds from a stream record's creation to the start of its reconcile.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            leader: gauge("leader", "1 while this replica holds the leader Lease.")?,
+            leader_transitions: plain_counter(
+                "leader_transitions_total",
+                "Leadership changes this replica saw.",
             )?,
             secrets_pinned: gauge("secrets_pinned", "Secrets pinned by a rollback.")?,
             secrets_pinned_differing: gauge(

@@ -7,6 +7,7 @@
 
 mod apply;
 pub mod diff;
+pub mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -133,6 +134,15 @@ impl Cluster {
             metrics,
             field_manager: "credsync".to_owned(),
         }
+    }
+
+    /// The Kubernetes client, for the watchers and the leader Lease.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn count(&self, verb: &str) {

@@ -1,0 +1,4 @@
+//! What starts a reconcile in `credsync run`: DynamoDB Stream events, a
+//! schedule, drift of managed Secrets, and HTTP (in `server`).
+
+pub mod stream;
