@@ -13,6 +13,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::cluster::{ApplyOptions, Cluster, DiffOptions};
 use crate::credstash::{CredstashSource, SourceConfig};
@@ -149,6 +150,8 @@ pub enum Command {
         #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
         format: Format,
     },
+    /// The in-cluster loop: stream, schedule, drift and HTTP triggers.
+    Run(RunArgs),
     /// List snapshot commits, newest first.
     History {
         #[arg(long, default_value_t = 20)]
@@ -193,6 +196,69 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address for /sync, /plan, /metrics, /healthz, /readyz.
+    #[arg(long, env = "CREDSYNC_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Full reconcile every INTERVAL (e.g. 10m). CRON_HOURS=N means every N hours.
+    #[arg(long, env = "CREDSYNC_INTERVAL", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Full reconcile on a cron expression (5 or 6 fields, UTC); overrides --interval.
+    #[arg(long, env = "CREDSYNC_SCHEDULE")]
+    pub schedule: Option<String>,
+    /// The table's stream (default: DescribeTable's latest stream).
+    #[arg(long, env = "CREDSYNC_STREAM_ARN")]
+    pub stream_arn: Option<String>,
+    /// Do not follow the stream: schedule and HTTP only.
+    #[arg(long, env = "CREDSYNC_NO_STREAM")]
+    pub no_stream: bool,
+    /// Quiet time after stream events before reconciling them (WAIT_TIME, in seconds, accepted).
+    #[arg(long, env = "CREDSYNC_DEBOUNCE", default_value = "1s", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// A reconcile running longer is cancelled and retried (CREDSTASH_SYNC_TIMEOUT_SECS accepted).
+    #[arg(long, env = "CREDSYNC_RECONCILE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
+    /// Failed reconciles in a row after which /healthz fails.
+    #[arg(long, env = "CREDSYNC_FAILURE_LIMIT", default_value_t = 5)]
+    pub failure_limit: u32,
+    /// File holding the bearer token for /sync and /plan (CREDSYNC_SYNC_TOKEN or FLASK_API_KEY also work).
+    #[arg(long, env = "CREDSYNC_SYNC_TOKEN_FILE")]
+    pub sync_token_file: Option<PathBuf>,
+    /// At most one accepted /sync per scope in this window.
+    #[arg(long, env = "CREDSYNC_SYNC_RATE_LIMIT", default_value = "60s", value_parser = parse_duration)]
+    pub sync_rate_limit: Duration,
+    /// Elect a leader over a Lease so several replicas are safe.
+    #[arg(long, env = "CREDSYNC_LEADER_ELECTION")]
+    pub leader_election: bool,
+    #[arg(long, env = "CREDSYNC_LEASE_NAME", default_value = "credsync")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "CREDSYNC_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    #[arg(long, env = "CREDSYNC_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease (default: POD_NAME, else HOSTNAME).
+    #[arg(long, env = "CREDSYNC_IDENTITY")]
+    pub identity: Option<String>,
+    /// Do not watch managed Secrets to undo hand edits.
+    #[arg(long, env = "CREDSYNC_NO_DRIFT_REPAIR")]
+    pub no_drift_repair: bool,
+    /// Server-side dry-run writes only.
+    #[arg(long, env = "CREDSYNC_DRY_RUN")]
+    pub dry_run: bool,
+    /// Time in-flight work gets after SIGTERM.
+    #[arg(long, env = "CREDSYNC_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Print the effective configuration (no secrets) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::trigger::schedule::parse_duration(text)
+}
+
 /// Output of listings (`history`, `show`, `diff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ListFormat {
@@ -215,6 +281,10 @@ const LEGACY_ENV: &[(&str, &str)] = &[
     ("namespace_exclude", "NAMESPACE_EXCLUDE_FILTER"),
     ("verbose", "VERBOSE"),
     ("dry_run", "DRY_RUN"),
+    ("stream_arn", "STREAM_ARN"),
+    ("debounce", "WAIT_TIME"),
+    ("interval", "CRON_HOURS"),
+    ("reconcile_timeout", "CREDSTASH_SYNC_TIMEOUT_SECS"),
 ];
 
 /// Parses arguments, filling flags left at their default from Kubestash-V2's variables.
@@ -234,9 +304,15 @@ where
         let Some(value) = legacy_env(var) else {
             continue;
         };
-        let source = sub
-            .and_then(|m| m.try_get_raw(arg).ok().flatten().and(m.value_source(arg)))
-            .or_else(|| matches.value_source(arg));
+        // Only the matches that define `arg` may be asked where it came from.
+        let Some(owner) = [sub, Some(&matches)]
+            .into_iter()
+            .flatten()
+            .find(|m| m.try_get_raw(arg).is_ok())
+        else {
+            continue;
+        };
+        let source = owner.value_source(arg);
         if matches!(
             source,
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
@@ -253,15 +329,40 @@ where
             "cluster_name" => cli.common.cluster_name = value,
             "namespace_exclude" => cli.common.namespace_exclude = value,
             "verbose" => cli.common.verbose |= truthy,
-            "dry_run" => {
-                if let Command::Sync { dry_run, .. } = &mut cli.command {
-                    *dry_run |= truthy;
+            "dry_run" => match &mut cli.command {
+                Command::Sync { dry_run, .. } => *dry_run |= truthy,
+                Command::Run(run) => run.dry_run |= truthy,
+                _ => {}
+            },
+            "stream_arn" | "debounce" | "interval" | "reconcile_timeout" => {
+                if let Command::Run(run) = &mut cli.command {
+                    apply_legacy_run(run, arg, &value)?;
                 }
             }
             _ => {}
         }
     }
     Ok(cli)
+}
+
+/// Kubestash-V2's run settings: WAIT_TIME and CREDSTASH_SYNC_TIMEOUT_SECS in
+/// seconds, CRON_HOURS in hours.
+fn apply_legacy_run(run: &mut RunArgs, arg: &str, value: &str) -> Result<()> {
+    let number = |unit: u64| -> Result<Duration> {
+        let n: u64 = value
+            .trim()
+            .parse()
+            .with_context(|| format!("{arg}: '{value}' is not a whole number"))?;
+        Ok(Duration::from_secs(n * unit))
+    };
+    match arg {
+        "stream_arn" => run.stream_arn = Some(value.to_owned()),
+        "debounce" => run.debounce = number(1)?,
+        "interval" => run.interval = Some(number(3600)?),
+        "reconcile_timeout" => run.reconcile_timeout = number(1)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 pub async fn main() -> ExitCode {
@@ -429,7 +530,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         _ => {}
     }
-    let needs_recipients = matches!(cli.command, Command::Sync { .. });
+    if let Command::Run(args) = &cli.command
+        && args.print_config
+    {
+        println!("{}", print_config(common, args));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
     let store = snapshot_store(common, needs_recipients)?;
     let reconciler = build(common, store.clone()).await?;
     let heading = Heading {
@@ -513,10 +620,118 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             0
         }
+        Command::Run(args) => {
+            let config = run_config(args)?;
+            crate::run::run(reconciler, config, heading).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::History { .. } | Command::Show { .. } | Command::Diff { .. } => 0,
     };
     tracing::info!(calls = %reconciler.metrics().call_summary(), "done");
     Ok(ExitCode::from(code))
+}
+
+fn sync_token(args: &RunArgs) -> Result<Option<zeroize::Zeroizing<String>>> {
+    if let Some(file) = &args.sync_token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading --sync-token-file {}", file.display()))?;
+        return Ok(Some(zeroize::Zeroizing::new(token.trim().to_owned())));
+    }
+    let from_env = std::env::var("CREDSYNC_SYNC_TOKEN").or_else(|_| std::env::var("FLASK_API_KEY"));
+    Ok(from_env
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(zeroize::Zeroizing::new))
+}
+
+fn run_config(args: RunArgs) -> Result<crate::run::RunConfig> {
+    use crate::cluster::lease::LeaseConfig;
+    use crate::trigger::schedule::Schedule;
+    let schedule = match (&args.schedule, args.interval) {
+        (Some(cron), _) => Some(Schedule::cron(cron).map_err(anyhow::Error::msg)?),
+        (None, Some(every)) if every.is_zero() => bail!("--interval must be more than 0"),
+        (None, Some(every)) => Some(Schedule::Every(every)),
+        (None, None) => None,
+    };
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("credsync-{}", std::process::id()));
+    let lease = args.leader_election.then(|| LeaseConfig {
+        namespace: args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_owned()),
+        name: args.lease_name.clone(),
+        identity,
+        lease_duration: args.lease_duration,
+        renew_interval: args.lease_duration / 3,
+    });
+    Ok(crate::run::RunConfig {
+        listen: args.listen,
+        schedule,
+        stream: (!args.no_stream).then(|| crate::trigger::stream::StreamConfig {
+            table: String::new(),
+            stream_arn: args.stream_arn.clone(),
+            debounce: args.debounce,
+            poll_interval: Duration::from_millis(250),
+        }),
+        worker: crate::worker::WorkerConfig {
+            timeout: args.reconcile_timeout,
+            dry_run: args.dry_run,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        },
+        failure_limit: args.failure_limit,
+        token: sync_token(&args)?,
+        rate_window: args.sync_rate_limit,
+        lease,
+        drift_repair: !args.no_drift_repair,
+        grace: args.grace,
+    })
+}
+
+/// The effective configuration as JSON, with secrets reduced to "set"/"unset".
+fn print_config(common: &Common, args: &RunArgs) -> String {
+    let set = |present: bool| if present { "set" } else { "unset" };
+    let token_set = args.sync_token_file.is_some()
+        || std::env::var("CREDSYNC_SYNC_TOKEN").is_ok()
+        || std::env::var("FLASK_API_KEY").is_ok();
+    let config = serde_json::json!({
+        "table": common.table,
+        "region": common.region,
+        "context_keys": common.context.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        "cluster_name": common.cluster_name,
+        "namespace_exclude": common.namespace_exclude,
+        "namespace_include": common.namespace_include,
+        "kms_concurrency": common.kms_concurrency,
+        "scan_segments": common.scan_segments,
+        "prune_keys": !common.no_prune,
+        "delete_empty": !common.keep_empty,
+        "snapshot_repo": common.snapshot_repo,
+        "snapshot_remote": common.snapshot_remote,
+        "age_recipients": common.age_recipients,
+        "age_identity": set(common.age_identity.is_some()),
+        "listen": args.listen.to_string(),
+        "interval": args.interval.map(|d| format!("{d:?}")),
+        "schedule": args.schedule,
+        "stream": if args.no_stream { "off".to_owned() } else { args.stream_arn.clone().unwrap_or_else(|| "from DescribeTable".to_owned()) },
+        "debounce": format!("{:?}", args.debounce),
+        "reconcile_timeout": format!("{:?}", args.reconcile_timeout),
+        "failure_limit": args.failure_limit,
+        "sync_token": set(token_set),
+        "sync_rate_limit": format!("{:?}", args.sync_rate_limit),
+        "leader_election": args.leader_election,
+        "lease_name": args.lease_name,
+        "lease_duration": format!("{:?}", args.lease_duration),
+        "drift_repair": !args.no_drift_repair,
+        "dry_run": args.dry_run,
+        "grace": format!("{:?}", args.grace),
+    });
+    serde_json::to_string_pretty(&config).unwrap_or_default()
 }
 
 #[cfg(test)]

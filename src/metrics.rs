@@ -40,6 +40,14 @@ pub struct Metrics {
     pub stream_enabled: IntGauge,
     /// Seconds between a stream record's creation and its reconcile starting.
     pub stream_lag_seconds: prometheus::Gauge,
+    /// Reconciles by trigger and outcome, their duration, and timeouts.
+    pub reconciles_by_trigger: IntCounterVec,
+    pub reconcile_duration: prometheus::HistogramVec,
+    pub reconcile_timeouts: prometheus::IntCounter,
+    /// Managed keys restored after a hand edit or deletion.
+    pub drift_corrections: prometheus::IntCounter,
+    /// HTTP requests by path and status code.
+    pub http_requests: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
     /// Leadership changes seen by this replica.
@@ -61,6 +69,14 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
+        let counter2 = |name: &str,
+                        help: &str,
+                        labels: [&str; 2]|
+         -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(format!("credsync_{name}"), help), &labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
         let plain_counter =
             |name: &str, help: &str| -> Result<prometheus::IntCounter, prometheus::Error> {
                 let c = prometheus::IntCounter::new(format!("credsync_{name}"), help)?;
@@ -119,10 +135,7 @@ impl Metrics {
                 "snapshot_push_failures_total",
                 "Snapshot pushes that failed or conflicted; retried on the next sync.",
             )?,
-            stream_records: plain_counter(
-                "stream_records_total",
-                "DynamoDB Stream records read.",
-            )?,
+            stream_records: plain_counter("stream_records_total", "DynamoDB Stream records read.")?,
             stream_enabled: gauge(
                 "stream_enabled",
                 "1 when a DynamoDB Stream is followed, 0 in schedule-only mode.",
@@ -135,6 +148,38 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            reconciles_by_trigger: counter2(
+                "reconciles_by_trigger_total",
+                "Reconciles in `run`, by trigger and outcome.",
+                ["trigger", "outcome"],
+            )?,
+            reconcile_duration: {
+                let h = prometheus::HistogramVec::new(
+                    prometheus::HistogramOpts::new(
+                        "credsync_reconcile_duration_seconds",
+                        "Reconcile wall time, by trigger.",
+                    )
+                    .buckets(vec![
+                        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                    ]),
+                    &["trigger"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            reconcile_timeouts: plain_counter(
+                "reconcile_timeouts_total",
+                "Reconciles cancelled for exceeding their timeout.",
+            )?,
+            drift_corrections: plain_counter(
+                "drift_corrections_total",
+                "Secrets restored after a hand edit or deletion of a managed key.",
+            )?,
+            http_requests: counter2(
+                "http_requests_total",
+                "HTTP requests by path and code.",
+                ["path", "code"],
+            )?,
             leader: gauge("leader", "1 while this replica holds the leader Lease.")?,
             leader_transitions: plain_counter(
                 "leader_transitions_total",

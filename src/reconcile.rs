@@ -3,12 +3,14 @@
 //! Every trigger (the CLI, and later streams, schedules and HTTP) goes
 //! through [`Reconciler`], so they all share the KMS cache and the counters.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
 
 use crate::cluster::{ApplyOptions, ApplyOutcome, Cluster, ClusterError, LiveState, Plan, diff};
-use crate::credstash::{CredstashSource, SourceError};
-use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection};
+use crate::credstash::{CredstashSource, ItemFailure, RawItem, SourceError};
+use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection, map_name};
 use crate::metrics::Metrics;
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::sops::SecretDocument;
@@ -54,6 +56,21 @@ pub struct Reconciler {
     apply: ApplyOptions,
     metrics: Arc<Metrics>,
     snapshot: Option<Arc<SnapshotStore>>,
+    /// What the last full read saw, so a stream event can reconcile a few
+    /// Secrets from Queries alone.
+    index: Mutex<Option<TableIndex>>,
+}
+
+struct TableIndex {
+    items: HashMap<String, RawItem>,
+    namespaces: BTreeSet<String>,
+}
+
+fn poisoned() -> ReconcileError {
+    ReconcileError::Cluster(ClusterError::Api {
+        doing: "reading the table index".to_owned(),
+        cause: "a previous reconcile panicked".to_owned(),
+    })
 }
 
 impl Reconciler {
@@ -71,6 +88,7 @@ impl Reconciler {
             apply,
             metrics,
             snapshot: None,
+            index: Mutex::new(None),
         }
     }
 
@@ -102,6 +120,16 @@ impl Reconciler {
             namespaces = namespaces.len(),
             "read table and namespaces"
         );
+        if let Ok(mut index) = self.index.lock() {
+            *index = Some(TableIndex {
+                items: scanned
+                    .latest
+                    .iter()
+                    .map(|i| (i.id.name.clone(), i.clone()))
+                    .collect(),
+                namespaces: namespaces.clone(),
+            });
+        }
         let mut selection =
             Selection::of(scanned.latest, scanned.malformed, &self.filter, &namespaces);
         let to_decrypt = std::mem::take(&mut selection.to_decrypt);
@@ -132,6 +160,129 @@ impl Reconciler {
                 return Err(err);
             }
         };
+        self.commit_and_apply(planned, dry_run, None).await
+    }
+
+    /// Reconciles only the Secrets that `names` map to, from a Query of each
+    /// name's latest version: no Scan, and KMS only for the changed items.
+    /// Falls back to a full sync before the first full reconcile.
+    pub async fn sync_names(
+        &self,
+        names: &BTreeSet<String>,
+        dry_run: bool,
+    ) -> Result<SyncReport, ReconcileError> {
+        let Some((planned, scope)) = self.plan_names(names).await? else {
+            return self.sync(dry_run).await;
+        };
+        self.commit_and_apply(planned, dry_run, Some(scope)).await
+    }
+
+    async fn plan_names(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> Result<Option<(Planned, BTreeSet<SecretRef>)>, ReconcileError> {
+        let Some(namespaces) = self
+            .index
+            .lock()
+            .ok()
+            .and_then(|i| i.as_ref().map(|i| i.namespaces.clone()))
+        else {
+            return Ok(None);
+        };
+        let queried: Vec<(
+            String,
+            Result<Option<Result<RawItem, ItemFailure>>, SourceError>,
+        )> = futures::stream::iter(
+            names
+                .iter()
+                .map(|name| async move { (name.clone(), self.source.query_latest(name).await) })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(8)
+        .collect()
+        .await;
+        let mut malformed = Vec::new();
+        let affected: BTreeSet<SecretRef> = names
+            .iter()
+            .filter_map(|n| map_name(n).ok())
+            .map(|t| t.secret)
+            .collect();
+        let items: Vec<RawItem> = {
+            let mut guard = self.index.lock().map_err(|_| poisoned())?;
+            let Some(index) = guard.as_mut() else {
+                return Ok(None);
+            };
+            for (name, found) in queried {
+                match found? {
+                    Some(Ok(item)) => {
+                        index.items.insert(name, item);
+                    }
+                    Some(Err(failure)) => malformed.push(failure),
+                    None => {
+                        index.items.remove(&name);
+                    }
+                }
+            }
+            index
+                .items
+                .values()
+                .filter(|item| map_name(&item.id.name).is_ok_and(|t| affected.contains(&t.secret)))
+                .cloned()
+                .collect()
+        };
+        let mut selection = Selection::of(items, malformed, &self.filter, &namespaces);
+        let to_decrypt = std::mem::take(&mut selection.to_decrypt);
+        let decrypted = self.source.decrypt(to_decrypt).await;
+        let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
+        let mut live = LiveState::default();
+        for secret in &affected {
+            if let Some(found) = self.cluster.get(secret).await? {
+                live.secrets.insert(secret.clone(), found);
+            }
+        }
+        let plan = diff::plan(&manifest, &live, self.apply.diff);
+        log_findings(&plan);
+        Ok(Some((
+            Planned {
+                manifest,
+                live,
+                plan,
+            },
+            affected,
+        )))
+    }
+
+    /// The table names that map into `namespace` (or into `secret`), from the
+    /// last full read; None before it, or when no name maps there (then only
+    /// a full reconcile can tell what to remove).
+    pub fn names_in(
+        &self,
+        namespace: &str,
+        secret: Option<&SecretRef>,
+    ) -> Option<BTreeSet<String>> {
+        let guard = self.index.lock().ok()?;
+        let index = guard.as_ref()?;
+        let names: BTreeSet<String> = index
+            .items
+            .keys()
+            .filter(|name| {
+                map_name(name).is_ok_and(|t| match secret {
+                    Some(secret) => &t.secret == secret,
+                    None => t.secret.namespace == namespace,
+                })
+            })
+            .cloned()
+            .collect();
+        (!names.is_empty()).then_some(names)
+    }
+
+    /// Commits the snapshot (if any), then applies.
+    async fn commit_and_apply(
+        &self,
+        planned: Planned,
+        dry_run: bool,
+        scope: Option<BTreeSet<SecretRef>>,
+    ) -> Result<SyncReport, ReconcileError> {
         // The snapshot is committed before anything is applied; if it
         // cannot be written, nothing is applied.
         let snapshot = match (&self.snapshot, dry_run) {
@@ -154,7 +305,7 @@ impl Reconciler {
                 let recorded = record_blocking(store.clone(), move |store| {
                     // Pull in other writers' commits first, so ours goes on top.
                     share(store, &metrics);
-                    let commit = store.record(&docs, &pinned, &heading)?;
+                    let commit = store.record(&docs, &pinned, &heading, scope.as_ref())?;
                     share(store, &metrics);
                     Ok(commit)
                 });

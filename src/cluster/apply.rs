@@ -80,13 +80,15 @@ impl Cluster {
         options: &ApplyOptions,
     ) -> ApplyOutcome {
         let results: Vec<(SecretRef, Result<Option<SecretChange>, String>)> =
-            futures::stream::iter(&plan.changes)
-                .map(|change| async move {
-                    let desired = manifest.secrets.get(&change.secret);
-                    let live = live.secrets.get(&change.secret).cloned();
-                    let result = self.apply_one(change.clone(), desired, live, options).await;
-                    (change.secret.clone(), result)
-                })
+            // Futures built in a loop, not in a stream closure, so the
+            // reconcile future stays Send for tokio::spawn.
+            futures::stream::iter(plan.changes.iter().map(|change| {
+                let desired = manifest.secrets.get(&change.secret);
+                let live = live.secrets.get(&change.secret).cloned();
+                let secret = change.secret.clone();
+                let write = self.apply_one(change.clone(), desired, live, options);
+                async move { (secret, write.await) }
+            }).collect::<Vec<_>>())
                 .buffer_unordered(options.concurrency.max(1))
                 .collect()
                 .await;

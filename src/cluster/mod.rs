@@ -198,17 +198,21 @@ impl Cluster {
         }
         // Desired Secrets not managed yet: to create (404) or to adopt.
         // Bounded, so a first sync of thousands of Secrets does not flood the API.
-        let unmanaged: Vec<&SecretRef> = manifest
+        let unmanaged: Vec<SecretRef> = manifest
             .secrets
             .keys()
             .filter(|secret| !state.secrets.contains_key(*secret))
+            .cloned()
             .collect();
-        let fetched: Vec<Result<Option<LiveSecret>, ClusterError>> =
-            futures::stream::iter(unmanaged)
+        let fetched: Vec<Result<Option<LiveSecret>, ClusterError>> = futures::stream::iter(
+            unmanaged
+                .iter()
                 .map(|secret| self.get(secret))
-                .buffer_unordered(READ_CONCURRENCY)
-                .collect()
-                .await;
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(READ_CONCURRENCY)
+        .collect()
+        .await;
         for secret in fetched {
             if let Some(secret) = secret? {
                 state.secrets.insert(secret.secret.clone(), secret);

@@ -81,6 +81,7 @@ pub struct SourceError {
 /// unchanged item costs no KMS call the next time.
 pub struct CredstashSource {
     config: SourceConfig,
+    sdk: aws_config::SdkConfig,
     region: String,
     dynamodb: aws_sdk_dynamodb::Client,
     kms: kms::Decryptor,
@@ -114,12 +115,18 @@ impl CredstashSource {
             metrics.clone(),
         );
         Self {
+            sdk: sdk.clone(),
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             kms,
             region,
             config,
             metrics,
         }
+    }
+
+    /// The AWS configuration in use, for the stream follower's client.
+    pub fn sdk_config(&self) -> &aws_config::SdkConfig {
+        &self.sdk
     }
 
     pub fn table(&self) -> &str {
@@ -144,6 +151,16 @@ impl CredstashSource {
         self.kms
             .forget_all_but(scanned.latest.iter().map(|item| item.id.name.as_str()));
         Ok(scanned)
+    }
+
+    /// The latest version of `name` (None if the table no longer has it).
+    pub async fn query_latest(
+        &self,
+        name: &str,
+    ) -> Result<Option<Result<RawItem, ItemFailure>>, SourceError> {
+        table::query_latest(&self.dynamodb, &self.config.table, name, &self.metrics)
+            .await
+            .map_err(|cause| self.source_error(cause))
     }
 
     /// Decrypts `items` (cached ones cost no KMS call).

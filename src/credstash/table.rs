@@ -69,6 +69,41 @@ pub(super) async fn scan_latest(
     })
 }
 
+/// The latest version of one name: a Query, newest first, one item. No Scan.
+pub(super) async fn query_latest(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    name: &str,
+    metrics: &Metrics,
+) -> Result<Option<Result<RawItem, ItemFailure>>, String> {
+    metrics
+        .dynamodb_requests
+        .with_label_values(&["Query"])
+        .inc();
+    let out = client
+        .query()
+        .table_name(table)
+        .key_condition_expression("#n = :name")
+        .expression_attribute_names("#n", "name")
+        .expression_attribute_values(":name", AttributeValue::S(name.to_owned()))
+        .scan_index_forward(false)
+        .limit(1)
+        .send()
+        .await
+        .map_err(|err| {
+            describe_aws_error(&err, |code, status| match (code, status) {
+                (Some("ResourceNotFoundException"), _) => {
+                    "table not found (check --table and --region)"
+                }
+                (_, 401 | 403) | (Some("AccessDeniedException"), _) => {
+                    "access denied (the credentials need dynamodb:Query on the table)"
+                }
+                _ => "DynamoDB Query failed",
+            })
+        })?;
+    Ok(out.items.unwrap_or_default().first().map(parse_item))
+}
+
 async fn scan_segment(
     client: &aws_sdk_dynamodb::Client,
     table: &str,

@@ -248,11 +248,14 @@ impl SnapshotStore {
     /// Writes `docs` as the cluster's desired state and commits if anything
     /// changed. Secrets in `keep` (pinned by a rollback) keep their files.
     /// Returns the new commit, or None when nothing changed.
+    /// With `scope`, only those Secrets' files are considered (a targeted
+    /// reconcile); the rest of the tree stays as it is.
     pub fn record(
         &self,
         docs: &[SecretDocument],
         keep: &BTreeSet<SecretRef>,
         heading: &str,
+        scope: Option<&BTreeSet<SecretRef>>,
     ) -> Result<Option<CommitInfo>, SnapshotError> {
         let Some(recipients) = &self.config.recipients else {
             return Err(self.err("writing a snapshot", "no --age-recipient given"));
@@ -266,7 +269,10 @@ impl SnapshotStore {
                     .map_err(|e| self.err("reading HEAD's tree", e))?,
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
-            let before = self.entries_in(repo, &base_tree)?;
+            let mut before = self.entries_in(repo, &base_tree)?;
+            if let Some(scope) = scope {
+                before.retain(|secret, _| scope.contains(secret));
+            }
             let mut update = TreeUpdateBuilder::new();
             let mut after: BTreeMap<SecretRef, BTreeMap<String, String>> = BTreeMap::new();
             for doc in docs {

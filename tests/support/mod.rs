@@ -485,3 +485,126 @@ impl StandIns {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A `credsync run` process on a loopback port, stopped (SIGTERM) on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 exchange over a raw socket: (status, headers+body).
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// The value of one sample in Prometheus text, e.g. `credsync_kms_requests_total{operation="Decrypt"}`.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+impl StandIns {
+    /// Turns on the table's DynamoDB Stream, as `credsync run` expects in production.
+    pub async fn enable_stream(&self) {
+        use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
+        let spec = StreamSpecification::builder()
+            .stream_enabled(true)
+            .stream_view_type(StreamViewType::NewAndOldImages)
+            .build()
+            .unwrap();
+        self.dynamodb()
+            .await
+            .update_table()
+            .table_name(&self.table)
+            .stream_specification(spec)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Starts `credsync run` with `args` and waits until /healthz answers.
+    pub fn daemon(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let port = free_port();
+        let log = self.dir.path().join(format!("run-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
+        self.aws_env(&mut cmd);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("CREDSYNC_TABLE", &self.table)
+            .arg("run")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = spawn_tied(&mut cmd);
+        wait_for_port(port, "credsync run");
+        Daemon { child, port, log }
+    }
+
+    /// The daemon's log so far, checked for seeded values like every other output.
+    pub fn daemon_log(&self, daemon: &Daemon) -> String {
+        let text = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+        self.assert_no_value_in(&text, "the credsync run log");
+        text
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

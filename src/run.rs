@@ -1,0 +1,187 @@
+//! `credsync run`: the in-cluster loop, wiring triggers to one worker.
+//!
+//! Start-up order matters: the stream follower starts before the first full
+//! reconcile, so nothing written during that reconcile is missed (an event
+//! for an item the full read already saw costs one Query and no write).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::cluster::lease::{LeaderElector, Leadership, LeaseConfig};
+use crate::reconcile::Reconciler;
+use crate::render::Heading;
+use crate::server::{self, ServerState};
+use crate::trigger::drift;
+use crate::trigger::schedule::{self, Schedule};
+use crate::trigger::stream::{StreamConfig, StreamFollower};
+use crate::worker::{self, Health, Request, Trigger, WorkerConfig};
+
+pub struct RunConfig {
+    pub listen: SocketAddr,
+    pub schedule: Option<Schedule>,
+    /// None: schedule-only (no stream follower).
+    pub stream: Option<StreamConfig>,
+    pub worker: WorkerConfig,
+    pub failure_limit: u32,
+    pub token: Option<Zeroizing<String>>,
+    pub rate_window: Duration,
+    pub lease: Option<LeaseConfig>,
+    pub drift_repair: bool,
+    /// How long in-flight work may take after SIGTERM.
+    pub grace: Duration,
+}
+
+/// Runs until SIGTERM/SIGINT, then stops taking triggers, lets the
+/// in-flight write finish (or abandons it between requests), releases the
+/// Lease and returns.
+pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) -> Result<()> {
+    let reconciler = Arc::new(reconciler);
+    let metrics = reconciler.metrics().clone();
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let (requests, queue) = mpsc::channel::<Request>(1024);
+    let health = Health::new(config.failure_limit);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let (leadership_tx, leadership) = watch::channel(match config.lease {
+        Some(_) => Leadership::Following { holder: None },
+        None => Leadership::Leading,
+    });
+    match config.lease {
+        Some(lease) => {
+            let elector = LeaderElector::new(
+                reconciler.cluster().client().clone(),
+                lease,
+                metrics.clone(),
+            );
+            tasks.spawn(elector.run(leadership_tx, shutdown.clone()));
+        }
+        None => metrics.leader.set(1),
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%address, "serving /sync, /plan, /metrics, /healthz, /readyz");
+    let state = Arc::new(ServerState {
+        reconciler: reconciler.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        token: config.token,
+        requests: requests.clone(),
+        leadership: leadership.clone(),
+        heading,
+        rate_window: config.rate_window,
+        last_accepted: Mutex::new(Default::default()),
+    });
+    let server_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, server::router(state))
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+    });
+
+    match config.stream {
+        Some(mut stream_config) => {
+            stream_config.table = reconciler.source().table().to_owned();
+            match StreamFollower::connect(
+                reconciler.source().sdk_config(),
+                stream_config,
+                metrics.clone(),
+            )
+            .await
+            {
+                Ok(Some(follower)) => {
+                    tracing::info!(stream = %follower.stream_arn(), "following the table's DynamoDB Stream");
+                    let (changes_tx, mut changes) = mpsc::channel(256);
+                    tasks.spawn(follower.run(changes_tx, shutdown.clone()));
+                    let requests = requests.clone();
+                    tasks.spawn(async move {
+                        while let Some(batch) = changes.recv().await {
+                            let request = Request {
+                                trigger: Trigger::Stream,
+                                names: Some(batch.names),
+                                oldest_event: batch.oldest_record,
+                            };
+                            if requests.send(request).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Ok(None) => {
+                    metrics.stream_enabled.set(0);
+                    tracing::warn!(
+                        "DynamoDB Streams are not enabled on the table: schedule-only mode"
+                    );
+                }
+                Err(err) => {
+                    metrics.stream_enabled.set(0);
+                    tracing::warn!(error = %err, "cannot follow the table's stream: schedule-only mode");
+                }
+            }
+        }
+        None => metrics.stream_enabled.set(0),
+    }
+
+    requests
+        .send(Request::full(Trigger::Startup))
+        .await
+        .context("queueing the first reconcile")?;
+    tasks.spawn(worker::run(
+        reconciler.clone(),
+        config.worker,
+        health,
+        queue,
+        requests.clone(),
+        leadership,
+        shutdown.clone(),
+    ));
+    if let Some(schedule) = config.schedule {
+        tasks.spawn(schedule::run(schedule, requests.clone(), shutdown.clone()));
+    }
+    if config.drift_repair {
+        tasks.spawn(drift::run(
+            reconciler.clone(),
+            requests.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(requests);
+
+    shutdown.cancelled().await;
+    tracing::info!(grace = ?config.grace, "shutting down");
+    let drained = tokio::time::timeout(config.grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; abandoning what is left");
+        tasks.abort_all();
+    }
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

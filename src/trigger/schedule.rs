@@ -1,0 +1,106 @@
+//! Full reconciles on a fixed interval or a cron expression.
+//!
+//! The schedule is the safety net under the stream: whatever an event
+//! missed, the next full reconcile repairs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::{Request, Trigger};
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(Box<cron::Schedule>),
+}
+
+impl Schedule {
+    /// Parses a cron expression (seconds field first, as the `cron` crate
+    /// reads it; a 5-field expression gets `0` seconds prepended).
+    pub fn cron(expression: &str) -> Result<Self, String> {
+        let fields = expression.split_whitespace().count();
+        let full = if fields == 5 {
+            format!("0 {expression}")
+        } else {
+            expression.to_owned()
+        };
+        cron::Schedule::from_str(&full)
+            .map(|s| Self::Cron(Box::new(s)))
+            .map_err(|e| format!("'{expression}' is not a cron expression: {e}"))
+    }
+
+    fn next_delay(&self) -> Duration {
+        match self {
+            Schedule::Every(every) => *every,
+            Schedule::Cron(schedule) => schedule
+                .upcoming(chrono::Utc)
+                .next()
+                .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Sends a full reconcile request at every tick until `shutdown`.
+pub async fn run(schedule: Schedule, requests: mpsc::Sender<Request>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(schedule.next_delay()) => {
+                if requests.send(Request::full(Trigger::Schedule)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Parses `90`, `90s`, `500ms`, `5m`, `2h`: the durations of flags.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 500ms, 30s, 5m, 2h)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("'{text}' has an unknown unit (ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("'{text}' is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cron_accepts_five_and_six_fields() {
+        assert!(Schedule::cron("*/5 * * * *").is_ok());
+        assert!(Schedule::cron("0 0 */6 * * *").is_ok());
+        assert!(Schedule::cron("every tuesday").is_err());
+        let delay = Schedule::cron("* * * * * *").unwrap().next_delay();
+        assert!(delay <= Duration::from_secs(1));
+    }
+}

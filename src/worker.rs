@@ -1,0 +1,269 @@
+//! The reconcile worker of `credsync run`: one reconcile at a time.
+//!
+//! Every trigger (start-up, schedule, stream, drift, HTTP) sends a [`Request`];
+//! requests that arrive while a reconcile runs are merged into one follow-up,
+//! so a burst of events costs one reconcile, not one each. A reconcile that
+//! exceeds its timeout is cancelled, counted and retried with backoff; after
+//! too many failures in a row `/healthz` fails so the kubelet restarts the pod.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::lease::Leadership;
+use crate::reconcile::Reconciler;
+
+/// Why a reconcile runs; the label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trigger {
+    Startup,
+    Schedule,
+    Stream,
+    Drift,
+    Http,
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Schedule => "schedule",
+            Trigger::Stream => "stream",
+            Trigger::Drift => "drift",
+            Trigger::Http => "http",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+/// What to reconcile: everything, or the Secrets some table names map to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub trigger: Trigger,
+    /// None: a full reconcile.
+    pub names: Option<BTreeSet<String>>,
+    /// For the stream lag metric.
+    pub oldest_event: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Request {
+    pub fn full(trigger: Trigger) -> Self {
+        Self {
+            trigger,
+            names: None,
+            oldest_event: None,
+        }
+    }
+
+    /// Merges a request that arrived while another was pending.
+    fn merge(&mut self, other: Request) {
+        self.trigger = self.trigger.min(other.trigger);
+        self.names = match (self.names.take(), other.names) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                Some(a)
+            }
+            _ => None,
+        };
+        self.oldest_event = match (self.oldest_event, other.oldest_event) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Liveness and readiness, read by the HTTP server.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    consecutive_failures: AtomicU32,
+    failure_limit: AtomicU32,
+}
+
+impl Health {
+    pub fn new(failure_limit: u32) -> Arc<Self> {
+        let health = Self::default();
+        health
+            .failure_limit
+            .store(failure_limit.max(1), Ordering::Relaxed);
+        Arc::new(health)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// False after `failure_limit` failed reconciles in a row.
+    pub fn is_live(&self) -> bool {
+        self.consecutive_failures.load(Ordering::Relaxed)
+            < self.failure_limit.load(Ordering::Relaxed)
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+}
+
+pub struct WorkerConfig {
+    pub timeout: Duration,
+    pub dry_run: bool,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Runs reconciles from `requests` until `shutdown`; only while leading.
+pub async fn run(
+    reconciler: Arc<Reconciler>,
+    config: WorkerConfig,
+    health: Arc<Health>,
+    mut requests: mpsc::Receiver<Request>,
+    retry: mpsc::Sender<Request>,
+    mut leadership: watch::Receiver<Leadership>,
+    shutdown: CancellationToken,
+) {
+    let metrics = reconciler.metrics().clone();
+    let mut backoff = config.backoff;
+    loop {
+        let mut request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = requests.recv() => match next {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        // Coalesce everything that queued up meanwhile into this one.
+        while let Ok(more) = requests.try_recv() {
+            request.merge(more);
+        }
+        // Followers do not write: wait to lead, then do a full reconcile.
+        if *leadership.borrow() != Leadership::Leading {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = leadership.wait_for(|l| *l == Leadership::Leading) => {}
+            }
+            request.names = None;
+        }
+        if let Some(oldest) = request.oldest_event {
+            let lag = (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics.stream_lag_seconds.set(lag);
+        }
+        let trigger = request.trigger.as_str();
+        let started = Instant::now();
+        let work = async {
+            match &request.names {
+                Some(names) => reconciler.sync_names(names, config.dry_run).await,
+                None => reconciler.sync(config.dry_run).await,
+            }
+        };
+        // Dropping the future on timeout or shutdown cancels it between API
+        // calls: a Secret write is one request, so none is left half-written.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = tokio::time::timeout(config.timeout, work) => result,
+        };
+        metrics
+            .reconcile_duration
+            .with_label_values(&[trigger])
+            .observe(started.elapsed().as_secs_f64());
+        let failed = match outcome {
+            Ok(Ok(report)) => {
+                let writes = report.outcome.written.len() as u64;
+                if request.trigger == Trigger::Drift && writes > 0 {
+                    metrics.drift_corrections.inc_by(writes);
+                }
+                metrics
+                    .reconciles_by_trigger
+                    .with_label_values(&[
+                        trigger,
+                        if report.has_errors() {
+                            "partial"
+                        } else {
+                            "success"
+                        },
+                    ])
+                    .inc();
+                false
+            }
+            Ok(Err(err)) => {
+                tracing::error!(trigger, error = %err, "reconcile failed");
+                metrics
+                    .reconciles_by_trigger
+                    .with_label_values(&[trigger, "error"])
+                    .inc();
+                true
+            }
+            Err(_) => {
+                tracing::error!(trigger, timeout = ?config.timeout, "reconcile timed out and was cancelled");
+                metrics.reconcile_timeouts.inc();
+                metrics
+                    .reconciles_by_trigger
+                    .with_label_values(&[trigger, "timeout"])
+                    .inc();
+                true
+            }
+        };
+        if failed {
+            let failures = health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(failures, retry_in = ?backoff, "will retry with a full reconcile");
+            let retry = retry.clone();
+            let delay = backoff;
+            let cancel = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => { let _ = retry.send(Request::full(Trigger::Retry)).await; }
+                }
+            });
+            backoff = (backoff * 2).min(config.max_backoff);
+        } else {
+            health.consecutive_failures.store(0, Ordering::Relaxed);
+            health.set_ready();
+            backoff = config.backoff;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Option<BTreeSet<String>> {
+        Some(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn merging_unions_names_and_a_full_request_wins() {
+        let mut a = Request {
+            trigger: Trigger::Stream,
+            names: names(&["a"]),
+            oldest_event: None,
+        };
+        a.merge(Request {
+            trigger: Trigger::Stream,
+            names: names(&["b"]),
+            oldest_event: None,
+        });
+        assert_eq!(a.names, names(&["a", "b"]));
+        a.merge(Request::full(Trigger::Schedule));
+        assert_eq!(a.names, None);
+        assert_eq!(a.trigger, Trigger::Schedule);
+    }
+
+    #[test]
+    fn health_fails_after_the_limit() {
+        let h = Health::new(2);
+        assert!(h.is_live() && !h.is_ready());
+        h.consecutive_failures.store(2, Ordering::Relaxed);
+        assert!(!h.is_live());
+    }
+}

@@ -1,0 +1,317 @@
+//! `credsync run` as a subprocess against moto and the Kubernetes API
+//! emulation: stream propagation, drift repair, the HTTP surface, leader
+//! election and faults.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{StandIns, eventually, http, metric};
+
+async fn value_is(env: &StandIns, ns: &str, name: &str, key: &str, want: &str) -> bool {
+    env.secret_data(ns, name)
+        .await
+        .and_then(|d| d.get(key).cloned())
+        .is_some_and(|v| v == want.as_bytes())
+}
+
+async fn ready(port: u16) -> bool {
+    eventually(Duration::from_secs(30), || async move {
+        http(port, "GET", "/readyz", None).0 == 200
+    })
+    .await
+}
+
+fn metrics(port: u16) -> String {
+    http(port, "GET", "/metrics", None).1
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::test]
+async fn a_credstash_put_reaches_the_secret_through_the_stream() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/token", "stream-token-initial");
+    env.enable_stream().await;
+    let daemon = env.daemon(&[], &[]);
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    assert!(value_is(&env, "app", "svc", "TOKEN", "stream-token-initial").await);
+
+    let debounce = Duration::from_secs(1);
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let value = format!("stream-token-{i:02}");
+        let started = Instant::now();
+        env.put("app/svc/token", &value);
+        let arrived = eventually(Duration::from_secs(15), || {
+            value_is(&env, "app", "svc", "TOKEN", &value)
+        })
+        .await;
+        assert!(
+            arrived,
+            "put {i} did not arrive:\n{}",
+            env.daemon_log(&daemon)
+        );
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    println!(
+        "credstash put -> Secret over {} puts: p50 {p50:?}, p99 {p99:?} (debounce {debounce:?})",
+        latencies.len()
+    );
+    assert!(p99 < debounce + Duration::from_secs(2), "p99 {p99:?}");
+    let text = metrics(daemon.port);
+    assert_eq!(metric(&text, "credsync_stream_enabled"), 1.0);
+    assert!(metric(&text, "credsync_stream_records_total") >= 20.0);
+    env.daemon_log(&daemon);
+}
+
+#[tokio::test]
+async fn one_put_among_500_secrets_costs_one_kms_call_no_scan_one_write() {
+    let env = StandIns::start(&["bulk"]).await;
+    env.put("bulk/seed/key", "bulk-seed-value");
+    // 500 items: copies of one CLI-written item under other names (the
+    // ciphertext does not bind the name), written in batches.
+    let ddb = env.dynamodb().await;
+    let seed = ddb
+        .scan()
+        .table_name(&env.table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap()
+        .remove(0);
+    let names: Vec<String> = (0..500).map(|i| format!("bulk/svc-{i:03}/key")).collect();
+    for chunk in names.chunks(25) {
+        use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+        let writes = chunk
+            .iter()
+            .map(|name| {
+                let mut item = seed.clone();
+                item.insert("name".into(), AttributeValue::S(name.clone()));
+                WriteRequest::builder()
+                    .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+                    .build()
+            })
+            .collect();
+        ddb.batch_write_item()
+            .request_items(&env.table, writes)
+            .send()
+            .await
+            .unwrap();
+    }
+    env.enable_stream().await;
+    let daemon = env.daemon(&["--no-drift-repair"], &[]);
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let before = metrics(daemon.port);
+    let count = |text: &str, sample: &str| metric(text, sample);
+    env.put("bulk/svc-250/key", "bulk-rotated-value");
+    assert!(
+        eventually(Duration::from_secs(15), || value_is(
+            &env,
+            "bulk",
+            "svc-250",
+            "KEY",
+            "bulk-rotated-value"
+        ))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = metrics(daemon.port);
+    let delta = |sample: &str| count(&after, sample) - count(&before, sample);
+    assert_eq!(
+        delta("credsync_kms_requests_total{operation=\"Decrypt\"}"),
+        1.0,
+        "KMS calls"
+    );
+    assert_eq!(
+        delta("credsync_dynamodb_requests_total{operation=\"Scan\"}"),
+        0.0,
+        "Scans"
+    );
+    let writes: f64 = ["create", "update", "patch", "delete"]
+        .iter()
+        .map(|verb| {
+            delta(&format!(
+                "credsync_kubernetes_requests_total{{verb=\"{verb}\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(writes, 1.0, "Kubernetes writes");
+}
+
+#[tokio::test]
+async fn a_hand_edit_of_a_managed_key_is_reverted() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/password", "drift-original-value");
+    let daemon = env.daemon(&["--no-stream"], &[]);
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let started = Instant::now();
+    env.patch_secret(
+        "app",
+        "svc",
+        serde_json::json!({"data": {"PASSWORD": "aGFuZC1lZGl0"}}),
+    )
+    .await;
+    let restored = eventually(Duration::from_secs(5), || {
+        value_is(&env, "app", "svc", "PASSWORD", "drift-original-value")
+    })
+    .await;
+    assert!(restored, "{}", env.daemon_log(&daemon));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "restored in {:?}",
+        started.elapsed()
+    );
+    // A deleted Secret comes back too.
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.kube().await, "app");
+    api.delete("svc", &Default::default()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || value_is(
+            &env,
+            "app",
+            "svc",
+            "PASSWORD",
+            "drift-original-value"
+        ))
+        .await
+    );
+    let text = metrics(daemon.port);
+    assert!(
+        metric(&text, "credsync_drift_corrections_total") >= 2.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn sync_endpoint_checks_token_rate_and_input() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "http-value");
+    let token_file = env.write_file("token", "s3cret-sync-token\n");
+    let daemon = env.daemon(
+        &[
+            "--no-stream",
+            "--no-drift-repair",
+            "--sync-token-file",
+            support::path_str(&token_file),
+        ],
+        &[],
+    );
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let port = daemon.port;
+    assert_eq!(http(port, "POST", "/sync", None).0, 401);
+    assert_eq!(http(port, "POST", "/sync", Some("wrong-token")).0, 401);
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/sync?namespace=Bad_NS",
+            Some("s3cret-sync-token")
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        http(port, "POST", "/sync?bogus=1", Some("s3cret-sync-token")).0,
+        400
+    );
+    let statuses: Vec<(u16, String)> = (0..50)
+        .map(|_| http(port, "POST", "/sync", Some("s3cret-sync-token")))
+        .collect();
+    assert_eq!(statuses.iter().filter(|(s, _)| *s == 202).count(), 1);
+    let limited: Vec<&String> = statuses
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(limited.len(), 49);
+    assert!(
+        limited
+            .iter()
+            .all(|r| r.to_ascii_lowercase().contains("retry-after: ")),
+        "{}",
+        limited[0]
+    );
+    // Another scope has its own budget.
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/sync?namespace=app&secret=svc",
+            Some("s3cret-sync-token")
+        )
+        .0,
+        202
+    );
+    // /plan needs the token too and returns JSON.
+    assert_eq!(http(port, "GET", "/plan", None).0, 401);
+    let (status, body) = http(port, "GET", "/plan?format=json", Some("s3cret-sync-token"));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"schema\": \"credsync.plan/v1\""), "{body}");
+    let log = env.daemon_log(&daemon);
+    assert!(
+        !log.contains("s3cret-sync-token"),
+        "the token must not be logged"
+    );
+    let text = metrics(port);
+    assert_eq!(
+        metric(
+            &text,
+            "credsync_http_requests_total{code=\"429\",path=\"/sync\"}"
+        ),
+        49.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn streams_off_is_schedule_only_and_still_ready() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "schedule-value-one");
+    let daemon = env.daemon(&["--interval", "1s", "--no-drift-repair"], &[]);
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let log = env.daemon_log(&daemon);
+    assert!(log.contains("schedule-only"), "{log}");
+    assert_eq!(
+        metric(&metrics(daemon.port), "credsync_stream_enabled"),
+        0.0
+    );
+    env.put("app/svc/key", "schedule-value-two");
+    assert!(
+        eventually(Duration::from_secs(10), || value_is(
+            &env,
+            "app",
+            "svc",
+            "KEY",
+            "schedule-value-two"
+        ))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn print_config_shows_settings_without_secrets() {
+    let env = StandIns::start(&["app"]).await;
+    let run = env.credsync_env(
+        &["run", "--print-config"],
+        &[
+            ("FLASK_API_KEY", "legacy-flask-token"),
+            ("CRON_HOURS", "6"),
+            ("WAIT_TIME", "120"),
+            ("CREDSTASH_SYNC_TIMEOUT_SECS", "90"),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let config: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(config["sync_token"], "set");
+    assert_eq!(config["interval"], "21600s");
+    assert_eq!(config["debounce"], "120s");
+    assert_eq!(config["reconcile_timeout"], "90s");
+    assert!(!run.stdout.contains("legacy-flask-token"));
+}
