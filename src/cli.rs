@@ -151,7 +151,7 @@ pub enum Command {
         format: Format,
     },
     /// The in-cluster loop: stream, schedule, drift and HTTP triggers.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List snapshot commits, newest first.
     History {
         #[arg(long, default_value_t = 20)]
@@ -621,7 +621,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             0
         }
         Command::Run(args) => {
-            let config = run_config(args)?;
+            let config = run_config(*args)?;
             crate::run::run(reconciler, config, heading).await?;
             return Ok(ExitCode::SUCCESS);
         }

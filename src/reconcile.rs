@@ -61,6 +61,9 @@ pub struct Reconciler {
     index: Mutex<Option<TableIndex>>,
 }
 
+/// One name's latest version from a Query: absent, unreadable, or an item.
+type QueryResult = Result<Option<Result<RawItem, ItemFailure>>, SourceError>;
+
 struct TableIndex {
     items: HashMap<String, RawItem>,
     namespaces: BTreeSet<String>,
@@ -189,10 +192,7 @@ impl Reconciler {
         else {
             return Ok(None);
         };
-        let queried: Vec<(
-            String,
-            Result<Option<Result<RawItem, ItemFailure>>, SourceError>,
-        )> = futures::stream::iter(
+        let queried: Vec<(String, QueryResult)> = futures::stream::iter(
             names
                 .iter()
                 .map(|name| async move { (name.clone(), self.source.query_latest(name).await) })

@@ -175,8 +175,12 @@ pub async fn run(
             .reconcile_duration
             .with_label_values(&[trigger])
             .observe(started.elapsed().as_secs_f64());
+        let mut retry_partial = false;
         let failed = match outcome {
             Ok(Ok(report)) => {
+                // A Secret the API server refused (a 500, say) is retried
+                // like a failed reconcile, without counting against liveness.
+                retry_partial = !report.outcome.failed.is_empty();
                 let writes = report.outcome.written.len() as u64;
                 if request.trigger == Trigger::Drift && writes > 0 {
                     metrics.drift_corrections.inc_by(writes);
@@ -212,9 +216,14 @@ pub async fn run(
                 true
             }
         };
-        if failed {
-            let failures = health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(failures, retry_in = ?backoff, "will retry with a full reconcile");
+        if failed || retry_partial {
+            if failed {
+                let failures = health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(failures, retry_in = ?backoff, "will retry with a full reconcile");
+            } else {
+                health.set_ready();
+                tracing::warn!(retry_in = ?backoff, "some Secrets were not written; will retry");
+            }
             let retry = retry.clone();
             let delay = backoff;
             let cancel = shutdown.clone();

@@ -315,3 +315,260 @@ async fn print_config_shows_settings_without_secrets() {
     assert_eq!(config["reconcile_timeout"], "90s");
     assert!(!run.stdout.contains("legacy-flask-token"));
 }
+
+#[tokio::test]
+async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "leader-value-one");
+    let args = |identity: &'static str| {
+        [
+            "--no-stream",
+            "--interval",
+            "1s",
+            "--leader-election",
+            "--lease-duration",
+            "3s",
+            "--lease-namespace",
+            "default",
+            "--identity",
+            identity,
+        ]
+    };
+    let mut a = Some(env.daemon(&args("replica-a"), &[]));
+    assert!(ready(a.as_ref().unwrap().port).await);
+    let b = env.daemon(&args("replica-b"), &[]);
+    assert!(ready(b.port).await);
+    let leads = |port: u16| metric(&metrics(port), "credsync_leader") == 1.0;
+    let a_port = a.as_ref().unwrap().port;
+    assert!(
+        eventually(Duration::from_secs(10), || async move {
+            leads(a_port) != leads(b.port)
+        })
+        .await,
+        "exactly one leader"
+    );
+    let (leader, follower) = if leads(a_port) {
+        (a_port, b.port)
+    } else {
+        (b.port, a_port)
+    };
+
+    // The follower points /sync at the leader.
+    let (status, body) = http(follower, "POST", "/sync", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("replica-"), "{body}");
+
+    // Only the leader writes: one put, one Secret write at the emulator.
+    env.emu_reset().await;
+    env.put("app/svc/key", "leader-value-two");
+    assert!(
+        eventually(Duration::from_secs(10), || value_is(
+            &env,
+            "app",
+            "svc",
+            "KEY",
+            "leader-value-two"
+        ))
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.emu_writes().await.len(),
+        1,
+        "{:#?}",
+        env.emu_writes().await
+    );
+    let written = |port: u16| {
+        metric(
+            &metrics(port),
+            "credsync_secrets_written_total{action=\"update\"}",
+        )
+    };
+    assert_eq!(written(follower), 0.0, "the follower wrote");
+
+    // Kill the leader without letting it release the Lease: the other
+    // replica takes over within the lease duration and writes again.
+    let killed = std::time::Instant::now();
+    if leader == a_port {
+        let daemon = a.take().unwrap();
+        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGKILL) };
+        drop(daemon);
+    } else {
+        unsafe { libc::kill(b.child.id() as i32, libc::SIGKILL) };
+    }
+    let survivor = follower;
+    assert!(
+        eventually(Duration::from_secs(6), || async move { leads(survivor) }).await,
+        "no takeover"
+    );
+    let took = killed.elapsed();
+    println!("leader killed; replaced after {took:?} (lease 3s)");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    env.put("app/svc/key", "leader-value-three");
+    assert!(
+        eventually(Duration::from_secs(10), || value_is(
+            &env,
+            "app",
+            "svc",
+            "KEY",
+            "leader-value-three"
+        ))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn faults_are_counted_and_the_loop_recovers() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "fault-value-one");
+    env.put("app/svc/other", "fault-other-one");
+    let daemon = env.daemon(
+        &[
+            "--no-stream",
+            "--no-drift-repair",
+            "--interval",
+            "1s",
+            "--reconcile-timeout",
+            "2s",
+        ],
+        &[],
+    );
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+
+    // The API server fails some writes: retried, no key lost.
+    env.emu_post(
+        "/_emu/faults",
+        serde_json::json!({"verb": "patch", "resource": "secrets", "status": 500, "times": 2}),
+    )
+    .await;
+    env.put("app/svc/key", "fault-value-two");
+    assert!(
+        eventually(Duration::from_secs(15), || value_is(
+            &env,
+            "app",
+            "svc",
+            "KEY",
+            "fault-value-two"
+        ))
+        .await,
+        "{}",
+        env.daemon_log(&daemon)
+    );
+    assert!(
+        value_is(&env, "app", "svc", "OTHER", "fault-other-one").await,
+        "no key lost"
+    );
+
+    // moto freezes: reconciles time out and are counted; after it thaws the loop recovers.
+    unsafe { libc::kill(env.moto_pid(), libc::SIGSTOP) };
+    let port = daemon.port;
+    let timed_out = eventually(Duration::from_secs(15), || async move {
+        metric(&metrics(port), "credsync_reconcile_timeouts_total") >= 1.0
+    })
+    .await;
+    unsafe { libc::kill(env.moto_pid(), libc::SIGCONT) };
+    assert!(timed_out, "{}", env.daemon_log(&daemon));
+    env.put("app/svc/key", "fault-value-three");
+    assert!(
+        eventually(Duration::from_secs(20), || value_is(
+            &env,
+            "app",
+            "svc",
+            "KEY",
+            "fault-value-three"
+        ))
+        .await,
+        "{}",
+        env.daemon_log(&daemon)
+    );
+    assert!(value_is(&env, "app", "svc", "OTHER", "fault-other-one").await);
+    assert_eq!(http(port, "GET", "/healthz", None).0, 200);
+}
+
+#[tokio::test]
+async fn sigterm_during_a_reconcile_exits_within_the_grace_period() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "sigterm-value");
+    let mut daemon = env.daemon(
+        &[
+            "--no-stream",
+            "--no-drift-repair",
+            "--interval",
+            "1s",
+            "--grace",
+            "2s",
+        ],
+        &[],
+    );
+    assert!(ready(daemon.port).await);
+    // Freeze moto so the next reconcile hangs mid-way, then ask to stop.
+    unsafe { libc::kill(env.moto_pid(), libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = Instant::now();
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+    let exited = eventually(Duration::from_secs(5), || {
+        let done = matches!(daemon.child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    unsafe { libc::kill(env.moto_pid(), libc::SIGCONT) };
+    assert!(exited, "still running after SIGTERM");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        value_is(&env, "app", "svc", "KEY", "sigterm-value").await,
+        "the Secret is whole"
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "promtool-value");
+    let daemon = env.daemon(&["--no-stream"], &[]);
+    assert!(ready(daemon.port).await);
+    let (_, response) = http(daemon.port, "GET", "/metrics", None);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+        .to_owned();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is needed: .ci/run installs it");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{body}"
+    );
+    for name in [
+        "credsync_reconciles_by_trigger_total",
+        "credsync_reconcile_duration_seconds_bucket",
+        "credsync_kms_requests_total",
+        "credsync_kubernetes_requests_total",
+        "credsync_stream_enabled",
+        "credsync_leader",
+    ] {
+        assert!(body.contains(name), "{name} missing");
+    }
+    env.assert_no_value_in(&body, "/metrics");
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
 use credsync::metrics::Metrics;
 use credsync::trigger::stream::{ChangedNames, StreamConfig, StreamError, StreamFollower};
-use support::{REGION, StandIns};
+use support::{Put, REGION, StandIns};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -180,23 +180,41 @@ async fn credstash_put_arrives_as_a_debounced_batch_of_names() {
     );
     assert_eq!(metrics.stream_enabled.get(), 1);
 
-    // Several puts in quick succession (and a name twice): one batch.
-    let burst: [(&'static str, &'static str); 4] = [
-        ("team-a/app/one", "burst-value-one-1"),
-        ("team-a/app/two", "burst-value-two-2"),
-        ("team-b/db/password", "burst-value-three-3"),
-        ("team-a/app/one", "burst-value-one-again-4"),
+    // Several puts in quick succession (and a name twice): one batch. The
+    // repeated name gets its own version so concurrent `put -a` cannot race.
+    let burst: [(&'static str, &'static str, Option<&'static str>); 4] = [
+        ("team-a/app/one", "burst-value-one-1", None),
+        ("team-a/app/two", "burst-value-two-2", None),
+        ("team-b/db/password", "burst-value-three-3", None),
+        (
+            "team-a/app/one",
+            "burst-value-one-again-4",
+            Some("zz-burst"),
+        ),
     ];
+    let burst_started = Instant::now();
     let puts: Vec<_> = burst
         .iter()
-        .map(|&(name, value)| {
+        .map(|&(name, value, version)| {
             let env = env.clone();
-            tokio::task::spawn_blocking(move || env.put(name, value))
+            tokio::task::spawn_blocking(move || {
+                env.put_with(
+                    name,
+                    value,
+                    Put {
+                        version,
+                        ..Put::default()
+                    },
+                );
+                burst_started.elapsed()
+            })
         })
         .collect();
+    let mut spread = Vec::new();
     for p in puts {
-        p.await.unwrap();
+        spread.push(p.await.unwrap());
     }
+    eprintln!("burst puts finished after {spread:?}");
     let batch = following
         .next(Duration::from_secs(10))
         .await

@@ -125,7 +125,12 @@ impl Cluster {
                 .write(&change, desired_or_empty, live.as_ref(), options)
                 .await
             {
-                Ok(Attempt::Done) => return Ok(Some(change)),
+                Ok(Attempt::Done) => {
+                    if !options.dry_run {
+                        self.record_event(&change).await;
+                    }
+                    return Ok(Some(change));
+                }
                 Ok(Attempt::Stale) => {}
                 Err(reason) => {
                     self.metrics
@@ -150,6 +155,50 @@ impl Cluster {
             "gave up after {} attempts: the Secret kept changing concurrently; the next reconcile retries",
             options.max_attempts
         ))
+    }
+
+    /// An Event on the Secret saying what credsync changed (key names only).
+    /// A failure to record it is logged, never fatal.
+    async fn record_event(&self, change: &SecretChange) {
+        use kube::runtime::events::{Event, EventType};
+        let keys: Vec<String> = change
+            .added
+            .iter()
+            .map(|k| format!("+{k}"))
+            .chain(change.changed.iter().map(|k| format!("~{k}")))
+            .chain(change.removed.iter().map(|k| format!("-{k}")))
+            .collect();
+        let (reason, action) = match change.action {
+            Action::Create => ("Created", "Create"),
+            Action::Update => ("Synced", "Update"),
+            Action::Delete => ("Deleted", "Delete"),
+        };
+        let note = match keys.is_empty() {
+            true => format!("credsync {}d the Secret", action.to_lowercase()),
+            false => format!(
+                "credsync {}d keys {}",
+                action.to_lowercase(),
+                keys.join(" ")
+            ),
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Secret".to_owned()),
+            namespace: Some(change.secret.namespace.clone()),
+            name: Some(change.secret.name.clone()),
+            ..Default::default()
+        };
+        self.count("event");
+        if let Err(err) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(secret = %change.secret, error = %err, "could not record an Event");
+        }
     }
 
     async fn write(

@@ -117,6 +117,8 @@ pub struct Cluster {
     client: kube::Client,
     metrics: Arc<Metrics>,
     field_manager: String,
+    /// Leaves a Kubernetes Event on every Secret credsync writes.
+    recorder: kube::runtime::events::Recorder,
 }
 
 impl Cluster {
@@ -129,7 +131,12 @@ impl Cluster {
     }
 
     pub fn from_client(client: kube::Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "credsync".to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Self {
+            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
             client,
             metrics,
             field_manager: "credsync".to_owned(),

@@ -425,10 +425,20 @@ impl StandIns {
         self.emu("POST", path, Some(body)).await;
     }
 
-    /// Writes (create/update/patch/delete) the emulator stored, excluding dry runs.
+    /// Secret writes (create/update/patch/delete) the emulator stored,
+    /// excluding dry runs and the Events credsync records.
     pub async fn emu_writes(&self) -> Vec<Value> {
         let stats = self.emu_stats().await;
-        stats["writes"].as_array().cloned().unwrap_or_default()
+        let writes = stats["writes"].as_array().cloned().unwrap_or_default();
+        writes
+            .into_iter()
+            .filter(|w| w["resource"] == "secrets")
+            .collect()
+    }
+
+    /// The moto process, to freeze and thaw it in fault tests.
+    pub fn moto_pid(&self) -> i32 {
+        self.moto.id() as i32
     }
 
     /// A fresh age identity in the test's directory: (recipient, identity file).
