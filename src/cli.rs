@@ -621,7 +621,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             0
         }
         Command::Run(args) => {
-            let config = run_config(*args)?;
+            let config = run_config(common, *args)?;
             crate::run::run(reconciler, config, heading).await?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -644,7 +644,7 @@ fn sync_token(args: &RunArgs) -> Result<Option<zeroize::Zeroizing<String>>> {
         .map(zeroize::Zeroizing::new))
 }
 
-fn run_config(args: RunArgs) -> Result<crate::run::RunConfig> {
+fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::RunConfig> {
     use crate::cluster::lease::LeaseConfig;
     use crate::trigger::schedule::Schedule;
     let schedule = match (&args.schedule, args.interval) {
@@ -670,7 +670,17 @@ fn run_config(args: RunArgs) -> Result<crate::run::RunConfig> {
         lease_duration: args.lease_duration,
         renew_interval: args.lease_duration / 3,
     });
+    let settings = vec![
+        common.table.clone(),
+        common.region.clone().unwrap_or_default(),
+        common.cluster_name.clone(),
+        common.namespace_exclude.clone(),
+        args.dry_run.to_string(),
+        (!args.no_stream).to_string(),
+        args.leader_election.to_string(),
+    ];
     Ok(crate::run::RunConfig {
+        settings,
         listen: args.listen,
         schedule,
         stream: (!args.no_stream).then(|| crate::trigger::stream::StreamConfig {

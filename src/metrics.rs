@@ -48,6 +48,11 @@ pub struct Metrics {
     pub drift_corrections: prometheus::IntCounter,
     /// HTTP requests by path and status code.
     pub http_requests: IntCounterVec,
+    /// Time to read the table, and 1 while the last read failed.
+    pub table_fetch_duration: prometheus::Histogram,
+    pub table_fetch_failing: IntGauge,
+    /// The settings in force, as labels of a constant 1.
+    pub settings: prometheus::IntGaugeVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
     /// Leadership changes seen by this replica.
@@ -56,6 +61,17 @@ pub struct Metrics {
     pub secrets_pinned: IntGauge,
     pub secrets_pinned_differing: IntGauge,
 }
+
+/// Labels of `credsync_settings_info`: settings, never secrets.
+pub const SETTINGS_LABELS: [&str; 7] = [
+    "table",
+    "region",
+    "cluster",
+    "namespace_exclude",
+    "dry_run",
+    "stream",
+    "leader_election",
+];
 
 /// Kubernetes verbs that change state: what "0 writes" counts.
 pub const KUBERNETES_WRITE_VERBS: [&str; 4] = ["create", "update", "patch", "delete"];
@@ -180,6 +196,31 @@ impl Metrics {
                 "HTTP requests by path and code.",
                 ["path", "code"],
             )?,
+            table_fetch_duration: {
+                let h = prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "credsync_table_fetch_duration_seconds",
+                        "Time to read the Credstash table (Scan or Queries).",
+                    )
+                    .buckets(vec![
+                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    ]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            table_fetch_failing: gauge(
+                "table_fetch_failing",
+                "1 while the last read of the table failed, else 0.",
+            )?,
+            settings: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new("credsync_settings_info", "The settings in force (value 1)."),
+                    &SETTINGS_LABELS,
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             leader: gauge("leader", "1 while this replica holds the leader Lease.")?,
             leader_transitions: plain_counter(
                 "leader_transitions_total",

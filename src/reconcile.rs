@@ -115,7 +115,14 @@ impl Reconciler {
 
     /// Reads the table and the cluster and computes the plan; writes nothing.
     pub async fn plan(&self) -> Result<Planned, ReconcileError> {
+        let started = std::time::Instant::now();
         let (scanned, namespaces) = tokio::join!(self.source.scan(), self.cluster.namespaces());
+        self.metrics
+            .table_fetch_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .table_fetch_failing
+            .set(i64::from(scanned.is_err()));
         let (scanned, namespaces) = (scanned?, namespaces?);
         tracing::debug!(
             items = scanned.latest.len(),

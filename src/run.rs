@@ -23,6 +23,8 @@ use crate::trigger::stream::{StreamConfig, StreamFollower};
 use crate::worker::{self, Health, Request, Trigger, WorkerConfig};
 
 pub struct RunConfig {
+    /// Values of `credsync_settings_info`'s labels, in `SETTINGS_LABELS` order.
+    pub settings: Vec<String>,
     pub listen: SocketAddr,
     pub schedule: Option<Schedule>,
     /// None: schedule-only (no stream follower).
@@ -43,6 +45,10 @@ pub struct RunConfig {
 pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) -> Result<()> {
     let reconciler = Arc::new(reconciler);
     let metrics = reconciler.metrics().clone();
+    let labels: Vec<&str> = config.settings.iter().map(String::as_str).collect();
+    if labels.len() == crate::metrics::SETTINGS_LABELS.len() {
+        metrics.settings.with_label_values(&labels).set(1);
+    }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
 

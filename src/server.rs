@@ -46,6 +46,8 @@ pub struct ServerState {
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/sync", post(sync))
+        // Kubestash-V2's endpoint, so its callers keep working.
+        .route("/syncnow", get(sync).post(sync))
         .route("/plan", get(plan))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -64,7 +66,7 @@ async fn count_requests(
     next: Next,
 ) -> Response {
     let path = match request.uri().path() {
-        p @ ("/sync" | "/plan" | "/metrics" | "/healthz" | "/readyz") => p.to_owned(),
+        p @ ("/sync" | "/syncnow" | "/plan" | "/metrics" | "/healthz" | "/readyz") => p.to_owned(),
         _ => "other".to_owned(),
     };
     let response = next.run(request).await;
@@ -84,11 +86,13 @@ fn authorized(state: &ServerState, headers: &HeaderMap) -> bool {
     let Some(expected) = &state.token else {
         return true;
     };
-    let given = headers
+    // `Authorization: Bearer T`, or Kubestash-V2's `API-Key: T`.
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let api_key = headers.get("api-key").and_then(|v| v.to_str().ok());
+    let given = bearer.or(api_key).unwrap_or("");
     // Lengths may differ; the comparison of equal lengths is constant time.
     given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }

@@ -249,6 +249,14 @@ async fn sync_endpoint_checks_token_rate_and_input() {
         .0,
         202
     );
+    // Kubestash-V2 callers: GET /syncnow with an API-Key header.
+    let (status, _) =
+        support::http_with(port, "GET", "/syncnow", &[("API-Key", "s3cret-sync-token")]);
+    assert_eq!(status, 429, "the same budget as POST /sync");
+    assert_eq!(
+        support::http_with(port, "GET", "/syncnow", &[("API-Key", "nope")]).0,
+        401
+    );
     // /plan needs the token too and returns JSON.
     assert_eq!(http(port, "GET", "/plan", None).0, 401);
     let (status, body) = http(port, "GET", "/plan?format=json", Some("s3cret-sync-token"));
