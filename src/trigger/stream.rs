@@ -39,6 +39,9 @@ const TROUBLE_REDESCRIBE: Duration = Duration::from_secs(1);
 const MAX_WAIT_FACTOR: u32 = 5;
 /// GetRecords page size (the API maximum).
 const RECORDS_LIMIT: i32 = 1000;
+/// Failures in a row after which throttling is logged as a warning and a
+/// GetRecords iterator is no longer trusted (it may be what the server rejects).
+const PERSISTENT_FAILURES: u32 = 3;
 /// Backoff after a failed call: first step and cap.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(20);
@@ -229,6 +232,11 @@ impl Backoff {
 
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// Delays handed out since the last reset: failures in a row.
+    pub(crate) fn failures(&self) -> u32 {
+        self.attempt
     }
 }
 
@@ -860,7 +868,12 @@ impl StreamFollower {
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     if Instant::now() >= next_describe {
                         next_describe = match self
-                            .redescribe(&mut readers, &mut handles, &events_tx, &mut warned_disabled)
+                            .redescribe(
+                                &mut readers,
+                                &mut handles,
+                                &events_tx,
+                                &mut warned_disabled,
+                            )
                             .await
                         {
                             Ok(()) => {
@@ -868,8 +881,16 @@ impl StreamFollower {
                                 Instant::now() + REDESCRIBE_INTERVAL
                             }
                             Err(f) => {
-                                log_failure(&self.config.table, &self.stream_arn, None, "describing the stream", &f);
-                                Instant::now() + describe_backoff.next_delay().min(REDESCRIBE_INTERVAL)
+                                log_failure(
+                                    &self.config.table,
+                                    &self.stream_arn,
+                                    None,
+                                    "describing the stream",
+                                    &f,
+                                    describe_backoff.failures(),
+                                );
+                                let delay = describe_backoff.next_delay();
+                                Instant::now() + delay.min(REDESCRIBE_INTERVAL)
                             }
                         };
                     }
@@ -976,10 +997,19 @@ impl StreamFollower {
     }
 }
 
-fn log_failure(table: &str, stream: &str, shard: Option<&str>, operation: &str, f: &Failure) {
+/// Logs a failed call that will be retried. Throttling is expected now and
+/// then, so it is only a warning once it persists (`failures` in a row).
+fn log_failure(
+    table: &str,
+    stream: &str,
+    shard: Option<&str>,
+    operation: &str,
+    f: &Failure,
+    failures: u32,
+) {
     let shard = shard.unwrap_or("-");
     match f.class {
-        FailureClass::Throttled => tracing::debug!(
+        FailureClass::Throttled if failures < PERSISTENT_FAILURES => tracing::debug!(
             table = %table, stream = %stream, shard = %shard,
             "{operation} throttled, backing off: {}", f.detail
         ),
@@ -1033,7 +1063,7 @@ impl ShardReader {
                             return;
                         }
                         Err(f) => {
-                            if !self.handle_failure("GetShardIterator", &f).await {
+                            if !self.handle_failure("GetShardIterator", &f, backoff.failures()).await {
                                 return;
                             }
                             tokio::time::sleep(backoff.next_delay()).await;
@@ -1058,11 +1088,13 @@ impl ShardReader {
                 Ok(out) => out,
                 Err(err) => {
                     let f = Failure::from_sdk(&err);
-                    if f.class == FailureClass::Throttled {
+                    if f.class == FailureClass::Throttled
+                        && backoff.failures() < PERSISTENT_FAILURES
+                    {
                         // Throttled: the iterator is still good.
                         self.iterator = Some(iterator);
                     }
-                    if !self.handle_failure("GetRecords", &f).await {
+                    if !self.handle_failure("GetRecords", &f, backoff.failures()).await {
                         return;
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -1119,7 +1151,7 @@ impl ShardReader {
 
     /// Logs a failed call and prepares the retry; false when the
     /// coordinator is gone.
-    async fn handle_failure(&mut self, operation: &str, f: &Failure) -> bool {
+    async fn handle_failure(&mut self, operation: &str, f: &Failure, failures: u32) -> bool {
         match f.class {
             FailureClass::Expired => {
                 tracing::debug!(
@@ -1145,6 +1177,7 @@ impl ShardReader {
                     Some(&self.shard_id),
                     operation,
                     f,
+                    failures,
                 );
                 self.iterator = None;
                 return self.events.send(Event::Lost).await.is_ok();
@@ -1156,6 +1189,7 @@ impl ShardReader {
                     Some(&self.shard_id),
                     operation,
                     f,
+                    failures,
                 );
             }
             FailureClass::Denied | FailureClass::Other => {
@@ -1165,6 +1199,7 @@ impl ShardReader {
                     Some(&self.shard_id),
                     operation,
                     f,
+                    failures,
                 );
                 // The iterator itself may be what the server rejects.
                 self.iterator = None;
