@@ -7,8 +7,8 @@
 //! so spawn [`StreamFollower::run`] before it and nothing written during it is
 //! missed). [`StreamFollower::run`] is a coordinator that owns the shard set
 //! and the debouncer, and one reader task per shard that polls GetRecords and
-//! reports the names it saw. The pure parts ([`Debouncer`], [`Backoff`],
-//! [`ShardSet`]) hold the decisions and are tested without AWS.
+//! reports the names it saw. The pure parts (`Debouncer`, `Backoff`,
+//! `ShardSet`) hold the decisions and are tested without AWS.
 //!
 //! Records carry the encrypted item in `NewImage`/`OldImage`; only
 //! `Keys["name"]` is ever read, and nothing but names is logged. A
@@ -687,7 +687,8 @@ pub struct StreamFollower {
 
 impl StreamFollower {
     /// Finds the stream (DescribeTable's LatestStreamArn unless given).
-    /// Ok(None) when streams are not enabled on the table (the caller logs a warning and runs schedule-only).
+    /// Ok(None) when streams are not enabled on the table (the caller logs a
+    /// warning and runs schedule-only).
     ///
     /// Also pins a LATEST iterator on every open shard: records written
     /// after this returns are seen even if `run` starts later (within the
@@ -802,7 +803,8 @@ impl StreamFollower {
     /// as then nobody is listening.
     pub async fn run(mut self, changes: mpsc::Sender<ChangedNames>, shutdown: CancellationToken) {
         self.metrics.stream_enabled.set(1);
-        tracing::info!(
+        // The caller logs the stream at info when it starts us.
+        tracing::debug!(
             table = %self.config.table, stream = %self.stream_arn,
             debounce_ms = self.config.debounce.as_millis() as u64,
             "following DynamoDB stream"
@@ -900,7 +902,10 @@ impl StreamFollower {
 
         readers.shutdown().await;
         self.metrics.stream_enabled.set(0);
-        tracing::info!(table = %self.config.table, stream = %self.stream_arn, "stopped following DynamoDB stream");
+        tracing::info!(
+            table = %self.config.table, stream = %self.stream_arn,
+            "stopped following DynamoDB stream"
+        );
     }
 
     /// Re-lists the shards: starts children whose parents are done, stops
@@ -942,6 +947,7 @@ impl StreamFollower {
                 self.shards = ShardSet::default();
                 self.shards.update(&new_listing.shards);
                 *warned_disabled = false;
+                self.metrics.stream_enabled.set(1);
                 self.start_ready(readers, handles, events);
                 return Ok(());
             }
@@ -952,12 +958,15 @@ impl StreamFollower {
                 detail: "stream not found and the table has no other stream".to_owned(),
             });
         };
+        // A disabled stream gets no new records: schedule-only in effect.
+        self.metrics.stream_enabled.set(i64::from(!disabled));
         if disabled && !*warned_disabled {
             *warned_disabled = true;
             tracing::warn!(
                 table = %self.config.table, stream = %self.stream_arn,
-                "DynamoDB stream is disabled: changes now reach Secrets only through the schedule; \
-                 re-enable the stream (credsync follows the new one unless --stream-arn pins the old)"
+                "DynamoDB stream is disabled: changes now reach Secrets only through the \
+                 schedule; re-enable the stream (credsync follows the new one unless \
+                 --stream-arn pins the old)"
             );
         }
         for id in self.shards.update(&listing.shards) {
@@ -1063,7 +1072,10 @@ impl ShardReader {
                             return;
                         }
                         Err(f) => {
-                            if !self.handle_failure("GetShardIterator", &f, backoff.failures()).await {
+                            if !self
+                                .handle_failure("GetShardIterator", &f, backoff.failures())
+                                .await
+                            {
                                 return;
                             }
                             tokio::time::sleep(backoff.next_delay()).await;
@@ -1094,7 +1106,10 @@ impl ShardReader {
                         // Throttled: the iterator is still good.
                         self.iterator = Some(iterator);
                     }
-                    if !self.handle_failure("GetRecords", &f, backoff.failures()).await {
+                    if !self
+                        .handle_failure("GetRecords", &f, backoff.failures())
+                        .await
+                    {
                         return;
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
