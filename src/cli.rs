@@ -539,6 +539,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
     let store = snapshot_store(common, needs_recipients)?;
     let reconciler = build(common, store.clone()).await?;
+    if matches!(cli.command, Command::Sync { .. } | Command::Run(_))
+        && store.is_some()
+        && let Some(ids) = identities(common)?
+    {
+        reconciler.warm_start(ids).await;
+    }
     let heading = Heading {
         table: reconciler.source().table().to_owned(),
         region: reconciler.source().region().to_owned(),

@@ -101,6 +101,41 @@ impl Reconciler {
         self
     }
 
+    /// Warm start: reads the last snapshot with `identities` and remembers
+    /// every value by the `name@version` it came from, so the first
+    /// reconcile of a new process makes no KMS call for unchanged items.
+    /// A snapshot that cannot be read only means a cold start.
+    pub async fn warm_start(&self, identities: crate::snapshot::sops::Identities) -> usize {
+        let Some(store) = self.snapshot.clone() else {
+            return 0;
+        };
+        let read = record_blocking(store, move |store| {
+            if store.history(1)?.is_empty() {
+                return Ok(Vec::new());
+            }
+            store.documents("HEAD", &[], &identities)
+        })
+        .await;
+        let docs = match read {
+            Ok(docs) => docs,
+            Err(err) => {
+                tracing::warn!(error = %err, "warm start skipped: the last snapshot could not be read");
+                return 0;
+            }
+        };
+        let values = docs.into_iter().flat_map(|doc| {
+            let (_, desired) = snapshot::desired(doc);
+            desired
+                .keys
+                .into_values()
+                .map(|k| (k.source, k.value))
+                .collect::<Vec<_>>()
+        });
+        let remembered = self.source.remember(values);
+        tracing::info!(values = remembered, "warm start from the last snapshot");
+        remembered
+    }
+
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }

@@ -688,3 +688,54 @@ async fn snapshots_are_pushed_and_a_moved_remote_is_replayed() {
         "{pushed}"
     );
 }
+
+#[tokio::test]
+async fn a_restart_with_the_snapshot_and_an_identity_skips_kms_for_unchanged_items() {
+    let s = Snap::start(&["ns"]).await;
+    for i in 0..5 {
+        s.env
+            .put(&format!("ns/app/key-{i}"), &format!("warm-start-value-{i}"));
+    }
+    let kms_calls = |run: &support::Run| -> u32 {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains("kms_decrypt="))
+            .unwrap_or_default();
+        let after = line.split("kms_decrypt=").nth(1).unwrap_or_default();
+        after
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(u32::MAX)
+    };
+    let run = s.run(&["sync"]);
+    assert_eq!((run.code, kms_calls(&run)), (0, 5), "{}", run.stderr);
+
+    // A new process, nothing changed: every value comes from the snapshot.
+    let run = s.run(&["sync"]);
+    assert_eq!((run.code, kms_calls(&run)), (0, 0), "{}", run.stderr);
+
+    // One item changed: one KMS call, for it only.
+    s.env.put("ns/app/key-3", "warm-start-value-3-rotated");
+    let run = s.run(&["sync"]);
+    assert_eq!((run.code, kms_calls(&run)), (0, 1), "{}", run.stderr);
+    assert_eq!(
+        s.env.secret_data("ns", "app").await.unwrap()["KEY_3"],
+        b"warm-start-value-3-rotated"
+    );
+
+    // Without an identity the restart is cold, and still correct.
+    let args = [
+        "--cluster-name",
+        "test",
+        "--snapshot-repo",
+        path_str(&s.repo),
+        "--age-recipient",
+        &s.recipient,
+        "sync",
+    ];
+    let run = s.env.credsync(&args);
+    assert_eq!((run.code, kms_calls(&run)), (0, 5), "{}", run.stderr);
+}

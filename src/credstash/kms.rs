@@ -52,6 +52,10 @@ pub(super) struct Decryptor {
     concurrency: usize,
     /// By name: the stored-bytes key of the version we hold, and its value.
     cache: Mutex<HashMap<String, (CacheKey, SecretValue)>>,
+    /// Values a previous process decrypted, by name@version, read back from
+    /// the last snapshot (warm start): an item whose version is here needs
+    /// no KMS call.
+    known: Mutex<HashMap<ItemId, SecretValue>>,
     metrics: Arc<Metrics>,
 }
 
@@ -67,8 +71,19 @@ impl Decryptor {
             context,
             concurrency: concurrency.max(1),
             cache: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             metrics,
         }
+    }
+
+    /// Adds values known from a verified snapshot, by the item they came from.
+    pub fn remember(&self, values: impl IntoIterator<Item = (ItemId, SecretValue)>) -> usize {
+        let Ok(mut known) = self.known.lock() else {
+            return 0;
+        };
+        let before = known.len();
+        known.extend(values);
+        known.len() - before
     }
 
     /// Drops cached values of names no longer in the table.
@@ -98,6 +113,16 @@ impl Decryptor {
         });
         if let Some(value) = cached {
             tracing::debug!(item = %item.id, "unchanged since last read; no KMS call");
+            return Ok(Credential { id: item.id, value });
+        }
+        // A version the last snapshot holds: credstash never rewrites a
+        // version in place, so its value is the one we decrypted then.
+        let known = self.known.lock().ok().and_then(|mut k| k.remove(&item.id));
+        if let Some(value) = known {
+            tracing::debug!(item = %item.id, "value from the last snapshot; no KMS call");
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.insert(item.id.name.clone(), (key, value.clone()));
+            }
             return Ok(Credential { id: item.id, value });
         }
         tracing::debug!(item = %item.id, digest = %item.digest, "decrypting");

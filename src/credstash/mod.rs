@@ -163,6 +163,11 @@ impl CredstashSource {
             .map_err(|cause| self.source_error(cause))
     }
 
+    /// Seeds the values of items a previous process decrypted (warm start).
+    pub fn remember(&self, values: impl IntoIterator<Item = (ItemId, SecretValue)>) -> usize {
+        self.kms.remember(values)
+    }
+
     /// Decrypts `items` (cached ones cost no KMS call).
     pub async fn decrypt(&self, items: Vec<RawItem>) -> Decrypted {
         let mut out = Decrypted::default();
