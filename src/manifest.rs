@@ -86,6 +86,17 @@ pub fn map_name(name: &str) -> Result<Target, String> {
     })
 }
 
+/// Key names marked `+added ~changed -removed`, the one notation of plans,
+/// commit messages, Events and listings.
+pub fn marked_keys(added: &[String], changed: &[String], removed: &[String]) -> String {
+    let marks = added
+        .iter()
+        .map(|k| format!("+{k}"))
+        .chain(changed.iter().map(|k| format!("~{k}")))
+        .chain(removed.iter().map(|k| format!("-{k}")));
+    marks.collect::<Vec<_>>().join(" ")
+}
+
 /// Upper-cases and turns `.` and `-` into `_`, so keys work as env names.
 pub fn normalize_key(key: &str) -> String {
     key.chars()

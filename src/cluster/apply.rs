@@ -161,13 +161,7 @@ impl Cluster {
     /// A failure to record it is logged, never fatal.
     async fn record_event(&self, change: &SecretChange) {
         use kube::runtime::events::{Event, EventType};
-        let keys: Vec<String> = change
-            .added
-            .iter()
-            .map(|k| format!("+{k}"))
-            .chain(change.changed.iter().map(|k| format!("~{k}")))
-            .chain(change.removed.iter().map(|k| format!("-{k}")))
-            .collect();
+        let keys = crate::manifest::marked_keys(&change.added, &change.changed, &change.removed);
         let (reason, action) = match change.action {
             Action::Create => ("Created", "Create"),
             Action::Update => ("Synced", "Update"),
@@ -175,11 +169,7 @@ impl Cluster {
         };
         let note = match keys.is_empty() {
             true => format!("credsync {}d the Secret", action.to_lowercase()),
-            false => format!(
-                "credsync {}d keys {}",
-                action.to_lowercase(),
-                keys.join(" ")
-            ),
+            false => format!("credsync {}d keys {keys}", action.to_lowercase()),
         };
         let event = Event {
             type_: EventType::Normal,

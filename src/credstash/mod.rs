@@ -221,7 +221,7 @@ where
 }
 
 /// An error and its sources on one line, without Debug dumps.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

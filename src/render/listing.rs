@@ -78,14 +78,8 @@ pub fn diff(
         ListFormat::Text => {
             let mut out = format!("{} -> {}\n", short(&from.id), short(&to.id));
             for d in deltas {
-                let keys: Vec<String> = d
-                    .added
-                    .iter()
-                    .map(|k| format!("+{k}"))
-                    .chain(d.changed.iter().map(|k| format!("~{k}")))
-                    .chain(d.removed.iter().map(|k| format!("-{k}")))
-                    .collect();
-                let _ = writeln!(out, "  {:<7} {}  {}", d.action, d.secret, keys.join(" "));
+                let keys = crate::manifest::marked_keys(&d.added, &d.changed, &d.removed);
+                let _ = writeln!(out, "  {:<7} {}  {keys}", d.action, d.secret);
             }
             if deltas.is_empty() {
                 out.push_str("  no changes\n");

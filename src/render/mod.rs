@@ -77,12 +77,8 @@ fn summary(plan: &Plan) -> String {
     s
 }
 
-fn key_list(change: &SecretChange) -> Vec<String> {
-    let mut keys = Vec::new();
-    keys.extend(change.added.iter().map(|k| format!("+{k}")));
-    keys.extend(change.changed.iter().map(|k| format!("~{k}")));
-    keys.extend(change.removed.iter().map(|k| format!("-{k}")));
-    keys
+fn key_list(change: &SecretChange) -> String {
+    crate::manifest::marked_keys(&change.added, &change.changed, &change.removed)
 }
 
 fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color: bool) -> String {
@@ -118,7 +114,7 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             out,
             "  {} {subject:width$}  {}",
             paint(code, mark),
-            key_list(c).join(" ")
+            key_list(c)
         );
     }
     for s in &plan.skipped {

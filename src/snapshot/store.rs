@@ -667,14 +667,8 @@ fn commit_message(heading: &str, deltas: &[SecretDelta]) -> String {
             "delete" => '-',
             _ => '~',
         };
-        let keys: Vec<String> = d
-            .added
-            .iter()
-            .map(|k| format!("+{k}"))
-            .chain(d.changed.iter().map(|k| format!("~{k}")))
-            .chain(d.removed.iter().map(|k| format!("-{k}")))
-            .collect();
-        msg.push_str(&format!("{mark} {}: {}\n", d.secret, keys.join(" ")));
+        let keys = crate::manifest::marked_keys(&d.added, &d.changed, &d.removed);
+        msg.push_str(&format!("{mark} {}: {keys}\n", d.secret));
     }
     msg.push('\n');
     msg.push_str(heading);

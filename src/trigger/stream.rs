@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::credstash::error_chain;
 use crate::metrics::Metrics;
 
 /// The Credstash hash key: what a record's `Keys` names the item by.
@@ -514,21 +515,6 @@ impl Failure {
         };
         format!("{hint}: {}", self.detail)
     }
-}
-
-/// An error and its sources on one line, without Debug dumps.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
 
 // ---------------------------------------------------------------------------
