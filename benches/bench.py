@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -50,7 +51,7 @@ except ImportError as err:  # boto3 lives in the project's venv
     sys.exit(f"error: {err}; run with .venv/bin/python (just setup installs it)")
 
 ROOT = si.ROOT
-CREDSYNC = ROOT / "target" / "release" / "credsync"
+CREDSYNC = si.RELEASE / "credsync"
 KMS_CONCURRENCY = 32  # credsync's default --kms-concurrency; the floor uses as many threads
 SCAN_SEGMENTS = 4  # credsync's default --scan-segments
 KUBESTASH_WAIT = 120.0  # Kubestash-V2's default WAIT_TIME after a stream event
@@ -412,9 +413,21 @@ class Bench:
              "--sort", "dso,symbol", "--percent-limit", "0.5", "-g", "none"],
             capture_output=True, text=True).stdout
         (self.profile_dir / "perf-report.txt").write_text(report)
-        top = [line for line in report.splitlines() if line.strip() and not line.startswith("#")][:20]
+        top = []
+        for line in report.splitlines():
+            m = re.match(r"^\s*([\d.]+%)\s+(\S+)\s+\[.\]\s+(.*?)\s*(?:-\s+-\s*)?$", line)
+            if m and len(top) < 25:
+                top.append(f"{m.group(1):>7}  {m.group(2):<20} {m.group(3)[:110]}")
+        by_dso = subprocess.run(
+            ["perf", "report", "-i", str(self.profile_dir / "perf.data"), "--stdio", "--no-children",
+             "--sort", "dso", "-g", "none"], capture_output=True, text=True).stdout
+        dsos = []
+        for line in by_dso.splitlines():
+            m = re.match(r"^\s*([\d.]+%)\s+(\S+)", line)
+            if m and len(dsos) < 6:
+                dsos.append(f"{m.group(2)} {m.group(1)}")
         self.results["perf"] = {"available": True, "n": n, "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
-                                "moto_cpu_s": run["moto_cpu_s"], "top": top,
+                                "moto_cpu_s": run["moto_cpu_s"], "top": top, "by_dso": dsos,
                                 "report": str((self.profile_dir / "perf-report.txt").relative_to(self.out))}
 
     # ---- the whole run -------------------------------------------------------
@@ -455,38 +468,37 @@ class Bench:
 
 # ---- analysis ------------------------------------------------------------------
 
+PHASES = ["start -> table read", "KMS Decrypt + live read", "plan", "snapshot commit", "apply", "exit"]
+
+
 def phases(run: dict) -> dict:
-    """Where a `credsync sync --verbose` spent its wall time, from its log lines."""
+    """Where a `credsync sync --verbose` spent its wall time, from its log
+    timestamps: process start (clients, warm-start read) and the Scan up to the
+    `read table and namespaces` line; KMS Decrypt and the live Secrets read up
+    to `read live Secrets`; the diff up to `planned`; the snapshot commit up to
+    `snapshot committed`; the writes up to `done`; then the process exit."""
     lines = si.parse_log(run["_log"])
     start = run["_timed"].started_at
     end = start + run["wall_s"]
-    marks = {"spawn": start}
 
     def first(prefix):
         return next((t for t, _, rest in lines if rest.startswith(prefix)), None)
 
-    def last(prefix):
-        return next((t for t, _, rest in reversed(lines) if rest.startswith(prefix)), None)
-
-    marks["first log line"] = lines[0][0] if lines else None
-    marks["warm start read"] = first("warm start from the last snapshot")
-    marks["table scanned"] = first("read table and namespaces")
-    marks["first KMS Decrypt"] = first("decrypting")
-    marks["last KMS Decrypt started"] = last("decrypting")
-    marks["live Secrets read"] = first("read live Secrets")
-    marks["snapshot committed"] = first("snapshot committed")
-    marks["last Secret written"] = last("wrote Secret")
-    marks["done"] = first("done")
-    marks["exit"] = end
-    ordered = [(k, v) for k, v in marks.items() if v is not None]
-    steps = {}
-    for (k0, t0), (k1, t1) in zip(ordered, ordered[1:]):
-        steps[f"{k0} -> {k1}"] = round(max(0.0, t1 - t0), 4)
-    commit = None
-    if marks["snapshot committed"] and marks["live Secrets read"]:
-        commit = marks["snapshot committed"] - marks["live Secrets read"]
-    return {"steps_s": steps, "commit_s": commit,
-            "decrypting_lines": sum(1 for _, _, r in lines if r.startswith("decrypting"))}
+    scanned, live, planned = first("read table and namespaces"), first("read live Secrets"), first("planned")
+    committed, done = first("snapshot committed"), first("done")
+    if None in (scanned, live, planned, done):
+        return {"steps_s": {}, "commit_s": None}
+    steps = {
+        "start -> table read": scanned - start,
+        "KMS Decrypt + live read": live - scanned,
+        "plan": planned - live,
+        "snapshot commit": (committed - planned) if committed else 0.0,
+        "apply": done - (committed or planned),
+        "exit": end - done,
+    }
+    return {"steps_s": {k: round(max(0.0, v), 4) for k, v in steps.items()},
+            "commit_s": (committed - planned) if committed else None,
+            "kms_decrypt_lines": sum(1 for _, _, r in lines if r.startswith("decrypting"))}
 
 
 def row(id_, measure, n, value, unit, baseline_name, baseline, ratio, ratio_text, target, passed, note=""):
@@ -624,7 +636,7 @@ def busy_note(start, end) -> str:
 
 def clean(obj):
     if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items() if not k.startswith("_")}
+        return {str(k): clean(v) for k, v in obj.items() if not str(k).startswith("_")}
     if isinstance(obj, list):
         return [clean(v) for v in obj]
     if isinstance(obj, float):
@@ -696,8 +708,8 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
               "through the Kubernetes API. Kubestash-V2 floor = its 120 s default wait + a full `credstash getall` "
               "of the same table, as measured in row 1.")
     md.append("- Row 5: peak RSS (wait4 ru_maxrss) of each `credsync sync` at the largest N; the largest is shown.")
-    md.append("- Row 6: commit time = time between the `read live Secrets` debug line and the `snapshot "
-              "committed` line of `sync --verbose` (plan diff + SOPS/age encryption + git commit); the one-key "
+    md.append("- Row 6: commit time = time between the `planned` debug line and the `snapshot "
+              "committed` line of `sync --verbose` (SOPS/age encryption of the files + git commit); the one-key "
               "change is one `credstash put` followed by `sync`; files and lines from `git show --numstat HEAD`.")
     md.append("")
     md.append("### Where the time goes")
@@ -751,13 +763,15 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
               f"{st['dynamodb_query']:.0f} Query, {st['dynamodb_scan']:.0f} Scan, "
               f"{st['kubernetes_writes']:.0f} Kubernetes writes.")
     md.append("")
-    md.append(f"Phases of the N={big['n']} syncs, from `--verbose` log timestamps (seconds):")
+    md.append(f"Phases of the N={big['n']} syncs, from `--verbose` log timestamps:")
     md.append("")
+    md.append("| Run | Wall | " + " | ".join(PHASES) + " | calls |")
+    md.append("|---|---|" + "---|" * len(PHASES) + "---|")
     for k in ("plain", "snapshot_first", "restart", "one_key"):
-        ph = big[k]["phases"]
-        steps = "; ".join(f"{s} {v:.3f}" for s, v in ph["steps_s"].items())
-        md.append(f"- {big[k]['label']} (wall {fmt_s(big[k]['wall_s'])}, calls "
-                  f"{' '.join(f'{a}={v}' for a, v in big[k]['calls'].items())}): {steps}")
+        ph = big[k]["phases"]["steps_s"]
+        calls = " ".join(f"{a}={v}" for a, v in big[k]["calls"].items())
+        md.append(f"| {big[k]['label']} | {fmt_s(big[k]['wall_s'])} | "
+                  + " | ".join(fmt_s(ph.get(p)) for p in PHASES) + f" | {calls} |")
     md.append("")
     g = big["git"]
     md.append(f"Snapshot repository: {g['commits']} commits, {g['files_in_snapshot']} files, .git "
@@ -775,6 +789,8 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
                       f"credsync process; wall {fmt_s(perf['wall_s'])}, credsync CPU {perf['cpu_s']:.2f} s, "
                       f"moto CPU {perf['moto_cpu_s']:.2f} s meanwhile; full report in {perf['report']}):")
             md.append("")
+            md.append(f"By binary: {', '.join(perf['by_dso'])}.")
+            md.append("")
             md.append("```")
             md.extend(perf["top"])
             md.append("```")
@@ -791,7 +807,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "target" / "bench"), help="report directory")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work directory")
     args = parser.parse_args()
-    for binary in (CREDSYNC, ROOT / "target" / "release" / "kube-emu"):
+    for binary in (CREDSYNC, si.RELEASE / "kube-emu"):
         if not binary.exists():
             sys.exit(f"error: {binary} missing: cargo build --release -p credsync -p kube-emu")
     if not shutil.which("age-keygen"):

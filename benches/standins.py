@@ -33,6 +33,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 REGION = "us-east-1"
 NAMESPACES = [f"bench-{i}" for i in range(10)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Release binaries: $CARGO_TARGET_DIR/release if set (as tests/demo.sh), else target/release.
+RELEASE = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release"
 EMU_TOKEN = "bench-token"
 
 # Text log lines of credsync: `2026-11-22T15:41:00.123456Z  INFO message k=v`.
@@ -376,7 +378,7 @@ class StandIns:
             self.stop_emu()
         self._emu_count += 1
         kubeconfig = self.work / f"kubeconfig-{self._emu_count}"
-        binary = ROOT / "target" / "release" / "kube-emu"
+        binary = RELEASE / "kube-emu"
         argv = [binary, "--kubeconfig", kubeconfig, "--token", EMU_TOKEN]
         for ns in NAMESPACES:
             argv += ["--namespace", ns]

@@ -539,7 +539,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
     let store = snapshot_store(common, needs_recipients)?;
     let reconciler = build(common, store.clone()).await?;
-    if matches!(cli.command, Command::Sync { .. } | Command::Run(_))
+    let reads_table = matches!(
+        cli.command,
+        Command::Sync { .. }
+            | Command::Run(_)
+            | Command::Plan {
+                from_snapshot: None,
+                ..
+            }
+    );
+    if reads_table
         && store.is_some()
         && let Some(ids) = identities(common)?
     {
