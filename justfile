@@ -27,6 +27,11 @@ test: setup build
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
     PATH="{{venv}}/bin:$PATH" cargo test --workspace
+    PATH="{{venv}}/bin:$PATH" "{{venv}}/bin/python" -m pytest tests/chart -q
+
+# Chart tests alone: Helm render/lint, schemas, RBAC vs calls.json, promtool, dashboard metrics.
+test-chart: setup build
+    PATH="{{venv}}/bin:$PATH" "{{venv}}/bin/python" -m pytest tests/chart -q
 
 # The main job end to end on local stand-ins; stops everything it starts.
 demo: setup build
