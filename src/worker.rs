@@ -238,6 +238,10 @@ pub async fn run(
             health.consecutive_failures.store(0, Ordering::Relaxed);
             health.set_ready();
             backoff = config.backoff;
+            // Caught up: no stream record is waiting any more.
+            if request.oldest_event.is_some() {
+                metrics.stream_lag_seconds.set(0.0);
+            }
         }
     }
 }
