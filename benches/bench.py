@@ -673,7 +673,11 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     md.append(f"Stand-ins on loopback: moto {m['moto']} (DynamoDB + KMS), tests/kube-emu; baselines: "
               f"credstash {m['credstash']} CLI and boto3 {m['boto3']} (Python {m['python']}). "
               f"{m['credsync']} (release build) at {m['credsync_commit']}.")
-    md.append(f"Reproduce: `{command}` (writes target/bench/report.md and report.json). "
+    try:
+        where = b.out.relative_to(ROOT)
+    except ValueError:
+        where = b.out
+    md.append(f"Reproduce: `{command}` (writes {where}/report.md and report.json). "
               f"Whole run: {b.results['duration_s'] / 60:.1f} min.")
     md.append("")
     md.append("| # | Measure | N | credsync | Baseline (same run) | Baseline value | Ratio | Target | Result |")

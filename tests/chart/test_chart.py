@@ -161,7 +161,8 @@ def tool(name: str) -> str:
 
 
 def credsync_binary() -> Path:
-    candidates = [os.environ.get("CREDSYNC_BIN", ""), ROOT / "target" / "debug" / "credsync", ROOT / "target" / "release" / "credsync"]
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    candidates = [os.environ.get("CREDSYNC_BIN", ""), target / "debug" / "credsync", target / "release" / "credsync"]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
