@@ -471,11 +471,13 @@ async fn build(common: &Common, snapshots: Option<Arc<SnapshotStore>>) -> Result
         metrics.clone(),
     )
     .await;
-    let cluster = Cluster::connect(metrics.clone()).await?;
     let filter = NamespaceFilter::parse(
         &common.namespace_exclude,
         common.namespace_include.as_deref(),
     );
+    let cluster = Cluster::connect(metrics.clone())
+        .await?
+        .with_namespaces(filter.included());
     let apply = ApplyOptions {
         diff: DiffOptions {
             prune_keys: !common.no_prune,

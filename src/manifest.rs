@@ -142,6 +142,14 @@ pub const DEFAULT_NAMESPACE_EXCLUDE: &str = "kube-system|kube-public|kube-node-l
 
 impl NamespaceFilter {
     /// Lists are `|`- or `,`-separated; an empty include list means "all".
+    /// The include list, if one is set: credsync then reads Secrets only in
+    /// those namespaces, so namespaced RBAC (Roles) is enough.
+    pub fn included(&self) -> Option<Vec<String>> {
+        self.include
+            .as_ref()
+            .map(|set| set.iter().cloned().collect())
+    }
+
     pub fn parse(exclude: &str, include: Option<&str>) -> Self {
         let split = |s: &str| -> BTreeSet<String> {
             s.split(['|', ','])

@@ -614,3 +614,25 @@ async fn dry_run_writes_nothing_and_plan_exit_codes_follow_changes() {
     assert_eq!(env.credsync(&["sync"]).code, 0);
     assert_eq!(env.credsync(&["plan", "--detailed-exitcode"]).code, 0);
 }
+
+#[tokio::test]
+async fn an_include_list_confines_reads_and_writes_to_those_namespaces() {
+    let env = StandIns::start(&["ns-a", "ns-b"]).await;
+    env.put("ns-a/app/key", "included-namespace-value");
+    env.put("ns-b/app/key", "excluded-namespace-value");
+    let run = env.credsync(&["sync", "--namespace-include", "ns-a"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("namespace is not included"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        env.secret_data("ns-a", "app").await.unwrap()["KEY"],
+        b"included-namespace-value"
+    );
+    assert!(env.secret("ns-b", "app").await.is_none());
+    // A second run reads the managed Secrets of ns-a only, and finds them in step.
+    let run = env.credsync(&["plan", "--namespace-include", "ns-a", "--detailed-exitcode"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+}

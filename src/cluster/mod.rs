@@ -117,6 +117,9 @@ pub struct Cluster {
     client: kube::Client,
     metrics: Arc<Metrics>,
     field_manager: String,
+    /// With `--namespace-include`: list and watch Secrets in these namespaces
+    /// only (one request each), so Roles in them are all the RBAC it needs.
+    only_namespaces: Option<Vec<String>>,
     /// Leaves a Kubernetes Event on every Secret credsync writes.
     recorder: kube::runtime::events::Recorder,
 }
@@ -140,6 +143,24 @@ impl Cluster {
             client,
             metrics,
             field_manager: "credsync".to_owned(),
+            only_namespaces: None,
+        }
+    }
+
+    /// Reads Secrets only in `namespaces` (None: across the cluster).
+    pub fn with_namespaces(mut self, namespaces: Option<Vec<String>>) -> Self {
+        self.only_namespaces = namespaces;
+        self
+    }
+
+    /// One Secrets API per namespace credsync may read, or one cluster-wide.
+    pub fn secret_apis(&self) -> Vec<Api<Secret>> {
+        match &self.only_namespaces {
+            Some(namespaces) => namespaces.iter().map(|ns| self.secrets(ns)).collect(),
+            None => {
+                let api: Api<Secret> = Api::all(self.client.clone());
+                vec![api]
+            }
         }
     }
 
@@ -186,21 +207,22 @@ impl Cluster {
     /// not managed yet (to create or adopt).
     pub async fn live_state(&self, manifest: &Manifest) -> Result<LiveState, ClusterError> {
         let mut state = LiveState::default();
-        let api: Api<Secret> = Api::all(self.client.clone());
         let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-        let mut params = ListParams::default().labels(&selector).limit(500);
-        loop {
-            self.count("list");
-            let page = api
-                .list(&params)
-                .await
-                .map_err(|e| api_error("listing managed Secrets", e))?;
-            for secret in page.items.into_iter().filter_map(LiveSecret::from_k8s) {
-                state.secrets.insert(secret.secret.clone(), secret);
-            }
-            match page.metadata.continue_ {
-                Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => break,
+        for api in self.secret_apis() {
+            let mut params = ListParams::default().labels(&selector).limit(500);
+            loop {
+                self.count("list");
+                let page = api
+                    .list(&params)
+                    .await
+                    .map_err(|e| api_error("listing managed Secrets", e))?;
+                for secret in page.items.into_iter().filter_map(LiveSecret::from_k8s) {
+                    state.secrets.insert(secret.secret.clone(), secret);
+                }
+                match page.metadata.continue_ {
+                    Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                    _ => break,
+                }
             }
         }
         // Desired Secrets not managed yet: to create (404) or to adopt.

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,10 +20,17 @@ pub async fn run(
     requests: mpsc::Sender<Request>,
     shutdown: CancellationToken,
 ) {
-    let api: Api<Secret> = Api::all(reconciler.cluster().client().clone());
     let config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let mut events = watcher::watcher(api, config).boxed();
+    // One watch per included namespace, or one across the cluster
+    // (Cluster::secret_apis); events count once every watch has listed.
+    let apis = reconciler.cluster().secret_apis();
+    let watch_count = apis.len();
+    let watches = apis
+        .into_iter()
+        .map(|api| watcher::watcher(api, config.clone()).boxed());
+    let mut events = futures::stream::select_all(watches);
+    let mut initialized_watches = 0;
     let mut initialized = false;
     loop {
         let event = tokio::select! {
@@ -40,7 +45,8 @@ pub async fn run(
                 continue;
             }
             Some(Ok(Event::InitDone)) => {
-                initialized = true;
+                initialized_watches += 1;
+                initialized = initialized_watches >= watch_count;
                 continue;
             }
             Some(Ok(Event::Init | Event::InitApply(_))) => continue,

@@ -472,8 +472,6 @@ def test_include_outside_the_namespaced_rbac_fails_at_render():
 
 CALLS = json.loads((CHART / "tests" / "calls.json").read_text())["calls"]
 RBAC_VARIANTS = ["default", "namespaced-rbac", "two-replicas", "full"]
-# credsync reads Secrets through Api::all (one labelled list, one watch), which no Role can grant.
-NEEDS_CODE_CHANGE = {"list-managed-secrets", "list-secrets-for-drift", "watch-secrets-for-drift"}
 
 
 class Rbac:
@@ -525,10 +523,13 @@ def rbac_context(variant: str):
     return Rbac(objects, sa["name"], sa["namespace"]), features, lease_name, namespaces, values
 
 
-def call_requests(call: dict, lease_name: str, namespaces: list[str]):
+def call_requests(call: dict, lease_name: str, namespaces: list[str], included: bool = False):
     """The API requests one call makes: (namespace or None, name)."""
     name = lease_name if call["name"] == "$LEASE_NAME" else call["name"]
-    if call["scope"] in ("cluster", "all-namespaces"):
+    scope = call.get("scopeWithInclude", call["scope"]) if included else call["scope"]
+    if scope == "included-namespaces":
+        return [(ns, name) for ns in namespaces]
+    if scope in ("cluster", "all-namespaces"):
         return [(None, name)]
     if call["scope"] == "release-namespace":
         return [(NAMESPACE, name)]
@@ -548,19 +549,15 @@ def rbac_cases():
         for call in CALLS:
             if not features[call["when"]]:
                 continue  # made only with a feature this variant leaves off
-            marks = []
-            if variant == "namespaced-rbac" and call["id"] in NEEDS_CODE_CHANGE:
-                marks = [pytest.mark.xfail(strict=True, reason=(
-                    "credsync lists and watches Secrets cluster-wide (Api::all in src/cluster/mod.rs live_state and "
-                    "src/trigger/drift.rs); with rbac.namespaces it needs one list/watch per included namespace"))]
-            yield pytest.param(variant, call, marks=marks, id=f"{variant}-{call['id']}")
+            yield pytest.param(variant, call, id=f"{variant}-{call['id']}")
 
 
 @pytest.mark.parametrize(("variant", "call"), list(rbac_cases()))
 def test_rbac_allows_every_call_credsync_makes(variant, call):
     rbac, features, lease_name, namespaces, values = rbac_context(variant)
     assert features == features_of(values), "the rendered env must turn on what the values say"
-    for namespace, name in call_requests(call, lease_name, namespaces):
+    included = bool(values["config"]["namespaceInclude"] or values["rbac"]["namespaces"])
+    for namespace, name in call_requests(call, lease_name, namespaces, included):
         assert rbac.allows(call["verb"], call["apiGroup"], call["resource"], namespace, name), (
             f"{variant}: {call['verb']} {call['apiGroup'] or 'core'}/{call['resource']} in {namespace or 'all namespaces'} "
             f"is denied ({call['source']})")
@@ -615,11 +612,13 @@ def test_calls_fixture_matches_the_code():
     for call in CALLS:
         path = call["source"].split()[0]
         assert (ROOT / path).is_file(), call
-    # Secrets read through Api::all (cluster-wide) in the code are listed as such.
-    for path, ids in (("src/cluster/mod.rs", {"list-managed-secrets"}), ("src/trigger/drift.rs", {"list-secrets-for-drift", "watch-secrets-for-drift"})):
-        text = (ROOT / path).read_text()
-        assert re.search(r"Api<Secret> = Api::all\(", text), path
-        assert ids <= {c["id"] for c in CALLS if c["scope"] == "all-namespaces"}
+    # Secrets are read through Cluster::secret_apis: cluster-wide (Api::all), or one
+    # Api::namespaced per --namespace-include namespace; calls.json says both.
+    cluster = (ROOT / "src" / "cluster" / "mod.rs").read_text()
+    assert re.search(r"Api<Secret> = Api::all\(", cluster) and "pub fn secret_apis" in cluster
+    assert "secret_apis()" in (ROOT / "src" / "trigger" / "drift.rs").read_text()
+    ids = {"list-managed-secrets", "list-secrets-for-drift", "watch-secrets-for-drift"}
+    assert ids <= {c["id"] for c in CALLS if c["scope"] == "all-namespaces" and c.get("scopeWithInclude") == "included-namespaces"}
     lease = (ROOT / "src" / "cluster" / "lease.rs").read_text()
     assert "Api::namespaced(client, &config.namespace)" in lease
 
