@@ -36,3 +36,12 @@ test-chart: setup build
 # The main job end to end on local stand-ins; stops everything it starts.
 demo: setup build
     PATH="{{venv}}/bin:$PATH" bash tests/demo.sh
+
+# Benchmarks (release build): writes target/bench/report.md and report.json (about 12-20 min).
+bench: setup
+    cargo build --release --quiet -p credsync -p kube-emu
+    "{{venv}}/bin/python" benches/bench.py --out target/bench
+
+# The benchmark harness on N = 100 with the debug build: keeps it from rotting (CI runs it).
+bench-quick: setup build
+    "{{venv}}/bin/python" benches/bench.py --quick --build debug --out target/bench-quick

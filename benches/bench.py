@@ -51,14 +51,14 @@ except ImportError as err:  # boto3 lives in the project's venv
     sys.exit(f"error: {err}; run with .venv/bin/python (just setup installs it)")
 
 ROOT = si.ROOT
-CREDSYNC = si.RELEASE / "credsync"
+CREDSYNC = si.RELEASE / "credsync"  # bench.py --build debug switches to target/debug
 KMS_CONCURRENCY = 32  # credsync's default --kms-concurrency; the floor uses as many threads
 SCAN_SEGMENTS = 4  # credsync's default --scan-segments
 KUBESTASH_WAIT = 120.0  # Kubestash-V2's default WAIT_TIME after a stream event
 DEBOUNCE = 1.0  # credsync run's default --debounce
 MIB = 1024 * 1024
 
-FULL = dict(cold_ns=[1000, 5000], cold_reps=3, getall_reps={1000: 3, 5000: 2}, warm_reps=5,
+FULL = dict(cold_ns=[1000, 5000], cold_reps=3, getall_reps={1000: 3, 5000: 1}, warm_reps=5,
             stream_n=1000, puts=50, big_n=10000)
 QUICK = dict(cold_ns=[100], cold_reps=2, getall_reps={100: 2}, warm_reps=3,
              stream_n=100, puts=5, big_n=100)
@@ -99,10 +99,12 @@ class Bench:
             d.mkdir(parents=True)
         self.work = Path(tempfile.mkdtemp(prefix="credsync-bench-"))
         self.keep_work = args.keep_work
-        self.s = si.StandIns(self.work, self.logs)
+        self.build = args.build
+        self.s = si.StandIns(self.work, self.logs, si.TARGET_DIR / args.build)
         self.results: dict = {}
         self.credsync_logs: list[Path] = []
         self.cold_runs: dict[int, list[dict]] = {}
+        self.query_cost: dict[int, float] = {}
 
     # ---- credsync runs ------------------------------------------------------
 
@@ -126,20 +128,24 @@ class Bench:
                     "-o", self.profile_dir / "perf.data", "--", *argv]
         moto0, emu0 = self.s.moto_cpu(), si.cpu_seconds(self.s.emu.proc.pid)
         with open(log, "wb") as err, open(out, "wb") as std:
-            timed, _ = self.s.timed(argv, self.env(table), stdout=std, stderr=err)
+            timed, _ = self.s.timed(argv, self.env(table), stdout=std, stderr=err, sample_rss=not profile)
         moto1, emu1 = self.s.moto_cpu(), si.cpu_seconds(self.s.emu.proc.pid)
         self.credsync_logs += [log, out]
         calls = si.done_calls(log)
         if timed.code != 0:
             tail = log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"credsync sync ({label}) exited {timed.code}:\n{tail}")
+        rss = timed.extra.get("rss") or []
         return {
             "label": label,
             "wall_s": timed.wall,
             "cpu_s": timed.cpu,
             "user_s": timed.user,
             "sys_s": timed.sys,
-            "maxrss_mib": timed.maxrss_kib / 1024,
+            "wait4_maxrss_mib": timed.maxrss_kib / 1024,
+            "peak_rss_mib": max((h for *_, h in rss), default=0) / 1024,
+            "peak_anon_mib": max((a for _, a, _, _ in rss), default=0) / 1024,
+            "peak_file_mib": max((f for _, _, f, _ in rss), default=0) / 1024,
             "moto_cpu_s": moto1 - moto0,
             "kube_emu_cpu_s": emu1 - emu0,
             "calls": calls,
@@ -158,7 +164,8 @@ class Bench:
         del stdout
         if count != n:
             raise RuntimeError(f"credstash getall returned {count} items, expected {n}")
-        return {"wall_s": timed.wall, "cpu_s": timed.cpu, "maxrss_mib": timed.maxrss_kib / 1024,
+        rss = timed.extra.get("rss") or []
+        return {"wall_s": timed.wall, "cpu_s": timed.cpu, "peak_rss_mib": max((h for *_, h in rss), default=0) / 1024,
                 "moto_cpu_s": moto1 - moto0, "items": count}
 
     def floor(self, table: str, n: int) -> dict:
@@ -223,6 +230,9 @@ class Bench:
                 + (f", credstash getall {fmt_s(ga['wall_s'])}" if ga else ""))
         self.s.stop_emu()
         self.cold_runs[n] = runs
+        # moto answers a Query by walking the whole table, so `credstash getall`
+        # (one Query per name) grows as N^2 here; a real DynamoDB Query does not.
+        self.query_cost[n] = self.s.query_cost(table, si.item_names(n))
         return table
 
     def row_warm(self, table: str, n: int, reps: int) -> None:
@@ -292,6 +302,7 @@ class Bench:
         self.s.enable_stream(table)
         emu = self.s.start_emu()
         proc, port, log, _ = self.daemon(f"stream-{n}", table, [])
+        ready_at = time.time()
         names = si.item_names(n)
         targets = [names[(i * 97) % n] for i in range(puts)]
         samples = []
@@ -303,8 +314,10 @@ class Bench:
                 time.sleep(0.1)
             time.sleep(1.0)  # let the shard readers settle; not part of any figure
             before = self.metrics(port)
+            last = before
             for i, name in enumerate(targets):
                 ns, secret, key = si.secret_of(name)
+                at = time.time()
                 launched = time.perf_counter()
                 value = self.s.put(table, name)
                 written = time.perf_counter()
@@ -314,8 +327,11 @@ class Bench:
                         raise RuntimeError(f"put {i} ({name}) did not reach the Secret within 60 s")
                     time.sleep(0.01)
                 seen = time.perf_counter()
-                samples.append({"name": name, "after_put_s": seen - written,
-                                "after_cli_start_s": seen - launched, "cli_s": written - launched})
+                now = self.metrics(port)  # after the measurement: not part of any figure
+                samples.append({"name": name, "at": at, "after_put_s": seen - written,
+                                "after_cli_start_s": seen - launched, "cli_s": written - launched,
+                                "window": window_calls(last, now)})
+                last = now
             time.sleep(DEBOUNCE + 0.5)
             after = self.metrics(port)
         finally:
@@ -326,7 +342,7 @@ class Bench:
             return after.get(key, 0) - before.get(key, 0)
 
         self.results["stream"] = {
-            "n": n, "puts": puts, "samples": samples, "log": str(log.relative_to(self.out)),
+            "n": n, "puts": puts, "samples": samples, "log": str(log.relative_to(self.out)), "ready_at": ready_at,
             "kms_decrypt": delta('credsync_kms_requests_total{operation="Decrypt"}'),
             "dynamodb_scan": delta('credsync_dynamodb_requests_total{operation="Scan"}'),
             "dynamodb_query": delta('credsync_dynamodb_requests_total{operation="Query"}'),
@@ -430,6 +446,28 @@ class Bench:
                                 "moto_cpu_s": run["moto_cpu_s"], "top": top, "by_dso": dsos,
                                 "report": str((self.profile_dir / "perf-report.txt").relative_to(self.out))}
 
+    def heap_profile(self, table: str, n: int) -> None:
+        """valgrind massif of a cold sync: which code holds the heap, over the run
+        and at the peak; only when the peak RSS target missed."""
+        if not shutil.which("valgrind"):
+            self.results["massif"] = {"available": False}
+            return
+        say(f"heap profile of a cold sync at N={n} with valgrind massif")
+        out = self.profile_dir / "massif.out"
+        self.s.start_emu()
+        argv = ["valgrind", "--tool=massif", f"--massif-out-file={out}", "--depth=40", "--threshold=0.5",
+                CREDSYNC, "sync"]
+        log = self.logs / f"massif-cold-{n}.log"
+        with open(log, "wb") as err:
+            timed, _ = self.s.timed(argv, self.env(table), stderr=err)
+        self.credsync_logs.append(log)
+        self.s.stop_emu()
+        if timed.code != 0 or not out.exists():
+            self.results["massif"] = {"available": False, "error": f"valgrind exited {timed.code}"}
+            return
+        self.results["massif"] = {"available": True, "n": n, "snapshots": massif_summary(out),
+                                  "file": str(out.relative_to(self.out))}
+
     # ---- the whole run -------------------------------------------------------
 
     def run(self) -> None:
@@ -449,6 +487,8 @@ class Bench:
         rows = build_rows(self)
         if any(r["pass"] is False for r in rows):
             self.profile(tables[max(cfg["cold_ns"])], max(cfg["cold_ns"]))
+        if any(r["id"] == "5" and r["pass"] is False for r in rows):
+            self.heap_profile(tables[min(cfg["cold_ns"])], min(cfg["cold_ns"]))
         leaks = sum(self.s.leaks_in(p.read_text(errors="replace")) for p in self.credsync_logs if p.exists())
         busy = cpu_busy()
         self.results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -467,6 +507,23 @@ class Bench:
 
 
 # ---- analysis ------------------------------------------------------------------
+
+def window_calls(before: dict, after: dict) -> dict:
+    """Calls and reconciles (by trigger) credsync made between two /metrics reads."""
+    def d(key):
+        return after.get(key, 0) - before.get(key, 0)
+
+    out = {"query": d('credsync_dynamodb_requests_total{operation="Query"}'),
+           "scan": d('credsync_dynamodb_requests_total{operation="Scan"}'),
+           "kms": d('credsync_kms_requests_total{operation="Decrypt"}')}
+    for key in after:
+        if key.startswith("credsync_reconciles_by_trigger_total{"):
+            trigger = key.split('trigger="')[1].split('"')[0]
+            delta = d(key)
+            if delta:
+                out[f"reconciles_{trigger}"] = out.get(f"reconciles_{trigger}", 0) + delta
+    return out
+
 
 PHASES = ["start -> table read", "KMS Decrypt + live read", "plan", "snapshot commit", "apply", "exit"]
 
@@ -488,6 +545,17 @@ def phases(run: dict) -> dict:
     committed, done = first("snapshot committed"), first("done")
     if None in (scanned, live, planned, done):
         return {"steps_s": {}, "commit_s": None}
+    bounds = {
+        "start -> table read": (start, scanned),
+        "KMS Decrypt + live read": (scanned, live),
+        "plan": (live, planned),
+        "snapshot commit": (planned, committed or planned),
+        "apply": (committed or planned, done),
+        "exit": (done, end),
+    }
+    rss = run["_timed"].extra.get("rss") or []
+    anon = {k: round(max((a for t, a, _, _ in rss if t0 <= t <= t1), default=0) / 1024, 1)
+            for k, (t0, t1) in bounds.items()}
     steps = {
         "start -> table read": scanned - start,
         "KMS Decrypt + live read": live - scanned,
@@ -498,7 +566,61 @@ def phases(run: dict) -> dict:
     }
     return {"steps_s": {k: round(max(0.0, v), 4) for k, v in steps.items()},
             "commit_s": (committed - planned) if committed else None,
+            "peak_anon_mib": anon,
             "kms_decrypt_lines": sum(1 for _, _, r in lines if r.startswith("decrypting"))}
+
+
+def massif_summary(path: Path, top: int = 4) -> list[dict]:
+    """Detailed snapshots of a massif.out: total heap, and the biggest holders,
+    each named by its allocation site and the first credsync function above it."""
+    snapshots, cur, tree = [], None, []
+
+    def close():
+        if cur and cur.get("kind") in ("detailed", "peak") and tree:
+            cur["holders"] = holders(tree)
+            snapshots.append(cur)
+
+    def holders(lines):
+        nodes = []  # (depth, bytes, desc)
+        for line in lines:
+            m = re.match(r"^( *)n\d+: (\d+) (.*)$", line)
+            if m:
+                nodes.append((len(m.group(1)), int(m.group(2)), m.group(3)))
+        out = []
+        for i, (depth, size, desc) in enumerate(nodes):
+            if depth != 1 or "below massif's threshold" in desc:
+                continue
+            owner = None
+            for d2, _, desc2 in nodes[i + 1:]:
+                if d2 <= 1:
+                    break
+                if "credsync::" in desc2 and "credsync::main" not in desc2:
+                    owner = desc2
+                    break
+            site = re.sub(r"^0x[0-9A-F]+: ", "", desc).split(" (in ")[0]
+            owner = re.sub(r"^0x[0-9A-F]+: ", "", owner).split(" (in ")[0] if owner else "-"
+            out.append({"bytes": size, "site": site[:90], "credsync": owner[:110]})
+        return sorted(out, key=lambda h: -h["bytes"])[:top]
+
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("snapshot="):
+            close()
+            cur, tree = {"n": int(line.split("=")[1])}, []
+        elif cur is not None and line.startswith("time="):
+            cur["time"] = int(line.split("=")[1])
+        elif cur is not None and line.startswith("mem_heap_B="):
+            cur["heap"] = int(line.split("=")[1])
+        elif cur is not None and line.startswith("mem_heap_extra_B="):
+            cur["extra"] = int(line.split("=")[1])
+        elif cur is not None and line.startswith("heap_tree="):
+            cur["kind"] = line.split("=")[1]
+        elif cur is not None and line.startswith((" ", "n")):
+            tree.append(line)
+    close()
+    end = max((s["time"] for s in snapshots), default=1) or 1
+    for snap in snapshots:
+        snap["at"] = snap["time"] / end
+    return snapshots
 
 
 def row(id_, measure, n, value, unit, baseline_name, baseline, ratio, ratio_text, target, passed, note=""):
@@ -518,10 +640,11 @@ def build_rows(b: Bench) -> list[dict]:
         getall_by_n[n] = ga
         reps = len(runs)
         speedup = ga / cs
+        q = b.query_cost.get(n)
         rows.append(row(f"1-{n}-getall", "Cold full reconcile (`credsync sync`) vs `credstash getall`", n,
                         cs, "s", f"`credstash getall` (median of {len(ga_runs)})", ga, speedup,
                         f"{speedup:.1f}x faster", ">= 5x faster", speedup >= 5,
-                        f"medians; credsync {reps} reps"))
+                        f"medians; credsync {reps} reps; one moto Query at this N: {fmt_s(q)}"))
         ratio = cs / fl
         rows.append(row(f"1-{n}-floor", "Cold full reconcile vs emulator floor", n, cs, "s",
                         f"floor: boto3 Scan + {KMS_CONCURRENCY}-wide KMS Decrypt (median of {reps})", fl, ratio,
@@ -561,11 +684,11 @@ def build_rows(b: Bench) -> list[dict]:
     rows.append(row("4-p99", "Stream: `credstash put` -> Secret updated, p99", st["n"], p99, "s",
                     "Kubestash-V2 floor (as above)", ks_floor, ks_floor / p99, f"{ks_floor / p99:.0f}x sooner",
                     f"<= debounce + 1.5 s = {DEBOUNCE + 1.5:.1f} s", p99 <= DEBOUNCE + 1.5, f"{len(lat)} puts"))
-    rss_runs = {k: big[k]["maxrss_mib"] for k in ("plain", "snapshot_first", "restart", "one_key")}
+    rss_runs = {k: big[k]["peak_rss_mib"] for k in ("plain", "snapshot_first", "restart", "one_key")}
     rss = max(rss_runs.values())
     worst = max(rss_runs, key=rss_runs.get)
     ga_n = max(n2 for n2, g in getall_by_n.items() if g is not None)
-    ga_rss = max(r["getall"]["maxrss_mib"] for r in b.cold_runs[ga_n] if r["getall"])
+    ga_rss = max(r["getall"]["peak_rss_mib"] for r in b.cold_runs[ga_n] if r["getall"])
     rows.append(row("5", "Peak RSS of `credsync sync`", n, rss, "MiB",
                     f"`credstash getall` peak RSS at N={ga_n}", ga_rss, rss / ga_rss,
                     f"{rss / ga_rss:.2f}x", "<= 64 MiB", rss <= 64,
@@ -658,9 +781,10 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     m = b.results["machine"]
     mode = "quick" if b.quick else "full"
     command = "just bench" if not b.quick else "just bench-quick"
-    report = {"schema": "credsync.bench/v1", "mode": mode, "command": command, "config": b.cfg,
+    report = {"schema": "credsync.bench/v1", "mode": mode, "build": b.build, "command": command, "config": b.cfg,
               "rows": rows, **{k: v for k, v in b.results.items()}}
     report["cold"] = {str(n): runs for n, runs in b.cold_runs.items()}
+    report["moto_query_s"] = {str(n): q for n, q in b.query_cost.items()}
     (b.out / "report.json").write_text(json.dumps(clean(report), indent=2) + "\n")
 
     failing = [r for r in rows if r["pass"] is False]
@@ -672,13 +796,14 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
               f"{' '.join(m['loadavg_end'])}; {m['other_cpu_note']}.")
     md.append(f"Stand-ins on loopback: moto {m['moto']} (DynamoDB + KMS), tests/kube-emu; baselines: "
               f"credstash {m['credstash']} CLI and boto3 {m['boto3']} (Python {m['python']}). "
-              f"{m['credsync']} (release build) at {m['credsync_commit']}.")
+              f"{m['credsync']} ({b.build} build) at {m['credsync_commit']}.")
     try:
         where = b.out.relative_to(ROOT)
     except ValueError:
         where = b.out
     md.append(f"Reproduce: `{command}` (writes {where}/report.md and report.json). "
-              f"Whole run: {b.results['duration_s'] / 60:.1f} min.")
+              f"Whole run: {b.results['duration_s'] / 60:.1f} min."
+              + (" Debug build: this run checks the harness; its figures are not representative." if b.build == "debug" else ""))
     md.append("")
     md.append("| # | Measure | N | credsync | Baseline (same run) | Baseline value | Ratio | Target | Result |")
     md.append("|---|---|---|---|---|---|---|---|---|")
@@ -711,7 +836,9 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
               "the CLI's exit (the item is written) to the Secret holding the new value, polled every 10 ms "
               "through the Kubernetes API. Kubestash-V2 floor = its 120 s default wait + a full `credstash getall` "
               "of the same table, as measured in row 1.")
-    md.append("- Row 5: peak RSS (wait4 ru_maxrss) of each `credsync sync` at the largest N; the largest is shown.")
+    md.append("- Row 5: peak RSS = VmHWM of the `credsync sync` process, read from /proc/PID/status every 10 ms "
+              "while it runs (wait4's ru_maxrss is not used: it also counts the forking harness's pages from "
+              "before exec); the largest of the 4 syncs at the largest N is shown.")
     md.append("- Row 6: commit time = time between the `planned` debug line and the `snapshot "
               "committed` line of `sync --verbose` (SOPS/age encryption of the files + git commit); the one-key "
               "change is one `credstash put` followed by `sync`; files and lines from `git show --numstat HEAD`.")
@@ -720,18 +847,20 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     md.append("")
     md.append("CPU seconds of each process during the timed runs (wall time vs CPU of credsync, moto, kube-emu):")
     md.append("")
-    md.append("| Run | N | Wall | credsync CPU | moto CPU | kube-emu CPU | Peak RSS |")
-    md.append("|---|---|---|---|---|---|---|")
+    md.append("| Run | N | Wall | credsync CPU | moto CPU | kube-emu CPU | Peak RSS (VmHWM) | peak anon + file |")
+    md.append("|---|---|---|---|---|---|---|---|")
     for n, runs in b.cold_runs.items():
         for r in runs:
             cs = r["credsync"]
             md.append(f"| {cs['label']} | {n} | {fmt_s(cs['wall_s'])} | {cs['cpu_s']:.2f} s | "
-                      f"{cs['moto_cpu_s']:.2f} s | {cs['kube_emu_cpu_s']:.2f} s | {cs['maxrss_mib']:.1f} MiB |")
+                      f"{cs['moto_cpu_s']:.2f} s | {cs['kube_emu_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
+                  f"{cs['peak_anon_mib']:.1f} + {cs['peak_file_mib']:.1f} MiB |")
     big = b.results["big"]
     for k in ("plain", "snapshot_first", "restart", "one_key"):
         cs = big[k]
         md.append(f"| {cs['label']} | {big['n']} | {fmt_s(cs['wall_s'])} | {cs['cpu_s']:.2f} s | "
-                  f"{cs['moto_cpu_s']:.2f} s | {cs['kube_emu_cpu_s']:.2f} s | {cs['maxrss_mib']:.1f} MiB |")
+                  f"{cs['moto_cpu_s']:.2f} s | {cs['kube_emu_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
+                  f"{cs['peak_anon_mib']:.1f} + {cs['peak_file_mib']:.1f} MiB |")
     md.append("")
     md.append("Emulator floor and peer, same runs:")
     md.append("")
@@ -744,6 +873,13 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
                       f"{fmt_s(f[f'scan_{SCAN_SEGMENTS}_segments_s'])} | {fmt_s(f['decrypt_s'])} | "
                       f"{f['moto_cpu_s']:.2f} s | {fmt_s(g['wall_s']) if g else '-'} | "
                       f"{(str(round(g['moto_cpu_s'], 2)) + ' s') if g else '-'} |")
+    md.append("")
+    md.append("moto walks the whole table for every Query, and `credstash getall` sends one Query per name "
+              "(then one KMS Decrypt), so on moto its time grows as N^2; a real DynamoDB Query does not. "
+              "One Query for a name's latest version, measured with boto3 after the repetitions: "
+              + ", ".join(f"{fmt_s(q)} at N={n} ({fmt_s(q * n)} for N of them, sequentially)"
+                          for n, q in b.query_cost.items()) + ". The floor and credsync read the table "
+              "with Scan only.")
     md.append("")
     w = b.results["warm"]["reps"]
     md.append(f"Warm reconciles (N={b.results['warm']['n']}):")
@@ -760,6 +896,14 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     st = b.results["stream"]
     lat = sorted(s["after_put_s"] for s in st["samples"])
     incl = sorted(s["after_cli_start_s"] for s in st["samples"])
+    slow = max(range(len(st["samples"])), key=lambda i: st["samples"][i]["after_put_s"])
+    sw = st["samples"][slow]
+    rest = sorted(x["after_put_s"] for i, x in enumerate(st["samples"]) if i != slow)
+    md.append(f"Slowest put: #{slow + 1} of {st['puts']} (`{sw['name']}`, "
+              f"{fmt_s(sw['after_put_s'])}, {sw['at'] - st['ready_at']:.1f} s after /readyz); in its window credsync "
+              "made " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in sw["window"].items() if v)
+              + (f". Without it, p99 of the other {len(rest)} puts: {fmt_s(percentile(rest, 0.99))}." if rest else "."))
+    md.append("")
     md.append(f"Stream (N={st['n']}, {st['puts']} puts): after the put min {fmt_s(lat[0])}, p50 "
               f"{fmt_s(percentile(lat, 0.5))}, p99 {fmt_s(percentile(lat, 0.99))}, max {fmt_s(lat[-1])}; "
               f"counting the credstash CLI's own run time p50 {fmt_s(percentile(incl, 0.5))}, p99 "
@@ -767,15 +911,17 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
               f"{st['dynamodb_query']:.0f} Query, {st['dynamodb_scan']:.0f} Scan, "
               f"{st['kubernetes_writes']:.0f} Kubernetes writes.")
     md.append("")
-    md.append(f"Phases of the N={big['n']} syncs, from `--verbose` log timestamps:")
+    md.append(f"Phases of the N={big['n']} syncs, from `--verbose` log timestamps; in brackets the peak "
+              "anonymous (heap) RSS in that phase, sampled from /proc every 20 ms:")
     md.append("")
     md.append("| Run | Wall | " + " | ".join(PHASES) + " | calls |")
     md.append("|---|---|" + "---|" * len(PHASES) + "---|")
     for k in ("plain", "snapshot_first", "restart", "one_key"):
         ph = big[k]["phases"]["steps_s"]
         calls = " ".join(f"{a}={v}" for a, v in big[k]["calls"].items())
+        anon = big[k]["phases"].get("peak_anon_mib", {})
         md.append(f"| {big[k]['label']} | {fmt_s(big[k]['wall_s'])} | "
-                  + " | ".join(fmt_s(ph.get(p)) for p in PHASES) + f" | {calls} |")
+                  + " | ".join(f"{fmt_s(ph.get(p))} ({anon.get(p, 0):.0f} MiB)" for p in PHASES) + f" | {calls} |")
     md.append("")
     g = big["git"]
     md.append(f"Snapshot repository: {g['commits']} commits, {g['files_in_snapshot']} files, .git "
@@ -800,6 +946,24 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
             md.append("```")
         else:
             md.append("perf is not usable on this machine; see the CPU and phase tables above.")
+    ms = b.results.get("massif")
+    if ms:
+        md.append("")
+        if ms.get("available"):
+            md.append(f"Heap profile of a cold `credsync sync` at N={ms['n']} (valgrind massif, {ms['file']}; "
+                      "`at` = share of the run's instructions; the biggest holders of each detailed snapshot, "
+                      "by allocation site and the credsync function that made it):")
+            md.append("")
+            md.append("| at | heap | holders |")
+            md.append("|---|---|---|")
+            for snap in ms["snapshots"]:
+                holders = "<br>".join(f"{h['bytes'] / MIB:.1f} MiB {h['site']} in `{h['credsync']}`"
+                                      for h in snap["holders"])
+                peak = " (peak)" if snap["kind"] == "peak" else ""
+                md.append(f"| {100 * snap['at']:.0f}%{peak} | {(snap['heap'] + snap['extra']) / MIB:.1f} MiB | "
+                          f"{holders} |")
+        else:
+            md.append("valgrind is not available here: no heap profile; see the per-phase RSS above.")
     md.append("")
     md.append(f"No seeded value appears in any credsync output: {'yes' if not b.results['leaks'] else 'NO'}.")
     (b.out / "report.md").write_text("\n".join(md) + "\n")
@@ -810,16 +974,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="N = 100, a few puts: the CI smoke run")
     parser.add_argument("--out", default=str(ROOT / "target" / "bench"), help="report directory")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work directory")
+    parser.add_argument("--build", choices=["release", "debug"], default="release",
+                        help="which cargo build to run (debug: only to check the harness, figures mean little)")
     args = parser.parse_args()
-    for binary in (CREDSYNC, si.RELEASE / "kube-emu"):
+    global CREDSYNC
+    bin_dir = si.TARGET_DIR / args.build
+    CREDSYNC = bin_dir / "credsync"
+    for binary in (CREDSYNC, bin_dir / "kube-emu"):
         if not binary.exists():
-            sys.exit(f"error: {binary} missing: cargo build --release -p credsync -p kube-emu")
+            flag = " --release" if args.build == "release" else ""
+            sys.exit(f"error: {binary} missing: cargo build{flag} -p credsync -p kube-emu")
     if not shutil.which("age-keygen"):
         sys.exit("error: age-keygen missing (Debian package age)")
 
     def stop(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (e.g. `cmd &`)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
     bench = Bench(args)

@@ -33,8 +33,10 @@ VENV_BIN = ROOT / ".venv" / "bin"
 REGION = "us-east-1"
 NAMESPACES = [f"bench-{i}" for i in range(10)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# Release binaries: $CARGO_TARGET_DIR/release if set (as tests/demo.sh), else target/release.
-RELEASE = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release"
+# Binaries: $CARGO_TARGET_DIR/<profile> if set (as tests/demo.sh), else target/<profile>;
+# release unless the harness is told otherwise (bench.py --build debug).
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+RELEASE = TARGET_DIR / "release"
 EMU_TOKEN = "bench-token"
 
 # Text log lines of credsync: `2026-11-22T15:41:00.123456Z  INFO message k=v`.
@@ -68,6 +70,26 @@ def cpu_seconds(pid: int) -> float:
     fields = text[text.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def sample_memory(proc: subprocess.Popen, out: list, every: float = 0.01) -> None:
+    """Appends (unix time, RssAnon KiB, RssFile KiB, VmHWM KiB) of proc until it exits.
+
+    VmHWM is the kernel's high-water mark of this process image's RSS (it
+    starts afresh at exec). wait4's ru_maxrss is not used for peak RSS: it
+    also counts the forking parent's (this harness's) pages from before exec."""
+    path = f"/proc/{proc.pid}/status"
+    while proc.returncode is None:
+        try:
+            with open(path) as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if fields.get("State", "").strip().startswith("Z"):
+                return
+            out.append((time.time(), int(fields["RssAnon"].split()[0]), int(fields["RssFile"].split()[0]),
+                        int(fields["VmHWM"].split()[0])))
+        except (OSError, KeyError, ValueError):
+            return
+        time.sleep(every)
 
 
 def item_names(n: int) -> list[str]:
@@ -138,7 +160,8 @@ class KubeEmu:
 
 
 class StandIns:
-    def __init__(self, work: Path, logs: Path):
+    def __init__(self, work: Path, logs: Path, bin_dir: Path = RELEASE):
+        self.bin_dir = bin_dir
         self.work = work
         self.logs = logs
         self.procs: list[subprocess.Popen] = []
@@ -186,8 +209,10 @@ class StandIns:
             self.stop(proc, grace=10.0)
 
     def timed(self, argv: list, env: dict, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-              capture_stdout: bool = False) -> tuple[Timed, bytes | None]:
-        """Runs argv to completion; wall time, exit code and its rusage (wait4)."""
+              capture_stdout: bool = False, sample_rss: bool = False) -> tuple[Timed, bytes | None]:
+        """Runs argv to completion; wall time, exit code and its rusage (wait4).
+        With sample_rss, also (unix time, RssAnon KiB, RssFile KiB, VmHWM KiB)
+        every 10 ms from /proc (in Timed.extra["rss"])."""
         started_at = time.time()
         t0 = time.perf_counter()
         proc = self.spawn(
@@ -199,6 +224,11 @@ class StandIns:
             stderr=stderr,
         )
         captured: list[bytes] = []
+        rss: list[tuple[float, int, int]] = []
+        sampler = None
+        if sample_rss:
+            sampler = threading.Thread(target=sample_memory, args=(proc, rss), daemon=True)
+            sampler.start()
         reader = None
         if capture_stdout:
             reader = threading.Thread(target=lambda: captured.append(proc.stdout.read()))
@@ -209,6 +239,8 @@ class StandIns:
         if reader:
             reader.join()
             proc.stdout.close()
+        if sampler:
+            sampler.join()
         with self._lock:
             self.procs.remove(proc)
         result = Timed(
@@ -219,6 +251,7 @@ class StandIns:
             sys=usage.ru_stime,
             maxrss_kib=usage.ru_maxrss,
             started_at=started_at,
+            extra={"rss": rss} if sample_rss else {},
         )
         return result, (captured[0] if captured else None)
 
@@ -271,7 +304,8 @@ class StandIns:
     def credstash(self, table: str, args: list[str], capture: bool = False):
         argv = [VENV_BIN / "credstash", "-r", REGION, "-t", table, *args]
         if capture:
-            return self.timed(argv, self.aws_env(), stderr=subprocess.DEVNULL, capture_stdout=True)
+            return self.timed(argv, self.aws_env(), stderr=subprocess.DEVNULL, capture_stdout=True,
+                              sample_rss=True)
         out = subprocess.run(
             [str(a) for a in argv], env=self.aws_env(), cwd=self.work,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -360,6 +394,23 @@ class StandIns:
         items = [i for part, _ in parts for i in part]
         return seconds, len(items), items, sum(c for _, c in parts)
 
+    def query_cost(self, table: str, names: list[str], k: int = 20) -> float:
+        """Mean seconds of one Query for a name's latest version (what
+        `credstash get`/`getall` sends per name), over k names."""
+        picks = [names[(i * len(names)) // k] for i in range(k)]
+        t0 = time.perf_counter()
+        for name in picks:
+            self.ddb.query(
+                TableName=table,
+                KeyConditionExpression="#n = :n",
+                ExpressionAttributeNames={"#n": "name"},
+                ExpressionAttributeValues={":n": {"S": name}},
+                Limit=1,
+                ScanIndexForward=False,
+                ConsistentRead=True,
+            )
+        return (time.perf_counter() - t0) / k
+
     def decrypt_all(self, items: list[dict], width: int) -> float:
         """One KMS Decrypt per item's data key, `width` calls in flight (boto3)."""
         blobs = [base64.b64decode(item["key"]["S"]) for item in items]
@@ -378,7 +429,7 @@ class StandIns:
             self.stop_emu()
         self._emu_count += 1
         kubeconfig = self.work / f"kubeconfig-{self._emu_count}"
-        binary = RELEASE / "kube-emu"
+        binary = self.bin_dir / "kube-emu"
         argv = [binary, "--kubeconfig", kubeconfig, "--token", EMU_TOKEN]
         for ns in NAMESPACES:
             argv += ["--namespace", ns]
