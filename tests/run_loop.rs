@@ -191,11 +191,13 @@ async fn a_hand_edit_of_a_managed_key_is_reverted() {
         ))
         .await
     );
-    let text = metrics(daemon.port);
-    assert!(
-        metric(&text, "credsync_drift_corrections_total") >= 2.0,
-        "{text}"
-    );
+    // The counter moves when the reconcile finishes, just after its write.
+    let port = daemon.port;
+    let counted = eventually(Duration::from_secs(10), || async move {
+        metric(&metrics(port), "credsync_drift_corrections_total") >= 2.0
+    })
+    .await;
+    assert!(counted, "{}", metrics(port));
 }
 
 #[tokio::test]
