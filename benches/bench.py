@@ -987,7 +987,13 @@ def main() -> int:
     if not shutil.which("age-keygen"):
         sys.exit("error: age-keygen missing (Debian package age)")
 
+    stopping = []
+
     def stop(signum, _frame):
+        if stopping:  # already stopping: let the cleanup finish
+            print(f"signal {signum}: already stopping the stand-ins", file=sys.stderr)
+            return
+        stopping.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (e.g. `cmd &`)
