@@ -554,8 +554,10 @@ def phases(run: dict) -> dict:
         "exit": (done, end),
     }
     rss = run["_timed"].extra.get("rss") or []
-    anon = {k: round(max((a for t, a, _, _ in rss if t0 <= t <= t1), default=0) / 1024, 1)
-            for k, (t0, t1) in bounds.items()}
+    anon = {}
+    for k, (t0, t1) in bounds.items():
+        inside = [a for t, a, _, _ in rss if t0 <= t <= t1]
+        anon[k] = round(max(inside) / 1024, 1) if inside else None  # None: shorter than one sample
     steps = {
         "start -> table read": scanned - start,
         "KMS Decrypt + live read": live - scanned,
@@ -599,7 +601,7 @@ def massif_summary(path: Path, top: int = 4) -> list[dict]:
                     break
             site = re.sub(r"^0x[0-9A-F]+: ", "", desc).split(" (in ")[0]
             owner = re.sub(r"^0x[0-9A-F]+: ", "", owner).split(" (in ")[0] if owner else "-"
-            out.append({"bytes": size, "site": site[:90], "credsync": owner[:110]})
+            out.append({"bytes": size, "site": site[:160], "credsync": owner[:110]})
         return sorted(out, key=lambda h: -h["bytes"])[:top]
 
     for line in path.read_text(errors="replace").splitlines():
@@ -656,12 +658,13 @@ def build_rows(b: Bench) -> list[dict]:
     kms = max(r["kms_decrypt"] for r in w)
     writes = max(r["kubernetes_writes"] for r in w)
     scans = median([r["dynamodb_scan"] for r in w])
+    queries = max(r["dynamodb_query"] for r in w)
     ratio = rec / scan
     rows.append(row("2-wall", "Warm reconcile, no change (`POST /sync`)", warm["n"], rec, "s",
                     f"one boto3 Scan pass (median of {len(w)})", scan, ratio, f"{ratio:.2f}x Scan pass",
                     "<= 1.5x Scan pass", ratio <= 1.5, f"median of {len(w)} reps; reconcile_duration_seconds"))
-    rows.append(row("2-calls", "Warm reconcile: KMS calls / Kubernetes writes (DynamoDB Scan calls)", warm["n"],
-                    f"{kms:.0f} / {writes:.0f} ({scans:.0f} Scan)", "", "the same process's start-up reconcile: KMS calls / writes",
+    rows.append(row("2-calls", "Warm reconcile: KMS calls / Kubernetes writes (DynamoDB calls)", warm["n"],
+                    f"{kms:.0f} / {writes:.0f} ({scans:.0f} Scan, {queries:.0f} Query)", "", "the same process's start-up reconcile: KMS calls / writes",
                     f"{warm['startup_kms_decrypt']:.0f} / {warm['startup_kubernetes_writes']:.0f}", None, "",
                     "0 KMS, 0 writes",
                     kms == 0 and writes == 0, f"max over {len(w)} reps"))
@@ -912,7 +915,7 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
               f"{st['kubernetes_writes']:.0f} Kubernetes writes.")
     md.append("")
     md.append(f"Phases of the N={big['n']} syncs, from `--verbose` log timestamps; in brackets the peak "
-              "anonymous (heap) RSS in that phase, sampled from /proc every 20 ms:")
+              "anonymous (heap) RSS in that phase, sampled from /proc every 10 ms:")
     md.append("")
     md.append("| Run | Wall | " + " | ".join(PHASES) + " | calls |")
     md.append("|---|---|" + "---|" * len(PHASES) + "---|")
@@ -921,7 +924,8 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
         calls = " ".join(f"{a}={v}" for a, v in big[k]["calls"].items())
         anon = big[k]["phases"].get("peak_anon_mib", {})
         md.append(f"| {big[k]['label']} | {fmt_s(big[k]['wall_s'])} | "
-                  + " | ".join(f"{fmt_s(ph.get(p))} ({anon.get(p, 0):.0f} MiB)" for p in PHASES) + f" | {calls} |")
+                  + " | ".join(f"{fmt_s(ph.get(p))}" + (f" ({anon[p]:.0f} MiB)" if anon.get(p) is not None else "")
+                               for p in PHASES) + f" | {calls} |")
     md.append("")
     g = big["git"]
     md.append(f"Snapshot repository: {g['commits']} commits, {g['files_in_snapshot']} files, .git "
@@ -956,7 +960,10 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
             md.append("")
             md.append("| at | heap | holders |")
             md.append("|---|---|---|")
+            peak_heap = max(sn["heap"] + sn["extra"] for sn in ms["snapshots"])
             for snap in ms["snapshots"]:
+                if snap["heap"] + snap["extra"] < 0.2 * peak_heap:
+                    continue
                 holders = "<br>".join(f"{h['bytes'] / MIB:.1f} MiB {h['site']} in `{h['credsync']}`"
                                       for h in snap["holders"])
                 peak = " (peak)" if snap["kind"] == "peak" else ""
