@@ -321,7 +321,7 @@ impl Reconciler {
     /// Commits the snapshot (if any), then applies.
     async fn commit_and_apply(
         &self,
-        planned: Planned,
+        mut planned: Planned,
         dry_run: bool,
         scope: Option<BTreeSet<SecretRef>>,
     ) -> Result<SyncReport, ReconcileError> {
@@ -335,23 +335,30 @@ impl Reconciler {
                     .iter()
                     .map(|p| p.secret.clone())
                     .collect();
-                let docs: Vec<SecretDocument> = planned
-                    .manifest
-                    .secrets
-                    .iter()
-                    .filter(|(_, desired)| !desired.keys.is_empty())
-                    .map(|(secret, desired)| snapshot::document(secret, desired))
-                    .collect();
                 let heading = self.commit_heading();
                 let metrics = self.metrics.clone();
+                // The manifest goes to the git thread and comes back, so each
+                // file is built from it as it is written instead of holding
+                // a copy of every document at once.
+                let manifest = std::mem::take(&mut planned.manifest);
                 let recorded = record_blocking(store.clone(), move |store| {
                     // Pull in other writers' commits first, so ours goes on top.
                     share(store, &metrics);
-                    let commit = store.record(&docs, &pinned, &heading, scope.as_ref())?;
+                    let docs = manifest
+                        .secrets
+                        .iter()
+                        .filter(|(_, desired)| !desired.keys.is_empty())
+                        .map(|(secret, desired)| snapshot::document(secret, desired));
+                    let commit = store.record(docs, &pinned, &heading, scope.as_ref());
                     share(store, &metrics);
-                    Ok(commit)
+                    Ok((commit, manifest))
                 });
-                match recorded.await {
+                let (commit, manifest) = match recorded.await {
+                    Ok(recorded) => recorded,
+                    Err(err) => (Err(err), Manifest::default()),
+                };
+                planned.manifest = manifest;
+                match commit {
                     Ok(commit) => commit,
                     Err(err) => {
                         self.metrics.snapshot_failures.inc();

@@ -200,6 +200,90 @@ async fn a_hand_edit_of_a_managed_key_is_reverted() {
     assert!(counted, "{}", metrics(port));
 }
 
+/// Reconciles of one trigger, whatever their outcome.
+fn reconciles_by(metrics: &str, trigger: &str) -> f64 {
+    let label = format!("trigger=\"{trigger}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("credsync_reconciles_by_trigger_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn credsyncs_own_writes_do_not_come_back_as_drift() {
+    let _shared = TIMING.read().await;
+    let env = StandIns::start(&["app"]).await;
+    for i in 0..10 {
+        env.put(&format!("app/svc-{i}/key"), &format!("own-write-first-{i}"));
+    }
+    let token_file = env.write_file("token", "own-writes-token\n");
+    let daemon = env.daemon(
+        &[
+            "--no-stream",
+            "--sync-token-file",
+            support::path_str(&token_file),
+        ],
+        &[],
+    );
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let watching = eventually(Duration::from_secs(10), || async {
+        env.daemon_log(&daemon).contains("drift watch ready")
+    })
+    .await;
+    assert!(watching, "{}", env.daemon_log(&daemon));
+
+    // Ten Secrets change through credsync, with the watch running.
+    for i in 0..10 {
+        env.put(
+            &format!("app/svc-{i}/key"),
+            &format!("own-write-second-{i}"),
+        );
+    }
+    let port = daemon.port;
+    assert_eq!(http(port, "POST", "/sync", Some("own-writes-token")).0, 202);
+    for i in 0..10 {
+        let (name, want) = (format!("svc-{i}"), format!("own-write-second-{i}"));
+        let arrived = eventually(Duration::from_secs(15), || {
+            value_is(&env, "app", &name, "KEY", &want)
+        })
+        .await;
+        assert!(arrived, "{name}: {}", env.daemon_log(&daemon));
+    }
+    let synced = eventually(Duration::from_secs(10), || async move {
+        reconciles_by(&metrics(port), "http") >= 1.0
+    })
+    .await;
+    assert!(synced, "{}", metrics(port));
+
+    // Then one hand edit. The watch delivers events in order, so by the
+    // time this one is repaired, the ten writes' events have been seen:
+    // only the hand edit may have caused a drift reconcile.
+    env.patch_secret(
+        "app",
+        "svc-3",
+        serde_json::json!({"data": {"KEY": "aGFuZC1lZGl0"}}),
+    )
+    .await;
+    let restored = eventually(Duration::from_secs(10), || {
+        value_is(&env, "app", "svc-3", "KEY", "own-write-second-3")
+    })
+    .await;
+    assert!(restored, "{}", env.daemon_log(&daemon));
+    let repaired = eventually(Duration::from_secs(10), || async move {
+        metric(&metrics(port), "credsync_drift_corrections_total") >= 1.0
+    })
+    .await;
+    assert!(repaired, "{}", metrics(port));
+    let text = metrics(port);
+    assert_eq!(reconciles_by(&text, "drift"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "credsync_drift_corrections_total"),
+        1.0,
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn sync_endpoint_checks_token_rate_and_input() {
     let _shared = TIMING.read().await;

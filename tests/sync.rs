@@ -178,6 +178,28 @@ async fn one_changed_key_among_50_secrets_is_one_write_of_that_key() {
     let live = env.secret_data("fleet", "svc-17").await.unwrap();
     assert_eq!(live["PASSWORD"], b"password-of-svc-17-rotated");
     assert_eq!(live["USER"], b"user-of-svc-17");
+
+    // The write left an Event on the Secret naming the key, never its value.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.kube().await, "fleet");
+    let on_svc_17: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("svc-17")
+                && e.reason.as_deref() == Some("Synced")
+        })
+        .collect();
+    assert_eq!(on_svc_17.len(), 1, "{on_svc_17:#?}");
+    let event = &on_svc_17[0];
+    assert_eq!(event.type_.as_deref(), Some("Normal"));
+    assert_eq!(event.reporting_controller.as_deref(), Some("credsync"));
+    let note = event.note.as_deref().unwrap_or_default();
+    assert!(note.contains("PASSWORD"), "{note}");
+    assert!(!note.contains("rotated"), "{note}");
 }
 
 #[tokio::test]

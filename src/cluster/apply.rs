@@ -21,7 +21,7 @@ use super::diff::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_af
 use super::{
     CREATED_ANNOTATION, Cluster, FINGERPRINT_ANNOTATION, LAST_SYNC_ANNOTATION, LiveSecret,
     LiveState, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, MAX_SECRET_BYTES,
-    PINNED_ANNOTATION, describe_kube_error,
+    OwnWrite, PINNED_ANNOTATION, describe_kube_error,
 };
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 
@@ -79,16 +79,19 @@ impl Cluster {
         live: &LiveState,
         options: &ApplyOptions,
     ) -> ApplyOutcome {
+        // Futures are made as slots free up, not all at once: at 10000
+        // changes, holding every pending write at once costs tens of MiB.
         let results: Vec<(SecretRef, Result<Option<SecretChange>, String>)> =
-            // Futures built in a loop, not in a stream closure, so the
-            // reconcile future stays Send for tokio::spawn.
-            futures::stream::iter(plan.changes.iter().map(|change| {
-                let desired = manifest.secrets.get(&change.secret);
-                let live = live.secrets.get(&change.secret).cloned();
-                let secret = change.secret.clone();
-                let write = self.apply_one(change.clone(), desired, live, options);
-                async move { (secret, write.await) }
-            }).collect::<Vec<_>>())
+            // (Owned items: a closure taking a reference would make the
+            // reconcile future !Send for tokio::spawn, rust-lang/rust#102211.)
+            futures::stream::iter(plan.changes.iter().cloned())
+                .map(|change| {
+                    let desired = manifest.secrets.get(&change.secret);
+                    let live = live.secrets.get(&change.secret).cloned();
+                    let secret = change.secret.clone();
+                    let write = self.apply_one(change, desired, live, options);
+                    async move { (secret, write.await) }
+                })
                 .buffer_unordered(options.concurrency.max(1))
                 .collect()
                 .await;
@@ -159,8 +162,15 @@ impl Cluster {
 
     /// An Event on the Secret saying what credsync changed (key names only).
     /// A failure to record it is logged, never fatal.
+    ///
+    /// Created directly rather than through kube's `Recorder`, which keeps
+    /// every Event it sent for six minutes to merge repeats into a series:
+    /// 17 MiB after a first sync of 5000 Secrets, for repeats that do not
+    /// happen (each write is a different change).
     async fn record_event(&self, change: &SecretChange) {
-        use kube::runtime::events::{Event, EventType};
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use k8s_openapi::api::events::v1::Event;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
         let keys = crate::manifest::marked_keys(&change.added, &change.changed, &change.removed);
         let (reason, action) = match change.action {
             Action::Create => ("Created", "Create"),
@@ -171,23 +181,38 @@ impl Cluster {
             true => format!("credsync {}d the Secret", action.to_lowercase()),
             false => format!("credsync {}d keys {keys}", action.to_lowercase()),
         };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let secret = &change.secret;
+        // `<secret>.<nanoseconds, hex>`, as kubectl and client-go name
+        // Events; the prefix is cut so the name stays within 253 characters.
+        let prefix: String = secret.name.chars().take(220).collect();
         let event = Event {
-            type_: EventType::Normal,
-            reason: reason.to_owned(),
+            metadata: ObjectMeta {
+                name: Some(format!("{prefix}.{:x}", now.as_nanosecond())),
+                namespace: Some(secret.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some("Normal".to_owned()),
+            reason: Some(reason.to_owned()),
+            action: Some(action.to_owned()),
             note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("v1".to_owned()),
-            kind: Some("Secret".to_owned()),
-            namespace: Some(change.secret.namespace.clone()),
-            name: Some(change.secret.name.clone()),
-            ..Default::default()
+            regarding: Some(ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Secret".to_owned()),
+                namespace: Some(secret.namespace.clone()),
+                name: Some(secret.name.clone()),
+                ..ObjectReference::default()
+            }),
+            reporting_controller: Some(MANAGED_BY_VALUE.to_owned()),
+            reporting_instance: Some(self.reporting_instance.clone()),
+            ..Event::default()
         };
         self.count("event");
-        if let Err(err) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(secret = %change.secret, error = %err, "could not record an Event");
+        let events: kube::Api<Event> =
+            kube::Api::namespaced(self.client.clone(), &secret.namespace);
+        if let Err(err) = events.create(&PostParams::default(), &event).await {
+            tracing::debug!(secret = %secret, error = %describe_kube_error(&err), "could not record an Event");
         }
     }
 
@@ -201,6 +226,9 @@ impl Cluster {
         let (dry_run, pin) = (options.dry_run, options.pin.as_deref());
         let secret = &change.secret;
         let api = self.secrets(&secret.namespace);
+        if !dry_run {
+            self.own_writes.note(secret, Some(OwnWrite::InFlight));
+        }
         let result = match (change.action, live) {
             (Action::Delete, Some(live)) => {
                 let params = DeleteParams {
@@ -212,7 +240,9 @@ impl Cluster {
                     ..DeleteParams::default()
                 };
                 self.count("delete");
-                api.delete(&secret.name, &params).await.map(|_| ())
+                api.delete(&secret.name, &params)
+                    .await
+                    .map(|_| OwnWrite::Deleted)
             }
             (Action::Create, _) => {
                 check_size(change, desired, None)?;
@@ -222,10 +252,13 @@ impl Cluster {
                     field_manager: Some(self.field_manager.clone()),
                 };
                 self.count("create");
-                api.create(&params, &body).await.map(|_| ())
+                api.create(&params, &body).await.map(written_version)
             }
             // The Secret vanished since it was read: re-plan it.
-            (Action::Update | Action::Delete, None) => return Ok(Attempt::Stale),
+            (Action::Update | Action::Delete, None) => {
+                self.own_writes.note(secret, None);
+                return Ok(Attempt::Stale);
+            }
             (Action::Update, Some(live)) => {
                 check_size(change, desired, Some(live))?;
                 let body = update_patch(change, desired, live, pin);
@@ -237,11 +270,14 @@ impl Cluster {
                 self.count("patch");
                 api.patch(&secret.name, &params, &Patch::Merge(&body))
                     .await
-                    .map(|_| ())
+                    .map(written_version)
             }
         };
+        if !dry_run {
+            self.own_writes.note(secret, result.as_ref().ok().cloned());
+        }
         match result {
-            Ok(()) => Ok(Attempt::Done),
+            Ok(_) => Ok(Attempt::Done),
             Err(kube::Error::Api(status))
                 if status.is_conflict() || status.is_already_exists() || status.is_not_found() =>
             {
@@ -254,6 +290,10 @@ impl Cluster {
             )),
         }
     }
+}
+
+fn written_version(secret: Secret) -> OwnWrite {
+    OwnWrite::Version(secret.metadata.resource_version.unwrap_or_default())
 }
 
 fn check_size(

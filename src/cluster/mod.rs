@@ -120,8 +120,75 @@ pub struct Cluster {
     /// With `--namespace-include`: list and watch Secrets in these namespaces
     /// only (one request each), so Roles in them are all the RBAC it needs.
     only_namespaces: Option<Vec<String>>,
-    /// Leaves a Kubernetes Event on every Secret credsync writes.
-    recorder: kube::runtime::events::Recorder,
+    /// `reportingInstance` of the Events credsync leaves on the Secrets it
+    /// writes: the pod name in a cluster, so two replicas tell apart.
+    reporting_instance: String,
+    /// Shared by every clone, so the drift watch sees the reconciler's writes.
+    own_writes: Arc<OwnWrites>,
+}
+
+/// The last write credsync made to each Secret, kept while the drift watch
+/// runs so it can tell its own writes from someone else's: without this,
+/// every Secret credsync writes comes back as a watch event and costs a
+/// second, targeted reconcile (1000 of them after a first sync of 1000).
+#[derive(Default)]
+pub struct OwnWrites {
+    /// None until [`Cluster::track_own_writes`]: a one-shot sync keeps nothing.
+    last: std::sync::Mutex<Option<std::collections::HashMap<SecretRef, OwnWrite>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnWrite {
+    /// Sent, no answer yet: its watch event may arrive before the answer.
+    InFlight,
+    /// Created or patched: the resourceVersion the API server answered with.
+    Version(String),
+    Deleted,
+}
+
+/// Whose change a watch event shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Author {
+    Credsync,
+    /// credsync is writing this Secret right now: ask again shortly.
+    Pending,
+    Someone,
+}
+
+impl OwnWrites {
+    /// Records a write (`None`: the write failed, forget it).
+    fn note(&self, secret: &SecretRef, write: Option<OwnWrite>) {
+        if let Ok(mut last) = self.last.lock()
+            && let Some(last) = last.as_mut()
+        {
+            match write {
+                Some(write) => last.insert(secret.clone(), write),
+                None => last.remove(secret),
+            };
+        }
+    }
+
+    /// Who made the change a watch event shows (`resource_version` None: a
+    /// deletion). Each of credsync's writes is recognized once.
+    pub fn author(&self, secret: &SecretRef, resource_version: Option<&str>) -> Author {
+        let Ok(mut last) = self.last.lock() else {
+            return Author::Someone;
+        };
+        let Some(last) = last.as_mut() else {
+            return Author::Someone;
+        };
+        let own = match (last.get(secret), resource_version) {
+            (Some(OwnWrite::InFlight), _) => return Author::Pending,
+            (Some(OwnWrite::Version(ours)), Some(seen)) => ours == seen,
+            (Some(OwnWrite::Deleted), None) => true,
+            _ => false,
+        };
+        if own {
+            last.remove(secret);
+            return Author::Credsync;
+        }
+        Author::Someone
+    }
 }
 
 impl Cluster {
@@ -134,12 +201,9 @@ impl Cluster {
     }
 
     pub fn from_client(client: kube::Client, metrics: Arc<Metrics>) -> Self {
-        let reporter = kube::runtime::events::Reporter {
-            controller: "credsync".to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
+            reporting_instance: std::env::var("POD_NAME").unwrap_or_else(|_| "credsync".to_owned()),
+            own_writes: Arc::default(),
             client,
             metrics,
             field_manager: "credsync".to_owned(),
@@ -162,6 +226,14 @@ impl Cluster {
                 vec![api]
             }
         }
+    }
+
+    /// Starts remembering credsync's own writes (for the drift watch).
+    pub fn track_own_writes(&self) -> Arc<OwnWrites> {
+        if let Ok(mut last) = self.own_writes.last.lock() {
+            last.get_or_insert_with(Default::default);
+        }
+        self.own_writes.clone()
     }
 
     /// The Kubernetes client, for the watchers and the leader Lease.
@@ -233,15 +305,12 @@ impl Cluster {
             .filter(|secret| !state.secrets.contains_key(*secret))
             .cloned()
             .collect();
-        let fetched: Vec<Result<Option<LiveSecret>, ClusterError>> = futures::stream::iter(
-            unmanaged
-                .iter()
-                .map(|secret| self.get(secret))
-                .collect::<Vec<_>>(),
-        )
-        .buffer_unordered(READ_CONCURRENCY)
-        .collect()
-        .await;
+        let fetched: Vec<Result<Option<LiveSecret>, ClusterError>> =
+            futures::stream::iter(unmanaged)
+                .map(|secret| async move { self.get(&secret).await })
+                .buffer_unordered(READ_CONCURRENCY)
+                .collect()
+                .await;
         for secret in fetched {
             if let Some(secret) = secret? {
                 state.secrets.insert(secret.secret.clone(), secret);

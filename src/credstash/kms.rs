@@ -96,8 +96,8 @@ impl Decryptor {
 
     /// Decrypts every item, at most `concurrency` KMS calls at once.
     pub async fn open_all(&self, items: Vec<RawItem>) -> Vec<Result<Credential, ItemFailure>> {
-        let opens: Vec<_> = items.into_iter().map(|item| self.open(item)).collect();
-        futures::stream::iter(opens)
+        futures::stream::iter(items)
+            .map(|item| self.open(item))
             .buffer_unordered(self.concurrency)
             .collect()
             .await

@@ -252,7 +252,7 @@ impl SnapshotStore {
     /// reconcile); the rest of the tree stays as it is.
     pub fn record(
         &self,
-        docs: &[SecretDocument],
+        docs: impl IntoIterator<Item = SecretDocument>,
         keep: &BTreeSet<SecretRef>,
         heading: &str,
         scope: Option<&BTreeSet<SecretRef>>,
@@ -269,10 +269,11 @@ impl SnapshotStore {
                     .map_err(|e| self.err("reading HEAD's tree", e))?,
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
-            let mut before = self.entries_in(repo, &base_tree)?;
+            let mut before = self.recorded_in(repo, &base_tree)?;
             if let Some(scope) = scope {
                 before.retain(|secret, _| scope.contains(secret));
             }
+            let recipients_now = recipients.as_strings();
             let mut update = TreeUpdateBuilder::new();
             let mut after: BTreeMap<SecretRef, BTreeMap<String, String>> = BTreeMap::new();
             for doc in docs {
@@ -285,9 +286,8 @@ impl SnapshotStore {
                 let old = before.get(&secret);
                 let unchanged = old.is_some_and(|old| {
                     old.sources == sources
-                        && old.outline.labels == doc.labels
-                        && old.outline.annotations == doc.annotations
-                        && old.outline.recipients == recipients.as_strings()
+                        && old.fingerprint
+                            == file_fingerprint(&doc.labels, &doc.annotations, &recipients_now)
                 });
                 after.insert(secret.clone(), sources);
                 if unchanged {
@@ -304,13 +304,12 @@ impl SnapshotStore {
                     (Some(text), Some(ids)) => Some((text.as_str(), ids)),
                     _ => None,
                 };
-                let sealed =
-                    sops::seal(doc, recipients, previous, chrono::Utc::now()).map_err(|cause| {
-                        SnapshotError::File {
-                            file: path.clone(),
-                            cause,
-                        }
-                    })?;
+                let sealed = sops::seal(&doc, recipients, previous, chrono::Utc::now()).map_err(
+                    |cause| SnapshotError::File {
+                        file: path.clone(),
+                        cause,
+                    },
+                )?;
                 let oid = repo
                     .blob(sealed.as_bytes())
                     .map_err(|e| self.err("writing a blob", e))?;
@@ -541,6 +540,42 @@ impl SnapshotStore {
         repo: &Repository,
         tree: &git2::Tree<'_>,
     ) -> Result<BTreeMap<SecretRef, SnapshotEntry>, SnapshotError> {
+        self.files_in(repo, tree, |secret, path, outline| {
+            let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
+            SnapshotEntry {
+                secret,
+                path,
+                outline,
+                sources,
+            }
+        })
+    }
+
+    /// What `record` needs of each file at a revision: less than an
+    /// [`SnapshotEntry`], because it holds one for every Secret at once.
+    fn recorded_in(
+        &self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+    ) -> Result<BTreeMap<SecretRef, RecordedFile>, SnapshotError> {
+        self.files_in(repo, tree, |_, path, outline| RecordedFile {
+            sources: parse_sources(outline.annotations.get(SOURCES_ANNOTATION)),
+            fingerprint: file_fingerprint(
+                &outline.labels,
+                &outline.annotations,
+                &outline.recipients,
+            ),
+            path,
+        })
+    }
+
+    /// Reads the outline of every file of this cluster at `tree`.
+    fn files_in<T>(
+        &self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+        mut keep: impl FnMut(SecretRef, String, sops::Outline) -> T,
+    ) -> Result<BTreeMap<SecretRef, T>, SnapshotError> {
         let mut out = BTreeMap::new();
         let Ok(cluster) = tree.get_path(Path::new(&self.config.cluster)) else {
             return Ok(out);
@@ -573,20 +608,45 @@ impl SnapshotStore {
                     cause,
                 })?;
                 let secret = SecretRef::new(&namespace, name);
-                let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
-                out.insert(
-                    secret.clone(),
-                    SnapshotEntry {
-                        secret,
-                        path,
-                        outline,
-                        sources,
-                    },
-                );
+                out.insert(secret.clone(), keep(secret, path, outline));
             }
         }
         Ok(out)
     }
+}
+
+/// A file of the last snapshot, as `record` compares it with the new state.
+struct RecordedFile {
+    path: String,
+    /// Key -> `name@version` it came from.
+    sources: BTreeMap<String, String>,
+    /// [`file_fingerprint`] of the file's labels, annotations and recipients.
+    fingerprint: [u8; 32],
+}
+
+/// A digest of what, besides sources, makes a file need rewriting.
+fn file_fingerprint(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    recipients: &[String],
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut part = |text: &str| {
+        hash.update((text.len() as u64).to_be_bytes());
+        hash.update(text.as_bytes());
+    };
+    for map in [labels, annotations] {
+        part(&map.len().to_string());
+        for (key, value) in map {
+            part(key);
+            part(value);
+        }
+    }
+    for recipient in recipients {
+        part(recipient);
+    }
+    hash.finalize().into()
 }
 
 /// Builds the `credsync.io/sources` annotation value.

@@ -9,7 +9,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::cluster::{Author, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::manifest::SecretRef;
 use crate::reconcile::Reconciler;
 use crate::worker::{Request, Trigger};
@@ -24,6 +24,7 @@ pub async fn run(
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     // One watch per included namespace, or one across the cluster
     // (Cluster::secret_apis); events count once every watch has listed.
+    let own_writes = reconciler.cluster().track_own_writes();
     let apis = reconciler.cluster().secret_apis();
     let watch_count = apis.len();
     let watches = apis
@@ -37,7 +38,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             event = events.next() => event,
         };
-        let secret = match event {
+        let (secret, deleted) = match event {
             None => return,
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "watching managed Secrets failed; retrying");
@@ -46,29 +47,66 @@ pub async fn run(
             }
             Some(Ok(Event::InitDone)) => {
                 initialized_watches += 1;
-                initialized = initialized_watches >= watch_count;
+                if !initialized && initialized_watches >= watch_count {
+                    initialized = true;
+                    tracing::info!(
+                        "drift watch ready: changes to managed Secrets from now on are repaired"
+                    );
+                }
                 continue;
             }
             Some(Ok(Event::Init | Event::InitApply(_))) => continue,
-            Some(Ok(Event::Apply(secret) | Event::Delete(secret))) if initialized => secret,
+            Some(Ok(Event::Apply(secret))) if initialized => (secret, false),
+            Some(Ok(Event::Delete(secret))) if initialized => (secret, true),
             Some(Ok(_)) => continue,
         };
+        let version = secret.metadata.resource_version;
         let (Some(namespace), Some(name)) = (secret.metadata.namespace, secret.metadata.name)
         else {
             continue;
         };
         let secret = SecretRef::new(namespace, name);
-        let Some(names) = reconciler.names_in(&secret.namespace, Some(&secret)) else {
-            continue;
-        };
-        tracing::debug!(secret = %secret, "managed Secret changed; checking it");
-        let request = Request {
-            trigger: Trigger::Drift,
-            names: Some(names),
-            oldest_event: None,
-        };
-        if requests.send(request).await.is_err() {
-            return;
+        let version = if deleted { None } else { version };
+        match own_writes.author(&secret, version.as_deref()) {
+            Author::Credsync => continue,
+            Author::Someone => {
+                if !request_check(&reconciler, &requests, secret).await {
+                    return;
+                }
+            }
+            // Our write's answer is still on its way: look again once it
+            // has had time to arrive, without holding up other events.
+            Author::Pending => {
+                let (reconciler, requests) = (reconciler.clone(), requests.clone());
+                let own_writes = own_writes.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(PENDING_RECHECK).await;
+                    if own_writes.author(&secret, version.as_deref()) != Author::Credsync {
+                        request_check(&reconciler, &requests, secret).await;
+                    }
+                });
+            }
         }
     }
+}
+
+/// How long an event for a Secret credsync is writing waits for the write's answer.
+const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Asks the worker to reconcile the Secret; false once the worker is gone.
+async fn request_check(
+    reconciler: &Reconciler,
+    requests: &mpsc::Sender<Request>,
+    secret: SecretRef,
+) -> bool {
+    let Some(names) = reconciler.names_in(&secret.namespace, Some(&secret)) else {
+        return true;
+    };
+    tracing::debug!(secret = %secret, "managed Secret changed; checking it");
+    let request = Request {
+        trigger: Trigger::Drift,
+        names: Some(names),
+        oldest_event: None,
+    };
+    requests.send(request).await.is_ok()
 }
