@@ -287,7 +287,7 @@ impl SnapshotStore {
                 let unchanged = old.is_some_and(|old| {
                     old.sources == sources
                         && old.fingerprint
-                            == file_fingerprint(&doc.labels, &doc.annotations, &recipients_now)
+                            == file_fingerprint(&doc.labels, &doc.annotations, recipients_now)
                 });
                 after.insert(secret.clone(), sources);
                 if unchanged {
