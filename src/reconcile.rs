@@ -59,6 +59,9 @@ pub struct Reconciler {
     /// What the last full read saw, so a stream event can reconcile a few
     /// Secrets from Queries alone.
     index: Mutex<Option<TableIndex>>,
+    /// Only `run` has targeted reconciles; a one-shot sync keeps no index
+    /// (a copy of every stored item: 6 MiB at 10000 items).
+    keep_index: bool,
 }
 
 /// One name's latest version from a Query: absent, unreadable, or an item.
@@ -92,7 +95,15 @@ impl Reconciler {
             metrics,
             snapshot: None,
             index: Mutex::new(None),
+            keep_index: false,
         }
+    }
+
+    /// Keeps an index of the table from each full read, for targeted
+    /// reconciles (stream events, drift, `/sync?namespace=`).
+    pub fn with_table_index(mut self) -> Self {
+        self.keep_index = true;
+        self
     }
 
     /// Records every change of the desired state in `store` before applying it.
@@ -165,7 +176,9 @@ impl Reconciler {
             namespaces = namespaces.len(),
             "read table and namespaces"
         );
-        if let Ok(mut index) = self.index.lock() {
+        if self.keep_index
+            && let Ok(mut index) = self.index.lock()
+        {
             *index = Some(TableIndex {
                 items: scanned
                     .latest

@@ -43,7 +43,7 @@ pub struct RunConfig {
 /// in-flight write finish (or abandons it between requests), releases the
 /// Lease and returns.
 pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) -> Result<()> {
-    let reconciler = Arc::new(reconciler);
+    let reconciler = Arc::new(reconciler.with_table_index());
     let metrics = reconciler.metrics().clone();
     let labels: Vec<&str> = config.settings.iter().map(String::as_str).collect();
     if labels.len() == crate::metrics::SETTINGS_LABELS.len() {

@@ -270,29 +270,34 @@ impl SnapshotStore {
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
             let mut before = self.recorded_in(repo, &base_tree)?;
-            if let Some(scope) = scope {
-                before.retain(|secret, _| scope.contains(secret));
-            }
+            // Pinned Secrets keep their files as they are.
+            before.retain(|secret, _| {
+                !keep.contains(secret) && scope.is_none_or(|scope| scope.contains(secret))
+            });
             let recipients_now = recipients.as_strings();
             let mut update = TreeUpdateBuilder::new();
-            let mut after: BTreeMap<SecretRef, BTreeMap<String, String>> = BTreeMap::new();
+            // Built file by file: what stays of a Secret once its file is
+            // written is its delta, if it changed.
+            let mut deltas = Vec::new();
             for doc in docs {
                 let secret = SecretRef::new(&doc.namespace, &doc.name);
                 if keep.contains(&secret) {
                     continue;
                 }
                 let path = self.file_path(&secret);
-                let sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
-                let old = before.get(&secret);
-                let unchanged = old.is_some_and(|old| {
-                    old.sources == sources
-                        && old.fingerprint
-                            == file_fingerprint(&doc.labels, &doc.annotations, recipients_now)
-                });
-                after.insert(secret.clone(), sources);
-                if unchanged {
+                let old = before.remove(&secret);
+                // The annotations hold the sources (name@version per key),
+                // so an equal fingerprint means equal contents.
+                let fingerprint = file_fingerprint(&doc.labels, &doc.annotations, recipients_now);
+                if old
+                    .as_ref()
+                    .is_some_and(|old| old.fingerprint == fingerprint)
+                {
                     continue;
                 }
+                let new_sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
+                let old_sources = old.as_ref().map(|old| parse_sources(Some(&old.sources)));
+                deltas.extend(delta(&secret, old_sources.as_ref(), Some(&new_sources)));
                 let old_text = match old {
                     Some(_) => Some(
                         blob_text(repo, &base_tree, &path)
@@ -315,10 +320,11 @@ impl SnapshotStore {
                     .map_err(|e| self.err("writing a blob", e))?;
                 update.upsert(path.as_str(), oid, FileMode::Blob);
             }
-            for (secret, entry) in &before {
-                if !after.contains_key(secret) && !keep.contains(secret) {
-                    update.remove(entry.path.as_str());
-                }
+            // Files of Secrets no longer desired.
+            for (secret, gone) in &before {
+                update.remove(gone.path.as_str());
+                let old_sources = parse_sources(Some(&gone.sources));
+                deltas.extend(delta(secret, Some(&old_sources), None));
             }
             let tree_id = update
                 .create_updated(repo, &base_tree)
@@ -326,14 +332,7 @@ impl SnapshotStore {
             if tree_id == base_tree.id() {
                 return Ok(None);
             }
-            let deltas = compare(
-                &before
-                    .iter()
-                    .filter(|(s, _)| !keep.contains(*s))
-                    .map(|(s, e)| (s.clone(), e.sources.clone()))
-                    .collect(),
-                &after,
-            );
+            deltas.sort_by(|a, b| a.secret.cmp(&b.secret));
             let message = commit_message(heading, &deltas);
             let commit = self.commit(repo, head.as_ref(), tree_id, &message)?;
             Ok(Some(commit))
@@ -559,12 +558,16 @@ impl SnapshotStore {
         tree: &git2::Tree<'_>,
     ) -> Result<BTreeMap<SecretRef, RecordedFile>, SnapshotError> {
         self.files_in(repo, tree, |_, path, outline| RecordedFile {
-            sources: parse_sources(outline.annotations.get(SOURCES_ANNOTATION)),
             fingerprint: file_fingerprint(
                 &outline.labels,
                 &outline.annotations,
                 &outline.recipients,
             ),
+            sources: outline
+                .annotations
+                .get(SOURCES_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
             path,
         })
     }
@@ -618,8 +621,8 @@ impl SnapshotStore {
 /// A file of the last snapshot, as `record` compares it with the new state.
 struct RecordedFile {
     path: String,
-    /// Key -> `name@version` it came from.
-    sources: BTreeMap<String, String>,
+    /// The sources annotation as written (parsed only for a changed file).
+    sources: String,
     /// [`file_fingerprint`] of the file's labels, annotations and recipients.
     fingerprint: [u8; 32],
 }
@@ -673,43 +676,50 @@ fn compare(
     after: &BTreeMap<SecretRef, BTreeMap<String, String>>,
 ) -> Vec<SecretDelta> {
     let secrets: BTreeSet<&SecretRef> = before.keys().chain(after.keys()).collect();
+    secrets
+        .into_iter()
+        .filter_map(|secret| delta(secret, before.get(secret), after.get(secret)))
+        .collect()
+}
+
+/// Key-level change of one Secret's sources (None: no file), if any.
+fn delta(
+    secret: &SecretRef,
+    old: Option<&BTreeMap<String, String>>,
+    new: Option<&BTreeMap<String, String>>,
+) -> Option<SecretDelta> {
     let empty = BTreeMap::new();
-    let mut out = Vec::new();
-    for secret in secrets {
-        let old = before.get(secret).unwrap_or(&empty);
-        let new = after.get(secret).unwrap_or(&empty);
-        let added: Vec<String> = new
-            .keys()
-            .filter(|k| !old.contains_key(*k))
-            .cloned()
-            .collect();
-        let removed: Vec<String> = old
-            .keys()
-            .filter(|k| !new.contains_key(*k))
-            .cloned()
-            .collect();
-        let changed: Vec<String> = new
-            .iter()
-            .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        if added.is_empty() && removed.is_empty() && changed.is_empty() {
-            continue;
-        }
-        let action = match (before.contains_key(secret), after.contains_key(secret)) {
-            (false, _) => "create",
-            (_, false) => "delete",
-            _ => "update",
-        };
-        out.push(SecretDelta {
-            secret: secret.clone(),
-            action,
-            added,
-            changed,
-            removed,
-        });
+    let (old_keys, new_keys) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let added: Vec<String> = new_keys
+        .keys()
+        .filter(|k| !old_keys.contains_key(*k))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = old_keys
+        .keys()
+        .filter(|k| !new_keys.contains_key(*k))
+        .cloned()
+        .collect();
+    let changed: Vec<String> = new_keys
+        .iter()
+        .filter(|(k, v)| old_keys.get(*k).is_some_and(|o| o != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if added.is_empty() && removed.is_empty() && changed.is_empty() {
+        return None;
     }
-    out
+    let action = match (old.is_some(), new.is_some()) {
+        (false, _) => "create",
+        (_, false) => "delete",
+        _ => "update",
+    };
+    Some(SecretDelta {
+        secret: secret.clone(),
+        action,
+        added,
+        changed,
+        removed,
+    })
 }
 
 /// The commit message: what changed, by Secret and key name, never a value.
