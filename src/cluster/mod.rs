@@ -376,3 +376,41 @@ pub(crate) fn describe_kube_error(err: &kube::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> SecretRef {
+        SecretRef::new("app", "svc")
+    }
+
+    #[test]
+    fn without_tracking_every_change_is_someone_elses() {
+        let own = OwnWrites::default();
+        own.note(&svc(), Some(OwnWrite::Version("7".into())));
+        assert_eq!(own.author(&svc(), Some("7")), Author::Someone);
+    }
+
+    #[test]
+    fn a_write_is_recognized_once_by_its_resource_version() {
+        let own = OwnWrites::default();
+        *own.last.lock().unwrap() = Some(Default::default());
+        own.note(&svc(), Some(OwnWrite::InFlight));
+        assert_eq!(own.author(&svc(), Some("7")), Author::Pending);
+        own.note(&svc(), Some(OwnWrite::Version("7".into())));
+        // Someone else's later version, or the same event twice, is drift.
+        assert_eq!(own.author(&svc(), Some("8")), Author::Someone);
+        assert_eq!(own.author(&svc(), Some("7")), Author::Credsync);
+        assert_eq!(own.author(&svc(), Some("7")), Author::Someone);
+        // A deletion is ours only if we deleted.
+        assert_eq!(own.author(&svc(), None), Author::Someone);
+        own.note(&svc(), Some(OwnWrite::Deleted));
+        assert_eq!(own.author(&svc(), Some("9")), Author::Someone);
+        assert_eq!(own.author(&svc(), None), Author::Credsync);
+        // A failed write leaves nothing to recognize.
+        own.note(&svc(), Some(OwnWrite::InFlight));
+        own.note(&svc(), None);
+        assert_eq!(own.author(&svc(), Some("10")), Author::Someone);
+    }
+}

@@ -816,3 +816,52 @@ fn describe_file_error(file: &str, cause: &sops::SopsError) -> String {
         other => format!("{file}: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn delta_names_keys_by_what_happened_to_them() {
+        let secret = SecretRef::new("app", "svc");
+        let old = sources(&[
+            ("A", "app/svc/a@1"),
+            ("B", "app/svc/b@1"),
+            ("C", "app/svc/c@1"),
+        ]);
+        let new = sources(&[
+            ("A", "app/svc/a@1"),
+            ("B", "app/svc/b@2"),
+            ("D", "app/svc/d@1"),
+        ]);
+        let update = delta(&secret, Some(&old), Some(&new)).unwrap();
+        assert_eq!(update.action, "update");
+        assert_eq!(
+            (update.added, update.changed, update.removed),
+            (vec!["D".into()], vec!["B".into()], vec!["C".into()])
+        );
+        assert_eq!(delta(&secret, None, Some(&new)).unwrap().action, "create");
+        assert_eq!(delta(&secret, Some(&old), None).unwrap().action, "delete");
+        assert!(delta(&secret, Some(&old), Some(&old)).is_none());
+    }
+
+    #[test]
+    fn fingerprint_tells_labels_annotations_and_recipients_apart() {
+        let map = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        let none = BTreeMap::new();
+        let recipients = vec!["age1x".to_owned()];
+        let base = file_fingerprint(&map("a", "b"), &none, &recipients);
+        assert_eq!(base, file_fingerprint(&map("a", "b"), &none, &recipients));
+        // The same text moved from labels to annotations is a different file.
+        assert_ne!(base, file_fingerprint(&none, &map("a", "b"), &recipients));
+        assert_ne!(base, file_fingerprint(&map("a", "bb"), &none, &recipients));
+        assert_ne!(base, file_fingerprint(&map("a", "b"), &none, &[]));
+    }
+}
