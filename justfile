@@ -37,7 +37,7 @@ test-chart: setup build
 demo: setup build
     PATH="{{venv}}/bin:$PATH" bash tests/demo.sh
 
-# Benchmarks (release build): writes target/bench/report.md and report.json (about 12-20 min).
+# Benchmarks (release build): writes target/bench/report.md and report.json (about 19 min from a fresh clone, 12 once built).
 bench: setup
     cargo build --release --quiet -p credsync -p kube-emu
     "{{venv}}/bin/python" benches/bench.py --out target/bench

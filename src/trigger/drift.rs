@@ -22,9 +22,9 @@ pub async fn run(
 ) {
     let config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let own_writes = reconciler.cluster().track_own_writes();
     // One watch per included namespace, or one across the cluster
     // (Cluster::secret_apis); events count once every watch has listed.
-    let own_writes = reconciler.cluster().track_own_writes();
     let apis = reconciler.cluster().secret_apis();
     let watch_count = apis.len();
     let watches = apis
