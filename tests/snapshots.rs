@@ -167,11 +167,9 @@ async fn one_key_change_among_50_touches_one_file_and_only_its_lines() {
             .starts_with("PASSWORD: ENC[")),
         "{diff}"
     );
-    assert!(
-        changed.iter().any(|l| l.contains("lastmodified:"))
-            && changed.iter().any(|l| l.contains("mac:")),
-        "{diff}"
-    );
+    // The MAC covers every value, so it always changes; `lastmodified` has
+    // one-second resolution and stays when both syncs fall in one second.
+    assert!(changed.iter().any(|l| l.contains("mac:")), "{diff}");
 }
 
 #[tokio::test]
