@@ -75,13 +75,20 @@ pub async fn run(
                 }
             }
             // Our write's answer is still on its way: look again once it
-            // has had time to arrive, without holding up other events.
+            // has arrived, without holding up other events.
             Author::Pending => {
                 let (reconciler, requests) = (reconciler.clone(), requests.clone());
                 let own_writes = own_writes.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(PENDING_RECHECK).await;
-                    if own_writes.author(&secret, version.as_deref()) != Author::Credsync {
+                    let mut author = Author::Pending;
+                    for _ in 0..PENDING_CHECKS {
+                        tokio::time::sleep(PENDING_RECHECK).await;
+                        author = own_writes.author(&secret, version.as_deref());
+                        if author != Author::Pending {
+                            break;
+                        }
+                    }
+                    if author != Author::Credsync {
                         request_check(&reconciler, &requests, secret).await;
                     }
                 });
@@ -90,8 +97,10 @@ pub async fn run(
     }
 }
 
-/// How long an event for a Secret credsync is writing waits for the write's answer.
-const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often, and how many times, an event for a Secret credsync is writing
+/// looks again for the write's answer (10 s in all, then it counts as drift).
+const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+const PENDING_CHECKS: u32 = 40;
 
 /// Asks the worker to reconcile the Secret; false once the worker is gone.
 async fn request_check(
