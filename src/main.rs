@@ -2,12 +2,16 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    // Start-up invariant: without a runtime there is nothing to run.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("cannot start the async runtime");
-    runtime.block_on(credsync::cli::main())
+    {
+        Ok(runtime) => runtime.block_on(credsync::cli::main()),
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime (threads or epoll refused): {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// glibc gives every thread that allocates its own malloc arena, and each

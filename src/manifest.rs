@@ -141,7 +141,6 @@ pub struct NamespaceFilter {
 pub const DEFAULT_NAMESPACE_EXCLUDE: &str = "kube-system|kube-public|kube-node-lease";
 
 impl NamespaceFilter {
-    /// Lists are `|`- or `,`-separated; an empty include list means "all".
     /// The include list, if one is set: credsync then reads Secrets only in
     /// those namespaces, so namespaced RBAC (Roles) is enough.
     pub fn included(&self) -> Option<Vec<String>> {
@@ -150,6 +149,7 @@ impl NamespaceFilter {
             .map(|set| set.iter().cloned().collect())
     }
 
+    /// Lists are `|`- or `,`-separated; an empty include list means "all".
     pub fn parse(exclude: &str, include: Option<&str>) -> Self {
         let split = |s: &str| -> BTreeSet<String> {
             s.split(['|', ','])

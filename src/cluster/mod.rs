@@ -260,17 +260,41 @@ impl Cluster {
     pub async fn namespaces(&self) -> Result<BTreeSet<String>, ClusterError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let mut names = BTreeSet::new();
-        let mut params = ListParams::default().limit(500);
+        self.list_paged(
+            "listing namespaces",
+            ListParams::default(),
+            |params| {
+                let api = &api;
+                async move { api.list_metadata(&params).await }
+            },
+            |ns| names.extend(ns.metadata.name),
+        )
+        .await?;
+        Ok(names)
+    }
+
+    /// Hands every item of a list to `each`, page by page (500 per page,
+    /// each page counted as a `list` call), so only one page is held at once.
+    async fn list_paged<T: Clone, Page>(
+        &self,
+        doing: &str,
+        params: ListParams,
+        mut fetch: impl FnMut(ListParams) -> Page,
+        mut each: impl FnMut(T),
+    ) -> Result<(), ClusterError>
+    where
+        Page: Future<Output = Result<kube::core::ObjectList<T>, kube::Error>>,
+    {
+        let mut params = params.limit(500);
         loop {
             self.count("list");
-            let page = api
-                .list_metadata(&params)
+            let page = fetch(params.clone())
                 .await
-                .map_err(|e| api_error("listing namespaces", e))?;
-            names.extend(page.items.into_iter().filter_map(|ns| ns.metadata.name));
+                .map_err(|e| api_error(doing, e))?;
+            page.items.into_iter().for_each(&mut each);
             match page.metadata.continue_ {
                 Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => return Ok(names),
+                _ => return Ok(()),
             }
         }
     }
@@ -281,21 +305,20 @@ impl Cluster {
         let mut state = LiveState::default();
         let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
         for api in self.secret_apis() {
-            let mut params = ListParams::default().labels(&selector).limit(500);
-            loop {
-                self.count("list");
-                let page = api
-                    .list(&params)
-                    .await
-                    .map_err(|e| api_error("listing managed Secrets", e))?;
-                for secret in page.items.into_iter().filter_map(LiveSecret::from_k8s) {
-                    state.secrets.insert(secret.secret.clone(), secret);
-                }
-                match page.metadata.continue_ {
-                    Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                    _ => break,
-                }
-            }
+            self.list_paged(
+                "listing managed Secrets",
+                ListParams::default().labels(&selector),
+                |params| {
+                    let api = &api;
+                    async move { api.list(&params).await }
+                },
+                |secret| {
+                    if let Some(secret) = LiveSecret::from_k8s(secret) {
+                        state.secrets.insert(secret.secret.clone(), secret);
+                    }
+                },
+            )
+            .await?;
         }
         // Desired Secrets not managed yet: to create (404) or to adopt.
         // Bounded, so a first sync of thousands of Secrets does not flood the API.

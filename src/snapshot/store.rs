@@ -270,7 +270,8 @@ impl SnapshotStore {
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
             let mut before = self.recorded_in(repo, &base_tree)?;
-            // Pinned Secrets keep their files as they are.
+            // Pinned Secrets keep their files as they are; outside `scope`,
+            // every file does.
             before.retain(|secret, _| {
                 !keep.contains(secret) && scope.is_none_or(|scope| scope.contains(secret))
             });
@@ -288,11 +289,10 @@ impl SnapshotStore {
                 let old = before.remove(&secret);
                 // The annotations hold the sources (name@version per key),
                 // so an equal fingerprint means equal contents.
-                let fingerprint = file_fingerprint(&doc.labels, &doc.annotations, recipients_now);
-                if old
-                    .as_ref()
-                    .is_some_and(|old| old.fingerprint == fingerprint)
-                {
+                if old.as_ref().is_some_and(|old| {
+                    old.fingerprint
+                        == file_fingerprint(&doc.labels, &doc.annotations, recipients_now)
+                }) {
                     continue;
                 }
                 let new_sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
@@ -577,7 +577,7 @@ impl SnapshotStore {
         &self,
         repo: &Repository,
         tree: &git2::Tree<'_>,
-        mut keep: impl FnMut(SecretRef, String, sops::Outline) -> T,
+        mut summarize: impl FnMut(SecretRef, String, sops::Outline) -> T,
     ) -> Result<BTreeMap<SecretRef, T>, SnapshotError> {
         let mut out = BTreeMap::new();
         let Ok(cluster) = tree.get_path(Path::new(&self.config.cluster)) else {
@@ -611,7 +611,7 @@ impl SnapshotStore {
                     cause,
                 })?;
                 let secret = SecretRef::new(&namespace, name);
-                out.insert(secret.clone(), keep(secret, path, outline));
+                out.insert(secret.clone(), summarize(secret, path, outline));
             }
         }
         Ok(out)
@@ -627,7 +627,8 @@ struct RecordedFile {
     fingerprint: [u8; 32],
 }
 
-/// A digest of what, besides sources, makes a file need rewriting.
+/// A digest of everything in a file but its values, which the sources
+/// annotation (name@version per key) stands for: equal digests, equal file.
 fn file_fingerprint(
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
