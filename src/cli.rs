@@ -22,10 +22,12 @@ use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, listing};
-use crate::snapshot::remote::RemoteConfig;
+use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
 use crate::snapshot::sops::{Identities, Recipients};
 use crate::snapshot::store::{SnapshotStore, StoreConfig};
+use crate::server::Access;
 use crate::telemetry::{self, LogFormat};
+use zeroize::Zeroizing;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -225,7 +227,16 @@ pub struct RunArgs {
     /// File holding the bearer token for /sync and /plan (CREDSYNC_SYNC_TOKEN or FLASK_API_KEY also work).
     #[arg(long, env = "CREDSYNC_SYNC_TOKEN_FILE")]
     pub sync_token_file: Option<PathBuf>,
-    /// At most one accepted /sync per scope in this window.
+    /// Serve /sync and /plan to anyone who reaches the port, without a token (unsafe outside a test).
+    #[arg(long, env = "CREDSYNC_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// HTTP connections served at once (a small overflow beyond it gets 1 s to send a request).
+    #[arg(long, env = "CREDSYNC_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and to stay idle between requests.
+    #[arg(long, env = "CREDSYNC_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// At most one accepted /sync per scope in this window; /plan is recomputed at most once in it.
     #[arg(long, env = "CREDSYNC_SYNC_RATE_LIMIT", default_value = "60s", value_parser = parse_duration)]
     pub sync_rate_limit: Duration,
     /// Elect a leader over a Lease so several replicas are safe.
@@ -427,7 +438,7 @@ fn snapshot_store(common: &Common, need_recipients: bool) -> Result<Option<Arc<S
         None => std::env::var("CREDSYNC_SNAPSHOT_TOKEN").ok(),
     };
     let remote = common.snapshot_remote.as_ref().map(|url| RemoteConfig {
-        url: url.clone(),
+        url: RemoteUrl::parse(url),
         ssh_key: common.snapshot_ssh_key.clone(),
         token,
     });
@@ -535,7 +546,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Run(args) = &cli.command
         && args.print_config
     {
-        println!("{}", print_config(common, args));
+        println!("{}", print_config(common, args)?);
         return Ok(ExitCode::SUCCESS);
     }
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
@@ -648,17 +659,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-fn sync_token(args: &RunArgs) -> Result<Option<zeroize::Zeroizing<String>>> {
-    if let Some(file) = &args.sync_token_file {
-        let token = std::fs::read_to_string(file)
+/// Who may call /sync and /plan, resolved once from, in order,
+/// `--sync-token-file`, `CREDSYNC_SYNC_TOKEN` and Kubestash-V2's
+/// `FLASK_API_KEY`. A token source that is given but empty is an error, not
+/// a reason to look further or to run open; no token at all closes the
+/// endpoints unless `--insecure-no-auth` opens them.
+fn sync_access(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Access> {
+    let (token, from) = if let Some(file) = &args.sync_token_file {
+        let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading --sync-token-file {}", file.display()))?;
-        return Ok(Some(zeroize::Zeroizing::new(token.trim().to_owned())));
+        (Some(text), format!("--sync-token-file {}", file.display()))
+    } else if let Some(value) = env("CREDSYNC_SYNC_TOKEN") {
+        (Some(value), "CREDSYNC_SYNC_TOKEN".to_owned())
+    } else if let Some(value) = env("FLASK_API_KEY") {
+        (Some(value), "FLASK_API_KEY".to_owned())
+    } else {
+        (None, String::new())
+    };
+    let token = token.map(Zeroizing::new);
+    match (token, args.insecure_no_auth) {
+        (Some(_), true) => bail!(
+            "{from} gives a sync token and --insecure-no-auth asks for none: drop one of them"
+        ),
+        (Some(token), false) => {
+            let trimmed = Zeroizing::new(token.trim().to_owned());
+            if trimmed.is_empty() {
+                bail!(
+                    "{from} is empty: put the sync token in it, or unset it \
+                     (with --insecure-no-auth to serve /sync and /plan without a token)"
+                );
+            }
+            Ok(Access::Token(trimmed))
+        }
+        (None, true) => Ok(Access::Open),
+        (None, false) => Ok(Access::Unconfigured),
     }
-    let from_env = std::env::var("CREDSYNC_SYNC_TOKEN").or_else(|_| std::env::var("FLASK_API_KEY"));
-    Ok(from_env
-        .ok()
-        .filter(|t| !t.is_empty())
-        .map(zeroize::Zeroizing::new))
 }
 
 fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::RunConfig> {
@@ -713,7 +748,11 @@ fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::RunConfig> {
             max_backoff: Duration::from_secs(60),
         },
         failure_limit: args.failure_limit,
-        token: sync_token(&args)?,
+        access: sync_access(&args, |var| std::env::var(var).ok())?,
+        connections: crate::server::connections::ConnectionLimits {
+            max_connections: args.max_connections,
+            header_timeout: args.http_header_timeout,
+        },
         rate_window: args.sync_rate_limit,
         lease,
         drift_repair: !args.no_drift_repair,
@@ -722,11 +761,12 @@ fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::RunConfig> {
 }
 
 /// The effective configuration as JSON, with secrets reduced to "set"/"unset".
-fn print_config(common: &Common, args: &RunArgs) -> String {
+/// What it reports is what `run` would use: the same token resolution (so
+/// a bad token source fails here too) and URLs without their credentials.
+fn print_config(common: &Common, args: &RunArgs) -> Result<String> {
     let set = |present: bool| if present { "set" } else { "unset" };
-    let token_set = args.sync_token_file.is_some()
-        || std::env::var("CREDSYNC_SYNC_TOKEN").is_ok()
-        || std::env::var("FLASK_API_KEY").is_ok();
+    let access = sync_access(args, |var| std::env::var(var).ok())?;
+    let token_set = matches!(access, Access::Token(_));
     let config = serde_json::json!({
         "table": common.table,
         "region": common.region,
@@ -739,7 +779,7 @@ fn print_config(common: &Common, args: &RunArgs) -> String {
         "prune_keys": !common.no_prune,
         "delete_empty": !common.keep_empty,
         "snapshot_repo": common.snapshot_repo,
-        "snapshot_remote": common.snapshot_remote,
+        "snapshot_remote": common.snapshot_remote.as_deref().map(|url| RemoteUrl::parse(url).to_string()),
         "age_recipients": common.age_recipients,
         "age_identity": set(common.age_identity.is_some()),
         "listen": args.listen.to_string(),
@@ -750,6 +790,9 @@ fn print_config(common: &Common, args: &RunArgs) -> String {
         "reconcile_timeout": format!("{:?}", args.reconcile_timeout),
         "failure_limit": args.failure_limit,
         "sync_token": set(token_set),
+        "sync_auth": access.describe(),
+        "max_connections": args.max_connections,
+        "http_header_timeout": format!("{:?}", args.http_header_timeout),
         "sync_rate_limit": format!("{:?}", args.sync_rate_limit),
         "leader_election": args.leader_election,
         "lease_name": args.lease_name,
@@ -758,7 +801,7 @@ fn print_config(common: &Common, args: &RunArgs) -> String {
         "dry_run": args.dry_run,
         "grace": format!("{:?}", args.grace),
     });
-    serde_json::to_string_pretty(&config).unwrap_or_default()
+    Ok(serde_json::to_string_pretty(&config).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -812,5 +855,69 @@ mod tests {
             [("a".into(), "b".into()), ("c".into(), "d=e".into())]
         );
         assert!(parse_from(["credsync", "plan", "--context", "novalue"], legacy(&[])).is_err());
+    }
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut args = vec!["credsync", "run"];
+        args.extend(extra);
+        match parse_from(args, legacy(&[])).unwrap().command {
+            Command::Run(run) => *run,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    fn token_of(access: Access) -> String {
+        match access {
+            Access::Token(token) => token.to_string(),
+            Access::Unconfigured => "<unconfigured>".to_owned(),
+            Access::Open => "<open>".to_owned(),
+        }
+    }
+
+    #[test]
+    fn an_empty_token_file_stops_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in ["", "  \n\t\n"] {
+            let file = dir.path().join("token");
+            std::fs::write(&file, content).unwrap();
+            let args = run_args(&["--sync-token-file", file.to_str().unwrap()]);
+            let err = sync_access(&args, legacy(&[("FLASK_API_KEY", "legacy")]))
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("is empty"), "{err}");
+        }
+        let file = dir.path().join("token");
+        std::fs::write(&file, " t0ken \n").unwrap();
+        let args = run_args(&["--sync-token-file", file.to_str().unwrap()]);
+        assert_eq!(token_of(sync_access(&args, legacy(&[])).unwrap()), "t0ken");
+    }
+
+    #[test]
+    fn an_empty_token_variable_neither_hides_nor_opens() {
+        let args = run_args(&[]);
+        let err = sync_access(
+            &args,
+            legacy(&[("CREDSYNC_SYNC_TOKEN", ""), ("FLASK_API_KEY", "legacy")]),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("CREDSYNC_SYNC_TOKEN is empty"), "{err}");
+        let legacy_only = sync_access(&args, legacy(&[("FLASK_API_KEY", "legacy")])).unwrap();
+        assert_eq!(token_of(legacy_only), "legacy");
+        let err = sync_access(&args, legacy(&[("FLASK_API_KEY", " ")])).err().unwrap();
+        assert!(err.to_string().contains("FLASK_API_KEY is empty"), "{err}");
+    }
+
+    #[test]
+    fn no_token_is_closed_unless_insecure_mode_is_asked_for() {
+        let closed = sync_access(&run_args(&[]), legacy(&[])).unwrap();
+        assert!(matches!(closed, Access::Unconfigured));
+        let open = sync_access(&run_args(&["--insecure-no-auth"]), legacy(&[])).unwrap();
+        assert!(matches!(open, Access::Open));
+        let both = sync_access(
+            &run_args(&["--insecure-no-auth"]),
+            legacy(&[("CREDSYNC_SYNC_TOKEN", "t")]),
+        );
+        assert!(both.is_err());
     }
 }

@@ -89,12 +89,22 @@ pub fn map_name(name: &str) -> Result<Target, String> {
 /// Key names marked `+added ~changed -removed`, the one notation of plans,
 /// commit messages, Events and listings.
 pub fn marked_keys(added: &[String], changed: &[String], removed: &[String]) -> String {
-    let marks = added
+    key_marks(added, changed, removed)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The marks of [`marked_keys`] one by one, for texts that must be cut.
+pub fn key_marks<'a>(
+    added: &'a [String],
+    changed: &'a [String],
+    removed: &'a [String],
+) -> impl Iterator<Item = String> + 'a {
+    added
         .iter()
         .map(|k| format!("+{k}"))
         .chain(changed.iter().map(|k| format!("~{k}")))
-        .chain(removed.iter().map(|k| format!("-{k}")));
-    marks.collect::<Vec<_>>().join(" ")
+        .chain(removed.iter().map(|k| format!("-{k}")))
 }
 
 /// Upper-cases and turns `.` and `-` into `_`, so keys work as env names.

@@ -34,6 +34,16 @@ pub struct Planned {
     pub plan: Plan,
 }
 
+/// The table names a `/sync` scope covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeNames {
+    /// No full reconcile has built the table index yet.
+    NotIndexed,
+    /// No table name maps into the scope.
+    Nothing,
+    Names(BTreeSet<String>),
+}
+
 /// A finished `sync` or `rollback`.
 pub struct SyncReport {
     pub plan: Plan,
@@ -310,13 +320,13 @@ impl Reconciler {
     /// The table names that map into `namespace` (or into `secret`), from the
     /// last full read; None before it, or when no name maps there (then only
     /// a full reconcile can tell what to remove).
-    pub fn names_in(
-        &self,
-        namespace: &str,
-        secret: Option<&SecretRef>,
-    ) -> Option<BTreeSet<String>> {
-        let guard = self.index.lock().ok()?;
-        let index = guard.as_ref()?;
+    pub fn names_in(&self, namespace: &str, secret: Option<&SecretRef>) -> ScopeNames {
+        let Ok(guard) = self.index.lock() else {
+            return ScopeNames::NotIndexed;
+        };
+        let Some(index) = guard.as_ref() else {
+            return ScopeNames::NotIndexed;
+        };
         let names: BTreeSet<String> = index
             .items
             .keys()
@@ -328,7 +338,11 @@ impl Reconciler {
             })
             .cloned()
             .collect();
-        (!names.is_empty()).then_some(names)
+        if names.is_empty() {
+            ScopeNames::Nothing
+        } else {
+            ScopeNames::Names(names)
+        }
     }
 
     /// Commits the snapshot (if any), then applies.

@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use zeroize::Zeroizing;
 
 use crate::cluster::lease::{LeaderElector, Leadership, LeaseConfig};
 use crate::reconcile::Reconciler;
 use crate::render::Heading;
-use crate::server::{self, ServerState};
+use crate::server::connections::{self, ConnectionLimits};
+use crate::server::{self, Access, ServerState};
 use crate::trigger::drift;
 use crate::trigger::schedule::{self, Schedule};
 use crate::trigger::stream::{StreamConfig, StreamFollower};
@@ -31,7 +31,8 @@ pub struct RunConfig {
     pub stream: Option<StreamConfig>,
     pub worker: WorkerConfig,
     pub failure_limit: u32,
-    pub token: Option<Zeroizing<String>>,
+    pub access: Access,
+    pub connections: ConnectionLimits,
     pub rate_window: Duration,
     pub lease: Option<LeaseConfig>,
     pub drift_repair: bool,
@@ -76,26 +77,33 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(%address, "serving /sync, /plan, /metrics, /healthz, /readyz");
+    tracing::info!(%address, sync_and_plan = config.access.describe(), "serving /sync, /plan, /metrics, /healthz, /readyz");
+    if matches!(config.access, Access::Unconfigured) {
+        tracing::warn!(
+            "no sync token configured: /sync and /plan refuse every call; give --sync-token-file, \
+             or --insecure-no-auth to open them to anyone"
+        );
+    } else if matches!(config.access, Access::Open) {
+        tracing::warn!("--insecure-no-auth: /sync and /plan are open to anyone who reaches {address}");
+    }
     let state = Arc::new(ServerState {
         reconciler: reconciler.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
-        token: config.token,
+        access: config.access,
         requests: requests.clone(),
         leadership: leadership.clone(),
         heading,
         rate_window: config.rate_window,
         last_accepted: Mutex::new(Default::default()),
+        last_plan: Default::default(),
     });
-    let server_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let serve = axum::serve(listener, server::router(state))
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
-        if let Err(err) = serve.await {
-            tracing::error!(error = %err, "HTTP server failed");
-        }
-    });
+    tasks.spawn(connections::serve(
+        listener,
+        server::router(state),
+        config.connections,
+        shutdown.clone(),
+    ));
 
     match config.stream {
         Some(mut stream_config) => {

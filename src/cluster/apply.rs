@@ -64,6 +64,69 @@ pub struct ApplyOutcome {
     pub failed: Vec<WriteFailure>,
 }
 
+/// The API server refuses an `events.k8s.io/v1` note over this many bytes.
+const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// "credsync updated 3 keys: +A ~B -C", cut to fit [`EVENT_NOTE_LIMIT`]
+/// with "(+N more)" for the keys left out. Key names only, never values.
+pub(crate) fn event_note(change: &SecretChange) -> String {
+    let verb = match change.action {
+        Action::Create => "created",
+        Action::Update => "updated",
+        Action::Delete => "deleted",
+    };
+    let marks: Vec<String> =
+        crate::manifest::key_marks(&change.added, &change.changed, &change.removed).collect();
+    if marks.is_empty() {
+        return format!("credsync {verb} the Secret");
+    }
+    let mut note = format!("credsync {verb} {} key(s):", marks.len());
+    // Room kept for the longest possible tail.
+    let tail_room = format!(" (+{} more)", marks.len()).len();
+    for (shown, mark) in marks.iter().enumerate() {
+        let left = marks.len() - shown;
+        let tail = if left > 1 { tail_room } else { 0 };
+        if note.len() + 1 + mark.len() + tail > EVENT_NOTE_LIMIT {
+            note.push_str(&format!(" (+{left} more)"));
+            return note;
+        }
+        note.push(' ');
+        note.push_str(mark);
+    }
+    note
+}
+
+/// Events the API server refused during one apply: logged once at warn,
+/// with the count and the first refusal, not once per Secret.
+#[derive(Default)]
+struct RefusedEvents {
+    count: std::sync::atomic::AtomicUsize,
+    first: std::sync::Mutex<Option<(SecretRef, String)>>,
+}
+
+impl RefusedEvents {
+    fn note(&self, secret: &SecretRef, error: String) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut first) = self.first.lock() {
+            first.get_or_insert_with(|| (secret.clone(), error));
+        }
+    }
+
+    fn log_once(&self) {
+        let count = self.count.load(std::sync::atomic::Ordering::Relaxed);
+        let first = self.first.lock().ok().and_then(|mut f| f.take());
+        if let Some((secret, error)) = first {
+            tracing::warn!(
+                refused = count,
+                first = %secret,
+                error = %error,
+                "the API server refused Events about credsync's writes (the writes themselves succeeded); check RBAC for events.k8s.io create"
+            );
+        }
+    }
+}
+
 enum Attempt {
     Done,
     /// The Secret moved under us: re-read and re-plan.
@@ -79,6 +142,7 @@ impl Cluster {
         live: &LiveState,
         options: &ApplyOptions,
     ) -> ApplyOutcome {
+        let refused_events = RefusedEvents::default();
         // Futures are made as slots free up, not all at once: at 10000
         // changes, holding every pending write at once costs tens of MiB.
         let results: Vec<(SecretRef, Result<Option<SecretChange>, String>)> =
@@ -89,7 +153,7 @@ impl Cluster {
                     let desired = manifest.secrets.get(&change.secret);
                     let live = live.secrets.get(&change.secret).cloned();
                     let secret = change.secret.clone();
-                    let write = self.apply_one(change, desired, live, options);
+                    let write = self.apply_one(change, desired, live, options, &refused_events);
                     async move { (secret, write.await) }
                 })
                 .buffer_unordered(options.concurrency.max(1))
@@ -111,6 +175,7 @@ impl Cluster {
         }
         outcome.written.sort_by(|a, b| a.secret.cmp(&b.secret));
         outcome.failed.sort_by(|a, b| a.secret.cmp(&b.secret));
+        refused_events.log_once();
         outcome
     }
 
@@ -120,6 +185,7 @@ impl Cluster {
         desired: Option<&DesiredSecret>,
         mut live: Option<LiveSecret>,
         options: &ApplyOptions,
+        refused_events: &RefusedEvents,
     ) -> Result<Option<SecretChange>, String> {
         let empty = DesiredSecret::default();
         let desired_or_empty = desired.unwrap_or(&empty);
@@ -130,7 +196,9 @@ impl Cluster {
             {
                 Ok(Attempt::Done) => {
                     if !options.dry_run {
-                        self.record_event(&change).await;
+                        if let Err(err) = self.record_event(&change).await {
+                            refused_events.note(&change.secret, err);
+                        }
                     }
                     return Ok(Some(change));
                 }
@@ -161,26 +229,22 @@ impl Cluster {
     }
 
     /// An Event on the Secret saying what credsync changed (key names only).
-    /// A failure to record it is logged, never fatal.
+    /// A failure to record it is reported to the caller, never fatal.
     ///
     /// Created directly rather than through kube's `Recorder`, which keeps
     /// every Event it sent for six minutes to merge repeats into a series:
     /// 17 MiB after a first sync of 5000 Secrets, for repeats that do not
     /// happen (each write is a different change).
-    async fn record_event(&self, change: &SecretChange) {
+    async fn record_event(&self, change: &SecretChange) -> Result<(), String> {
         use k8s_openapi::api::core::v1::ObjectReference;
         use k8s_openapi::api::events::v1::Event;
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-        let keys = crate::manifest::marked_keys(&change.added, &change.changed, &change.removed);
         let (reason, action) = match change.action {
             Action::Create => ("Created", "Create"),
             Action::Update => ("Synced", "Update"),
             Action::Delete => ("Deleted", "Delete"),
         };
-        let note = match keys.is_empty() {
-            true => format!("credsync {}d the Secret", action.to_lowercase()),
-            false => format!("credsync {}d keys {keys}", action.to_lowercase()),
-        };
+        let note = event_note(change);
         let now = k8s_openapi::jiff::Timestamp::now();
         let secret = &change.secret;
         // `<secret>.<nanoseconds, hex>`, as kubectl and client-go name
@@ -211,9 +275,11 @@ impl Cluster {
         self.count("event");
         let events: kube::Api<Event> =
             kube::Api::namespaced(self.client.clone(), &secret.namespace);
-        if let Err(err) = events.create(&PostParams::default(), &event).await {
-            tracing::debug!(secret = %secret, error = %describe_kube_error(&err), "could not record an Event");
-        }
+        events
+            .create(&PostParams::default(), &event)
+            .await
+            .map(|_| ())
+            .map_err(|err| describe_kube_error(&err))
     }
 
     async fn write(
@@ -412,4 +478,53 @@ fn update_patch(
         patch["data"] = Value::Object(data);
     }
     patch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(added: usize, changed: usize) -> SecretChange {
+        let keys = |prefix: &str, n: usize| -> Vec<String> {
+            (0..n)
+                .map(|i| format!("{prefix}_A_RATHER_LONG_KEY_NAME_{i:05}"))
+                .collect()
+        };
+        SecretChange {
+            secret: SecretRef::new("app", "db"),
+            action: Action::Update,
+            adopt: false,
+            added: keys("NEW", added),
+            changed: keys("CHANGED", changed),
+            removed: vec!["OLD".to_owned()],
+        }
+    }
+
+    #[test]
+    fn a_short_event_note_lists_every_key() {
+        assert_eq!(
+            event_note(&change(1, 1)),
+            "credsync updated 3 key(s): +NEW_A_RATHER_LONG_KEY_NAME_00000 \
+             ~CHANGED_A_RATHER_LONG_KEY_NAME_00000 -OLD"
+        );
+    }
+
+    #[test]
+    fn a_long_event_note_stays_within_the_api_servers_limit() {
+        for (added, changed) in [(3000, 0), (20, 20), (25, 5), (0, 31), (1, 3000)] {
+            let note = event_note(&change(added, changed));
+            assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes: {note}", note.len());
+            let total = added + changed + 1;
+            let shown = note
+                .split(' ')
+                .filter(|w| w.starts_with(['+', '~', '-']))
+                .count();
+            let more: usize = note
+                .rsplit_once("(+")
+                .map(|(_, tail)| tail.trim_end_matches(" more)").parse().unwrap())
+                .unwrap_or(0);
+            assert_eq!(shown + more, total, "{note}");
+            assert!(note.starts_with(&format!("credsync updated {total} key(s): ")));
+        }
+    }
 }

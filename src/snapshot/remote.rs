@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use percent_encoding::percent_decode_str;
+
 use git2::{
     BranchType, Cred, CredentialType, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository,
 };
@@ -17,7 +19,7 @@ use super::store::BRANCH;
 /// Where to push, and how to authenticate.
 #[derive(Clone)]
 pub struct RemoteConfig {
-    pub url: String,
+    pub url: RemoteUrl,
     /// Private key for ssh remotes.
     pub ssh_key: Option<PathBuf>,
     /// Token for https remotes (sent as the password).
@@ -31,6 +33,74 @@ impl std::fmt::Debug for RemoteConfig {
             .field("ssh_key", &self.ssh_key)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
+    }
+}
+
+/// A remote URL with any `user:password@` of an http(s) URL taken out.
+///
+/// The credentials go to git through the credential callback only, so they
+/// are neither stored in `.git/config` nor part of any git error message;
+/// Display and Debug show `***@` where they were.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    /// What git is given: the URL without userinfo (http(s)) or as written.
+    bare: String,
+    /// The userinfo taken out: (user, password).
+    userinfo: Option<(String, String)>,
+}
+
+impl RemoteUrl {
+    pub fn parse(text: &str) -> Self {
+        let Ok(mut url) = url::Url::parse(text) else {
+            // scp-like ssh (`git@host:repo`) or a local path: no password in it.
+            return Self {
+                bare: text.to_owned(),
+                userinfo: None,
+            };
+        };
+        let http = matches!(url.scheme(), "http" | "https");
+        if !http || (url.username().is_empty() && url.password().is_none()) {
+            return Self {
+                bare: text.to_owned(),
+                userinfo: None,
+            };
+        }
+        let decode = |part: &str| percent_decode_str(part).decode_utf8_lossy().into_owned();
+        let userinfo = (
+            decode(url.username()),
+            url.password().map(decode).unwrap_or_default(),
+        );
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Self {
+            bare: url.to_string(),
+            userinfo: Some(userinfo),
+        }
+    }
+
+    /// The URL git connects to (no credentials in it).
+    pub fn as_git_url(&self) -> &str {
+        &self.bare
+    }
+
+    /// The user and password that were in the URL, for the credential callback.
+    fn userinfo(&self) -> Option<(&str, &str)> {
+        self.userinfo.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+}
+
+impl std::fmt::Display for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.userinfo, self.bare.split_once("://")) {
+            (Some(_), Some((scheme, rest))) => write!(f, "{scheme}://***@{rest}"),
+            _ => f.write_str(&self.bare),
+        }
+    }
+}
+
+impl std::fmt::Debug for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
     }
 }
 
@@ -53,10 +123,13 @@ fn callbacks(config: &RemoteConfig) -> RemoteCallbacks<'_> {
         {
             return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
         }
-        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
-            && let Some(token) = &config.token
-        {
-            return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token);
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            if let Some(token) = &config.token {
+                return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token);
+            }
+            if let Some((user, password)) = config.url.userinfo() {
+                return Cred::userpass_plaintext(user, password);
+            }
         }
         Cred::default()
     });
@@ -68,15 +141,15 @@ pub(super) fn clone(config: &RemoteConfig, path: &Path) -> Result<Repository, gi
     fetch.remote_callbacks(callbacks(config));
     let mut builder = git2::build::RepoBuilder::new();
     builder.fetch_options(fetch);
-    builder.clone(&config.url, path)
+    builder.clone(config.url.as_git_url(), path)
 }
 
 /// Points `origin` at the configured URL.
 pub(super) fn ensure_origin(repo: &Repository, config: &RemoteConfig) -> Result<(), git2::Error> {
     match repo.find_remote(REMOTE) {
-        Ok(remote) if remote.url() == Ok(config.url.as_str()) => Ok(()),
-        Ok(_) => repo.remote_set_url(REMOTE, &config.url),
-        Err(_) => repo.remote(REMOTE, &config.url).map(|_| ()),
+        Ok(remote) if remote.url() == Ok(config.url.as_git_url()) => Ok(()),
+        Ok(_) => repo.remote_set_url(REMOTE, config.url.as_git_url()),
+        Err(_) => repo.remote(REMOTE, config.url.as_git_url()).map(|_| ()),
     }
 }
 
@@ -173,4 +246,39 @@ pub(super) fn replay(
         parent = repo.find_commit(new)?;
     }
     Ok(Some(parent.id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RemoteUrl;
+
+    #[test]
+    fn https_credentials_leave_the_url_and_never_print() {
+        let url = RemoteUrl::parse("https://ci-bot:p%40ss-W0rd@git.example.com/org/snaps.git");
+        assert_eq!(url.as_git_url(), "https://git.example.com/org/snaps.git");
+        assert_eq!(url.userinfo(), Some(("ci-bot", "p@ss-W0rd")));
+        let shown = format!("{url} {url:?}");
+        assert!(!shown.contains("W0rd") && !shown.contains("ci-bot"), "{shown}");
+        assert!(shown.contains("https://***@git.example.com/org/snaps.git"));
+        // A token as the user name (GitHub style) is a secret too.
+        let token_only = RemoteUrl::parse("https://ghp_abc123@github.com/o/r.git");
+        assert_eq!(token_only.userinfo(), Some(("ghp_abc123", "")));
+        assert!(!token_only.to_string().contains("ghp_abc123"));
+    }
+
+    #[test]
+    fn ssh_and_plain_urls_are_kept_as_written() {
+        for text in [
+            "git@github.com:org/snaps.git",
+            "ssh://git@host:2222/org/snaps.git",
+            "https://git.example.com/org/snaps.git",
+            "/srv/git/snaps.git",
+            "file:///srv/git/snaps.git",
+        ] {
+            let url = RemoteUrl::parse(text);
+            assert_eq!(url.as_git_url(), text);
+            assert_eq!(url.to_string(), text);
+            assert_eq!(url.userinfo(), None);
+        }
+    }
 }

@@ -120,7 +120,7 @@ impl SnapshotStore {
                 let remote = config
                     .remote
                     .as_ref()
-                    .map(|r| r.url.clone())
+                    .map(|r| r.url.to_string())
                     .unwrap_or_default();
                 let repo = config
                     .remote

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Author, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::manifest::SecretRef;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Reconciler, ScopeNames};
 use crate::worker::{Request, Trigger};
 
 /// Watches managed Secrets until `shutdown`; restarts the watch on errors.
@@ -108,7 +108,7 @@ async fn request_check(
     requests: &mpsc::Sender<Request>,
     secret: SecretRef,
 ) -> bool {
-    let Some(names) = reconciler.names_in(&secret.namespace, Some(&secret)) else {
+    let ScopeNames::Names(names) = reconciler.names_in(&secret.namespace, Some(&secret)) else {
         return true;
     };
     tracing::debug!(secret = %secret, "managed Secret changed; checking it");
