@@ -126,6 +126,12 @@ pub struct Common {
     /// File holding an https token for the snapshot remote (CREDSYNC_SNAPSHOT_TOKEN also works).
     #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_TOKEN_FILE")]
     pub snapshot_token_file: Option<PathBuf>,
+    /// Connect and read timeout of every AWS and Kubernetes request (AWS retries up to 3 times).
+    #[arg(long, global = true, env = "CREDSYNC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// A one-shot command (plan, sync, rollback, ...) that runs longer stops with an error; `run` has --reconcile-timeout.
+    #[arg(long, global = true, env = "CREDSYNC_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// age identity file: for `show --reveal`, `rollback`, and minimal snapshot diffs.
     #[arg(long, global = true, env = "CREDSYNC_AGE_IDENTITY")]
     pub age_identity: Option<PathBuf>,
@@ -393,7 +399,7 @@ pub async fn main() -> ExitCode {
         }
     };
     telemetry::init(cli.common.log_format, cli.common.verbose);
-    match run(cli).await {
+    match run_bounded(cli).await {
         Ok(code) => code,
         Err(err) => {
             // One line on stderr, whatever the log format.
@@ -479,6 +485,7 @@ async fn build(common: &Common, snapshots: Option<Arc<SnapshotStore>>) -> Result
             kms_concurrency: common.kms_concurrency,
             scan_segments: common.scan_segments,
         },
+        common.request_timeout,
         metrics.clone(),
     )
     .await;
@@ -486,7 +493,7 @@ async fn build(common: &Common, snapshots: Option<Arc<SnapshotStore>>) -> Result
         &common.namespace_exclude,
         common.namespace_include.as_deref(),
     );
-    let cluster = Cluster::connect(metrics.clone())
+    let cluster = Cluster::connect(common.request_timeout, metrics.clone())
         .await?
         .with_namespaces(filter.included());
     let apply = ApplyOptions {
@@ -501,6 +508,26 @@ async fn build(common: &Common, snapshots: Option<Arc<SnapshotStore>>) -> Result
         Some(store) => reconciler.with_snapshots(store),
         None => reconciler,
     })
+}
+
+/// One-shot commands end within `--timeout`; the loop runs until stopped.
+async fn run_bounded(cli: Cli) -> Result<ExitCode> {
+    if cli.common.timeout.is_zero() || cli.common.request_timeout.is_zero() {
+        bail!("--timeout and --request-timeout must be more than 0");
+    }
+    if matches!(cli.command, Command::Run(_)) {
+        return run(cli).await;
+    }
+    let limit = cli.common.timeout;
+    match tokio::time::timeout(limit, run(cli)).await {
+        Ok(result) => result,
+        Err(_) => bail!(
+            "stopped after --timeout {:?}: AWS or the Kubernetes API did not answer in time \
+             (check the endpoints, or raise --timeout); each Secret write is one request, \
+             so none was left half-written, and a rerun finishes the work",
+            limit
+        ),
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -782,6 +809,7 @@ fn print_config(common: &Common, args: &RunArgs) -> Result<String> {
         "snapshot_remote": common.snapshot_remote.as_deref().map(|url| RemoteUrl::parse(url).to_string()),
         "age_recipients": common.age_recipients,
         "age_identity": set(common.age_identity.is_some()),
+        "request_timeout": format!("{:?}", common.request_timeout),
         "listen": args.listen.to_string(),
         "interval": args.interval.map(|d| format!("{d:?}")),
         "schedule": args.schedule,

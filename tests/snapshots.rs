@@ -7,56 +7,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use support::snap::Snap;
 use support::{StandIns, path_str};
-
-/// Stand-ins plus a snapshot repository and one age identity.
-struct Snap {
-    env: Arc<StandIns>,
-    repo: PathBuf,
-    recipient: String,
-    identity: PathBuf,
-}
-
-impl Snap {
-    async fn start(namespaces: &[&str]) -> Self {
-        let env = StandIns::start(namespaces).await;
-        let (recipient, identity) = env.age_identity("reader");
-        let repo = env.dir.path().join("snapshots");
-        Snap {
-            env,
-            repo,
-            recipient,
-            identity,
-        }
-    }
-
-    fn args<'a>(&'a self, command: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec![
-            "--cluster-name",
-            "test",
-            "--snapshot-repo",
-            path_str(&self.repo),
-            "--age-recipient",
-            &self.recipient,
-            "--age-identity",
-            path_str(&self.identity),
-        ];
-        args.extend_from_slice(command);
-        args
-    }
-
-    fn run(&self, command: &[&str]) -> support::Run {
-        self.env.credsync(&self.args(command))
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        self.env.git(&self.repo, args)
-    }
-
-    fn head(&self) -> String {
-        self.git(&["rev-parse", "HEAD"]).trim().to_owned()
-    }
-}
 
 #[tokio::test]
 async fn sync_commits_a_snapshot_that_sops_decrypts_to_the_secret() {

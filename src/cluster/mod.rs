@@ -115,6 +115,8 @@ pub enum ClusterError {
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
+    /// For watches; None: `client` serves them too.
+    watch_client: Option<kube::Client>,
     metrics: Arc<Metrics>,
     field_manager: String,
     /// With `--namespace-include`: list and watch Secrets in these namespaces
@@ -192,12 +194,37 @@ impl OwnWrites {
 }
 
 impl Cluster {
-    /// Connects from KUBECONFIG or the in-cluster service account.
-    pub async fn connect(metrics: Arc<Metrics>) -> Result<Self, ClusterError> {
-        let client = kube::Client::try_default()
+    /// Connects from KUBECONFIG or the in-cluster service account. Requests
+    /// get connect and read timeouts of `request_timeout`, so a frozen API
+    /// server ends in an error; watches get their own client without a read
+    /// timeout (kube's watcher has an idle timeout of its own, and a quiet
+    /// watch is not a frozen one).
+    pub async fn connect(
+        request_timeout: std::time::Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ClusterError> {
+        let config = kube::Config::infer()
             .await
-            .map_err(ClusterError::Config)?;
-        Ok(Self::from_client(client, metrics))
+            .map_err(|e| ClusterError::Config(kube::Error::InferConfig(e)))?;
+        let mut requests = config.clone();
+        requests.connect_timeout = Some(request_timeout);
+        requests.read_timeout = Some(request_timeout);
+        requests.write_timeout = Some(request_timeout);
+        // Count the read timeout from the request, not from when a pooled
+        // connection went idle.
+        requests.reset_reader_on_write = true;
+        let mut watches = config;
+        watches.connect_timeout = Some(request_timeout);
+        watches.write_timeout = Some(request_timeout);
+        let client = kube::Client::try_from(requests).map_err(ClusterError::Config)?;
+        let watch_client = kube::Client::try_from(watches).map_err(ClusterError::Config)?;
+        Ok(Self::from_client(client, metrics).with_watch_client(watch_client))
+    }
+
+    /// A separate client for long-lived watches (see [`Cluster::connect`]).
+    pub fn with_watch_client(mut self, client: kube::Client) -> Self {
+        self.watch_client = Some(client);
+        self
     }
 
     pub fn from_client(client: kube::Client, metrics: Arc<Metrics>) -> Self {
@@ -205,6 +232,7 @@ impl Cluster {
             reporting_instance: std::env::var("POD_NAME").unwrap_or_else(|_| "credsync".to_owned()),
             own_writes: Arc::default(),
             client,
+            watch_client: None,
             metrics,
             field_manager: "credsync".to_owned(),
             only_namespaces: None,
@@ -219,10 +247,22 @@ impl Cluster {
 
     /// One Secrets API per namespace credsync may read, or one cluster-wide.
     pub fn secret_apis(&self) -> Vec<Api<Secret>> {
+        self.secret_apis_of(&self.client)
+    }
+
+    /// [`Cluster::secret_apis`] on the client meant for watches.
+    pub fn watch_apis(&self) -> Vec<Api<Secret>> {
+        self.secret_apis_of(self.watch_client.as_ref().unwrap_or(&self.client))
+    }
+
+    fn secret_apis_of(&self, client: &kube::Client) -> Vec<Api<Secret>> {
         match &self.only_namespaces {
-            Some(namespaces) => namespaces.iter().map(|ns| self.secrets(ns)).collect(),
+            Some(namespaces) => namespaces
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect(),
             None => {
-                let api: Api<Secret> = Api::all(self.client.clone());
+                let api: Api<Secret> = Api::all(client.clone());
                 vec![api]
             }
         }

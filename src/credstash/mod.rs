@@ -89,9 +89,21 @@ pub struct CredstashSource {
 }
 
 impl CredstashSource {
-    /// Builds clients from the standard AWS configuration chain.
-    pub async fn connect(config: SourceConfig, metrics: Arc<Metrics>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    /// Builds clients from the standard AWS configuration chain. Every call
+    /// gets a connect timeout and `request_timeout` per attempt, so a frozen
+    /// endpoint ends in an error (after the SDK's retries), never a hang.
+    pub async fn connect(
+        config: SourceConfig,
+        request_timeout: std::time::Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(request_timeout.min(std::time::Duration::from_secs(10)))
+            .read_timeout(request_timeout)
+            .operation_attempt_timeout(request_timeout)
+            .build();
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }

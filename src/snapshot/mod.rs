@@ -8,6 +8,7 @@
 pub mod remote;
 pub mod sops;
 pub mod store;
+mod worktree;
 
 use std::collections::BTreeMap;
 

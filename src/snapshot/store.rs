@@ -15,6 +15,7 @@ use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
 use super::remote::{self, PushOutcome, RemoteConfig};
+use super::worktree;
 use super::sops::{self, Identities, Outline, Recipients, SecretDocument};
 use crate::manifest::SecretRef;
 
@@ -213,8 +214,20 @@ impl SnapshotStore {
             .map_err(|e| self.err("moving the branch", e))?;
         repo.set_head(&refname)
             .map_err(|e| self.err("pointing HEAD at the branch", e))?;
+        let tree = repo
+            .find_commit(target)
+            .and_then(|c| c.tree())
+            .map_err(|e| self.err("reading the new tree", e))?;
+        self.refresh_work_tree(repo, &tree)
+    }
+
+    /// Makes the work tree show `tree` (HEAD's), after removing any link
+    /// that would lead a checkout outside the repository.
+    fn refresh_work_tree(&self, repo: &Repository, tree: &git2::Tree<'_>) -> Result<(), SnapshotError> {
+        worktree::remove_stray_links(repo, tree)
+            .map_err(|e| self.err("removing a symbolic link from the work tree", e))?;
         let mut checkout = CheckoutBuilder::new();
-        checkout.force();
+        checkout.force().remove_untracked(false);
         repo.checkout_head(Some(&mut checkout))
             .map_err(|e| self.err("updating the work tree", e))
     }
@@ -368,9 +381,7 @@ impl SnapshotStore {
             .map_err(|e| self.err("pointing HEAD at the branch", e))?;
         // The commit is published; a work tree that cannot be refreshed now
         // is refreshed by the next write.
-        let mut checkout = CheckoutBuilder::new();
-        checkout.force().remove_untracked(false);
-        if let Err(e) = repo.checkout_head(Some(&mut checkout)) {
+        if let Err(e) = self.refresh_work_tree(repo, &tree) {
             tracing::warn!(error = %e, "snapshot committed, but the work tree was not refreshed");
         }
         let commit = repo

@@ -24,8 +24,8 @@ pub async fn run(
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let own_writes = reconciler.cluster().track_own_writes();
     // One watch per included namespace, or one across the cluster
-    // (Cluster::secret_apis); events count once every watch has listed.
-    let apis = reconciler.cluster().secret_apis();
+    // (Cluster::watch_apis); events count once every watch has listed.
+    let apis = reconciler.cluster().watch_apis();
     let watch_count = apis.len();
     let watches = apis
         .into_iter()

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod snap;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

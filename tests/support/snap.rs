@@ -1,0 +1,56 @@
+//! A snapshot repository under test: stand-ins, a repository path and one
+//! age identity, with the flags every snapshot command needs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{StandIns, path_str};
+
+/// Stand-ins plus a snapshot repository and one age identity.
+pub struct Snap {
+    pub env: Arc<StandIns>,
+    pub repo: PathBuf,
+    pub recipient: String,
+    pub identity: PathBuf,
+}
+
+impl Snap {
+    pub async fn start(namespaces: &[&str]) -> Self {
+        let env = StandIns::start(namespaces).await;
+        let (recipient, identity) = env.age_identity("reader");
+        let repo = env.dir.path().join("snapshots");
+        Snap {
+            env,
+            repo,
+            recipient,
+            identity,
+        }
+    }
+
+    pub fn args<'a>(&'a self, command: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "--cluster-name",
+            "test",
+            "--snapshot-repo",
+            path_str(&self.repo),
+            "--age-recipient",
+            &self.recipient,
+            "--age-identity",
+            path_str(&self.identity),
+        ];
+        args.extend_from_slice(command);
+        args
+    }
+
+    pub fn run(&self, command: &[&str]) -> super::Run {
+        self.env.credsync(&self.args(command))
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        self.env.git(&self.repo, args)
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"]).trim().to_owned()
+    }
+}
