@@ -66,3 +66,74 @@ async fn a_link_in_the_work_tree_never_leads_a_write_outside_the_repository() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("web"));
 }
+
+/// Commits what is in the work tree, as another writer of the remote would.
+fn commit_by_hand(s: &Snap, message: &str) {
+    s.git(&["add", "-A"]);
+    s.git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        message,
+    ]);
+}
+
+#[tokio::test]
+async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
+    let s = Snap::start(&["ns"]).await;
+    for name in ["truncated", "notsops", "link", "gone"] {
+        s.env.put(&format!("ns/{name}/key"), &format!("{name}-unreadable-value"));
+    }
+    assert_eq!(s.run(&["sync"]).code, 0);
+    let good = s.head();
+    let dir = s.repo.join("test/ns");
+    let text = std::fs::read_to_string(dir.join("truncated.yaml")).unwrap();
+    std::fs::write(dir.join("truncated.yaml"), &text[..text.len() / 2]).unwrap();
+    std::fs::write(dir.join("notsops.yaml"), "just: some yaml\n").unwrap();
+    std::fs::remove_file(dir.join("link.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("link.yaml")).unwrap();
+    std::fs::write(dir.join("gone.yaml"), "\u{0}\u{1}binary").unwrap();
+    commit_by_hand(&s, "broken files");
+    let broken = s.head();
+    // The Secret behind `gone` leaves the table: its unreadable file goes too.
+    let out = s.env.credstash(&["delete", "ns/gone/key"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for name in ["truncated", "notsops", "link", "gone"] {
+        assert!(
+            run.stderr.contains(&format!("test/ns/{name}.yaml")),
+            "a warning names {name}: {}",
+            run.stderr
+        );
+    }
+    // Rewritten from the desired state: real sops decrypts each again.
+    for name in ["truncated", "notsops", "link"] {
+        let path = dir.join(format!("{name}.yaml"));
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        let out = s.env.sops(&s.identity, &["-d", path_str(&path)]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(!dir.join("gone.yaml").exists());
+    assert_ne!(s.head(), broken, "a new commit");
+    // And the next sync has nothing left to fix.
+    let head = s.head();
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(s.head(), head);
+    assert!(!run.stderr.contains("cannot be read"), "{}", run.stderr);
+
+    // Rolling back to the broken revision is refused, and names the file.
+    s.env.emu_reset().await;
+    let run = s.run(&["rollback", &broken]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.error_line().contains("test/ns/"), "{}", run.stderr);
+    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+    // A Secret whose file is fine at that revision can still be restored.
+    let run = s.run(&["rollback", &good, "--secret", "ns/notsops"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}

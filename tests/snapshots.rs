@@ -5,10 +5,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use support::snap::Snap;
-use support::{StandIns, path_str};
+use support::path_str;
 
 #[tokio::test]
 async fn sync_commits_a_snapshot_that_sops_decrypts_to_the_secret() {

@@ -304,14 +304,17 @@ impl SnapshotStore {
                 // so an equal fingerprint means equal contents.
                 if old.as_ref().is_some_and(|old| {
                     old.fingerprint
-                        == file_fingerprint(&doc.labels, &doc.annotations, recipients_now)
+                        == Some(file_fingerprint(&doc.labels, &doc.annotations, recipients_now))
                 }) {
                     continue;
                 }
                 let new_sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
-                let old_sources = old.as_ref().map(|old| parse_sources(Some(&old.sources)));
+                let old_sources = old
+                    .as_ref()
+                    .and_then(|old| old.sources.as_ref())
+                    .map(|sources| parse_sources(Some(sources)));
                 deltas.extend(delta(&secret, old_sources.as_ref(), Some(&new_sources)));
-                let old_text = match old {
+                let old_text = match old.filter(|old| old.fingerprint.is_some()) {
                     Some(_) => Some(
                         blob_text(repo, &base_tree, &path)
                             .map_err(|e| self.err("reading a snapshot file", e))?,
@@ -336,7 +339,7 @@ impl SnapshotStore {
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
                 update.remove(gone.path.as_str());
-                let old_sources = parse_sources(Some(&gone.sources));
+                let old_sources = parse_sources(gone.sources.as_ref());
                 deltas.extend(delta(secret, Some(&old_sources), None));
             }
             let tree_id = update
@@ -442,6 +445,8 @@ impl SnapshotStore {
     }
 
     /// The Secrets at REV (all, or those in `only`), readable without identity.
+    /// Files that cannot be read are left out with a warning; use
+    /// [`SnapshotStore::unreadable`] to refuse them instead.
     pub fn entries(
         &self,
         rev: &str,
@@ -450,7 +455,16 @@ impl SnapshotStore {
         self.with_repo(|repo| {
             let commit = find_rev(repo, rev)?;
             let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
-            let entries = self.entries_in(repo, &tree)?;
+            let (entries, unreadable) = self.entries_in(repo, &tree)?;
+            for file in unreadable
+                .iter()
+                .filter(|f| only.is_empty() || only.contains(&f.secret))
+            {
+                if only.contains(&file.secret) {
+                    return Err(self.unreadable_error(file));
+                }
+                file.warn("it is left out");
+            }
             for secret in only {
                 if !entries.contains_key(secret) {
                     return Err(self.err(
@@ -475,13 +489,21 @@ impl SnapshotStore {
         })
     }
 
-    /// Decrypts the Secrets at REV; a file that fails its MAC is an error naming it.
+    /// Decrypts the Secrets at REV; a file that fails its MAC, or cannot be
+    /// read at all, is an error naming it: nothing at REV is used then.
     pub fn documents(
         &self,
         rev: &str,
         only: &[SecretRef],
         identities: &Identities,
     ) -> Result<Vec<SecretDocument>, SnapshotError> {
+        if let Some(file) = self
+            .unreadable(rev)?
+            .into_iter()
+            .find(|f| only.is_empty() || only.contains(&f.secret))
+        {
+            return Err(self.unreadable_error(&file));
+        }
         let entries = self.entries(rev, only)?;
         let mut docs = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -493,6 +515,25 @@ impl SnapshotStore {
             docs.push(doc);
         }
         Ok(docs)
+    }
+
+    /// The files at REV that cannot be read.
+    pub fn unreadable(&self, rev: &str) -> Result<Vec<UnreadableFile>, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = find_rev(repo, rev)?;
+            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
+            Ok(self.files_in(repo, &tree, |_, _, _| ())?.1)
+        })
+    }
+
+    fn unreadable_error(&self, file: &UnreadableFile) -> SnapshotError {
+        self.err(
+            &format!("reading {}", file.path),
+            format!(
+                "{}; this file is not used (to restore this Secret, pick a revision where `credsync show` lists it)",
+                file.reason
+            ),
+        )
     }
 
     /// Key-level changes from REV1 to REV2.
@@ -549,7 +590,7 @@ impl SnapshotStore {
         &self,
         repo: &Repository,
         tree: &git2::Tree<'_>,
-    ) -> Result<BTreeMap<SecretRef, SnapshotEntry>, SnapshotError> {
+    ) -> Result<(BTreeMap<SecretRef, SnapshotEntry>, Vec<UnreadableFile>), SnapshotError> {
         self.files_in(repo, tree, |secret, path, outline| {
             let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
             SnapshotEntry {
@@ -563,37 +604,59 @@ impl SnapshotStore {
 
     /// What `record` needs of each file at a revision: less than an
     /// [`SnapshotEntry`], because it holds one for every Secret at once.
+    /// A file that cannot be read is there with no fingerprint and no
+    /// sources: it is rewritten if its Secret is desired, removed if not.
     fn recorded_in(
         &self,
         repo: &Repository,
         tree: &git2::Tree<'_>,
     ) -> Result<BTreeMap<SecretRef, RecordedFile>, SnapshotError> {
-        self.files_in(repo, tree, |_, path, outline| RecordedFile {
-            fingerprint: file_fingerprint(
+        let (mut files, unreadable) = self.files_in(repo, tree, |_, path, outline| RecordedFile {
+            fingerprint: Some(file_fingerprint(
                 &outline.labels,
                 &outline.annotations,
                 &outline.recipients,
+            )),
+            sources: Some(
+                outline
+                    .annotations
+                    .get(SOURCES_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_default(),
             ),
-            sources: outline
-                .annotations
-                .get(SOURCES_ANNOTATION)
-                .cloned()
-                .unwrap_or_default(),
             path,
-        })
+        })?;
+        for file in unreadable {
+            file.warn("it is rewritten from the desired state (or removed if the Secret is no longer desired)");
+            files.insert(
+                file.secret,
+                RecordedFile {
+                    path: file.path,
+                    sources: None,
+                    fingerprint: None,
+                },
+            );
+        }
+        Ok(files)
     }
 
-    /// Reads the outline of every file of this cluster at `tree`.
+    /// Reads the outline of every file of this cluster at `tree`. A file
+    /// that cannot be read (not SOPS, truncated, a committed link) does not
+    /// stop the others: it is returned apart, with why.
     fn files_in<T>(
         &self,
         repo: &Repository,
         tree: &git2::Tree<'_>,
         mut summarize: impl FnMut(SecretRef, String, sops::Outline) -> T,
-    ) -> Result<BTreeMap<SecretRef, T>, SnapshotError> {
+    ) -> Result<(BTreeMap<SecretRef, T>, Vec<UnreadableFile>), SnapshotError> {
         let mut out = BTreeMap::new();
+        let mut unreadable = Vec::new();
         let Ok(cluster) = tree.get_path(Path::new(&self.config.cluster)) else {
-            return Ok(out);
+            return Ok((out, unreadable));
         };
+        if cluster.kind() != Some(ObjectType::Tree) {
+            return Ok((out, unreadable));
+        }
         let cluster = repo
             .find_tree(cluster.id())
             .map_err(|e| self.err("reading the cluster directory", e))?;
@@ -613,29 +676,59 @@ impl SnapshotStore {
                     continue;
                 };
                 let path = format!("{}/{namespace}/{name}.yaml", self.config.cluster);
+                let secret = SecretRef::new(&namespace, name);
+                if file.filemode() == i32::from(FileMode::Link) {
+                    unreadable.push(UnreadableFile {
+                        secret,
+                        path,
+                        reason: "it is a symbolic link, not a SOPS file".to_owned(),
+                    });
+                    continue;
+                }
                 let blob = repo
                     .find_blob(file.id())
                     .map_err(|e| self.err("reading a blob", e))?;
                 let text = String::from_utf8_lossy(blob.content());
-                let outline = sops::outline(&text).map_err(|cause| SnapshotError::File {
-                    file: path.clone(),
-                    cause,
-                })?;
-                let secret = SecretRef::new(&namespace, name);
-                out.insert(secret.clone(), summarize(secret, path, outline));
+                match sops::outline(&text) {
+                    Ok(outline) => {
+                        out.insert(secret.clone(), summarize(secret, path, outline));
+                    }
+                    Err(cause) => unreadable.push(UnreadableFile {
+                        secret,
+                        path,
+                        reason: cause.to_string(),
+                    }),
+                }
             }
         }
-        Ok(out)
+        Ok((out, unreadable))
+    }
+}
+
+/// A committed snapshot file credsync cannot read. It is never trusted:
+/// `record` rewrites it from the desired state, `rollback` refuses it.
+#[derive(Debug, Clone)]
+pub struct UnreadableFile {
+    pub secret: SecretRef,
+    pub path: String,
+    pub reason: String,
+}
+
+impl UnreadableFile {
+    fn warn(&self, what_happens: &str) {
+        tracing::warn!(file = %self.path, reason = %self.reason, "snapshot file cannot be read; {what_happens}");
     }
 }
 
 /// A file of the last snapshot, as `record` compares it with the new state.
 struct RecordedFile {
     path: String,
-    /// The sources annotation as written (parsed only for a changed file).
-    sources: String,
-    /// [`file_fingerprint`] of the file's labels, annotations and recipients.
-    fingerprint: [u8; 32],
+    /// The sources annotation as written (parsed only for a changed file);
+    /// None for a file that cannot be read.
+    sources: Option<String>,
+    /// [`file_fingerprint`] of the file's labels, annotations and
+    /// recipients; None for a file that cannot be read (never equal).
+    fingerprint: Option<[u8; 32]>,
 }
 
 /// A digest of everything in a file but its values, which the sources
