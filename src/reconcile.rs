@@ -23,8 +23,16 @@ pub enum ReconcileError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The cause is part of the message, not a `source`: printed as a
+    /// chain it would otherwise appear twice.
     #[error("snapshot not written, so nothing was applied: {0}")]
-    Snapshot(#[from] SnapshotError),
+    Snapshot(SnapshotError),
+}
+
+impl From<SnapshotError> for ReconcileError {
+    fn from(err: SnapshotError) -> Self {
+        ReconcileError::Snapshot(err)
+    }
 }
 
 /// What a reconcile reads and decides before it writes anything.

@@ -137,3 +137,81 @@ async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
     let run = s.run(&["rollback", &good, "--secret", "ns/notsops"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+/// A small tmpfs, unmounted on drop (the tests run as root, as CI does).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Fills what is left, but for `spare` bytes.
+    fn fill(&self, spare: u64) {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=4k"])
+            .arg(format!("of={}", self.path.join("filler").display()))
+            .output();
+        if spare > 0 {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.path.join("filler"))
+                .unwrap();
+            let len = file.metadata().unwrap().len();
+            file.set_len(len.saturating_sub(spare)).unwrap();
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_named_and_nothing_is_applied() {
+    // How much is left decides where git fails: writing a blob, building
+    // the tree, or writing the commit (where libgit2 reports only that the
+    // commit "doesn't exist"). Each must name the full disk.
+    for spare in [0, 8192, 20000] {
+        let mut s = Snap::start(&["ns"]).await;
+        let disk = SmallDisk::mount(&s.env.dir.path().join("disk"), "2m");
+        s.repo = disk.path.join("snapshots");
+        s.env.put("ns/app/key", "disk-full-value-one");
+        assert_eq!(s.run(&["sync"]).code, 0);
+        let head = s.head();
+        disk.fill(spare);
+        s.env.put("ns/app/key", "disk-full-value-two");
+        s.env.emu_reset().await;
+        let run = s.run(&["sync"]);
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        let line = run.error_line();
+        assert!(
+            line.contains("No space left on device") || line.contains("is full"),
+            "{spare}: {line}"
+        );
+        assert!(!line.contains("no error"), "{line}");
+        assert_eq!(line.matches("snapshot repository").count(), 1, "said once: {line}");
+        assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+        assert_eq!(s.head(), head, "no commit");
+    }
+}

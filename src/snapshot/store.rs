@@ -904,11 +904,43 @@ fn is_empty_dir(path: &Path) -> bool {
 }
 
 fn git_error(path: &Path, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
+    let mut cause = cause.to_string();
+    // libgit2 does not always say that the disk is full ("no error", or a
+    // commit whose object "doesn't exist"): look, and say so.
+    if let Some(free) = free_bytes(path).filter(|free| *free < LOW_DISK)
+        && !cause.contains("No space left")
+    {
+        cause.push_str(&format!(
+            "; the file system holding the repository is full ({free} bytes free): \
+             free some space or move --snapshot-repo"
+        ));
+    }
     SnapshotError::Git {
         path: path.display().to_string(),
         what: what.to_owned(),
-        cause: cause.to_string(),
+        cause,
     }
+}
+
+/// Below this much free space a failed write is put down to a full disk.
+const LOW_DISK: u64 = 1 << 20;
+
+/// Free bytes (for unprivileged users) on the file system holding `path`
+/// or, if it does not exist yet, its nearest existing parent.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer of the right type; the
+    // buffer is read only when the call succeeded.
+    let stat = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some(u64::from(stat.f_bavail) * u64::from(stat.f_frsize))
 }
 
 /// An edited value fails its GCM tag before the MAC is even computed: to the
