@@ -239,7 +239,9 @@ class Bench:
         say(f"warm reconcile N={n}: credsync run --no-stream --no-drift-repair, POST /sync x{reps}")
         self.s.start_emu()
         proc, port, log, ready_s = self.daemon(
-            f"warm-{n}", table, ["--no-stream", "--no-drift-repair", "--sync-rate-limit", "0s"])
+            f"warm-{n}", table,
+            # POST /sync without a token on loopback: the explicit opt-in.
+            ["--no-stream", "--no-drift-repair", "--sync-rate-limit", "0s", "--insecure-no-auth"])
         reps_out = []
         try:
             startup = self.metrics(port)

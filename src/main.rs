@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    raise_open_file_limit();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,3 +34,22 @@ fn limit_malloc_arenas() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
+
+/// Containers often start with a soft limit of 1024 open files while the
+/// hard limit is far higher; the HTTP server's connection cap (and the
+/// clients' pools) need more headroom than that, so the soft limit is
+/// raised to the hard one, as Go's runtime does for every program.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit read or write the one struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -439,6 +439,7 @@ async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
             "default",
             "--identity",
             identity,
+            "--insecure-no-auth",
         ]
     };
     let mut a = Some(env.daemon(&args("replica-a"), &[]));

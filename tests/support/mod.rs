@@ -443,6 +443,11 @@ impl StandIns {
         self.moto.id() as i32
     }
 
+    /// The Kubernetes API emulation's process, to freeze and thaw it.
+    pub fn emu_pid(&self) -> i32 {
+        self.emu.id() as i32
+    }
+
     /// A fresh age identity in the test's directory: (recipient, identity file).
     pub fn age_identity(&self, name: &str) -> (String, PathBuf) {
         use age::secrecy::ExposeSecret;
@@ -589,6 +594,17 @@ impl StandIns {
 
     /// Starts `credsync run` with `args` and waits until /healthz answers.
     pub fn daemon(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.daemon_with_file_limit(args, env, None)
+    }
+
+    /// [`StandIns::daemon`] started with a soft limit of `open_files`, as a
+    /// container with the common default of 1024 would start it.
+    pub fn daemon_with_file_limit(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Daemon {
         let port = free_port();
         let log = self.dir.path().join(format!("run-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
@@ -602,6 +618,20 @@ impl StandIns {
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(soft) = open_files {
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    Ok(())
+                });
+            }
         }
         let child = spawn_tied(&mut cmd);
         wait_for_port(port, "credsync run");
@@ -630,4 +660,49 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+impl StandIns {
+    /// Stores copies of item `from` (version 1) under each of `names` with
+    /// BatchWriteItem: the ciphertext does not bind the name, so every copy
+    /// decrypts to the same value. Seeds thousands of items in seconds,
+    /// where the credstash CLI takes a fraction of a second per item.
+    pub async fn copy_item(&self, from: &str, names: &[String]) {
+        use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+        let ddb = self.dynamodb().await;
+        let seed = ddb
+            .get_item()
+            .table_name(&self.table)
+            .key("name", AttributeValue::S(from.to_owned()))
+            .key("version", AttributeValue::S("0000000000000000001".to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap_or_else(|| panic!("{from} version 1 is not in the table"));
+        for chunk in names.chunks(25) {
+            let mut pending: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|name| {
+                    let mut item = seed.clone();
+                    item.insert("name".to_owned(), AttributeValue::S(name.clone()));
+                    let put = PutRequest::builder().set_item(Some(item)).build().unwrap();
+                    WriteRequest::builder().put_request(put).build()
+                })
+                .collect();
+            while !pending.is_empty() {
+                let out = ddb
+                    .batch_write_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .unwrap();
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table))
+                    .unwrap_or_default();
+            }
+        }
+    }
 }

@@ -310,6 +310,8 @@ pub fn normalize(res: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 /// Validation of a normalized object; `old` is the stored object on update.
+const MAX_EVENT_NOTE: usize = 1024;
+
 pub fn validate(res: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     let mut errs = vec![];
     check_metadata(res, obj, &mut errs);
@@ -318,6 +320,19 @@ pub fn validate(res: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<
     }
     if res.is("", "configmaps") {
         check_configmap(obj, &mut errs);
+    }
+    // As the real server: events.k8s.io/v1 notes of at most 1 KiB.
+    if res.is("events.k8s.io", "events")
+        && obj
+            .get("note")
+            .and_then(Value::as_str)
+            .is_some_and(|note| note.len() > MAX_EVENT_NOTE)
+    {
+        errs.push(FieldErr {
+            reason: "FieldValueInvalid",
+            field: "note".into(),
+            message: format!("Invalid value: \"\": can have at most {MAX_EVENT_NOTE} characters"),
+        });
     }
     if errs.is_empty() {
         Ok(())
