@@ -7,9 +7,10 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use support::snap::Snap;
-use support::path_str;
+use support::{StandIns, path_str};
 
 /// Every regular file under `dir`, with its contents.
 fn files_under(dir: &Path) -> Vec<(String, String)> {
@@ -214,4 +215,63 @@ async fn a_full_disk_is_named_and_nothing_is_applied() {
         assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
         assert_eq!(s.head(), head, "no commit");
     }
+}
+
+/// Stops a process with SIGSTOP until dropped (SIGCONT), also on panic.
+struct Frozen(i32);
+
+impl Frozen {
+    fn freeze(pid: i32) -> Self {
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_aws_endpoint_ends_in_one_error_line_and_a_thaw_recovers() {
+    let env = StandIns::start(&["ns"]).await;
+    env.put("ns/app/key", "frozen-aws-value");
+    {
+        let _frozen = Frozen::freeze(env.moto_pid());
+        // The overall --timeout of a one-shot command.
+        let run = env.credsync_within(&["plan", "--timeout", "3s"], &[], Duration::from_secs(60));
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        assert!(run.error_line().contains("--timeout 3s"), "{}", run.stderr);
+        assert_eq!(run.stderr.lines().filter(|l| l.starts_with("error:")).count(), 1);
+        // Each request's own timeout, well before the overall one.
+        let run = env.credsync_within(
+            &["sync", "--request-timeout", "1s", "--timeout", "10m"],
+            &[],
+            Duration::from_secs(120),
+        );
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        let line = run.error_line();
+        assert!(!line.contains("--timeout"), "{line}");
+        assert!(line.to_lowercase().contains("timeout") || line.contains("timed out"), "{line}");
+    }
+    // Thawed: the next run works, nothing was written meanwhile.
+    assert!(env.secret_data("ns", "app").await.is_none());
+    let run = env.credsync(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(env.secret_data("ns", "app").await.is_some());
+}
+
+#[tokio::test]
+async fn a_frozen_kubernetes_api_ends_in_an_error_not_a_hang() {
+    let env = StandIns::start(&["ns"]).await;
+    env.put("ns/app/key", "frozen-kube-value");
+    let _frozen = Frozen::freeze(env.emu_pid());
+    let run = env.credsync_within(&["sync", "--request-timeout", "1s"], &[], Duration::from_secs(60));
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(!run.error_line().contains("--timeout"), "{}", run.stderr);
 }

@@ -288,15 +288,49 @@ impl StandIns {
     }
 
     pub fn credsync_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.credsync_within(args, env, Duration::from_secs(1800))
+    }
+
+    /// Runs credsync and fails the test if it has not ended by itself
+    /// within `limit` (the child is killed first, so nothing hangs).
+    pub fn credsync_within(&self, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
         self.aws_env(&mut cmd);
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("CREDSYNC_TABLE", &self.table)
-            .args(args);
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
+        let mut child = spawn_tied(&mut cmd);
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let (stdout, stderr) = (read_all(Box::new(stdout)), read_all(Box::new(stderr)));
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("credsync {args:?} did not end by itself within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = Output {
+            status,
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        };
         let run = Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
