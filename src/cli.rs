@@ -22,10 +22,10 @@ use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, listing};
+use crate::server::Access;
 use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
 use crate::snapshot::sops::{Identities, Recipients};
 use crate::snapshot::store::{SnapshotStore, StoreConfig};
-use crate::server::Access;
 use crate::telemetry::{self, LogFormat};
 use zeroize::Zeroizing;
 
@@ -929,10 +929,15 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(err.to_string().contains("CREDSYNC_SYNC_TOKEN is empty"), "{err}");
+        assert!(
+            err.to_string().contains("CREDSYNC_SYNC_TOKEN is empty"),
+            "{err}"
+        );
         let legacy_only = sync_access(&args, legacy(&[("FLASK_API_KEY", "legacy")])).unwrap();
         assert_eq!(token_of(legacy_only), "legacy");
-        let err = sync_access(&args, legacy(&[("FLASK_API_KEY", " ")])).err().unwrap();
+        let err = sync_access(&args, legacy(&[("FLASK_API_KEY", " ")]))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("FLASK_API_KEY is empty"), "{err}");
     }
 

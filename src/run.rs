@@ -84,7 +84,9 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
              or --insecure-no-auth to open them to anyone"
         );
     } else if matches!(config.access, Access::Open) {
-        tracing::warn!("--insecure-no-auth: /sync and /plan are open to anyone who reaches {address}");
+        tracing::warn!(
+            "--insecure-no-auth: /sync and /plan are open to anyone who reaches {address}"
+        );
     }
     let state = Arc::new(ServerState {
         reconciler: reconciler.clone(),

@@ -61,10 +61,21 @@ async fn a_link_in_the_work_tree_never_leads_a_write_outside_the_repository() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(files_under(&outside), before, "nothing written outside");
     assert!(run.stderr.contains("symbolic link"), "{}", run.stderr);
-    assert!(!std::fs::symlink_metadata(&cluster_dir).unwrap().is_symlink());
+    assert!(
+        !std::fs::symlink_metadata(&cluster_dir)
+            .unwrap()
+            .is_symlink()
+    );
     // The work tree shows the committed snapshot again.
-    let out = s.env.sops(&s.identity, &["-d", path_str(&s.repo.join("test/ns/web.yaml"))]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.env.sops(
+        &s.identity,
+        &["-d", path_str(&s.repo.join("test/ns/web.yaml"))],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("web"));
 }
 
@@ -86,7 +97,10 @@ fn commit_by_hand(s: &Snap, message: &str) {
 async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
     let s = Snap::start(&["ns"]).await;
     for name in ["truncated", "notsops", "link", "gone"] {
-        s.env.put(&format!("ns/{name}/key"), &format!("{name}-unreadable-value"));
+        s.env.put(
+            &format!("ns/{name}/key"),
+            &format!("{name}-unreadable-value"),
+        );
     }
     assert_eq!(s.run(&["sync"]).code, 0);
     let good = s.head();
@@ -101,7 +115,11 @@ async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
     let broken = s.head();
     // The Secret behind `gone` leaves the table: its unreadable file goes too.
     let out = s.env.credstash(&["delete", "ns/gone/key"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let run = s.run(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -117,7 +135,11 @@ async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
         let path = dir.join(format!("{name}.yaml"));
         assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
         let out = s.env.sops(&s.identity, &["-d", path_str(&path)]);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(!dir.join("gone.yaml").exists());
     assert_ne!(s.head(), broken, "a new commit");
@@ -211,7 +233,11 @@ async fn a_full_disk_is_named_and_nothing_is_applied() {
             "{spare}: {line}"
         );
         assert!(!line.contains("no error"), "{line}");
-        assert_eq!(line.matches("snapshot repository").count(), 1, "said once: {line}");
+        assert_eq!(
+            line.matches("snapshot repository").count(),
+            1,
+            "said once: {line}"
+        );
         assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
         assert_eq!(s.head(), head, "no commit");
     }
@@ -247,7 +273,13 @@ async fn a_frozen_aws_endpoint_ends_in_one_error_line_and_a_thaw_recovers() {
         let run = env.credsync_within(&["plan", "--timeout", "3s"], &[], Duration::from_secs(60));
         assert_eq!(run.code, 1, "{}", run.stdout);
         assert!(run.error_line().contains("--timeout 3s"), "{}", run.stderr);
-        assert_eq!(run.stderr.lines().filter(|l| l.starts_with("error:")).count(), 1);
+        assert_eq!(
+            run.stderr
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .count(),
+            1
+        );
         // Each request's own timeout, well before the overall one.
         let run = env.credsync_within(
             &["sync", "--request-timeout", "1s", "--timeout", "10m"],
@@ -257,7 +289,10 @@ async fn a_frozen_aws_endpoint_ends_in_one_error_line_and_a_thaw_recovers() {
         assert_eq!(run.code, 1, "{}", run.stdout);
         let line = run.error_line();
         assert!(!line.contains("--timeout"), "{line}");
-        assert!(line.to_lowercase().contains("timeout") || line.contains("timed out"), "{line}");
+        assert!(
+            line.to_lowercase().contains("timeout") || line.contains("timed out"),
+            "{line}"
+        );
     }
     // Thawed: the next run works, nothing was written meanwhile.
     assert!(env.secret_data("ns", "app").await.is_none());
@@ -271,7 +306,264 @@ async fn a_frozen_kubernetes_api_ends_in_an_error_not_a_hang() {
     let env = StandIns::start(&["ns"]).await;
     env.put("ns/app/key", "frozen-kube-value");
     let _frozen = Frozen::freeze(env.emu_pid());
-    let run = env.credsync_within(&["sync", "--request-timeout", "1s"], &[], Duration::from_secs(60));
+    let run = env.credsync_within(
+        &["sync", "--request-timeout", "1s"],
+        &[],
+        Duration::from_secs(60),
+    );
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(!run.error_line().contains("--timeout"), "{}", run.stderr);
+}
+
+/// `plan --detailed-exitcode`: 0 when the cluster matches the table.
+fn converged(env: &StandIns, extra: &[&str]) -> bool {
+    let mut args = extra.to_vec();
+    args.extend(["plan", "--detailed-exitcode"]);
+    env.credsync(&args).code == 0
+}
+
+#[tokio::test]
+async fn kubernetes_errors_fail_only_their_secret_and_a_rerun_converges() {
+    let env = StandIns::start(&["ns"]).await;
+    env.put("ns/app/key", "api-error-value-one");
+    env.put("ns/web/key", "api-error-web-one");
+    assert_eq!(env.credsync(&["sync"]).code, 0);
+    // Each status on every patch: the Secret is reported, the run exits 1.
+    for status in [500, 429, 409] {
+        env.emu_post(
+            "/_emu/faults",
+            serde_json::json!({"verb": "patch", "resource": "secrets", "status": status}),
+        )
+        .await;
+        env.put("ns/app/key", &format!("api-error-value-{status}"));
+        let run = env.credsync(&["sync"]);
+        assert_eq!(run.code, 1, "{status}: {}", run.stderr);
+        assert!(run.stdout.contains("ns/app"), "{status}: {}", run.stdout);
+        assert_eq!(
+            env.secret_data("ns", "web").await.unwrap()["KEY"],
+            b"api-error-web-one",
+            "the other Secret is untouched"
+        );
+        env.emu_clear_faults().await;
+        assert!(!converged(&env, &[]));
+        assert_eq!(
+            env.credsync(&["sync"]).code,
+            0,
+            "{status}: the rerun writes it"
+        );
+        assert!(converged(&env, &[]));
+        assert_eq!(
+            env.secret_data("ns", "app").await.unwrap()["KEY"],
+            format!("api-error-value-{status}").as_bytes()
+        );
+    }
+    // A short 409 storm (someone else writing) is re-read and retried.
+    env.emu_post(
+        "/_emu/faults",
+        serde_json::json!({"verb": "patch", "resource": "secrets", "status": 409, "times": 2}),
+    )
+    .await;
+    env.put("ns/app/key", "api-error-value-storm");
+    let run = env.credsync(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(converged(&env, &[]));
+}
+
+/// Starts `credsync sync` and kills it with SIGKILL after `after`.
+fn sync_killed_after(env: &StandIns, args: &[&str], after: Duration) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_credsync"));
+    env.configure(&mut cmd);
+    cmd.args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn sigkill_at_any_point_of_a_sync_leaves_nothing_half_done() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/seed/key", "sigkill-seed-value");
+    let names: Vec<String> = (0..300).map(|i| format!("ns/app-{i:03}/key")).collect();
+    s.env.copy_item("ns/seed/key", &names).await;
+    let args = s.args(&["sync"]);
+    // Killed early (reading), in the middle (committing, writing), late.
+    for millis in [150, 400, 700, 1000, 1400] {
+        sync_killed_after(&s.env, &args, Duration::from_millis(millis));
+        let fsck = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&s.repo)
+            .args(["fsck", "--no-dangling"])
+            .output()
+            .unwrap();
+        // A repository exists once the first run got that far; whatever it
+        // holds must be whole.
+        if s.repo.join(".git").exists() {
+            assert!(
+                fsck.status.success(),
+                "{}",
+                String::from_utf8_lossy(&fsck.stderr)
+            );
+        }
+        // Every Secret written so far is complete: all its keys, right values.
+        let secrets = s.env.kube().await;
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(secrets, "ns");
+        for secret in api.list(&Default::default()).await.unwrap().items {
+            let data = secret.data.unwrap_or_default();
+            assert_eq!(data.len(), 1, "{:?}", secret.metadata.name);
+            assert_eq!(data["KEY"].0, b"sigkill-seed-value");
+        }
+        // And a rerun finishes the work.
+        let run = s.run(&["sync"]);
+        assert_eq!(run.code, 0, "after a kill at {millis} ms: {}", run.stderr);
+        assert!(
+            converged(&s.env, &s.args(&[])),
+            "after a kill at {millis} ms"
+        );
+        let files = s.git(&["ls-files", "test/ns"]);
+        assert_eq!(files.lines().count(), 301, "one file per Secret");
+        // Next round starts from nothing in the cluster.
+        for secret in api.list(&Default::default()).await.unwrap().items {
+            let name = secret.metadata.name.unwrap();
+            api.delete(&name, &Default::default()).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_syncs_on_one_repository_never_lose_a_commit() {
+    let s = Snap::start(&["ns"]).await;
+    for i in 0..20 {
+        s.env
+            .put(&format!("ns/app-{i}/key"), &format!("concurrent-value-{i}"));
+    }
+    let args = s.args(&["sync"]);
+    let runs: Vec<support::Run> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| s.env.credsync(&args)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for run in &runs {
+        // A run that lost the race says so; it never half-commits.
+        if run.code != 0 {
+            let line = run.error_line();
+            assert!(
+                line.contains("locked") || line.contains("moving the branch"),
+                "{line}"
+            );
+        }
+    }
+    assert!(runs.iter().any(|r| r.code == 0));
+    let fsck = s.git(&["fsck", "--no-dangling"]);
+    assert!(!fsck.contains("error"), "{fsck}");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    assert!(converged(&s.env, &s.args(&[])));
+    let history = s.git(&["log", "--format=%H %P", "main"]);
+    assert!(
+        history.lines().all(|l| l.split(' ').count() <= 2),
+        "linear: {history}"
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_snapshot_remote_cannot_write_outside_or_stop_syncs() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/app/key", "hostile-remote-value-one");
+    let remote = s.env.dir.path().join("remote.git");
+    s.env.git(
+        s.env.dir.path(),
+        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
+    );
+    let with_remote = |command: &[&str]| {
+        let mut args = vec!["--snapshot-remote", path_str(&remote)];
+        args.extend(s.args(command));
+        s.env.credsync(&args)
+    };
+    assert_eq!(with_remote(&["sync"]).code, 0);
+
+    // Another writer pushes a link at this cluster's directory, an
+    // unparsable file, and a link at a Secret's file.
+    let other = s.env.dir.path().join("other");
+    s.env.git(
+        s.env.dir.path(),
+        &["clone", "-q", path_str(&remote), path_str(&other)],
+    );
+    let outside = s.env.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("app.yaml"), "precious\n").unwrap();
+    let before = files_under(&outside);
+    std::fs::remove_file(other.join("test/ns/app.yaml")).unwrap();
+    std::os::unix::fs::symlink(outside.join("app.yaml"), other.join("test/ns/app.yaml")).unwrap();
+    std::fs::write(other.join("test/ns/junk.yaml"), "{{{ not yaml").unwrap();
+    let push = |message: &str| {
+        s.env.git(&other, &["add", "-A"]);
+        s.env.git(
+            &other,
+            &[
+                "-c",
+                "user.name=o",
+                "-c",
+                "user.email=o@o",
+                "commit",
+                "-qm",
+                message,
+            ],
+        );
+        s.env.git(&other, &["push", "-q", "-f", "origin", "main"]);
+    };
+    push("hostile files");
+    s.env.put("ns/app/key", "hostile-remote-value-two");
+    let run = with_remote(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(files_under(&outside), before, "nothing written outside");
+    assert_eq!(
+        s.env.secret_data("ns", "app").await.unwrap()["KEY"],
+        b"hostile-remote-value-two"
+    );
+
+    // History rewritten on the remote (force-pushed, unrelated to ours).
+    s.env
+        .git(&other, &["checkout", "-q", "--orphan", "rewritten"]);
+    s.env.git(&other, &["rm", "-rq", "--cached", "."]);
+    std::fs::remove_dir_all(other.join("test")).unwrap();
+    std::fs::create_dir_all(other.join("test")).unwrap();
+    std::os::unix::fs::symlink(&outside, other.join("test/ns")).unwrap();
+    s.env.git(&other, &["add", "test"]);
+    s.env.git(
+        &other,
+        &[
+            "-c",
+            "user.name=o",
+            "-c",
+            "user.email=o@o",
+            "commit",
+            "-qm",
+            "rewritten",
+        ],
+    );
+    s.env
+        .git(&other, &["push", "-q", "-f", "origin", "rewritten:main"]);
+    s.env.put("ns/app/key", "hostile-remote-value-three");
+    let run = with_remote(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(files_under(&outside), before, "nothing written outside");
+    assert_eq!(
+        s.env.secret_data("ns", "app").await.unwrap()["KEY"],
+        b"hostile-remote-value-three"
+    );
+    // The local snapshot still decrypts with the real sops.
+    let out = s.env.sops(
+        &s.identity,
+        &["-d", path_str(&s.repo.join("test/ns/app.yaml"))],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(converged(&s.env, &s.args(&[])));
 }

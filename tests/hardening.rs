@@ -44,7 +44,10 @@ async fn an_empty_or_hidden_sync_token_stops_start_up() {
     }
     // An empty CREDSYNC_SYNC_TOKEN no longer hides FLASK_API_KEY and then
     // vanishes: it is an error, in print-config as in run.
-    let hidden = [("CREDSYNC_SYNC_TOKEN", ""), ("FLASK_API_KEY", "legacy-token-1")];
+    let hidden = [
+        ("CREDSYNC_SYNC_TOKEN", ""),
+        ("FLASK_API_KEY", "legacy-token-1"),
+    ];
     let run = print_config(&env, &hidden);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
@@ -84,7 +87,10 @@ async fn without_a_token_sync_and_plan_are_closed_unless_opened_on_purpose() {
     let log = env.daemon_log(&closed);
     assert!(log.contains("no sync token configured"), "{log}");
 
-    let open = env.daemon(&["--no-stream", "--no-drift-repair", "--insecure-no-auth"], &[]);
+    let open = env.daemon(
+        &["--no-stream", "--no-drift-repair", "--insecure-no-auth"],
+        &[],
+    );
     assert!(ready(open.port).await);
     assert_eq!(http(open.port, "POST", "/sync", None).0, 202);
     assert!(env.daemon_log(&open).contains("open to anyone"));
@@ -139,7 +145,11 @@ async fn scopes_that_name_nothing_cost_nothing_and_plans_are_cached() {
         .await
     );
     let after = metrics(port);
-    assert_eq!(scans(&after), scans(&before), "no full reconcile for made-up scopes");
+    assert_eq!(
+        scans(&after),
+        scans(&before),
+        "no full reconcile for made-up scopes"
+    );
 
     // /plan: computed once per window, then served with its age.
     let (status, first) = http(port, "GET", "/plan?format=json", Some("scope-token"));
@@ -161,7 +171,12 @@ async fn slow_clients_are_cut_off_and_probes_keep_answering() {
     // 256 open files, as a container might start with: the connections
     // below would exhaust them if credsync kept that limit.
     let daemon = env.daemon_with_file_limit(
-        &["--no-stream", "--no-drift-repair", "--http-header-timeout", "2s"],
+        &[
+            "--no-stream",
+            "--no-drift-repair",
+            "--http-header-timeout",
+            "2s",
+        ],
         &[],
         Some(256),
     );
@@ -237,8 +252,16 @@ async fn credentials_in_the_snapshot_remote_url_are_never_printed() {
             "sync",
         ]);
         assert_eq!(run.code, 1, "{}", run.stdout);
-        assert!(run.error_line().contains("cloning https://***@127.0.0.1:1"), "{}", run.stderr);
-        assert!(!run.stderr.contains("Pa55") && !run.stdout.contains("Pa55"), "{}", run.stderr);
+        assert!(
+            run.error_line().contains("cloning https://***@127.0.0.1:1"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("Pa55") && !run.stdout.contains("Pa55"),
+            "{}",
+            run.stderr
+        );
     }
 }
 
@@ -278,7 +301,11 @@ async fn a_secret_with_3000_keys_gets_an_event_the_api_server_accepts() {
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "the writes themselves succeed: {}", run.stderr);
     assert_eq!(env.secret_data("app", "refused-4").await.unwrap().len(), 1);
-    let warnings = run.stderr.lines().filter(|l| l.contains("refused Events")).count();
+    let warnings = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("refused Events"))
+        .count();
     assert_eq!(warnings, 1, "{}", run.stderr);
     assert!(run.stderr.contains("refused=5"), "{}", run.stderr);
 }

@@ -6,8 +6,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::snap::Snap;
 use support::path_str;
+use support::snap::Snap;
 
 #[tokio::test]
 async fn sync_commits_a_snapshot_that_sops_decrypts_to_the_secret() {

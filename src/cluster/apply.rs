@@ -513,7 +513,11 @@ mod tests {
     fn a_long_event_note_stays_within_the_api_servers_limit() {
         for (added, changed) in [(3000, 0), (20, 20), (25, 5), (0, 31), (1, 3000)] {
             let note = event_note(&change(added, changed));
-            assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes: {note}", note.len());
+            assert!(
+                note.len() <= EVENT_NOTE_LIMIT,
+                "{} bytes: {note}",
+                note.len()
+            );
             let total = added + changed + 1;
             let shown = note
                 .split(' ')

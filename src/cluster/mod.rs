@@ -193,6 +193,29 @@ impl OwnWrites {
     }
 }
 
+/// kube's default retry of 429, 503 and 504 waits up to 1000 s between 15
+/// attempts: against an API server that keeps answering 429, one write of
+/// a one-shot sync took six and a half minutes. A reconciler has its own
+/// retry (the next reconcile, with backoff), so a few quick retries that
+/// honour `Retry-After` are enough here.
+fn client_with_bounded_retries(mut config: kube::Config) -> Result<kube::Client, ClusterError> {
+    use kube::client::retry::RetryPolicy;
+    config.default_retry = false;
+    let policy = RetryPolicy::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(2),
+        4,
+        true,
+    )
+    .map_err(|e| ClusterError::Config(kube::Error::Service(e.into())))?;
+    // Retry needs a service it can clone; Buffer makes kube's boxed one so.
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(ClusterError::Config)?
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(policy))
+        .build())
+}
+
 impl Cluster {
     /// Connects from KUBECONFIG or the in-cluster service account. Requests
     /// get connect and read timeouts of `request_timeout`, so a frozen API
@@ -216,8 +239,8 @@ impl Cluster {
         let mut watches = config;
         watches.connect_timeout = Some(request_timeout);
         watches.write_timeout = Some(request_timeout);
-        let client = kube::Client::try_from(requests).map_err(ClusterError::Config)?;
-        let watch_client = kube::Client::try_from(watches).map_err(ClusterError::Config)?;
+        let client = client_with_bounded_retries(requests)?;
+        let watch_client = client_with_bounded_retries(watches)?;
         Ok(Self::from_client(client, metrics).with_watch_client(watch_client))
     }
 

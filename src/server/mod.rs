@@ -435,12 +435,26 @@ mod tests {
             "BEARER s3cret",
             "Bearer  s3cret ",
         ] {
-            assert!(check_access(&access, &headers(&[("authorization", ok)])).is_none(), "{ok}");
+            assert!(
+                check_access(&access, &headers(&[("authorization", ok)])).is_none(),
+                "{ok}"
+            );
         }
         assert!(check_access(&access, &headers(&[("api-key", "s3cret")])).is_none());
-        for bad in ["Bearer", "Bearer ", "Basic s3cret", "s3cret", "Bearer s3cre", ""] {
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer s3cre",
+            "",
+        ] {
             let refused = check_access(&access, &headers(&[("authorization", bad)]));
-            assert_eq!(refused.map(|r| r.status()), Some(StatusCode::UNAUTHORIZED), "{bad}");
+            assert_eq!(
+                refused.map(|r| r.status()),
+                Some(StatusCode::UNAUTHORIZED),
+                "{bad}"
+            );
         }
         assert!(check_access(&access, &HeaderMap::new()).is_some());
     }

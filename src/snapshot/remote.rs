@@ -85,7 +85,9 @@ impl RemoteUrl {
 
     /// The user and password that were in the URL, for the credential callback.
     fn userinfo(&self) -> Option<(&str, &str)> {
-        self.userinfo.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+        self.userinfo
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
     }
 }
 
@@ -258,7 +260,10 @@ mod tests {
         assert_eq!(url.as_git_url(), "https://git.example.com/org/snaps.git");
         assert_eq!(url.userinfo(), Some(("ci-bot", "p@ss-W0rd")));
         let shown = format!("{url} {url:?}");
-        assert!(!shown.contains("W0rd") && !shown.contains("ci-bot"), "{shown}");
+        assert!(
+            !shown.contains("W0rd") && !shown.contains("ci-bot"),
+            "{shown}"
+        );
         assert!(shown.contains("https://***@git.example.com/org/snaps.git"));
         // A token as the user name (GitHub style) is a secret too.
         let token_only = RemoteUrl::parse("https://ghp_abc123@github.com/o/r.git");

@@ -15,8 +15,8 @@ use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
 use super::remote::{self, PushOutcome, RemoteConfig};
-use super::worktree;
 use super::sops::{self, Identities, Outline, Recipients, SecretDocument};
+use super::worktree;
 use crate::manifest::SecretRef;
 
 /// Annotation listing where every key came from: `KEY=name@version` lines.
@@ -223,7 +223,11 @@ impl SnapshotStore {
 
     /// Makes the work tree show `tree` (HEAD's), after removing any link
     /// that would lead a checkout outside the repository.
-    fn refresh_work_tree(&self, repo: &Repository, tree: &git2::Tree<'_>) -> Result<(), SnapshotError> {
+    fn refresh_work_tree(
+        &self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+    ) -> Result<(), SnapshotError> {
         worktree::remove_stray_links(repo, tree)
             .map_err(|e| self.err("removing a symbolic link from the work tree", e))?;
         let mut checkout = CheckoutBuilder::new();
@@ -304,7 +308,11 @@ impl SnapshotStore {
                 // so an equal fingerprint means equal contents.
                 if old.as_ref().is_some_and(|old| {
                     old.fingerprint
-                        == Some(file_fingerprint(&doc.labels, &doc.annotations, recipients_now))
+                        == Some(file_fingerprint(
+                            &doc.labels,
+                            &doc.annotations,
+                            recipients_now,
+                        ))
                 }) {
                     continue;
                 }
@@ -611,21 +619,22 @@ impl SnapshotStore {
         repo: &Repository,
         tree: &git2::Tree<'_>,
     ) -> Result<BTreeMap<SecretRef, RecordedFile>, SnapshotError> {
-        let (mut files, unreadable) = self.files_in(repo, tree, |_, path, outline| RecordedFile {
-            fingerprint: Some(file_fingerprint(
-                &outline.labels,
-                &outline.annotations,
-                &outline.recipients,
-            )),
-            sources: Some(
-                outline
-                    .annotations
-                    .get(SOURCES_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
-            path,
-        })?;
+        let (mut files, unreadable) =
+            self.files_in(repo, tree, |_, path, outline| RecordedFile {
+                fingerprint: Some(file_fingerprint(
+                    &outline.labels,
+                    &outline.annotations,
+                    &outline.recipients,
+                )),
+                sources: Some(
+                    outline
+                        .annotations
+                        .get(SOURCES_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                path,
+            })?;
         for file in unreadable {
             file.warn("it is rewritten from the desired state (or removed if the Secret is no longer desired)");
             files.insert(

@@ -23,7 +23,12 @@ pub(super) fn remove_stray_links(repo: &Repository, tree: &Tree<'_>) -> std::io:
     Ok(removed)
 }
 
-fn walk(repo: &Repository, tree: &Tree<'_>, dir: &Path, removed: &mut usize) -> std::io::Result<()> {
+fn walk(
+    repo: &Repository,
+    tree: &Tree<'_>,
+    dir: &Path,
+    removed: &mut usize,
+) -> std::io::Result<()> {
     for entry in tree.iter() {
         let Ok(name) = entry.name() else {
             continue;

@@ -225,6 +225,13 @@ impl StandIns {
         aws_sdk_dynamodb::Client::new(&self.sdk_config(REGION).await)
     }
 
+    /// A credsync child's environment: these stand-ins' AWS, cluster and table.
+    pub fn configure(&self, cmd: &mut Command) {
+        self.aws_env(cmd);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("CREDSYNC_TABLE", &self.table);
+    }
+
     /// Environment for child processes: loopback AWS, no user config.
     fn aws_env(&self, cmd: &mut Command) {
         cmd.env("AWS_ENDPOINT_URL", &self.aws_endpoint)
@@ -295,12 +302,8 @@ impl StandIns {
     /// within `limit` (the child is killed first, so nothing hangs).
     pub fn credsync_within(&self, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
-        self.aws_env(&mut cmd);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
-            .env("CREDSYNC_TABLE", &self.table)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        self.configure(&mut cmd);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -455,6 +458,11 @@ impl StandIns {
 
     pub async fn emu_reset(&self) {
         self.emu("POST", "/_emu/stats/reset", None).await;
+    }
+
+    /// Removes every fault injected with `/_emu/faults`.
+    pub async fn emu_clear_faults(&self) {
+        self.emu("DELETE", "/_emu/faults", None).await;
     }
 
     pub async fn emu_post(&self, path: &str, body: Value) {
@@ -708,7 +716,10 @@ impl StandIns {
             .get_item()
             .table_name(&self.table)
             .key("name", AttributeValue::S(from.to_owned()))
-            .key("version", AttributeValue::S("0000000000000000001".to_owned()))
+            .key(
+                "version",
+                AttributeValue::S("0000000000000000001".to_owned()),
+            )
             .consistent_read(true)
             .send()
             .await
