@@ -195,10 +195,10 @@ impl Cluster {
                 .await
             {
                 Ok(Attempt::Done) => {
-                    if !options.dry_run {
-                        if let Err(err) = self.record_event(&change).await {
-                            refused_events.note(&change.secret, err);
-                        }
+                    if !options.dry_run
+                        && let Err(err) = self.record_event(&change).await
+                    {
+                        refused_events.note(&change.secret, err);
                     }
                     return Ok(Some(change));
                 }

@@ -70,6 +70,54 @@ pub enum CryptoError {
     NotUtf8,
 }
 
+/// An item's stored fields, decoded: what KMS and [`open`] need. Decoding
+/// is apart from decrypting so that untrusted table contents are checked
+/// (and fuzzed) without a KMS call.
+pub struct Envelope {
+    /// The KMS-wrapped data key.
+    pub wrapped_key: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub hmac: Vec<u8>,
+    pub digest: Digest,
+}
+
+impl Envelope {
+    /// Decodes `key` and `contents` (base64), `hmac` (hex, as text or bytes)
+    /// and the digest name; each failure names the field.
+    pub fn decode(
+        key: &str,
+        contents: &str,
+        hmac: &[u8],
+        digest: &str,
+    ) -> Result<Self, EnvelopeError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(Self {
+            wrapped_key: b64
+                .decode(key.trim())
+                .map_err(|_| EnvelopeError::NotBase64("key"))?,
+            ciphertext: b64
+                .decode(contents.trim())
+                .map_err(|_| EnvelopeError::NotBase64("contents"))?,
+            hmac: decode_hmac(hmac)?,
+            digest: Digest::from_credstash_name(digest)?,
+        })
+    }
+
+    /// Checks the HMAC with `key`, then decrypts.
+    pub fn open(&self, key: &DataKey) -> Result<SecretValue, CryptoError> {
+        open(key, &self.ciphertext, &self.hmac, self.digest)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("'{0}' is not base64")]
+    NotBase64(&'static str),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
 /// Verifies `expected_hmac` over `ciphertext`, then decrypts it.
 pub fn open(
     key: &DataKey,

@@ -12,11 +12,10 @@ use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::SdkError;
 use aws_sdk_kms::operation::decrypt::DecryptError;
 use aws_sdk_kms::primitives::Blob;
-use base64::Engine;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
-use super::crypto::{self, DataKey, Digest};
+use super::crypto::{DataKey, Envelope};
 use super::{Credential, ItemFailure, ItemId, RawItem, describe_aws_error};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
@@ -130,18 +129,13 @@ impl Decryptor {
             id: item.id.clone(),
             reason,
         };
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let wrapped = b64
-            .decode(item.key.trim())
-            .map_err(|_| fail("'key' is not base64".into()))?;
-        let ciphertext = b64
-            .decode(item.contents.trim())
-            .map_err(|_| fail("'contents' is not base64".into()))?;
-        let expected_hmac = crypto::decode_hmac(&item.hmac).map_err(|e| fail(e.to_string()))?;
-        let digest = Digest::from_credstash_name(&item.digest).map_err(|e| fail(e.to_string()))?;
-        let data_key = self.decrypt_data_key(wrapped).await.map_err(fail)?;
-        let value = crypto::open(&data_key, &ciphertext, &expected_hmac, digest)
+        let envelope = Envelope::decode(&item.key, &item.contents, &item.hmac, &item.digest)
             .map_err(|e| fail(e.to_string()))?;
+        let data_key = self
+            .decrypt_data_key(envelope.wrapped_key.clone())
+            .await
+            .map_err(fail)?;
+        let value = envelope.open(&data_key).map_err(|e| fail(e.to_string()))?;
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(item.id.name.clone(), (key, value.clone()));
         }

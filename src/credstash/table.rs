@@ -47,7 +47,7 @@ pub(super) async fn scan_latest(
     let mut latest: HashMap<String, RawItem> = HashMap::new();
     let mut malformed = Vec::new();
     for item in pages.into_iter().flatten() {
-        match parse_item(&item) {
+        match RawItem::from_attributes(&item) {
             Ok(raw) => match latest.get(&raw.id.name) {
                 Some(seen) if seen.id.version >= raw.id.version => {}
                 _ => {
@@ -101,7 +101,11 @@ pub(super) async fn query_latest(
                 _ => "DynamoDB Query failed",
             })
         })?;
-    Ok(out.items.unwrap_or_default().first().map(parse_item))
+    Ok(out
+        .items
+        .unwrap_or_default()
+        .first()
+        .map(RawItem::from_attributes))
 }
 
 async fn scan_segment(
@@ -129,6 +133,14 @@ async fn scan_segment(
             Some(key) if !key.is_empty() => start_key = Some(key),
             _ => return Ok(items),
         }
+    }
+}
+
+impl RawItem {
+    /// Reads an item as DynamoDB returned it; anything credstash would not
+    /// have written is an [`ItemFailure`] naming the missing attribute.
+    pub fn from_attributes(item: &HashMap<String, AttributeValue>) -> Result<Self, ItemFailure> {
+        parse_item(item)
     }
 }
 

@@ -164,7 +164,7 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `?namespace=NS` and `&secret=NAME` (secret needs namespace); anything else is 400.
-fn parse_scope(
+pub fn parse_scope(
     query: &HashMap<String, String>,
 ) -> Result<Option<(String, Option<String>)>, String> {
     if let Some(unknown) = query

@@ -949,7 +949,7 @@ fn free_bytes(path: &Path) -> Option<u64> {
         }
         stat.assume_init()
     };
-    Some(u64::from(stat.f_bavail) * u64::from(stat.f_frsize))
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// An edited value fails its GCM tag before the MAC is even computed: to the

@@ -32,7 +32,8 @@ impl Schedule {
             .map_err(|e| format!("'{expression}' is not a cron expression: {e}"))
     }
 
-    fn next_delay(&self) -> Duration {
+    /// Time until the next tick (a cron schedule with no next tick: a minute).
+    pub fn next_delay(&self) -> Duration {
         match self {
             Schedule::Every(every) => *every,
             Schedule::Cron(schedule) => schedule

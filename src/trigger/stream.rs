@@ -394,6 +394,37 @@ impl ShardSet {
     }
 }
 
+/// What a page of stream records says: which names changed, the oldest
+/// change, and where to resume.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RecordsRead {
+    pub names: Vec<String>,
+    pub oldest: Option<DateTime<Utc>>,
+    /// The last sequence number of the page, if any record had one.
+    pub last_sequence: Option<String>,
+    /// Records without a string `name` key (ignored).
+    pub nameless: usize,
+}
+
+/// Reads one GetRecords page; records are untrusted input, so anything
+/// missing or malformed is skipped, never a reason to stop.
+pub fn read_records(records: &[Record]) -> RecordsRead {
+    let mut read = RecordsRead::default();
+    for record in records {
+        if let Some(seq) = record.dynamodb().and_then(|d| d.sequence_number()) {
+            read.last_sequence = Some(seq.to_owned());
+        }
+        match record_name(record) {
+            Some(name) => read.names.push(name.to_owned()),
+            None => read.nameless += 1,
+        }
+        if let Some(t) = record_time(record) {
+            read.oldest = Some(read.oldest.map_or(t, |o| o.min(t)));
+        }
+    }
+    read
+}
+
 /// The Credstash name of a record (`Keys["name"].S`); nothing else is read.
 pub(crate) fn record_name(record: &Record) -> Option<&str> {
     match record.dynamodb()?.keys()?.get(NAME_KEY)? {
@@ -1107,22 +1138,20 @@ impl ShardReader {
             let records = out.records.unwrap_or_default();
             if !records.is_empty() {
                 self.metrics.stream_records.inc_by(records.len() as u64);
-                let mut names = Vec::new();
-                let mut oldest: Option<DateTime<Utc>> = None;
-                for record in &records {
-                    if let Some(seq) = record.dynamodb().and_then(|d| d.sequence_number()) {
-                        self.last_sequence = Some(seq.to_owned());
-                    }
-                    match record_name(record) {
-                        Some(name) => names.push(name.to_owned()),
-                        None => tracing::debug!(
-                            table = %self.table, shard = %self.shard_id,
-                            "stream record without a string 'name' key; ignored"
-                        ),
-                    }
-                    if let Some(t) = record_time(record) {
-                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
-                    }
+                let RecordsRead {
+                    names,
+                    oldest,
+                    last_sequence,
+                    nameless,
+                } = read_records(&records);
+                if last_sequence.is_some() {
+                    self.last_sequence = last_sequence;
+                }
+                if nameless > 0 {
+                    tracing::debug!(
+                        table = %self.table, shard = %self.shard_id, nameless,
+                        "stream records without a string 'name' key; ignored"
+                    );
                 }
                 if !names.is_empty()
                     && self
