@@ -45,3 +45,36 @@ bench: setup
 # The benchmark harness on N = 100 with the debug build: keeps it from rotting (CI runs it).
 bench-quick: setup build
     "{{venv}}/bin/python" benches/bench.py --quick --build debug --out target/bench-quick
+
+# The parsers of untrusted bytes, each fuzzed for SECONDS (libFuzzer via cargo fuzz).
+# Crashes land in fuzz/artifacts/TARGET/; the corpus grows in fuzz/corpus/ (not committed).
+fuzz seconds="600": fuzz-setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # cargo fuzz asks rustc for -Z flags: the stable toolchain allows them this way.
+    export RUSTC_BOOTSTRAP=1
+    mkdir -p target/fuzz-logs
+    for target in {{fuzz_targets}}; do
+        mkdir -p "fuzz/corpus/$target" "fuzz/seeds/$target"
+        log="target/fuzz-logs/$target.log"
+        echo "fuzz $target for {{seconds}} s (log: $log)"
+        status=0
+        cargo fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+            -max_total_time={{seconds}} -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
+        grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "$log" | sed "s/^/  /" || true
+        if [ "$status" -ne 0 ]; then
+            tail -n 40 "$log" >&2
+            echo "fuzz $target failed (exit $status); a crash input is in fuzz/artifacts/$target/" >&2
+            exit 1
+        fi
+    done
+
+fuzz_targets := "sops_file credstash_item stream_records http_query schedule"
+
+# cargo-fuzz, pinned, installed once per machine.
+fuzz-setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz 0.13.2" ]; then
+        cargo install --quiet --locked cargo-fuzz --version 0.13.2
+    fi

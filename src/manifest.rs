@@ -499,4 +499,39 @@ mod tests {
             Some(&Hold::Failed)
         );
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any text: never a panic, and whatever maps is a name the
+            /// API server accepts, keyed as an environment variable would be.
+            #[test]
+            fn whatever_maps_is_a_valid_secret_and_key(name in "\\PC{0,80}") {
+                if let Ok(target) = map_name(&name) {
+                    prop_assert!(is_dns1123_label(&target.secret.namespace));
+                    prop_assert!(is_dns1123_subdomain(&target.secret.name));
+                    prop_assert!(is_secret_key(&target.key));
+                    prop_assert!(!target.key.contains(['.', '-']));
+                    prop_assert_eq!(target.key.to_ascii_uppercase(), target.key.clone());
+                    prop_assert_eq!(map_name(&name).ok(), Some(target));
+                }
+            }
+
+            /// Well-formed names map to their parts, the key normalized.
+            #[test]
+            fn well_formed_names_map_to_their_parts(
+                namespace in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+                secret in "[a-z0-9]([a-z0-9.-]{0,30}[a-z0-9])?",
+                key in "[A-Za-z0-9_.-]{1,40}",
+            ) {
+                prop_assume!(secret.split('.').all(is_dns1123_label));
+                prop_assume!(key != "." && key != "..");
+                let target = map_name(&format!("{namespace}/{secret}/{key}")).unwrap();
+                prop_assert_eq!(target.secret, SecretRef::new(&namespace, &secret));
+                prop_assert_eq!(target.key, normalize_key(&key));
+            }
+        }
+    }
 }

@@ -567,3 +567,35 @@ async fn a_hostile_snapshot_remote_cannot_write_outside_or_stop_syncs() {
     );
     assert!(converged(&s.env, &s.args(&[])));
 }
+
+#[tokio::test]
+async fn sigkill_of_the_loop_at_any_point_then_a_restart_converges() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/seed/key", "run-kill-seed-value");
+    let names: Vec<String> = (0..200).map(|i| format!("ns/run-{i:03}/key")).collect();
+    s.env.copy_item("ns/seed/key", &names).await;
+    // Global flags may follow `run`, which the harness puts first.
+    let args = s.args(&["--no-stream", "--no-drift-repair"]);
+    for millis in [100, 500, 900] {
+        let mut daemon = s.env.daemon(&args, &[]);
+        std::thread::sleep(Duration::from_millis(millis));
+        let _ = daemon.child.kill();
+        let _ = daemon.child.wait();
+        drop(daemon);
+        if s.repo.join(".git").exists() {
+            s.git(&["fsck", "--no-dangling"]);
+        }
+        let restarted = s.env.daemon(&args, &[]);
+        let ready = support::eventually(Duration::from_secs(60), || async {
+            support::http(restarted.port, "GET", "/readyz", None).0 == 200
+        })
+        .await;
+        assert!(ready, "{}", s.env.daemon_log(&restarted));
+        drop(restarted);
+        assert!(
+            converged(&s.env, &s.args(&[])),
+            "after a kill at {millis} ms"
+        );
+        assert_eq!(s.git(&["ls-files", "test/ns"]).lines().count(), 201);
+    }
+}

@@ -417,4 +417,105 @@ mod tests {
         .unwrap_err();
         assert!(skip.reason.contains("kubernetes.io/tls"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Small key and value spaces, so desired and live overlap often.
+        fn keys() -> impl Strategy<Value = BTreeMap<String, u8>> {
+            proptest::collection::btree_map("[A-F]", 0u8..3, 0..6)
+        }
+
+        /// The Secret's data after a change, as the API server would hold it.
+        fn applied(
+            change: &SecretChange,
+            desired: &DesiredSecret,
+            live: &BTreeMap<String, SecretValue>,
+        ) -> Option<BTreeMap<String, SecretValue>> {
+            if change.action == Action::Delete {
+                return None;
+            }
+            let mut data = live.clone();
+            for key in change.added.iter().chain(&change.changed) {
+                data.insert(key.clone(), desired.keys[key].value.clone());
+            }
+            for key in &change.removed {
+                data.remove(key);
+            }
+            Some(data)
+        }
+
+        proptest! {
+            /// Applying the plan gives every desired key its value, keeps
+            /// every key credsync does not own, drops the owned keys the
+            /// table no longer names, and leaves nothing to do next time.
+            #[test]
+            fn applying_the_plan_yields_the_desired_state(
+                want in keys(),
+                have in keys(),
+                owned_mask in proptest::collection::vec(any::<bool>(), 6),
+                created in any::<bool>(),
+                exists in any::<bool>(),
+            ) {
+                let pairs: Vec<(String, String)> =
+                    want.iter().map(|(k, v)| (k.clone(), format!("v{v}"))).collect();
+                let pairs: Vec<(&str, &str)> =
+                    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let desired = desired(&pairs);
+                let live_pairs: Vec<(String, String)> =
+                    have.iter().map(|(k, v)| (k.clone(), format!("v{v}"))).collect();
+                let live_pairs: Vec<(&str, &str)> =
+                    live_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let owned: Vec<&str> = ["A", "B", "C", "D", "E", "F"]
+                    .into_iter()
+                    .zip(&owned_mask)
+                    .filter(|(_, on)| **on)
+                    .map(|(k, _)| k)
+                    .collect();
+                let live = exists.then(|| live(&live_pairs, &owned, created));
+                let options = DiffOptions { prune_keys: true, delete_empty: true };
+                let change = diff_secret(&sref(), Some(&desired), live.as_ref(), options).unwrap();
+                let before = live.as_ref().map(|l| l.data.clone()).unwrap_or_default();
+                let Some(change) = change else {
+                    // Nothing to do: it already holds.
+                    for (key, want) in &desired.keys {
+                        prop_assert!(before.get(key).is_some_and(|v| v == &want.value));
+                    }
+                    return Ok(());
+                };
+                let after = applied(&change, &desired, &before);
+                let Some(after) = after else {
+                    prop_assert!(desired.keys.is_empty());
+                    prop_assert!(live.as_ref().is_some_and(|l| l.created_by_credsync));
+                    return Ok(());
+                };
+                for (key, want) in &desired.keys {
+                    prop_assert_eq!(after.get(key), Some(&want.value));
+                }
+                let owned_before = live.as_ref().map(|l| l.owned_keys.clone()).unwrap_or_default();
+                for (key, value) in &before {
+                    if !owned_before.contains(key) && !desired.keys.contains_key(key) {
+                        prop_assert_eq!(after.get(key), Some(value), "a foreign key is kept");
+                    }
+                    if owned_before.contains(key) && !desired.keys.contains_key(key) {
+                        prop_assert!(!after.contains_key(key), "an owned key is pruned");
+                    }
+                }
+                // The next reconcile of the written Secret finds nothing to do.
+                let written = LiveSecret {
+                    data: after,
+                    managed: true,
+                    owned_keys: match &live {
+                        Some(l) => owned_after(&desired, l, &change.removed),
+                        None => desired.keys.keys().cloned().collect(),
+                    },
+                    created_by_credsync: live.as_ref().is_none_or(|l| l.created_by_credsync),
+                    ..self::live(&[], &[], false)
+                };
+                let again = diff_secret(&sref(), Some(&desired), Some(&written), options).unwrap();
+                prop_assert_eq!(again, None);
+            }
+        }
+    }
 }

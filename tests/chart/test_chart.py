@@ -55,10 +55,10 @@ VARIANTS: dict[str, dict] = {
         "networkPolicy": {"enabled": True},
     },
     "two-replicas": {"replicaCount": 2, "podDisruptionBudget": {"enabled": True}},
-    # No stream, no token: a schedule-only installation with /sync open.
+    # No stream, no token: a schedule-only installation with /sync open on purpose.
     "schedule-only": {
         "config": {"stream": {"enabled": False}, "interval": "1h"},
-        "syncToken": {"generate": False},
+        "syncToken": {"generate": False, "insecureNoAuth": True},
     },
     # Everything else a platform team may set, to exercise every template branch.
     "full": {
@@ -308,9 +308,16 @@ def test_sync_token_is_generated_or_taken_from_an_existing_secret():
     assert volume["secret"]["secretName"] == "kubestash-v2"
     assert volume["secret"]["items"] == [{"key": "FLASK_API_KEY", "path": "token"}]
 
-    open_sync = render({"syncToken": {"existingSecret": "", "existingSecretKey": "token", "generate": False}})
-    assert not [o for o in open_sync if o["kind"] == "Secret"]
-    assert "CREDSYNC_SYNC_TOKEN_FILE" not in env_of(open_sync)
+    # No token: /sync and /plan are closed unless opened on purpose.
+    closed = render({"syncToken": {"existingSecret": "", "existingSecretKey": "token", "generate": False}})
+    assert not [o for o in closed if o["kind"] == "Secret"]
+    assert "CREDSYNC_SYNC_TOKEN_FILE" not in env_of(closed)
+    assert "CREDSYNC_INSECURE_NO_AUTH" not in env_of(closed)
+    opened = render({"syncToken": {"existingSecret": "", "generate": False, "insecureNoAuth": True}})
+    assert env_of(opened)["CREDSYNC_INSECURE_NO_AUTH"]["value"] == "true"
+    # A token wins: insecureNoAuth is ignored rather than sent beside it.
+    both = render({"syncToken": {"generate": True, "insecureNoAuth": True}})
+    assert "CREDSYNC_INSECURE_NO_AUTH" not in env_of(both)
 
 
 def only_volume(objects: list[dict], name: str) -> dict:
@@ -354,6 +361,7 @@ NOT_SET_IN_CLUSTER = {
     "CREDSYNC_LEASE_NAMESPACE": "POD_NAMESPACE: the Lease lives in the release namespace, where its Role is",
     "CREDSYNC_SYNC_TOKEN": "the token is mounted as a file (CREDSYNC_SYNC_TOKEN_FILE), never an env value",
     "CREDSYNC_SNAPSHOT_TOKEN": "the token is mounted as a file (CREDSYNC_SNAPSHOT_TOKEN_FILE)",
+    "CREDSYNC_TIMEOUT": "bounds one-shot commands; `run` has CREDSYNC_RECONCILE_TIMEOUT",
 }
 
 
@@ -387,6 +395,11 @@ def test_credsync_accepts_the_rendered_environment(variant, tmp_path):
             env[item["name"]] = item["value"]
         else:
             env[item["name"]] = pod_fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    # The token Secret as the pod mounts it: credsync reads the file at start.
+    if "CREDSYNC_SYNC_TOKEN_FILE" in env:
+        mounted = tmp_path / "sync-token"
+        mounted.write_text("rendered-test-token\n")
+        env["CREDSYNC_SYNC_TOKEN_FILE"] = str(mounted)
     run = subprocess.run([str(credsync_binary()), *c["args"], "--print-config"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
@@ -416,6 +429,9 @@ def test_credsync_accepts_the_rendered_environment(variant, tmp_path):
                        ("sync_rate_limit", cfg["syncRateLimit"]), ("grace", cfg["grace"])]:
         assert seconds(printed[key]) == seconds(value), key
     assert printed["failure_limit"] == cfg["failureLimit"]
+    assert seconds(printed["request_timeout"]) == seconds(cfg["requestTimeout"])
+    assert seconds(printed["http_header_timeout"]) == seconds(cfg["httpHeaderTimeout"])
+    assert printed["max_connections"] == cfg["maxConnections"]
     assert printed["drift_repair"] == cfg["driftRepair"]
     assert printed["dry_run"] == cfg["dryRun"]
     assert printed["leader_election"] == leader
@@ -424,6 +440,9 @@ def test_credsync_accepts_the_rendered_environment(variant, tmp_path):
         assert seconds(printed["lease_duration"]) == seconds(values["leaderElection"]["leaseDuration"])
     token = values["syncToken"]["existingSecret"] or values["syncToken"]["generate"]
     assert printed["sync_token"] == ("set" if token else "unset")
+    opened = values["syncToken"].get("insecureNoAuth")
+    assert printed["sync_auth"] == (
+        "token" if token else "insecure: open to anyone" if opened else "refused: no token configured")
     snapshot = values["snapshot"]
     assert printed["snapshot_repo"] == ("/var/lib/credsync/snapshots" if snapshot["enabled"] else None)
     assert printed["age_recipients"] == (snapshot["ageRecipients"] if snapshot["enabled"] else [])
@@ -616,7 +635,8 @@ def test_calls_fixture_matches_the_code():
     # Api::namespaced per --namespace-include namespace; calls.json says both.
     cluster = (ROOT / "src" / "cluster" / "mod.rs").read_text()
     assert re.search(r"Api<Secret> = Api::all\(", cluster) and "pub fn secret_apis" in cluster
-    assert "secret_apis()" in (ROOT / "src" / "trigger" / "drift.rs").read_text()
+    assert "pub fn watch_apis" in cluster
+    assert "watch_apis()" in (ROOT / "src" / "trigger" / "drift.rs").read_text()
     ids = {"list-managed-secrets", "list-secrets-for-drift", "watch-secrets-for-drift"}
     assert ids <= {c["id"] for c in CALLS if c["scope"] == "all-namespaces" and c.get("scopeWithInclude") == "included-namespaces"}
     lease = (ROOT / "src" / "cluster" / "lease.rs").read_text()

@@ -169,6 +169,12 @@ app.kubernetes.io/component: controller
 {{- end }}
 - name: CREDSYNC_GRACE
   value: {{ $c.grace | quote }}
+- name: CREDSYNC_REQUEST_TIMEOUT
+  value: {{ $c.requestTimeout | quote }}
+- name: CREDSYNC_HTTP_HEADER_TIMEOUT
+  value: {{ $c.httpHeaderTimeout | quote }}
+- name: CREDSYNC_MAX_CONNECTIONS
+  value: {{ $c.maxConnections | int | quote }}
 {{- if include "credsync.leaderElection" . }}
 - name: CREDSYNC_LEADER_ELECTION
   value: "true"
@@ -180,6 +186,9 @@ app.kubernetes.io/component: controller
 {{- if include "credsync.syncTokenSecret" . }}
 - name: CREDSYNC_SYNC_TOKEN_FILE
   value: /etc/credsync/sync-token/token
+{{- else if .Values.syncToken.insecureNoAuth }}
+- name: CREDSYNC_INSECURE_NO_AUTH
+  value: "true"
 {{- end }}
 {{- if .Values.snapshot.enabled }}
 - name: HOME
