@@ -79,20 +79,6 @@ async fn a_link_in_the_work_tree_never_leads_a_write_outside_the_repository() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("web"));
 }
 
-/// Commits what is in the work tree, as another writer of the remote would.
-fn commit_by_hand(s: &Snap, message: &str) {
-    s.git(&["add", "-A"]);
-    s.git(&[
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@t",
-        "commit",
-        "-qm",
-        message,
-    ]);
-}
-
 #[tokio::test]
 async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
     let s = Snap::start(&["ns"]).await;
@@ -111,7 +97,7 @@ async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
     std::fs::remove_file(dir.join("link.yaml")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", dir.join("link.yaml")).unwrap();
     std::fs::write(dir.join("gone.yaml"), "\u{0}\u{1}binary").unwrap();
-    commit_by_hand(&s, "broken files");
+    s.env.git_commit_all(&s.repo, "broken files");
     let broken = s.head();
     // The Secret behind `gone` leaves the table: its unreadable file goes too.
     let out = s.env.credstash(&["delete", "ns/gone/key"]);
@@ -500,19 +486,7 @@ async fn a_hostile_snapshot_remote_cannot_write_outside_or_stop_syncs() {
     std::os::unix::fs::symlink(outside.join("app.yaml"), other.join("test/ns/app.yaml")).unwrap();
     std::fs::write(other.join("test/ns/junk.yaml"), "{{{ not yaml").unwrap();
     let push = |message: &str| {
-        s.env.git(&other, &["add", "-A"]);
-        s.env.git(
-            &other,
-            &[
-                "-c",
-                "user.name=o",
-                "-c",
-                "user.email=o@o",
-                "commit",
-                "-qm",
-                message,
-            ],
-        );
+        s.env.git_commit_all(&other, message);
         s.env.git(&other, &["push", "-q", "-f", "origin", "main"]);
     };
     push("hostile files");
@@ -532,19 +506,7 @@ async fn a_hostile_snapshot_remote_cannot_write_outside_or_stop_syncs() {
     std::fs::remove_dir_all(other.join("test")).unwrap();
     std::fs::create_dir_all(other.join("test")).unwrap();
     std::os::unix::fs::symlink(&outside, other.join("test/ns")).unwrap();
-    s.env.git(&other, &["add", "test"]);
-    s.env.git(
-        &other,
-        &[
-            "-c",
-            "user.name=o",
-            "-c",
-            "user.email=o@o",
-            "commit",
-            "-qm",
-            "rewritten",
-        ],
-    );
+    s.env.git_commit_all(&other, "rewritten");
     s.env
         .git(&other, &["push", "-q", "-f", "origin", "rewritten:main"]);
     s.env.put("ns/app/key", "hostile-remote-value-three");

@@ -77,11 +77,18 @@ pub struct ServerState {
 }
 
 pub fn router(state: Arc<ServerState>) -> Router {
-    Router::new()
+    // The routes that change or reveal something, behind the token.
+    let guarded = Router::new()
         .route("/sync", post(sync))
         // Kubestash-V2's endpoint, so its callers keep working.
         .route("/syncnow", get(sync).post(sync))
         .route("/plan", get(plan))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_access,
+        ));
+    Router::new()
+        .merge(guarded)
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -113,6 +120,18 @@ async fn count_requests(
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Lets through only callers the configured [`Access`] admits.
+async fn require_access(
+    State(state): State<Arc<ServerState>>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    match check_access(&state.access, request.headers()) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
 }
 
 /// The refusal for a caller `access` does not let in, if any.
@@ -188,12 +207,8 @@ pub fn parse_scope(
 
 async fn sync(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refusal) = check_access(&state.access, &headers) {
-        return refusal;
-    }
     let scope = match parse_scope(&query) {
         Ok(scope) => scope,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -299,12 +314,8 @@ fn admit(
 
 async fn plan(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refusal) = check_access(&state.access, &headers) {
-        return refusal;
-    }
     let format = match query.get("format").map(String::as_str) {
         None | Some("json") => Format::Json,
         Some("markdown") => Format::Markdown,

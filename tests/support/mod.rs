@@ -523,6 +523,23 @@ impl StandIns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Commits everything in `repo`'s work tree, as another writer would.
+    pub fn git_commit_all(&self, repo: &Path, message: &str) {
+        self.git(repo, &["add", "-A"]);
+        self.git(
+            repo,
+            &[
+                "-c",
+                "user.name=o",
+                "-c",
+                "user.email=o@o",
+                "commit",
+                "-qm",
+                message,
+            ],
+        );
+    }
+
     /// Runs the real sops with `identity` as its age key file.
     pub fn sops(&self, identity: &Path, args: &[&str]) -> Output {
         Command::new(venv_tool("sops"))
