@@ -732,6 +732,9 @@ fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::RunConfig> {
         (None, Some(every)) => Some(Schedule::Every(every)),
         (None, None) => None,
     };
+    if args.max_connections == 0 || args.http_header_timeout.is_zero() {
+        bail!("--max-connections and --http-header-timeout must be more than 0");
+    }
     let identity = args
         .identity
         .clone()

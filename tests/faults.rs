@@ -561,3 +561,69 @@ async fn sigkill_of_the_loop_at_any_point_then_a_restart_converges() {
         assert_eq!(s.git(&["ls-files", "test/ns"]).lines().count(), 201);
     }
 }
+
+#[tokio::test]
+async fn a_watch_that_hangs_mid_stream_still_repairs_drift_once_the_api_answers() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/password", "hung-watch-value");
+    let daemon = env.daemon(&["--no-stream", "--request-timeout", "2s"], &[]);
+    let ready = support::eventually(Duration::from_secs(30), || async {
+        support::http(daemon.port, "GET", "/readyz", None).0 == 200
+    })
+    .await;
+    assert!(ready, "{}", env.daemon_log(&daemon));
+    // The API server stops answering with the watch open, longer than a
+    // request may take; meanwhile the loop keeps serving its probes.
+    {
+        let _frozen = Frozen::freeze(env.emu_pid());
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(support::http(daemon.port, "GET", "/healthz", None).0, 200);
+    }
+    env.patch_secret(
+        "app",
+        "svc",
+        serde_json::json!({"data": {"PASSWORD": "aGFuZC1lZGl0"}}),
+    )
+    .await;
+    let restored = support::eventually(Duration::from_secs(30), || async {
+        env.secret_data("app", "svc")
+            .await
+            .is_some_and(|d| d["PASSWORD"] == b"hung-watch-value")
+    })
+    .await;
+    assert!(restored, "{}", env.daemon_log(&daemon));
+}
+
+#[tokio::test]
+async fn an_aws_endpoint_restarted_on_the_same_port_is_picked_up_again() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "restart-value-one");
+    let daemon = env.daemon(
+        &[
+            "--no-stream",
+            "--no-drift-repair",
+            "--interval",
+            "1s",
+            "--request-timeout",
+            "2s",
+        ],
+        &[],
+    );
+    let port = daemon.port;
+    let ready = support::eventually(Duration::from_secs(30), || async {
+        support::http(port, "GET", "/readyz", None).0 == 200
+    })
+    .await;
+    assert!(ready, "{}", env.daemon_log(&daemon));
+    // Down, then back empty on the same port (a new table, a new key).
+    env.restart_moto().await;
+    env.put("app/svc/key", "restart-value-two");
+    let synced = support::eventually(Duration::from_secs(30), || async {
+        env.secret_data("app", "svc")
+            .await
+            .is_some_and(|d| d["KEY"] == b"restart-value-two")
+    })
+    .await;
+    assert!(synced, "{}", env.daemon_log(&daemon));
+    assert_eq!(support::http(port, "GET", "/healthz", None).0, 200);
+}

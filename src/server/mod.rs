@@ -255,7 +255,10 @@ async fn sync(
                     return (
                         StatusCode::NOT_FOUND,
                         Json(json!({
-                            "error": format!("no table item maps to {key}: nothing to reconcile"),
+                            "error": format!(
+                                "no table item maps to {key}: nothing to reconcile \
+                                 (POST /sync without a scope also prunes Secrets whose items were all deleted)"
+                            ),
                             "queued": null,
                         })),
                     )

@@ -90,6 +90,11 @@ fn wait_for_port(port: u16, what: &str) {
 /// Starts moto on a free loopback port with extra environment; returns once it listens.
 pub fn start_moto(env: &[(&str, &str)]) -> (Child, u16) {
     let port = free_port();
+    (start_moto_on(port, env), port)
+}
+
+/// Starts moto on `port`; returns once it listens.
+fn start_moto_on(port: u16, env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(venv_tool("moto_server"));
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -99,7 +104,7 @@ pub fn start_moto(env: &[(&str, &str)]) -> (Child, u16) {
     }
     let child = spawn_tied(&mut cmd);
     wait_for_port(port, "moto");
-    (child, port)
+    child
 }
 
 /// How to write one item with the credstash CLI.
@@ -129,7 +134,8 @@ impl Run {
 }
 
 pub struct StandIns {
-    moto: Child,
+    /// Behind a lock so a fault test can restart it on the same port.
+    moto: Mutex<Child>,
     emu: Child,
     pub dir: tempfile::TempDir,
     pub aws_endpoint: String,
@@ -143,9 +149,11 @@ pub struct StandIns {
 
 impl Drop for StandIns {
     fn drop(&mut self) {
-        let _ = self.moto.kill();
+        if let Ok(moto) = self.moto.get_mut() {
+            let _ = moto.kill();
+            let _ = moto.wait();
+        }
         let _ = self.emu.kill();
-        let _ = self.moto.wait();
         let _ = self.emu.wait();
     }
 }
@@ -178,7 +186,7 @@ impl StandIns {
             .unwrap_or_else(|| panic!("kube-emu said {line:?}"))
             .to_owned();
         let stand_ins = Self {
-            moto,
+            moto: Mutex::new(moto),
             emu,
             aws_endpoint: format!("http://127.0.0.1:{port}"),
             emu_url,
@@ -188,14 +196,37 @@ impl StandIns {
             seeded: Mutex::new(Vec::new()),
             captured: Mutex::new(Vec::new()),
         };
-        stand_ins.create_kms_key("alias/credstash", REGION).await;
-        let out = stand_ins.credstash(&["setup"]);
+        stand_ins.set_up_aws().await;
+        Arc::new(stand_ins)
+    }
+
+    /// A KMS key under alias/credstash and a table made by `credstash setup`.
+    async fn set_up_aws(&self) {
+        self.create_kms_key("alias/credstash", REGION).await;
+        let out = self.credstash(&["setup"]);
         assert!(
             out.status.success(),
             "credstash setup: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Arc::new(stand_ins)
+    }
+
+    /// Kills moto and starts a new, empty one on the same port, with a new
+    /// key and table: what credsync sees when its AWS endpoint restarts.
+    pub async fn restart_moto(&self) {
+        let port: u16 = self
+            .aws_endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        {
+            let mut moto = self.moto.lock().unwrap();
+            let _ = moto.kill();
+            let _ = moto.wait();
+            *moto = start_moto_on(port, &[]);
+        }
+        self.set_up_aws().await;
     }
 
     pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {
@@ -482,7 +513,7 @@ impl StandIns {
 
     /// The moto process, to freeze and thaw it in fault tests.
     pub fn moto_pid(&self) -> i32 {
-        self.moto.id() as i32
+        self.moto.lock().unwrap().id() as i32
     }
 
     /// The Kubernetes API emulation's process, to freeze and thaw it.
