@@ -79,8 +79,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("'{text}' is not a duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Past a year a value is a typo, and far enough past it no deadline
+    // can be computed from it (found by fuzzing: "2222...2" panicked).
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!("'{text}' is longer than a year (8784h)"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is not a duration"))
 }
+
+/// The longest duration a flag takes: 366 days.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -94,6 +102,23 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn durations_too_long_to_be_meant_are_refused_not_a_panic() {
+        // The input cargo fuzz found (fuzz/artifacts/schedule/crash-89d6e8...).
+        let found = format!("\n{}", "2".repeat(63));
+        assert!(
+            parse_duration(&found)
+                .unwrap_err()
+                .contains("longer than a year")
+        );
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_duration("9999999h").is_err());
+        assert_eq!(
+            parse_duration("8784h").unwrap(),
+            Duration::from_secs(8784 * 3600)
+        );
     }
 
     #[test]
