@@ -46,8 +46,8 @@ bench: setup
 bench-quick: setup build
     "{{venv}}/bin/python" benches/bench.py --quick --build debug --out target/bench-quick
 
-# The parsers of untrusted bytes, each fuzzed for SECONDS (libFuzzer via cargo fuzz).
-# Crashes land in fuzz/artifacts/TARGET/; the corpus grows in fuzz/corpus/ (not committed).
+# Crash inputs land in fuzz/artifacts/TARGET/; the corpus grows in fuzz/corpus/ (not committed).
+# Fuzz each parser of untrusted bytes for SECONDS (libFuzzer via cargo fuzz).
 fuzz seconds="600" targets=fuzz_targets: fuzz-setup
     #!/usr/bin/env bash
     set -euo pipefail
@@ -82,9 +82,8 @@ fuzz-setup:
         cargo install --quiet --locked cargo-fuzz --version 0.13.2
     fi
 
-# The test control plane (issue 11, in progress): kube-apiserver and etcd built
-# from the Go module proxy (tools/k8s pins them), once per machine, into
-# ~/.cache/credsync/k8s-v1.37.2/. Not yet used by the tests.
+# Issue 11, in progress: tools/k8s pins them; built into ~/.cache/credsync/k8s-v1.37.2/, not yet used by tests.
+# Build the test control plane (kube-apiserver and etcd) from the Go module proxy, once per machine.
 control-plane:
     #!/usr/bin/env bash
     set -euo pipefail
