@@ -78,15 +78,15 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, sync_and_plan = config.access.describe(), "serving /sync, /plan, /metrics, /healthz, /readyz");
-    if matches!(config.access, Access::Unconfigured) {
-        tracing::warn!(
+    match config.access {
+        Access::Unconfigured => tracing::warn!(
             "no sync token configured: /sync and /plan refuse every call; give --sync-token-file, \
              or --insecure-no-auth to open them to anyone"
-        );
-    } else if matches!(config.access, Access::Open) {
-        tracing::warn!(
+        ),
+        Access::Open => tracing::warn!(
             "--insecure-no-auth: /sync and /plan are open to anyone who reaches {address}"
-        );
+        ),
+        Access::Token(_) => {}
     }
     let state = Arc::new(ServerState {
         reconciler: reconciler.clone(),

@@ -549,10 +549,7 @@ async fn sigkill_of_the_loop_at_any_point_then_a_restart_converges() {
             s.git(&["fsck", "--no-dangling"]);
         }
         let restarted = s.env.daemon(&args, &[]);
-        let ready = support::eventually(Duration::from_secs(60), || async {
-            support::http(restarted.port, "GET", "/readyz", None).0 == 200
-        })
-        .await;
+        let ready = support::ready(restarted.port).await;
         assert!(ready, "{}", s.env.daemon_log(&restarted));
         drop(restarted);
         assert!(
@@ -568,10 +565,7 @@ async fn a_watch_that_hangs_mid_stream_still_repairs_drift_once_the_api_answers(
     let env = StandIns::start(&["app"]).await;
     env.put("app/svc/password", "hung-watch-value");
     let daemon = env.daemon(&["--no-stream", "--request-timeout", "2s"], &[]);
-    let ready = support::eventually(Duration::from_secs(30), || async {
-        support::http(daemon.port, "GET", "/readyz", None).0 == 200
-    })
-    .await;
+    let ready = support::ready(daemon.port).await;
     assert!(ready, "{}", env.daemon_log(&daemon));
     // The API server stops answering with the watch open, longer than a
     // request may take; meanwhile the loop keeps serving its probes.
@@ -611,10 +605,7 @@ async fn an_aws_endpoint_restarted_on_the_same_port_is_picked_up_again() {
         &[],
     );
     let port = daemon.port;
-    let ready = support::eventually(Duration::from_secs(30), || async {
-        support::http(port, "GET", "/readyz", None).0 == 200
-    })
-    .await;
+    let ready = support::ready(port).await;
     assert!(ready, "{}", env.daemon_log(&daemon));
     // Down, then back empty on the same port (a new table, a new key).
     env.restart_moto().await;

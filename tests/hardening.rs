@@ -9,14 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::{StandIns, eventually, http, http_with, metric};
-
-async fn ready(port: u16) -> bool {
-    eventually(Duration::from_secs(30), || async move {
-        http(port, "GET", "/readyz", None).0 == 200
-    })
-    .await
-}
+use support::{StandIns, eventually, http, http_with, metric, ready};
 
 fn metrics(port: u16) -> String {
     http(port, "GET", "/metrics", None).1

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{StandIns, eventually, http, metric};
+use support::{StandIns, eventually, http, metric, ready};
 
 async fn value_is(env: &StandIns, ns: &str, name: &str, key: &str, want: &str) -> bool {
     env.secret_data(ns, name)
@@ -18,13 +18,6 @@ async fn value_is(env: &StandIns, ns: &str, name: &str, key: &str, want: &str) -
 /// The latency test holds this exclusively; every other test shares it, so
 /// the machine's two cores are not busy with another test while it measures.
 static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-async fn ready(port: u16) -> bool {
-    eventually(Duration::from_secs(30), || async move {
-        http(port, "GET", "/readyz", None).0 == 200
-    })
-    .await
-}
 
 fn metrics(port: u16) -> String {
     http(port, "GET", "/metrics", None).1

@@ -453,22 +453,34 @@ impl SnapshotStore {
     }
 
     /// The Secrets at REV (all, or those in `only`), readable without identity.
-    /// Files that cannot be read are left out with a warning; use
-    /// [`SnapshotStore::unreadable`] to refuse them instead.
+    /// Files that cannot be read are left out with a warning, unless `only`
+    /// names them.
     pub fn entries(
         &self,
         rev: &str,
         only: &[SecretRef],
     ) -> Result<Vec<SnapshotEntry>, SnapshotError> {
+        self.selected_entries(rev, only, Unreadable::LeaveOut)
+    }
+
+    /// The one read of REV's files behind [`SnapshotStore::entries`] and
+    /// [`SnapshotStore::documents`]: an unreadable file in the selection is
+    /// left out with a warning or refused, as `unreadable` says.
+    fn selected_entries(
+        &self,
+        rev: &str,
+        only: &[SecretRef],
+        unreadable: Unreadable,
+    ) -> Result<Vec<SnapshotEntry>, SnapshotError> {
         self.with_repo(|repo| {
             let commit = find_rev(repo, rev)?;
             let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
-            let (entries, unreadable) = self.entries_in(repo, &tree)?;
-            for file in unreadable
+            let (entries, bad) = self.entries_in(repo, &tree)?;
+            for file in bad
                 .iter()
                 .filter(|f| only.is_empty() || only.contains(&f.secret))
             {
-                if only.contains(&file.secret) {
+                if unreadable == Unreadable::Refuse || only.contains(&file.secret) {
                     return Err(self.unreadable_error(file));
                 }
                 file.warn("it is left out");
@@ -505,14 +517,7 @@ impl SnapshotStore {
         only: &[SecretRef],
         identities: &Identities,
     ) -> Result<Vec<SecretDocument>, SnapshotError> {
-        if let Some(file) = self
-            .unreadable(rev)?
-            .into_iter()
-            .find(|f| only.is_empty() || only.contains(&f.secret))
-        {
-            return Err(self.unreadable_error(&file));
-        }
-        let entries = self.entries(rev, only)?;
+        let entries = self.selected_entries(rev, only, Unreadable::Refuse)?;
         let mut docs = Vec::with_capacity(entries.len());
         for entry in entries {
             let text = self.file_text(rev, &entry.path)?;
@@ -523,15 +528,6 @@ impl SnapshotStore {
             docs.push(doc);
         }
         Ok(docs)
-    }
-
-    /// The files at REV that cannot be read.
-    pub fn unreadable(&self, rev: &str) -> Result<Vec<UnreadableFile>, SnapshotError> {
-        self.with_repo(|repo| {
-            let commit = find_rev(repo, rev)?;
-            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
-            Ok(self.files_in(repo, &tree, |_, _, _| ())?.1)
-        })
     }
 
     fn unreadable_error(&self, file: &UnreadableFile) -> SnapshotError {
@@ -712,6 +708,13 @@ impl SnapshotStore {
         }
         Ok((out, unreadable))
     }
+}
+
+/// What a read of a revision does with a file it cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unreadable {
+    LeaveOut,
+    Refuse,
 }
 
 /// A committed snapshot file credsync cannot read. It is never trusted:

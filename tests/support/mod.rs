@@ -736,6 +736,14 @@ impl StandIns {
     }
 }
 
+/// Whether `credsync run` on `port` turns ready within 30 s.
+pub async fn ready(port: u16) -> bool {
+    eventually(Duration::from_secs(30), || async move {
+        http(port, "GET", "/readyz", None).0 == 200
+    })
+    .await
+}
+
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
