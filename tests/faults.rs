@@ -137,11 +137,11 @@ async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
     assert!(!run.stderr.contains("cannot be read"), "{}", run.stderr);
 
     // Rolling back to the broken revision is refused, and names the file.
-    s.env.emu_reset().await;
+    s.env.mark_requests();
     let run = s.run(&["rollback", &broken]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.error_line().contains("test/ns/"), "{}", run.stderr);
-    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+    assert!(s.env.secret_writes().is_empty(), "nothing applied");
     // A Secret whose file is fine at that revision can still be restored.
     let run = s.run(&["rollback", &good, "--secret", "ns/notsops"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -210,7 +210,7 @@ async fn a_full_disk_is_named_and_nothing_is_applied() {
         let head = s.head();
         disk.fill(spare);
         s.env.put("ns/app/key", "disk-full-value-two");
-        s.env.emu_reset().await;
+        s.env.mark_requests();
         let run = s.run(&["sync"]);
         assert_eq!(run.code, 1, "{}", run.stdout);
         let line = run.error_line();
@@ -224,7 +224,7 @@ async fn a_full_disk_is_named_and_nothing_is_applied() {
             1,
             "said once: {line}"
         );
-        assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+        assert!(s.env.secret_writes().is_empty(), "nothing applied");
         assert_eq!(s.head(), head, "no commit");
     }
 }
@@ -291,7 +291,7 @@ async fn a_frozen_aws_endpoint_ends_in_one_error_line_and_a_thaw_recovers() {
 async fn a_frozen_kubernetes_api_ends_in_an_error_not_a_hang() {
     let env = StandIns::start(&["ns"]).await;
     env.put("ns/app/key", "frozen-kube-value");
-    let _frozen = Frozen::freeze(env.emu_pid());
+    let _frozen = Frozen::freeze(env.apiserver_pid());
     let run = env.credsync_within(
         &["sync", "--request-timeout", "1s"],
         &[],
@@ -316,11 +316,9 @@ async fn kubernetes_errors_fail_only_their_secret_and_a_rerun_converges() {
     assert_eq!(env.credsync(&["sync"]).code, 0);
     // Each status on every patch: the Secret is reported, the run exits 1.
     for status in [500, 429, 409] {
-        env.emu_post(
-            "/_emu/faults",
+        env.faults().await.inject_json(
             serde_json::json!({"verb": "patch", "resource": "secrets", "status": status}),
-        )
-        .await;
+        );
         env.put("ns/app/key", &format!("api-error-value-{status}"));
         let run = env.credsync(&["sync"]);
         assert_eq!(run.code, 1, "{status}: {}", run.stderr);
@@ -330,7 +328,7 @@ async fn kubernetes_errors_fail_only_their_secret_and_a_rerun_converges() {
             b"api-error-web-one",
             "the other Secret is untouched"
         );
-        env.emu_clear_faults().await;
+        env.faults().await.clear_faults();
         assert!(!converged(&env, &[]));
         assert_eq!(
             env.credsync(&["sync"]).code,
@@ -344,11 +342,9 @@ async fn kubernetes_errors_fail_only_their_secret_and_a_rerun_converges() {
         );
     }
     // A short 409 storm (someone else writing) is re-read and retried.
-    env.emu_post(
-        "/_emu/faults",
+    env.faults().await.inject_json(
         serde_json::json!({"verb": "patch", "resource": "secrets", "status": 409, "times": 2}),
-    )
-    .await;
+    );
     env.put("ns/app/key", "api-error-value-storm");
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -570,7 +566,7 @@ async fn a_watch_that_hangs_mid_stream_still_repairs_drift_once_the_api_answers(
     // The API server stops answering with the watch open, longer than a
     // request may take; meanwhile the loop keeps serving its probes.
     {
-        let _frozen = Frozen::freeze(env.emu_pid());
+        let _frozen = Frozen::freeze(env.apiserver_pid());
         std::thread::sleep(Duration::from_secs(4));
         assert_eq!(support::http(daemon.port, "GET", "/healthz", None).0, 200);
     }

@@ -283,11 +283,9 @@ async fn a_secret_with_3000_keys_gets_an_event_the_api_server_accepts() {
     assert!(notes[0].ends_with(" more)"), "{}", notes[0]);
 
     // Events the server refuses: one warning for the whole reconcile.
-    env.emu_post(
-        "/_emu/faults",
-        serde_json::json!({"verb": "create", "resource": "events", "status": 403}),
-    )
-    .await;
+    env.faults()
+        .await
+        .inject_json(serde_json::json!({"verb": "create", "resource": "events", "status": 403}));
     for i in 0..5 {
         env.put(&format!("app/refused-{i}/key"), "refused-event-value");
     }

@@ -1,5 +1,5 @@
-//! Leader election over a coordination.k8s.io/v1 Lease, against the
-//! Kubernetes API emulation: one leader, takeover on release and on crash,
+//! Leader election over a coordination.k8s.io/v1 Lease, against a real
+//! kube-apiserver: one leader, takeover on release and on crash,
 //! stepping down when renewals fail, and no two leaders in a race.
 
 mod support;
@@ -183,8 +183,12 @@ async fn one_leader_and_a_follower_naming_it() {
     // The follower only reads while the Lease is held.
     assert!(b.metrics.kubernetes_calls("get") >= 4);
     assert_eq!(b.metrics.kubernetes_writes(), 0);
-    let stats = env.emu_stats().await;
-    assert_eq!(stats["requests"]["patch"], Value::Null, "{stats}");
+    let patches: Vec<_> = env
+        .credsync_requests()
+        .into_iter()
+        .filter(|e| e.verb == "patch")
+        .collect();
+    assert!(patches.is_empty(), "{patches:#?}");
 }
 
 #[tokio::test]
@@ -367,17 +371,14 @@ async fn electors_started_together_never_both_lead() {
 #[tokio::test]
 async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
     let env = StandIns::start(&[NS]).await;
+    let faults = env.faults().await;
     let client = env.kube().await;
     let a = start(&client, config("credsync", "pod-a", 3000, 500), None);
     wait_until(&a, Duration::from_secs(5), "pod-a leads", |s| {
         *s == Leadership::Leading
     })
     .await;
-    env.emu_post(
-        "/_emu/faults",
-        json!({"verb": "update", "resource": "leases", "status": 500}),
-    )
-    .await;
+    faults.inject_json(json!({"verb": "update", "resource": "leases", "status": 500}));
     wait_until(&a, Duration::from_secs(3), "pod-a steps down", |s| {
         *s == Leadership::Following { holder: None }
     })
@@ -404,7 +405,7 @@ async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
     assert_eq!(spec.holder_identity.as_deref(), Some("pod-a"));
 
     // Once the API accepts writes again, it leads again.
-    clear_faults(&client).await;
+    faults.clear_faults();
     wait_until(&a, Duration::from_secs(3), "pod-a leads again", |s| {
         *s == Leadership::Leading
     })
@@ -412,16 +413,10 @@ async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
     assert_eq!(a.metrics.leader_transitions.get(), 3);
 }
 
-async fn clear_faults(client: &kube::Client) {
-    let req = http::Request::delete("/_emu/faults")
-        .body(Vec::new())
-        .unwrap();
-    client.request_text(req).await.unwrap();
-}
-
 #[tokio::test]
 async fn a_concurrent_write_to_the_lease_makes_the_leader_reread_and_follow() {
     let env = StandIns::start(&[NS]).await;
+    let faults = env.faults().await;
     let client = env.kube().await;
     let a = start(&client, config("credsync", "pod-a", 2000, 500), None);
     wait_until(&a, Duration::from_secs(5), "pod-a leads", |s| {
@@ -430,20 +425,16 @@ async fn a_concurrent_write_to_the_lease_makes_the_leader_reread_and_follow() {
     .await;
     // Another client takes the Lease between pod-a's renewals; pod-a's
     // next write carries a stale resourceVersion and gets 409.
-    env.emu_post(
-        "/_emu/before-write",
-        json!({
-            "namespace": NS,
-            "name": "credsync",
-            "resource": "leases",
-            "merge_patch": {"spec": {
-                "holderIdentity": "intruder",
-                "renewTime": MicroTime(Timestamp::now()),
-                "leaseDurationSeconds": 2,
-            }},
-        }),
-    )
-    .await;
+    faults.edit_before_next_write_json(json!({
+        "namespace": NS,
+        "name": "credsync",
+        "resource": "leases",
+        "merge_patch": {"spec": {
+            "holderIdentity": "intruder",
+            "renewTime": MicroTime(Timestamp::now()),
+            "leaseDurationSeconds": 2,
+        }},
+    }));
     wait_until(
         &a,
         Duration::from_secs(2),

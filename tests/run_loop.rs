@@ -1,5 +1,5 @@
-//! `credsync run` as a subprocess against moto and the Kubernetes API
-//! emulation: stream propagation, drift repair, the HTTP surface, leader
+//! `credsync run` as a subprocess against moto and a real kube-apiserver:
+//! stream propagation, drift repair, the HTTP surface, leader
 //! election and faults.
 
 mod support;
@@ -459,8 +459,8 @@ async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("replica-"), "{body}");
 
-    // Only the leader writes: one put, one Secret write at the emulator.
-    env.emu_reset().await;
+    // Only the leader writes: one put, one Secret write at the API server.
+    env.mark_requests();
     env.put("app/svc/key", "leader-value-two");
     assert!(
         eventually(Duration::from_secs(10), || value_is(
@@ -473,12 +473,7 @@ async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
         .await
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        env.emu_writes().await.len(),
-        1,
-        "{:#?}",
-        env.emu_writes().await
-    );
+    assert_eq!(env.secret_writes().len(), 1, "{:#?}", env.secret_writes());
     let written = |port: u16| {
         metric(
             &metrics(port),
@@ -524,6 +519,8 @@ async fn faults_are_counted_and_the_loop_recovers() {
     let env = StandIns::start(&["app"]).await;
     env.put("app/svc/key", "fault-value-one");
     env.put("app/svc/other", "fault-other-one");
+    // The loop talks through the fault proxy from the start.
+    let faults = env.faults().await;
     let daemon = env.daemon(
         &[
             "--no-stream",
@@ -538,11 +535,9 @@ async fn faults_are_counted_and_the_loop_recovers() {
     assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
 
     // The API server fails some writes: retried, no key lost.
-    env.emu_post(
-        "/_emu/faults",
+    faults.inject_json(
         serde_json::json!({"verb": "patch", "resource": "secrets", "status": 500, "times": 2}),
-    )
-    .await;
+    );
     env.put("app/svc/key", "fault-value-two");
     assert!(
         eventually(Duration::from_secs(15), || value_is(

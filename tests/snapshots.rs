@@ -245,7 +245,7 @@ async fn unwritable_snapshot_repository_applies_nothing() {
     let run = s.run(&["sync"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(run.error_line().contains("snapshot"), "{}", run.stderr);
-    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+    assert!(s.env.secret_writes().is_empty(), "nothing applied");
 
     // A repository whose objects cannot be written.
     std::fs::remove_file(&s.repo).unwrap();
@@ -264,7 +264,7 @@ async fn unwritable_snapshot_repository_applies_nothing() {
         return;
     }
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+    assert!(s.env.secret_writes().is_empty(), "nothing applied");
 }
 
 fn nix_is_root() -> bool {
@@ -295,7 +295,7 @@ async fn tampered_snapshot_and_wrong_identity_are_refused() {
         "hand edit",
     ]);
     s.env.put("ns/app/key", "tamper-newer-value");
-    s.env.emu_reset().await;
+    s.env.mark_requests();
 
     for command in [vec!["rollback", "HEAD"], vec!["show", "HEAD", "--reveal"]] {
         let run = s.run(&command);
@@ -307,7 +307,7 @@ async fn tampered_snapshot_and_wrong_identity_are_refused() {
             run.stderr
         );
     }
-    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+    assert!(s.env.secret_writes().is_empty(), "nothing applied");
 
     // An edited MAC is refused the same way.
     s.git(&[
@@ -341,7 +341,7 @@ async fn tampered_snapshot_and_wrong_identity_are_refused() {
         "{}",
         run.stderr
     );
-    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+    assert!(s.env.secret_writes().is_empty(), "nothing applied");
 
     // The wrong identity: the error names the file's recipients.
     let (_, other) = s.env.age_identity("stranger");
@@ -499,12 +499,12 @@ async fn a_lock_left_by_a_killed_git_is_recovered_and_a_live_one_refused() {
     let lock = s.repo.join(".git/index.lock");
 
     std::fs::write(&lock, "").unwrap();
-    s.env.emu_reset().await;
+    s.env.mark_requests();
     let run = s.run(&["sync"]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.error_line().contains("index.lock"), "{}", run.stderr);
     assert_eq!(s.head(), head, "no commit while locked");
-    assert!(s.env.emu_writes().await.is_empty(), "nothing applied");
+    assert!(s.env.secret_writes().is_empty(), "nothing applied");
 
     // The same lock, two hours old: a killed process left it.
     let status = std::process::Command::new("touch")

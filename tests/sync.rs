@@ -1,5 +1,5 @@
 //! End-to-end: items written by the real credstash CLI into moto, synced by
-//! the credsync binary into the Kubernetes API emulation.
+//! the credsync binary into a real kube-apiserver.
 
 mod support;
 
@@ -112,7 +112,7 @@ async fn second_reconcile_makes_no_kms_calls_and_no_writes() {
     let m = reconciler.metrics();
     assert_eq!(m.kms_calls(), 5);
     let (kms, writes) = (m.kms_calls(), m.kubernetes_writes());
-    env.emu_reset().await;
+    env.mark_requests();
 
     let second = reconciler.sync(false).await.unwrap();
     assert!(!second.plan.has_changes());
@@ -123,7 +123,7 @@ async fn second_reconcile_makes_no_kms_calls_and_no_writes() {
         0,
         "Kubernetes writes on an unchanged table"
     );
-    assert!(env.emu_writes().await.is_empty(), "the emulator saw writes");
+    assert!(env.secret_writes().is_empty(), "the API server saw writes");
 
     // A changed item is decrypted again (one call), and only it.
     env.put("apps/svc-2/password", "password-value-2-rotated");
@@ -150,7 +150,7 @@ async fn one_changed_key_among_50_secrets_is_one_write_of_that_key() {
     assert!(run.stdout.contains("50 to create"), "{}", run.stdout);
 
     env.put("fleet/svc-17/password", "password-of-svc-17-rotated");
-    env.emu_reset().await;
+    env.mark_requests();
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
@@ -160,20 +160,24 @@ async fn one_changed_key_among_50_secrets_is_one_write_of_that_key() {
         run.stdout
     );
 
-    let writes = env.emu_writes().await;
+    let writes = env.secret_writes();
     assert_eq!(writes.len(), 1, "{writes:#?}");
     let write = &writes[0];
     assert_eq!(
-        (write["namespace"].as_str(), write["name"].as_str()),
+        (write.namespace(), write.name()),
         (Some("fleet"), Some("svc-17"))
     );
-    let data = write["body"]["data"].as_object().unwrap();
+    let body = write
+        .request_object
+        .as_ref()
+        .expect("the audit log holds the body");
+    let data = body["data"].as_object().unwrap();
     assert_eq!(
         data.keys().collect::<Vec<_>>(),
         ["PASSWORD"],
         "the write carries only the changed key"
     );
-    let body_keys: Vec<&String> = write["body"].as_object().unwrap().keys().collect();
+    let body_keys: Vec<&String> = body.as_object().unwrap().keys().collect();
     assert_eq!(body_keys, ["data", "metadata"]);
     let live = env.secret_data("fleet", "svc-17").await.unwrap();
     assert_eq!(live["PASSWORD"], b"password-of-svc-17-rotated");
@@ -480,7 +484,7 @@ async fn table_level_errors_are_one_clear_line_and_write_nothing() {
         "{line}"
     );
 
-    assert!(env.emu_writes().await.is_empty(), "nothing may be written");
+    assert!(env.secret_writes().is_empty(), "nothing may be written");
     assert!(env.secret("ns", "app").await.is_none());
 }
 
@@ -534,11 +538,7 @@ async fn concurrent_edit_between_read_and_write_is_not_lost() {
     assert_eq!(env.credsync(&["sync"]).code, 0);
     env.put("ns/app/token", "token-value-two");
     // Another writer edits the Secret just before credsync's write lands.
-    env.emu_post(
-        "/_emu/before-write",
-        json!({"namespace": "ns", "name": "app", "merge_patch": {"data": {"HAND_ADDED": "aGFuZA=="}}}),
-    )
-    .await;
+    env.faults().await.edit_before_next_write_json(json!({"namespace": "ns", "name": "app", "merge_patch": {"data": {"HAND_ADDED": "aGFuZA=="}}}));
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let data = env.secret_data("ns", "app").await.unwrap();
@@ -548,10 +548,9 @@ async fn concurrent_edit_between_read_and_write_is_not_lost() {
         "credsync's change landed"
     );
     let patches = env
-        .emu_writes()
-        .await
+        .secret_writes()
         .into_iter()
-        .filter(|w| w["verb"] == "patch")
+        .filter(|w| w.verb == "patch")
         .count();
     assert!(patches >= 2, "the stale write was refused and retried");
 }
@@ -631,8 +630,12 @@ async fn dry_run_writes_nothing_and_plan_exit_codes_follow_changes() {
         env.secret("ns", "app").await.is_none(),
         "dry run stored nothing"
     );
-    let stats = env.emu_stats().await;
-    assert_eq!(stats["dry_run"]["create"], 1, "{stats}");
+    let dry_creates = env
+        .credsync_requests()
+        .into_iter()
+        .filter(|e| e.resource() == "secrets" && e.verb == "create" && e.dry_run())
+        .count();
+    assert_eq!(dry_creates, 1, "the server saw one dry-run create");
     assert_eq!(env.credsync(&["sync"]).code, 0);
     assert_eq!(env.credsync(&["plan", "--detailed-exitcode"]).code, 0);
 }

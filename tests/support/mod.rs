@@ -1,15 +1,16 @@
-//! Local stand-ins for the integration tests: moto (DynamoDB + KMS) and the
-//! Kubernetes API emulation on loopback, the real credstash CLI to write
-//! items, and the credsync binary to run. Every process started here dies
-//! with the test (PDEATHSIG and Drop), and every output captured from
-//! credsync is checked for the values the test seeded.
+//! Local stand-ins for the integration tests: moto (DynamoDB + KMS) and a
+//! real kube-apiserver with etcd on loopback (one per test, see
+//! `control-plane`), the real credstash CLI to write items, and the credsync
+//! binary to run. Every process started here dies with the test (PDEATHSIG
+//! and Drop), and every output captured from credsync is checked for the
+//! values the test seeded.
 
 #![allow(dead_code)]
 
 pub mod snap;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use control_plane::{AuditEvent, AuditMark, ControlPlane, FaultProxy, Options, User};
 use credsync::cluster::{ApplyOptions, Cluster};
 use credsync::credstash::{CredstashSource, SourceConfig};
 use credsync::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
@@ -28,6 +30,10 @@ use serde_json::Value;
 
 pub const REGION: &str = "us-east-1";
 
+/// The API server user credsync runs as in tests (in `system:masters`; the
+/// chart's least-privilege RBAC is tested apart, in tests/rbac.rs).
+pub const CREDSYNC_USER: &str = "credsync";
+
 pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -38,22 +44,6 @@ pub fn venv_tool(name: &str) -> PathBuf {
     assert!(
         path.exists(),
         "{} missing: run `just setup` first",
-        path.display()
-    );
-    path
-}
-
-fn kube_emu_bin() -> PathBuf {
-    if let Ok(path) = std::env::var("KUBE_EMU_BIN") {
-        return PathBuf::from(path);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| project_dir().join("target"));
-    let path = target.join("debug/kube-emu");
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build -p kube-emu` (just test does)",
         path.display()
     );
     path
@@ -136,10 +126,14 @@ impl Run {
 pub struct StandIns {
     /// Behind a lock so a fault test can restart it on the same port.
     moto: Mutex<Child>,
-    emu: Child,
+    /// Started on first use; from then on credsync talks through it.
+    proxy: Mutex<Option<Arc<FaultProxy>>>,
+    plane: ControlPlane,
+    /// Where [`StandIns::credsync_requests`] starts reading the audit log.
+    mark: Mutex<AuditMark>,
     pub dir: tempfile::TempDir,
     pub aws_endpoint: String,
-    pub emu_url: String,
+    /// Reaches the API server directly as the user `credsync` (system:masters).
     pub kubeconfig: PathBuf,
     pub table: String,
     seeded: Mutex<Vec<String>>,
@@ -153,43 +147,32 @@ impl Drop for StandIns {
             let _ = moto.kill();
             let _ = moto.wait();
         }
-        let _ = self.emu.kill();
-        let _ = self.emu.wait();
     }
 }
 
 impl StandIns {
-    /// Starts moto and the emulator with `namespaces`, a KMS key under
+    /// Starts moto and a control plane with `namespaces`, a KMS key under
     /// alias/credstash and a table made by `credstash setup`.
     pub async fn start(namespaces: &[&str]) -> Arc<Self> {
         let dir = tempfile::tempdir().unwrap();
         let (moto, port) = start_moto(&[]);
+        let credsync = User::admin(CREDSYNC_USER);
+        let plane = ControlPlane::start(Options {
+            namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+            users: vec![credsync.clone()],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
         let kubeconfig = dir.path().join("kubeconfig");
-        let mut emu_cmd = Command::new(kube_emu_bin());
-        emu_cmd.arg("--kubeconfig").arg(&kubeconfig);
-        for ns in namespaces {
-            emu_cmd.args(["--namespace", ns]);
-        }
-        let mut emu = spawn_tied(
-            emu_cmd
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
-        );
-        let mut line = String::new();
-        BufReader::new(emu.stdout.take().unwrap())
-            .read_line(&mut line)
+        plane
+            .write_kubeconfig(&kubeconfig, &credsync.token)
             .unwrap();
-        let emu_url = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("kube-emu said {line:?}"))
-            .to_owned();
         let stand_ins = Self {
             moto: Mutex::new(moto),
-            emu,
+            proxy: Mutex::new(None),
+            plane,
+            mark: Mutex::new(AuditMark::default()),
             aws_endpoint: format!("http://127.0.0.1:{port}"),
-            emu_url,
             kubeconfig,
             table: "credential-store".to_owned(),
             dir,
@@ -259,8 +242,17 @@ impl StandIns {
     /// A credsync child's environment: these stand-ins' AWS, cluster and table.
     pub fn configure(&self, cmd: &mut Command) {
         self.aws_env(cmd);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
+        cmd.env("KUBECONFIG", self.active_kubeconfig())
             .env("CREDSYNC_TABLE", &self.table);
+    }
+
+    /// The kubeconfig credsync gets: the fault proxy's once a test asked
+    /// for it ([`StandIns::faults`]), else the API server's.
+    pub fn active_kubeconfig(&self) -> PathBuf {
+        match self.proxy.lock().unwrap().as_ref() {
+            Some(_) => self.dir.path().join("fault-proxy.kubeconfig"),
+            None => self.kubeconfig.clone(),
+        }
     }
 
     /// Environment for child processes: loopback AWS, no user config.
@@ -395,12 +387,24 @@ impl StandIns {
         }
     }
 
+    /// A client as credsync (through the fault proxy once it runs): for
+    /// code under test run in this process.
     pub async fn kube(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.active_kubeconfig()).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .unwrap();
         kube::Client::try_from(config).unwrap()
+    }
+
+    /// A client as the test itself (another user than credsync, straight to
+    /// the server): to read and arrange what a test checks.
+    pub async fn admin(&self) -> kube::Client {
+        self.plane.admin_client().await.unwrap()
+    }
+
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.plane
     }
 
     /// A reconciler in this process, for counting calls across reconciles.
@@ -438,7 +442,7 @@ impl StandIns {
     }
 
     pub async fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
-        Api::<Secret>::namespaced(self.kube().await, namespace)
+        Api::<Secret>::namespaced(self.admin().await, namespace)
             .get_opt(name)
             .await
             .unwrap()
@@ -458,57 +462,63 @@ impl StandIns {
             "stringData": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         }))
         .unwrap();
-        Api::<Secret>::namespaced(self.kube().await, namespace)
+        Api::<Secret>::namespaced(self.admin().await, namespace)
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
     }
 
     pub async fn patch_secret(&self, namespace: &str, name: &str, patch: Value) {
-        Api::<Secret>::namespaced(self.kube().await, namespace)
+        Api::<Secret>::namespaced(self.admin().await, namespace)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
     }
 
-    async fn emu(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
-            .unwrap();
-        let text = self.kube().await.request_text(req).await.unwrap();
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+    /// From now on, [`StandIns::credsync_requests`] reports only later requests.
+    pub fn mark_requests(&self) {
+        *self.mark.lock().unwrap() = self.plane.audit().mark();
     }
 
-    /// Requests the emulator counted: `{"requests": {verb: n}, "writes": [...]}`.
-    pub async fn emu_stats(&self) -> Value {
-        self.emu("GET", "/_emu/stats", None).await
-    }
-
-    pub async fn emu_reset(&self) {
-        self.emu("POST", "/_emu/stats/reset", None).await;
-    }
-
-    /// Removes every fault injected with `/_emu/faults`.
-    pub async fn emu_clear_faults(&self) {
-        self.emu("DELETE", "/_emu/faults", None).await;
-    }
-
-    pub async fn emu_post(&self, path: &str, body: Value) {
-        self.emu("POST", path, Some(body)).await;
-    }
-
-    /// Secret writes (create/update/patch/delete) the emulator stored,
-    /// excluding dry runs and the Events credsync records.
-    pub async fn emu_writes(&self) -> Vec<Value> {
-        let stats = self.emu_stats().await;
-        let writes = stats["writes"].as_array().cloned().unwrap_or_default();
-        writes
+    /// Every request credsync made since the last mark, as the API server's
+    /// audit log recorded it.
+    pub fn credsync_requests(&self) -> Vec<AuditEvent> {
+        let mark = *self.mark.lock().unwrap();
+        self.plane
+            .audit()
+            .since(mark)
             .into_iter()
-            .filter(|w| w["resource"] == "secrets")
+            .filter(|e| e.user.username == CREDSYNC_USER)
             .collect()
+    }
+
+    /// Secret writes (create/update/patch/delete, not dry runs) credsync
+    /// sent since the last mark, whatever the server answered.
+    pub fn secret_writes(&self) -> Vec<AuditEvent> {
+        self.credsync_requests()
+            .into_iter()
+            .filter(|e| e.resource() == "secrets" && e.is_write() && !e.dry_run())
+            .collect()
+    }
+
+    /// The fault-injecting proxy in front of the API server, started on
+    /// first use. Every credsync started after this call talks through it.
+    pub async fn faults(&self) -> Arc<FaultProxy> {
+        if let Some(proxy) = self.proxy.lock().unwrap().as_ref() {
+            return proxy.clone();
+        }
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        let proxy = Arc::new(FaultProxy::start(config).unwrap());
+        std::fs::write(
+            self.dir.path().join("fault-proxy.kubeconfig"),
+            proxy.kubeconfig_yaml(),
+        )
+        .unwrap();
+        *self.proxy.lock().unwrap() = Some(proxy.clone());
+        proxy
     }
 
     /// The moto process, to freeze and thaw it in fault tests.
@@ -516,9 +526,9 @@ impl StandIns {
         self.moto.lock().unwrap().id() as i32
     }
 
-    /// The Kubernetes API emulation's process, to freeze and thaw it.
-    pub fn emu_pid(&self) -> i32 {
-        self.emu.id() as i32
+    /// The kube-apiserver process, to freeze and thaw it.
+    pub fn apiserver_pid(&self) -> i32 {
+        self.plane.apiserver_pid()
     }
 
     /// A fresh age identity in the test's directory: (recipient, identity file).
@@ -699,7 +709,7 @@ impl StandIns {
         let log = self.dir.path().join(format!("run-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
         self.aws_env(&mut cmd);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
+        cmd.env("KUBECONFIG", self.active_kubeconfig())
             .env("CREDSYNC_TABLE", &self.table)
             .arg("run")
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -1,0 +1,66 @@
+//! `control-plane`: a real kube-apiserver and etcd on loopback for the demo
+//! and the bench. Writes a kubeconfig (a `system:masters` token), creates the
+//! namespaces asked for, prints `READY <url>`, and stops both servers when
+//! stdin closes or on SIGTERM/SIGINT, so it never outlives its caller.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use control_plane::{ControlPlane, Options};
+use tokio::io::AsyncReadExt;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A real kube-apiserver and etcd on loopback, for tests"
+)]
+struct Args {
+    /// Where to write the kubeconfig that reaches the server.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Namespaces to create once the server is ready. Repeatable.
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// Where to copy the server's audit log path (one line) for callers that count requests.
+    #[arg(long)]
+    audit_log_path_file: Option<PathBuf>,
+    /// Keep running when stdin reaches EOF (for running it by hand in the background).
+    #[arg(long)]
+    ignore_stdin: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow_free::Result {
+    let args = Args::parse();
+    let plane = ControlPlane::start(Options {
+        namespaces: args.namespaces.clone(),
+        users: Vec::new(),
+    })
+    .await?;
+    plane.write_kubeconfig(&args.kubeconfig, &plane.admin().token)?;
+    if let Some(file) = &args.audit_log_path_file {
+        std::fs::write(file, plane.audit().path().display().to_string())?;
+    }
+    println!("READY {}", plane.url());
+    let stdin_closed = async {
+        if args.ignore_stdin {
+            return std::future::pending::<()>().await;
+        }
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 256];
+        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        () = stdin_closed => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    drop(plane);
+    Ok(())
+}
+
+/// `main`'s error: printed as `error: ...` by Rust's Termination for Box<dyn Error>.
+mod anyhow_free {
+    pub type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+}
