@@ -8,8 +8,8 @@ export SOPS_DISABLE_VERSION_CHECK := "1"
 # Run every test.
 default: test
 
-# Python tools for tests and the demo, pinned in requirements-test.txt, into .venv.
-setup:
+# Python tools (pinned in requirements-test.txt, into .venv) and the test control plane.
+setup: control-plane
     #!/usr/bin/env bash
     set -euo pipefail
     if [ ! -x "{{venv}}/bin/python" ]; then python3 -m venv "{{venv}}"; fi
@@ -18,11 +18,11 @@ setup:
         touch "{{venv}}/.installed"
     fi
 
-# Build credsync and the Kubernetes API emulation used by tests and the demo.
+# Build credsync and tests/control-plane (starts etcd + kube-apiserver for the demo and bench).
 build:
     cargo build --workspace --quiet
 
-# Formatting, lints, unit and integration tests (moto + the API emulation on loopback).
+# Formatting, lints, unit and integration tests (moto + a real kube-apiserver and etcd on loopback).
 test: setup build
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -39,7 +39,7 @@ demo: setup build
 
 # Benchmarks (release build): writes target/bench/report.md and report.json (about 19 min from a fresh clone, 12 once built).
 bench: setup
-    cargo build --release --quiet -p credsync -p kube-emu
+    cargo build --release --quiet -p credsync -p control-plane
     "{{venv}}/bin/python" benches/bench.py --out target/bench
 
 # The benchmark harness on N = 100 with the debug build: keeps it from rotting (CI runs it).
@@ -82,18 +82,19 @@ fuzz-setup:
         cargo install --quiet --locked cargo-fuzz --version 0.13.2
     fi
 
-# Issue 11, in progress: tools/k8s pins them; built into ~/.cache/credsync/k8s-v1.37.2/, not yet used by tests.
-# Build the test control plane (kube-apiserver and etcd) from the Go module proxy, once per machine.
+# Build the test control plane (kube-apiserver and etcd, pinned in tools/k8s/go.mod) from the Go module proxy, once per machine (~7 min).
 control-plane:
     #!/usr/bin/env bash
     set -euo pipefail
-    version=v1.37.2
+    version="$(sed -n 's/^\s*k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' tools/k8s/go.mod)"
+    minor="$(echo "$version" | cut -d. -f2)"
     out="${XDG_CACHE_HOME:-$HOME/.cache}/credsync/k8s-$version"
     if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ]; then exit 0; fi
     mkdir -p "$out"
     cd tools/k8s
+    echo "building kube-apiserver $version and etcd into $out (once per machine, about 7 min)"
     ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version \
-        -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+        -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
     # Upstream's flags: static, reproducible, no test code.
     CGO_ENABLED=0 go build -trimpath -tags selinux,notest -ldflags "$ldflags" \
         -o "$out/kube-apiserver.part" ./cmd/kube-apiserver

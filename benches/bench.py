@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """credsync benchmarks (issue 5): every figure measured in one run, side by
 side with its baseline from the same run, on local stand-ins (moto on
-loopback for DynamoDB + KMS, tests/kube-emu for the Kubernetes API).
+loopback for DynamoDB + KMS, a real kube-apiserver + etcd from tests/control-plane
+for Kubernetes).
 
     .venv/bin/python benches/bench.py [--quick] [--out target/bench]
 
 Writes OUT/report.json and OUT/report.md (and OUT/logs/, OUT/profile/).
-Needs target/release/credsync and target/release/kube-emu (`just bench`
+Needs target/release/credsync and target/release/control-plane (`just bench`
 builds them), the project's .venv (moto, credstash, boto3) and age-keygen.
 
 Rows:
@@ -111,7 +112,7 @@ class Bench:
     def env(self, table: str) -> dict:
         env = self.s.aws_env()
         env.update(
-            KUBECONFIG=str(self.s.emu.kubeconfig),
+            KUBECONFIG=str(self.s.kube.kubeconfig),
             CREDSYNC_TABLE=table,
             CREDSYNC_CLUSTER_NAME="bench",
         )
@@ -126,10 +127,10 @@ class Bench:
         if profile:
             argv = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g",
                     "-o", self.profile_dir / "perf.data", "--", *argv]
-        moto0, emu0 = self.s.moto_cpu(), si.cpu_seconds(self.s.emu.proc.pid)
+        moto0, kube0 = self.s.moto_cpu(), self.s.kube.cpu_seconds()
         with open(log, "wb") as err, open(out, "wb") as std:
             timed, _ = self.s.timed(argv, self.env(table), stdout=std, stderr=err, sample_rss=not profile)
-        moto1, emu1 = self.s.moto_cpu(), si.cpu_seconds(self.s.emu.proc.pid)
+        moto1, kube1 = self.s.moto_cpu(), self.s.kube.cpu_seconds()
         self.credsync_logs += [log, out]
         calls = si.done_calls(log)
         if timed.code != 0:
@@ -147,7 +148,7 @@ class Bench:
             "peak_anon_mib": max((a for _, a, _, _ in rss), default=0) / 1024,
             "peak_file_mib": max((f for _, _, f, _ in rss), default=0) / 1024,
             "moto_cpu_s": moto1 - moto0,
-            "kube_emu_cpu_s": emu1 - emu0,
+            "kube_api_cpu_s": kube1 - kube0,
             "calls": calls,
             "log": str(log.relative_to(self.out)),
             "_timed": timed,
@@ -218,9 +219,9 @@ class Bench:
         say(f"seeded in {time.perf_counter() - t0:.1f} s")
         runs = []
         for rep in range(reps):
-            self.s.start_emu()
+            self.s.start_kube()
             cs = self.sync(f"cold-{n}-rep{rep + 1}", table)
-            managed = self.s.emu.managed_secrets()
+            managed = self.s.kube.managed_secrets()
             if managed != math.ceil(n / 2) or cs["calls"].get("kms_decrypt") != n:
                 raise RuntimeError(f"cold sync {n}: {managed} Secrets, calls {cs['calls']}")
             fl = self.floor(table, n)
@@ -228,7 +229,7 @@ class Bench:
             runs.append({"credsync": cs, "floor": fl, "getall": ga})
             say(f"cold N={n} rep {rep + 1}/{reps}: credsync {fmt_s(cs['wall_s'])}, floor {fmt_s(fl['wall_s'])}"
                 + (f", credstash getall {fmt_s(ga['wall_s'])}" if ga else ""))
-        self.s.stop_emu()
+        self.s.stop_kube()
         self.cold_runs[n] = runs
         # moto answers a Query by walking the whole table, so `credstash getall`
         # (one Query per name) grows as N^2 here; a real DynamoDB Query does not.
@@ -237,7 +238,7 @@ class Bench:
 
     def row_warm(self, table: str, n: int, reps: int) -> None:
         say(f"warm reconcile N={n}: credsync run --no-stream --no-drift-repair, POST /sync x{reps}")
-        self.s.start_emu()
+        self.s.start_kube()
         proc, port, log, ready_s = self.daemon(
             f"warm-{n}", table,
             # POST /sync without a token on loopback: the explicit opt-in.
@@ -291,7 +292,7 @@ class Bench:
                     f"KMS {r['kms_decrypt']:.0f}, writes {r['kubernetes_writes']:.0f}")
         finally:
             self.s.stop(proc)
-            self.s.stop_emu()
+            self.s.stop_kube()
         self.results["warm"] = {
             "n": n, "reps": reps_out, "startup_ready_s": ready_s, "log": str(log.relative_to(self.out)),
             "startup_kms_decrypt": startup.get('credsync_kms_requests_total{operation="Decrypt"}', 0),
@@ -302,7 +303,7 @@ class Bench:
     def row_stream(self, table: str, n: int, puts: int) -> None:
         say(f"stream propagation N={n}: {puts} credstash puts, credsync run (debounce {DEBOUNCE:.0f} s)")
         self.s.enable_stream(table)
-        emu = self.s.start_emu()
+        kube = self.s.start_kube()
         proc, port, log, _ = self.daemon(f"stream-{n}", table, [])
         ready_at = time.time()
         names = si.item_names(n)
@@ -324,7 +325,7 @@ class Bench:
                 value = self.s.put(table, name)
                 written = time.perf_counter()
                 want = base64.b64encode(value.encode()).decode()
-                while emu.secret_value_b64(ns, secret, key) != want:
+                while kube.secret_value_b64(ns, secret, key) != want:
                     if time.perf_counter() - written > 60:
                         raise RuntimeError(f"put {i} ({name}) did not reach the Secret within 60 s")
                     time.sleep(0.01)
@@ -338,7 +339,7 @@ class Bench:
             after = self.metrics(port)
         finally:
             self.s.stop(proc)
-            self.s.stop_emu()
+            self.s.stop_kube()
 
         def delta(key):
             return after.get(key, 0) - before.get(key, 0)
@@ -369,12 +370,12 @@ class Bench:
         big = {"n": n}
 
         say(f"N={n}: cold sync without snapshots (--verbose, for peak RSS and a phase breakdown)")
-        self.s.start_emu()
+        self.s.start_kube()
         plain = self.sync(f"big-{n}-plain", table, ["--verbose"])
         big["plain"] = plain
 
         say(f"N={n}: cold sync with --snapshot-repo (first snapshot commit)")
-        self.s.start_emu()
+        self.s.start_kube()
         first = self.sync(f"big-{n}-snapshot-first", table, ["--verbose", *snap])
         big["snapshot_first"] = first
 
@@ -388,7 +389,7 @@ class Bench:
         one = self.sync(f"big-{n}-one-key", table, ["--verbose", *snap])
         big["one_key"] = one
         big["one_key_name"] = changed
-        self.s.stop_emu()
+        self.s.stop_kube()
 
         numstat = subprocess.run(["git", "-C", str(repo), "show", "--numstat", "--format=", "HEAD"],
                                  check=True, capture_output=True, text=True).stdout
@@ -423,9 +424,9 @@ class Bench:
             self.results["perf"] = {"available": False}
             return
         say(f"profiling a cold sync at N={n} with perf (cpu-clock samples of credsync)")
-        self.s.start_emu()
+        self.s.start_kube()
         run = self.sync(f"profile-cold-{n}", table, profile=True)
-        self.s.stop_emu()
+        self.s.stop_kube()
         report = subprocess.run(
             ["perf", "report", "-i", str(self.profile_dir / "perf.data"), "--stdio", "--no-children",
              "--sort", "dso,symbol", "--percent-limit", "0.5", "-g", "none"],
@@ -456,14 +457,14 @@ class Bench:
             return
         say(f"heap profile of a cold sync at N={n} with valgrind massif")
         out = self.profile_dir / "massif.out"
-        self.s.start_emu()
+        self.s.start_kube()
         argv = ["valgrind", "--tool=massif", f"--massif-out-file={out}", "--depth=40", "--threshold=0.5",
                 CREDSYNC, "sync"]
         log = self.logs / f"massif-cold-{n}.log"
         with open(log, "wb") as err:
             timed, _ = self.s.timed(argv, self.env(table), stderr=err)
         self.credsync_logs.append(log)
-        self.s.stop_emu()
+        self.s.stop_kube()
         if timed.code != 0 or not out.exists():
             self.results["massif"] = {"available": False, "error": f"valgrind exited {timed.code}"}
             return
@@ -745,6 +746,7 @@ def machine() -> dict:
         "boto3": version([py, "-c", "import boto3; print(boto3.__version__)"]),
         "credstash": version([py, "-c", "import importlib.metadata as m; print(m.version('credstash'))"]),
         "credsync": version([str(CREDSYNC), "--version"]),
+        "kubernetes": re.search(r"k8s\.io/kubernetes (v\S+)", (ROOT / "tools/k8s/go.mod").read_text()).group(1),
         "credsync_commit": commit + (" (uncommitted changes)" if dirty else ""),
     }
 
@@ -799,7 +801,7 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     md.append(f"Machine: {m['nproc']} CPUs ({m['model_name']}), {m['mem_total_gib']} GiB memory, Linux "
               f"{m['kernel']}; load average at start {' '.join(m['loadavg_start'])}, at end "
               f"{' '.join(m['loadavg_end'])}; {m['other_cpu_note']}.")
-    md.append(f"Stand-ins on loopback: moto {m['moto']} (DynamoDB + KMS), tests/kube-emu; baselines: "
+    md.append(f"Stand-ins on loopback: moto {m['moto']} (DynamoDB + KMS), kube-apiserver {m.get('kubernetes', '?')} + etcd (tests/control-plane); baselines: "
               f"credstash {m['credstash']} CLI and boto3 {m['boto3']} (Python {m['python']}). "
               f"{m['credsync']} ({b.build} build) at {m['credsync_commit']}.")
     try:
@@ -825,7 +827,7 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     md.append(f"- Items: N names `bench-K/svc-NNNNN/{{username,password}}` (N/2 Secrets with 2 keys, 10 "
               "namespaces); 3 written by the credstash CLI, the rest copies of one CLI-written item under "
               "other names (BatchWriteItem).")
-    md.append(f"- Row 1: per repetition ({c['cold_reps']} per N) a fresh kube-emu (empty cluster) and a new "
+    md.append(f"- Row 1: per repetition ({c['cold_reps']} per N) a fresh control plane (empty cluster) and a new "
               f"`credsync --kms-concurrency {KMS_CONCURRENCY} sync` process (wall time from spawn to exit); then "
               f"the floor: one boto3 Scan pass (the faster of 1 and {SCAN_SEGMENTS} parallel segments) plus one "
               f"KMS Decrypt per item on a {KMS_CONCURRENCY}-thread pool; then `credstash getall` (spawn to exit, "
@@ -850,21 +852,21 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     md.append("")
     md.append("### Where the time goes")
     md.append("")
-    md.append("CPU seconds of each process during the timed runs (wall time vs CPU of credsync, moto, kube-emu):")
+    md.append("CPU seconds of each process during the timed runs (wall time vs CPU of credsync, moto, kube-apiserver + etcd):")
     md.append("")
-    md.append("| Run | N | Wall | credsync CPU | moto CPU | kube-emu CPU | Peak RSS (VmHWM) | peak anon + file |")
+    md.append("| Run | N | Wall | credsync CPU | moto CPU | kube-apiserver + etcd CPU | Peak RSS (VmHWM) | peak anon + file |")
     md.append("|---|---|---|---|---|---|---|---|")
     for n, runs in b.cold_runs.items():
         for r in runs:
             cs = r["credsync"]
             md.append(f"| {cs['label']} | {n} | {fmt_s(cs['wall_s'])} | {cs['cpu_s']:.2f} s | "
-                      f"{cs['moto_cpu_s']:.2f} s | {cs['kube_emu_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
+                      f"{cs['moto_cpu_s']:.2f} s | {cs['kube_api_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
                   f"{cs['peak_anon_mib']:.1f} + {cs['peak_file_mib']:.1f} MiB |")
     big = b.results["big"]
     for k in ("plain", "snapshot_first", "restart", "one_key"):
         cs = big[k]
         md.append(f"| {cs['label']} | {big['n']} | {fmt_s(cs['wall_s'])} | {cs['cpu_s']:.2f} s | "
-                  f"{cs['moto_cpu_s']:.2f} s | {cs['kube_emu_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
+                  f"{cs['moto_cpu_s']:.2f} s | {cs['kube_api_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
                   f"{cs['peak_anon_mib']:.1f} + {cs['peak_file_mib']:.1f} MiB |")
     md.append("")
     md.append("Emulator floor and peer, same runs:")
@@ -989,10 +991,10 @@ def main() -> int:
     global CREDSYNC
     bin_dir = si.TARGET_DIR / args.build
     CREDSYNC = bin_dir / "credsync"
-    for binary in (CREDSYNC, bin_dir / "kube-emu"):
+    for binary in (CREDSYNC, bin_dir / "control-plane"):
         if not binary.exists():
             flag = " --release" if args.build == "release" else ""
-            sys.exit(f"error: {binary} missing: cargo build{flag} -p credsync -p kube-emu")
+            sys.exit(f"error: {binary} missing: cargo build{flag} -p credsync -p control-plane")
     if not shutil.which("age-keygen"):
         sys.exit("error: age-keygen missing (Debian package age)")
 

@@ -1,5 +1,5 @@
-"""Local stand-ins for the benchmarks: moto (DynamoDB + KMS) and tests/kube-emu
-on loopback, the real credstash CLI, and timed child processes.
+"""Local stand-ins for the benchmarks: moto (DynamoDB + KMS) and a real
+kube-apiserver with etcd (tests/control-plane) on loopback, the real credstash CLI, and timed child processes.
 
 Every process started here runs in its own session (process group) and is
 remembered, so `StandIns.close()` can stop it with killpg, also after Ctrl-C.
@@ -16,6 +16,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import yaml
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +39,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # release unless the harness is told otherwise (bench.py --build debug).
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
 RELEASE = TARGET_DIR / "release"
-EMU_TOKEN = "bench-token"
 
 # Text log lines of credsync: `2026-11-22T15:41:00.123456Z  INFO message k=v`.
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z\s+([A-Z]+)\s+(.*)$")
@@ -126,20 +127,29 @@ class Timed:
         return self.user + self.sys
 
 
-class KubeEmu:
-    """A running tests/kube-emu and a tiny client for it."""
+class KubeApi:
+    """A running control plane (tests/control-plane: etcd + kube-apiserver)
+    and a tiny client for it, speaking TLS with the kubeconfig's CA and token."""
 
     def __init__(self, proc: subprocess.Popen, url: str, kubeconfig: Path):
         self.proc = proc
         self.url = url.rstrip("/")
         self.kubeconfig = kubeconfig
+        config = yaml.safe_load(kubeconfig.read_text())
+        ca = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+        self._token = config["users"][0]["user"]["token"]
+        self._tls = ssl.create_default_context(cadata=ca)
+
+    def cpu_seconds(self) -> float:
+        """CPU of the control plane: the wrapper, kube-apiserver and etcd."""
+        return sum(cpu_seconds(pid) for pid in process_tree(self.proc.pid))
 
     def get(self, path: str) -> dict | None:
         req = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {EMU_TOKEN}"}
+            self.url + path, headers={"Authorization": f"Bearer {self._token}"}
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self._tls) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as err:
             if err.code == 404:
@@ -159,6 +169,20 @@ class KubeEmu:
         return len((listing or {}).get("items") or [])
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants, from /proc/PID/task/*/children."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return pids
+
+
 class StandIns:
     def __init__(self, work: Path, logs: Path, bin_dir: Path = RELEASE):
         self.bin_dir = bin_dir
@@ -168,9 +192,9 @@ class StandIns:
         self.values: list[str] = []  # every value written to a table
         self.moto: subprocess.Popen | None = None
         self.aws_endpoint = ""
-        self.emu: KubeEmu | None = None
+        self.kube: KubeApi | None = None
         self._lock = threading.Lock()
-        self._emu_count = 0
+        self._kube_count = 0
 
     # ---- processes -------------------------------------------------------
 
@@ -421,40 +445,36 @@ class StandIns:
                     raise RuntimeError("KMS Decrypt returned an unexpected data key")
         return time.perf_counter() - t0
 
-    # ---- Kubernetes (kube-emu) -------------------------------------------
+    # ---- Kubernetes (tests/control-plane) -----------------------------------
 
-    def start_emu(self) -> KubeEmu:
-        """A fresh, empty kube-emu (the previous one, if any, is stopped)."""
-        if self.emu:
-            self.stop_emu()
-        self._emu_count += 1
-        kubeconfig = self.work / f"kubeconfig-{self._emu_count}"
-        binary = self.bin_dir / "kube-emu"
-        argv = [binary, "--kubeconfig", kubeconfig, "--token", EMU_TOKEN]
+    def start_kube(self) -> KubeApi:
+        """A fresh, empty control plane (the previous one, if any, is stopped)."""
+        if self.kube:
+            self.stop_kube()
+        self._kube_count += 1
+        kubeconfig = self.work / f"kubeconfig-{self._kube_count}"
+        binary = self.bin_dir / "control-plane"
+        argv = [binary, "--kubeconfig", kubeconfig]
         for ns in NAMESPACES:
             argv += ["--namespace", ns]
-        proc = self.spawn(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(self.logs / f"kube-emu-{self._emu_count}.log", "wb"),
-        )
+        log = self.logs / f"control-plane-{self._kube_count}.log"
+        proc = self.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "wb"))
         line = proc.stdout.readline().decode().strip()
         if not line.startswith("READY "):
-            raise RuntimeError(f"kube-emu said {line!r}")
-        self.emu = KubeEmu(proc, line[len("READY "):], kubeconfig)
-        return self.emu
+            raise RuntimeError(f"control-plane said {line!r}; see {log}")
+        self.kube = KubeApi(proc, line[len("READY "):], kubeconfig)
+        return self.kube
 
-    def stop_emu(self) -> None:
-        if self.emu:
-            proc = self.emu.proc
+    def stop_kube(self) -> None:
+        if self.kube:
+            proc = self.kube.proc
             try:
-                proc.stdin.close()  # kube-emu exits when its stdin closes
+                proc.stdin.close()  # control-plane stops both servers when its stdin closes
                 proc.wait(10)
             except (OSError, subprocess.TimeoutExpired):
                 pass
             self.stop(proc)
-            self.emu = None
+            self.kube = None
 
     # ---- checks ------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job end to end on local stand-ins: moto (DynamoDB + KMS) and the
-# Kubernetes API emulation on loopback, items written by the real credstash
+# The main job end to end on local stand-ins: moto (DynamoDB + KMS) and a
+# real kube-apiserver with etcd on loopback (built once by `just
+# control-plane`, started by tests/control-plane), items written by the real credstash
 # CLI, then `credsync plan` and `credsync sync`, one change, and the second
 # plan. Stops everything it started; fails if any seeded value is printed.
 set -euo pipefail
@@ -28,16 +29,17 @@ exec 3>&1 4>&2
 exec > >(tee "$log") 2>&1
 tee_pid=$!
 
-say "Starting moto and the Kubernetes API emulation on loopback"
+say "Starting moto and a real Kubernetes control plane (etcd + kube-apiserver) on loopback"
 port="$(free_port)"
 moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
 pids+=($!)
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
 export KUBECONFIG="$work/kubeconfig"
-coproc EMU { exec "$bin/kube-emu" --kubeconfig "$KUBECONFIG" --namespace payments --namespace search --namespace web 2>"$work/kube-emu.log"; }
-pids+=("$EMU_PID")
-read -r ready <&"${EMU[0]}"
-echo "moto: $AWS_ENDPOINT_URL   kube-emu: ${ready#READY }"
+coproc PLANE { exec "$bin/control-plane" --kubeconfig "$KUBECONFIG" --namespace payments --namespace search --namespace web 2>"$work/control-plane.log"; }
+pids+=("$PLANE_PID")
+read -r ready <&"${PLANE[0]}" || { cat "$work/control-plane.log"; exit 1; }
+echo "moto: $AWS_ENDPOINT_URL   kube-apiserver: ${ready#READY }"
+kubectl version
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
 say "Making the snapshot reader's age identity and the snapshot repository"
@@ -64,7 +66,7 @@ say "credsync plan"
 say "credsync sync"
 "$bin/credsync" sync
 
-say "kubectl get secrets (the real kubectl, through the emulation)"
+say "kubectl get secrets (the real kubectl, against the real API server)"
 kubectl get secrets -A -l app.kubernetes.io/managed-by=credsync
 
 say "Rotating one value: credstash put payments/db/password"

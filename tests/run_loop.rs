@@ -454,10 +454,18 @@ async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
         (b.port, a_port)
     };
 
-    // The follower points /sync at the leader.
-    let (status, body) = http(follower, "POST", "/sync", None);
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("replica-"), "{body}");
+    // The follower points /sync at the leader, once it has read the Lease
+    // (one round after start-up: on a real server that is not instant).
+    let points_at_leader = eventually(Duration::from_secs(10), || async move {
+        let (status, body) = http(follower, "POST", "/sync", None);
+        status == 503 && body.contains("replica-")
+    })
+    .await;
+    assert!(
+        points_at_leader,
+        "{}",
+        http(follower, "POST", "/sync", None).1
+    );
 
     // Only the leader writes: one put, one Secret write at the API server.
     env.mark_requests();

@@ -37,10 +37,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "credsync"
-RELEASE = "credsync"
-NAMESPACE = "credsync"
+from render import CHART, NAMESPACE, RELEASE, ROOT, render
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas shipped.
 KUBE_VERSIONS = ["1.25.0", "1.37.0"]
 AGE_RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
@@ -111,21 +108,6 @@ CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "Namespace"}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def render(values: dict | None, *, namespace: str = NAMESPACE) -> list[dict]:
-    """Renders the chart with Helm's engine; returns every object."""
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
-    objects = []
-    for path, text in sorted(manifests.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                doc.setdefault("metadata", {})
-                objects.append(doc)
-    return objects
 
 
 def rendered(variant: str) -> list[dict]:

@@ -377,3 +377,85 @@ fn status_response(code: u16, target: &Target, message: Option<String>) -> Respo
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(value: Value) -> Fault {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn patch_secret() -> Target {
+        Target::parse(
+            &http::Method::PATCH,
+            "/api/v1/namespaces/ns/secrets/app",
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn times_fires_that_often_then_the_fault_is_gone() {
+        let mut rules = Rules::default();
+        rules.faults.push(fault(
+            json!({"verb": "patch", "resource": "secrets", "status": 409, "times": 2}),
+        ));
+        let hits: Vec<_> = (0..4)
+            .map(|_| rules.fault_for(&patch_secret()).map(|h| h.0))
+            .collect();
+        assert_eq!(hits, [Some(409), Some(409), None, None]);
+        assert!(rules.faults.is_empty());
+    }
+
+    #[test]
+    fn every_fires_on_each_kth_request_and_other_verbs_pass() {
+        let mut rules = Rules::default();
+        rules.faults.push(fault(
+            json!({"resource": "secrets", "status": 500, "every": 2}),
+        ));
+        let hits: Vec<_> = (0..4)
+            .map(|_| rules.fault_for(&patch_secret()).is_some())
+            .collect();
+        assert_eq!(hits, [false, true, false, true]);
+        let lease = Target::parse(
+            &http::Method::PUT,
+            "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l",
+            None,
+        )
+        .unwrap();
+        assert!(rules.fault_for(&lease).is_none());
+    }
+
+    #[test]
+    fn an_edit_waits_for_a_real_write_of_its_object() {
+        let mut rules = Rules::default();
+        rules.edits.push(
+            serde_json::from_value(json!({"namespace": "ns", "name": "app", "merge_patch": {}}))
+                .unwrap(),
+        );
+        let dry = Target::parse(
+            &http::Method::PATCH,
+            "/api/v1/namespaces/ns/secrets/app",
+            Some("dryRun=All"),
+        )
+        .unwrap();
+        let get = Target::parse(
+            &http::Method::GET,
+            "/api/v1/namespaces/ns/secrets/app",
+            None,
+        )
+        .unwrap();
+        assert!(rules.take_edit(&dry).is_none());
+        assert!(rules.take_edit(&get).is_none());
+        assert!(rules.take_edit(&patch_secret()).is_some());
+        assert!(rules.take_edit(&patch_secret()).is_none(), "once");
+    }
+
+    #[test]
+    fn a_fault_answers_like_the_api_server() {
+        let response = status_response(403, &patch_secret(), None);
+        assert_eq!(response.status(), 403);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

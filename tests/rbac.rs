@@ -1,0 +1,346 @@
+//! The chart's least-privilege RBAC on a real API server: the chart is
+//! rendered by Helm's engine (tests/chart/render.py), its ServiceAccount,
+//! Roles, ClusterRole and bindings are applied with kubectl, and credsync
+//! runs as that ServiceAccount with a token from the TokenRequest API and
+//! the environment the chart's Deployment sets. Both RBAC modes; then one
+//! verb is taken away and the refusal must name it.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{StandIns, eventually, ready, venv_tool};
+
+const RELEASE_NS: &str = "credsync";
+const RBAC_KINDS: [&str; 5] = [
+    "ServiceAccount",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+];
+
+/// The chart installed (its RBAC part) and credsync's identity from it.
+struct Installed {
+    env: Arc<StandIns>,
+    objects: Vec<Value>,
+    /// A kubeconfig holding the ServiceAccount's token.
+    kubeconfig: PathBuf,
+    admin_kubeconfig: PathBuf,
+    /// The Deployment's plain `value` env entries, as the pod would get them.
+    deployment_env: Vec<(String, String)>,
+}
+
+fn render(values: &Value) -> Vec<Value> {
+    let out = Command::new(venv_tool("python"))
+        .arg(support::project_dir().join("tests/chart/render.py"))
+        .arg(values.to_string())
+        .arg(RELEASE_NS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rendering the chart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+impl Installed {
+    async fn new(env: Arc<StandIns>, values: Value) -> Self {
+        let objects = render(&values);
+        let admin_kubeconfig = env.dir.path().join("admin.kubeconfig");
+        let plane = env.control_plane();
+        plane
+            .write_kubeconfig(&admin_kubeconfig, &plane.admin().token)
+            .unwrap();
+        let deployment_env = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("the chart renders a Deployment")["spec"]["template"]["spec"]["containers"][0]
+            ["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_owned(),
+                    e["value"].as_str()?.to_owned(),
+                ))
+            })
+            // Where to listen and which table are the test's to choose.
+            .filter(|(name, _)| !matches!(name.as_str(), "CREDSYNC_LISTEN" | "CREDSYNC_TABLE"))
+            .collect();
+        let mut installed = Self {
+            env,
+            objects,
+            kubeconfig: PathBuf::new(),
+            admin_kubeconfig,
+            deployment_env,
+        };
+        let rbac: Vec<Value> = installed
+            .objects
+            .iter()
+            .filter(|o| RBAC_KINDS.contains(&o["kind"].as_str().unwrap_or("")))
+            .cloned()
+            .collect();
+        assert!(rbac.len() >= 3, "{rbac:#?}");
+        installed.kubectl_apply(&rbac);
+        let token = installed.kubectl(&[
+            "create",
+            "token",
+            "credsync",
+            "-n",
+            RELEASE_NS,
+            "--duration",
+            "1h",
+        ]);
+        installed.kubeconfig = installed.env.dir.path().join("serviceaccount.kubeconfig");
+        std::fs::write(
+            &installed.kubeconfig,
+            plane_yaml(&installed.env, token.trim()),
+        )
+        .unwrap();
+        installed
+    }
+
+    /// kubectl (the pinned one, from the venv) as the admin.
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.kubectl_with_input(args, None)
+    }
+
+    fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new(venv_tool("kubectl"))
+            .env("KUBECONFIG", &self.admin_kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kubectl_apply(&self, objects: &[Value]) {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        self.kubectl_with_input(&["apply", "-f", "-"], Some(&list.to_string()));
+    }
+
+    /// The environment credsync gets: the Deployment's, this identity's kubeconfig.
+    fn env_vars(&self) -> Vec<(&str, &str)> {
+        let mut vars: Vec<(&str, &str)> = self
+            .deployment_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        vars.push(("KUBECONFIG", self.kubeconfig.to_str().unwrap()));
+        vars.push(("POD_NAME", "credsync-0"));
+        vars.push(("POD_NAMESPACE", RELEASE_NS));
+        vars
+    }
+
+    fn sync(&self) -> support::Run {
+        self.env.credsync_env(&["sync"], &self.env_vars())
+    }
+
+    /// Removes `verb` from the rules of the rendered `kind` that grant it on
+    /// `resource` (in `namespace`, for a Role), and applies the result.
+    fn take_away(&self, kind: &str, namespace: Option<&str>, resource: &str, verb: &str) {
+        let mut object = self
+            .objects
+            .iter()
+            .find(|o| {
+                o["kind"] == kind
+                    && o["metadata"]["namespace"].as_str() == namespace
+                    && o["rules"].as_array().is_some_and(|rules| {
+                        rules.iter().any(|r| {
+                            r["resources"]
+                                .as_array()
+                                .unwrap()
+                                .contains(&json!(resource))
+                        })
+                    })
+            })
+            .unwrap_or_else(|| panic!("no {kind} granting {resource} in {namespace:?}"))
+            .clone();
+        for rule in object["rules"].as_array_mut().unwrap() {
+            if rule["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(resource))
+            {
+                let verbs = rule["verbs"].as_array_mut().unwrap();
+                assert!(
+                    verbs.contains(&json!(verb)),
+                    "{verb} is not granted: {rule}"
+                );
+                verbs.retain(|v| v != verb);
+            }
+        }
+        self.kubectl_apply(&[object]);
+    }
+}
+
+fn plane_yaml(env: &StandIns, token: &str) -> String {
+    env.control_plane().kubeconfig_yaml(token, RELEASE_NS)
+}
+
+/// What the chart's Deployment would run: schedule-driven loop with leader election.
+fn values(extra: Value) -> Value {
+    let mut values = json!({
+        "config": {"stream": {"enabled": false}, "interval": "1s"},
+        "leaderElection": {"enabled": true},
+    });
+    if let (Some(base), Some(extra)) = (values.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    values
+}
+
+/// `sync`, then `run --leader-election` as the ServiceAccount, then a
+/// change the loop carries over.
+async fn sync_and_run_as_the_service_account(chart: &Installed) {
+    let env = &chart.env;
+    env.put("team-a/app/password", "rbac-team-a-password-1");
+    env.put("team-b/web/token", "rbac-team-b-token-1");
+    let run = chart.sync();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        env.secret_data("team-a", "app").await.unwrap()["PASSWORD"],
+        b"rbac-team-a-password-1"
+    );
+    assert_eq!(
+        env.secret_data("team-b", "web").await.unwrap()["TOKEN"],
+        b"rbac-team-b-token-1"
+    );
+
+    let daemon = env.daemon(
+        &[
+            "--sync-token-file",
+            env.write_file("token", "rbac-sync-token").to_str().unwrap(),
+        ],
+        &chart.env_vars(),
+    );
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.admin().await, RELEASE_NS);
+    let held = eventually(Duration::from_secs(20), || async {
+        leases
+            .get_opt("credsync")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|l| {
+                l.spec.and_then(|s| s.holder_identity).as_deref() == Some("credsync-0")
+            })
+    })
+    .await;
+    assert!(held, "the Lease is held: {}", env.daemon_log(&daemon));
+    env.put("team-a/app/password", "rbac-team-a-password-2");
+    let carried = eventually(Duration::from_secs(30), || async {
+        env.secret_data("team-a", "app")
+            .await
+            .is_some_and(|d| d["PASSWORD"] == b"rbac-team-a-password-2")
+    })
+    .await;
+    let log = env.daemon_log(&daemon);
+    assert!(carried, "{log}");
+    assert!(!log.contains("forbidden"), "{log}");
+}
+
+/// With `patch` on Secrets gone in team-b, a change there fails naming
+/// what was refused, and team-a's change still lands.
+async fn a_missing_verb_is_named(chart: &Installed) {
+    let env = &chart.env;
+    env.put("team-a/app/password", "rbac-team-a-password-3");
+    env.put("team-b/web/token", "rbac-team-b-token-3");
+    let run = chart.sync();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let output = format!("{}\n{}", run.stdout, run.stderr);
+    let named = output.lines().find(|l| {
+        l.contains("team-b")
+            && l.contains("patch")
+            && l.contains("secrets")
+            && l.contains("forbidden")
+    });
+    assert!(
+        named.is_some(),
+        "no line names secrets/patch/team-b:\n{output}"
+    );
+    assert_eq!(
+        env.secret_data("team-a", "app").await.unwrap()["PASSWORD"],
+        b"rbac-team-a-password-3",
+        "the other namespace still syncs"
+    );
+    assert_eq!(
+        env.secret_data("team-b", "web").await.unwrap()["TOKEN"],
+        b"rbac-team-b-token-1",
+        "the refused write changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn cluster_wide_rbac_is_enough_and_a_missing_verb_is_named() {
+    let env = StandIns::start(&[RELEASE_NS, "team-a", "team-b"]).await;
+    let chart = Installed::new(env, values(json!({}))).await;
+    assert!(
+        chart
+            .objects
+            .iter()
+            .all(|o| o["kind"] != "Role" || o["metadata"]["name"] == "credsync-leader-election"),
+        "cluster-wide mode grants Secrets through the ClusterRole only"
+    );
+    sync_and_run_as_the_service_account(&chart).await;
+    // The ClusterRole loses patch on Secrets: every namespace is refused
+    // its updates, creates still work.
+    chart.take_away("ClusterRole", None, "secrets", "patch");
+    chart
+        .env
+        .put("team-a/app/password", "rbac-team-a-password-3");
+    chart.env.put("team-a/fresh/key", "rbac-fresh-value");
+    let run = chart.sync();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let output = format!("{}\n{}", run.stdout, run.stderr);
+    assert!(
+        output
+            .lines()
+            .any(|l| l.contains("cannot patch resource \"secrets\"") && l.contains("team-a")),
+        "{output}"
+    );
+    assert!(
+        chart.env.secret("team-a", "fresh").await.is_some(),
+        "create is still granted"
+    );
+}
+
+#[tokio::test]
+async fn namespaced_rbac_is_enough_and_a_missing_verb_is_named() {
+    let env = StandIns::start(&[RELEASE_NS, "team-a", "team-b", "team-c"]).await;
+    let chart = Installed::new(
+        env,
+        values(json!({"rbac": {"namespaces": ["team-a", "team-b"]}})),
+    )
+    .await;
+    // team-c is outside the grant: the chart's include list keeps credsync out of it.
+    chart.env.put("team-c/other/key", "rbac-team-c-value");
+    sync_and_run_as_the_service_account(&chart).await;
+    assert!(chart.env.secret("team-c", "other").await.is_none());
+    chart.take_away("Role", Some("team-b"), "secrets", "patch");
+    a_missing_verb_is_named(&chart).await;
+}
