@@ -84,6 +84,14 @@ async fn credstash_cli_items_decrypt_byte_exact() {
 
     let secret = env.secret("team-a", "app").await.unwrap();
     let meta = secret.metadata;
+    // The API server records credsync as the manager of the fields it wrote.
+    let managers: Vec<_> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|f| f.manager.as_deref())
+        .collect();
+    assert_eq!(managers, ["credsync"], "{:#?}", meta.managed_fields);
     assert_eq!(
         meta.labels.unwrap()["app.kubernetes.io/managed-by"],
         "credsync"
