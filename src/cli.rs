@@ -24,9 +24,9 @@ use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, listing};
 use crate::server::Access;
 use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
-use crate::snapshot::sops::{Identities, Recipients};
 use crate::snapshot::store::{SnapshotStore, StoreConfig};
 use crate::telemetry::{self, LogFormat};
+use sops_age::{Identities, Recipients};
 use zeroize::Zeroizing;
 
 #[derive(Debug, Parser)]

@@ -13,9 +13,9 @@ use crate::credstash::{CredstashSource, ItemFailure, RawItem, SourceError};
 use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection, map_name};
 use crate::metrics::Metrics;
 use crate::snapshot::remote::PushOutcome;
-use crate::snapshot::sops::SecretDocument;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
 use crate::snapshot::{self};
+use sops_age::SecretDocument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -134,7 +134,7 @@ impl Reconciler {
     /// every value by the `name@version` it came from, so the first
     /// reconcile of a new process makes no KMS call for unchanged items.
     /// A snapshot that cannot be read only means a cold start.
-    pub async fn warm_start(&self, identities: crate::snapshot::sops::Identities) -> usize {
+    pub async fn warm_start(&self, identities: sops_age::Identities) -> usize {
         let Some(store) = self.snapshot.clone() else {
             return 0;
         };

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::LazyLock;
 
-use credsync::snapshot::sops::{self, Identities};
+use sops_age::{self as sops, Identities};
 use libfuzzer_sys::fuzz_target;
 
 static IDENTITY: LazyLock<Identities> = LazyLock::new(|| {

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use crate::cli::ListFormat;
-use crate::snapshot::sops::SecretDocument;
 use crate::snapshot::store::{CommitInfo, SecretDelta, SnapshotEntry};
+use sops_age::SecretDocument;
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]

@@ -1,12 +1,11 @@
 //! The snapshot repository: the desired state as SOPS files in git.
 //!
-//! [`sops`] writes and reads one Secret as a SOPS file (values encrypted for
-//! age recipients, metadata readable); [`store`] keeps one such file per
+//! The `sops-age` crate writes and reads one Secret as a SOPS file (values
+//! encrypted for age recipients, metadata readable); [`store`] keeps one such file per
 //! Secret in a git repository, one commit per change of the desired state,
 //! and reads old commits back for `history`, `show`, `diff` and `rollback`.
 
 pub mod remote;
-pub mod sops;
 pub mod store;
 mod worktree;
 
@@ -15,7 +14,8 @@ use std::collections::BTreeMap;
 use crate::cluster::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION};
 use crate::credstash::ItemId;
 use crate::manifest::{DesiredKey, DesiredSecret, SecretRef};
-use sops::SecretDocument;
+use crate::secret::SecretValue;
+use sops_age::{Plaintext, SecretDocument};
 use store::SOURCES_ANNOTATION;
 
 /// The snapshot file of a desired Secret: applying it with kubectl gives a
@@ -36,7 +36,7 @@ pub fn document(secret: &SecretRef, desired: &DesiredSecret) -> SecretDocument {
         data: desired
             .keys
             .iter()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .map(|(k, v)| (k.clone(), Plaintext::new(v.value.expose().to_vec())))
             .collect(),
     }
 }
@@ -56,6 +56,7 @@ pub fn desired(doc: SecretDocument) -> (SecretRef, DesiredSecret) {
             name: name.to_owned(),
             version: version.to_owned(),
         };
+        let value = SecretValue::new(value.into_bytes());
         secret.keys.insert(key, DesiredKey { value, source });
     }
     (SecretRef::new(doc.namespace, doc.name), secret)

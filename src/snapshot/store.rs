@@ -15,9 +15,9 @@ use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
 use super::remote::{self, PushOutcome, RemoteConfig};
-use super::sops::{self, Identities, Outline, Recipients, SecretDocument};
 use super::worktree;
 use crate::manifest::SecretRef;
+use sops_age::{self as sops, Identities, Outline, Recipients, SecretDocument};
 
 /// Annotation listing where every key came from: `KEY=name@version` lines.
 pub const SOURCES_ANNOTATION: &str = "credsync.io/sources";
