@@ -21,6 +21,7 @@ use crate::manifest::SecretRef;
 use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
+use crate::render::ListFormat;
 use crate::render::{self, Format, Heading, listing};
 use crate::server::Access;
 use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
@@ -274,13 +275,6 @@ pub struct RunArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::trigger::schedule::parse_duration(text)
-}
-
-/// Output of listings (`history`, `show`, `diff`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ListFormat {
-    Text,
-    Json,
 }
 
 fn parse_context(s: &str) -> Result<(String, String), String> {

@@ -8,14 +8,17 @@
 pub mod cli;
 pub mod cluster;
 pub mod credstash;
+pub mod labels;
 pub mod manifest;
 pub mod metrics;
+pub mod plan;
 pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod secret;
 pub mod server;
 pub mod snapshot;
+pub mod source;
 pub mod telemetry;
 pub mod trigger;
 pub mod worker;

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::credstash::{Credential, ItemFailure, ItemId, RawItem};
 use crate::secret::SecretValue;
+use crate::source::{Credential, ItemFailure, ItemId, SourceItem};
 
 /// A Secret by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -258,9 +258,9 @@ impl Manifest {
 }
 
 /// The items worth decrypting, plus what the mapping already rejected.
-#[derive(Debug, Default)]
-pub struct Selection {
-    pub to_decrypt: Vec<RawItem>,
+#[derive(Debug)]
+pub struct Selection<I> {
+    pub to_decrypt: Vec<I>,
     targets: BTreeMap<ItemId, Target>,
     filter: NamespaceFilter,
     existing: BTreeSet<String>,
@@ -269,38 +269,41 @@ pub struct Selection {
     failures: Vec<ItemFailure>,
 }
 
-impl Selection {
+impl<I: SourceItem> Selection<I> {
     /// Maps every item, drops bad names and namespaces that are filtered or
     /// absent from `existing`, and finds conflicts before any KMS call.
     pub fn of(
-        items: Vec<RawItem>,
+        items: Vec<I>,
         malformed: Vec<ItemFailure>,
         filter: &NamespaceFilter,
         existing: &BTreeSet<String>,
     ) -> Self {
         let mut selection = Selection {
-            failures: malformed,
+            to_decrypt: Vec::new(),
+            targets: BTreeMap::new(),
             filter: filter.clone(),
             existing: existing.clone(),
-            ..Self::default()
+            skipped: Vec::new(),
+            conflicts: Vec::new(),
+            failures: malformed,
         };
-        let mut claims: BTreeMap<(SecretRef, String), Vec<RawItem>> = BTreeMap::new();
+        let mut claims: BTreeMap<(SecretRef, String), Vec<I>> = BTreeMap::new();
         for item in items {
-            let target = match map_name(&item.id.name) {
+            let target = match map_name(&item.id().name) {
                 Ok(target) => target,
                 Err(reason) => {
-                    selection.skip(item.id.name, reason);
+                    selection.skip(item.id().name.clone(), reason);
                     continue;
                 }
             };
             let namespace = &target.secret.namespace;
             if let Some(reason) = filter.reason_to_skip(namespace) {
-                selection.skip(item.id.name, reason.to_owned());
+                selection.skip(item.id().name.clone(), reason.to_owned());
                 continue;
             }
             if !existing.contains(namespace) {
                 let reason = format!("namespace '{namespace}' does not exist in the cluster");
-                selection.skip(item.id.name, reason);
+                selection.skip(item.id().name.clone(), reason);
                 continue;
             }
             claims
@@ -310,11 +313,11 @@ impl Selection {
         }
         for ((secret, key), mut claimants) in claims {
             if claimants.len() > 1 {
-                claimants.sort_by(|a, b| a.id.cmp(&b.id));
+                claimants.sort_by(|a, b| a.id().cmp(b.id()));
                 selection.conflicts.push(Conflict {
                     secret,
                     key,
-                    sources: claimants.into_iter().map(|item| item.id).collect(),
+                    sources: claimants.iter().map(|item| item.id().clone()).collect(),
                 });
                 continue;
             }
@@ -323,7 +326,7 @@ impl Selection {
                     secret: secret.clone(),
                     key: key.clone(),
                 };
-                selection.targets.insert(item.id.clone(), target);
+                selection.targets.insert(item.id().clone(), target);
                 selection.to_decrypt.push(item);
             }
         }
@@ -384,17 +387,20 @@ impl Selection {
 mod tests {
     use super::*;
 
-    fn item(name: &str) -> RawItem {
-        RawItem {
-            id: ItemId {
-                name: name.into(),
-                version: "0000000000000000001".into(),
-            },
-            key: String::new(),
-            contents: String::new(),
-            hmac: Vec::new(),
-            digest: "SHA256".into(),
+    /// An item as any source would hand it over: only its id matters here.
+    struct Item(ItemId);
+
+    impl SourceItem for Item {
+        fn id(&self) -> &ItemId {
+            &self.0
         }
+    }
+
+    fn item(name: &str) -> Item {
+        Item(ItemId {
+            name: name.into(),
+            version: "0000000000000000001".into(),
+        })
     }
 
     fn existing(names: &[&str]) -> BTreeSet<String> {
@@ -441,7 +447,11 @@ mod tests {
             &filter,
             &existing(&["a", "c", "kube-system"]),
         );
-        let chosen: Vec<_> = sel.to_decrypt.iter().map(|i| i.id.name.as_str()).collect();
+        let chosen: Vec<_> = sel
+            .to_decrypt
+            .iter()
+            .map(|i| i.id().name.as_str())
+            .collect();
         assert_eq!(chosen, ["a/s/k"]);
         let m = sel.assemble(vec![], vec![]);
         let reasons: Vec<_> = m
@@ -489,7 +499,7 @@ mod tests {
         let filter = NamespaceFilter::parse("", None);
         let sel = Selection::of(vec![item("ns/app/k")], vec![], &filter, &existing(&["ns"]));
         let failure = ItemFailure {
-            id: sel.to_decrypt[0].id.clone(),
+            id: sel.to_decrypt[0].id().clone(),
             reason: "HMAC mismatch".into(),
         };
         let m = sel.assemble(vec![], vec![failure]);

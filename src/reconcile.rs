@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
-use crate::cluster::{ApplyOptions, ApplyOutcome, Cluster, ClusterError, LiveState, Plan, diff};
-use crate::credstash::{CredstashSource, ItemFailure, RawItem, SourceError};
+use crate::cluster::{ApplyOptions, ApplyOutcome, Cluster, ClusterError};
+use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection, map_name};
 use crate::metrics::Metrics;
+use crate::plan::{self, LiveState, Plan};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
 use crate::snapshot::{self};
+use crate::source::ItemFailure;
 use sops_age::SecretDocument;
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +219,7 @@ impl Reconciler {
             live = live.secrets.len(),
             "read live Secrets"
         );
-        let plan = diff::plan(&manifest, &live, self.apply.diff);
+        let plan = plan::plan(&manifest, &live, self.apply.diff);
         self.record(&manifest, &plan);
         log_findings(&plan);
         Ok(Planned {
@@ -313,7 +315,7 @@ impl Reconciler {
                 live.secrets.insert(secret.clone(), found);
             }
         }
-        let plan = diff::plan(&manifest, &live, self.apply.diff);
+        let plan = plan::plan(&manifest, &live, self.apply.diff);
         log_findings(&plan);
         Ok(Some((
             Planned {
@@ -455,7 +457,7 @@ impl Reconciler {
         for secret in live.secrets.values_mut() {
             secret.pinned = None;
         }
-        let plan = diff::plan(&manifest, &live, self.apply.diff);
+        let plan = plan::plan(&manifest, &live, self.apply.diff);
         Ok(Planned {
             manifest,
             live,

@@ -6,56 +6,30 @@
 //! a Secret to create). In steady state that is two list calls.
 
 mod apply;
-pub mod diff;
 pub mod lease;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
 
+use crate::labels::{
+    CREATED_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
+    PINNED_ANNOTATION,
+};
 use crate::manifest::{Manifest, SecretRef};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
+pub use crate::plan::{Action, DiffOptions, LiveSecret, LiveState, Pinned, Plan, SecretChange};
 pub use apply::{ApplyOptions, ApplyOutcome, WriteFailure};
-pub use diff::{Action, DiffOptions, Pinned, Plan, SecretChange};
 
-/// Marks the Secrets credsync manages.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "credsync";
-/// Comma-separated data keys credsync owns in the Secret.
-pub const MANAGED_KEYS_ANNOTATION: &str = "credsync.io/managed-keys";
-/// When credsync last wrote the Secret (RFC 3339, UTC).
-pub const LAST_SYNC_ANNOTATION: &str = "credsync.io/last-sync";
-/// Hash of the owned keys' sources (name@version), never of values.
-pub const FINGERPRINT_ANNOTATION: &str = "credsync.io/fingerprint";
-/// Set by `rollback` to the snapshot commit restored; sync leaves the Secret alone until `unpin`.
-pub const PINNED_ANNOTATION: &str = "credsync.io/pinned";
-/// Present when credsync created the Secret, so it may delete it when empty.
-pub const CREATED_ANNOTATION: &str = "credsync.io/created";
 /// Reads of adoption candidates in flight at once.
 const READ_CONCURRENCY: usize = 16;
 /// Kubernetes' limit on a Secret's data.
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
-
-/// A Secret as it lives in the cluster, reduced to what the diff needs.
-#[derive(Debug, Clone)]
-pub struct LiveSecret {
-    pub secret: SecretRef,
-    pub type_: String,
-    pub data: BTreeMap<String, SecretValue>,
-    /// Labelled as managed by credsync.
-    pub managed: bool,
-    /// Keys the managed-keys annotation says credsync owns.
-    pub owned_keys: BTreeSet<String>,
-    pub created_by_credsync: bool,
-    /// The snapshot commit a rollback pinned this Secret to.
-    pub pinned: Option<String>,
-    pub resource_version: Option<String>,
-}
 
 impl LiveSecret {
     fn from_k8s(secret: Secret) -> Option<Self> {
@@ -93,12 +67,6 @@ impl LiveSecret {
             resource_version: meta.resource_version,
         })
     }
-}
-
-/// The live Secrets relevant to a manifest.
-#[derive(Debug, Default)]
-pub struct LiveState {
-    pub secrets: BTreeMap<SecretRef, LiveSecret>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,6 @@ mod kms;
 mod table;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
@@ -19,32 +18,12 @@ use crate::secret::SecretValue;
 
 pub use table::{RawItem, Scanned};
 
-/// One version of one Credstash name: what a reviewer audits as `name@version`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub struct ItemId {
-    pub name: String,
-    pub version: String,
-}
+use crate::source::{Credential, ItemFailure, ItemId, SourceItem};
 
-impl fmt::Display for ItemId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.version)
+impl SourceItem for RawItem {
+    fn id(&self) -> &ItemId {
+        &self.id
     }
-}
-
-/// A decrypted item.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    pub id: ItemId,
-    pub value: SecretValue,
-}
-
-/// An item that could not be decrypted; its key keeps its live value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemFailure {
-    pub id: ItemId,
-    /// Why, in words that never include the value.
-    pub reason: String,
 }
 
 /// What decrypting a set of items produced.

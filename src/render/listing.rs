@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::cli::ListFormat;
+use super::ListFormat;
 use crate::snapshot::store::{CommitInfo, SecretDelta, SnapshotEntry};
 use sops_age::SecretDocument;
 

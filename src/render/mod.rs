@@ -10,6 +10,13 @@ use serde_json::{Value, json};
 
 use crate::cluster::{Action, ApplyOutcome, Plan, SecretChange};
 
+/// Output of listings (`history`, `show`, `diff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    Text,
+    Json,
+}
+
 /// The JSON plan's schema, shipped with the binary and documented in the README.
 pub const PLAN_SCHEMA: &str = include_str!("plan.schema.json");
 /// Bumped on any incompatible change to the JSON plan.
@@ -352,9 +359,9 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
 mod tests {
     use super::*;
     use crate::cluster::Pinned;
-    use crate::cluster::diff::FailedItem;
-    use crate::credstash::ItemId;
     use crate::manifest::{Conflict, SecretRef, Skip};
+    use crate::plan::FailedItem;
+    use crate::source::ItemId;
 
     fn sample() -> Plan {
         Plan {

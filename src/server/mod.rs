@@ -23,10 +23,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
 
-use crate::cluster::diff::Plan;
 use crate::cluster::lease::Leadership;
 use crate::manifest::SecretRef;
 use crate::metrics::Metrics;
+use crate::plan::Plan;
 use crate::reconcile::{Reconciler, ScopeNames};
 use crate::render::{self, Format, Heading};
 use crate::worker::{Health, Request, Trigger};

@@ -5,26 +5,30 @@
 //! Secret in a git repository, one commit per change of the desired state,
 //! and reads old commits back for `history`, `show`, `diff` and `rollback`.
 
+/// The branch snapshots are committed to.
+pub const BRANCH: &str = "main";
+
 pub mod remote;
 pub mod store;
 mod worktree;
 
 use std::collections::BTreeMap;
 
-use crate::cluster::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION};
-use crate::credstash::ItemId;
+use crate::labels::SOURCES_ANNOTATION;
+use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION};
 use crate::manifest::{DesiredKey, DesiredSecret, SecretRef};
 use crate::secret::SecretValue;
+use crate::source::ItemId;
 use sops_age::{Plaintext, SecretDocument};
-use store::SOURCES_ANNOTATION;
 
 /// The snapshot file of a desired Secret: applying it with kubectl gives a
 /// Secret credsync recognizes as its own, and its annotations say where
 /// every key came from.
 pub fn document(secret: &SecretRef, desired: &DesiredSecret) -> SecretDocument {
     let keys: Vec<&str> = desired.keys.keys().map(String::as_str).collect();
-    let sources =
-        store::sources_annotation(desired.keys.iter().map(|(k, v)| (k, v.source.to_string())));
+    let sources = crate::labels::sources_annotation(
+        desired.keys.iter().map(|(k, v)| (k, v.source.to_string())),
+    );
     SecretDocument {
         namespace: secret.namespace.clone(),
         name: secret.name.clone(),
@@ -43,7 +47,7 @@ pub fn document(secret: &SecretRef, desired: &DesiredSecret) -> SecretDocument {
 
 /// A snapshot file back as a desired Secret (for rollback and plans).
 pub fn desired(doc: SecretDocument) -> (SecretRef, DesiredSecret) {
-    let sources = store::parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
+    let sources = crate::labels::parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
     let mut secret = DesiredSecret::default();
     for (key, value) in doc.data {
         // Files written by hand with sops have no sources: say so.

@@ -14,7 +14,7 @@ use git2::{
     BranchType, Cred, CredentialType, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository,
 };
 
-use super::store::BRANCH;
+use super::BRANCH;
 
 /// Where to push, and how to authenticate.
 #[derive(Clone)]

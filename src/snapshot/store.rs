@@ -15,14 +15,11 @@ use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
 use super::remote::{self, PushOutcome, RemoteConfig};
-use super::worktree;
+use super::{BRANCH, worktree};
+use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::SecretRef;
 use sops_age::{self as sops, Identities, Outline, Recipients, SecretDocument};
 
-/// Annotation listing where every key came from: `KEY=name@version` lines.
-pub const SOURCES_ANNOTATION: &str = "credsync.io/sources";
-/// The branch snapshots are committed to.
-pub const BRANCH: &str = "main";
 /// An index.lock older than this was left by a killed process.
 const STALE_LOCK: Duration = Duration::from_secs(60);
 
@@ -767,25 +764,6 @@ fn file_fingerprint(
         part(recipient);
     }
     hash.finalize().into()
-}
-
-/// Builds the `credsync.io/sources` annotation value.
-pub fn sources_annotation<'a>(sources: impl Iterator<Item = (&'a String, String)>) -> String {
-    sources
-        .map(|(key, source)| format!("{key}={source}\n"))
-        .collect()
-}
-
-/// Reads the `credsync.io/sources` annotation: key -> `name@version`.
-pub fn parse_sources(value: Option<&String>) -> BTreeMap<String, String> {
-    value
-        .map(|v| {
-            v.lines()
-                .filter_map(|line| line.split_once('='))
-                .map(|(k, s)| (k.to_owned(), s.to_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn compare(

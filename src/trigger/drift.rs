@@ -9,7 +9,8 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Author, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::cluster::Author;
+use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::manifest::SecretRef;
 use crate::reconcile::{Reconciler, ScopeNames};
 use crate::worker::{Request, Trigger};

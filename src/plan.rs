@@ -3,11 +3,33 @@
 //! A [`Plan`] never holds a value, a value's hash or its length, so it can be
 //! printed into a pull request. Apply looks values up in the manifest.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{LiveSecret, LiveState};
-use crate::credstash::ItemFailure;
 use crate::manifest::{Conflict, DesiredSecret, Manifest, SecretRef, Skip};
+use crate::secret::SecretValue;
+use crate::source::ItemFailure;
+
+/// A Secret as it lives in the cluster, reduced to what the diff needs.
+#[derive(Debug, Clone)]
+pub struct LiveSecret {
+    pub secret: SecretRef,
+    pub type_: String,
+    pub data: BTreeMap<String, SecretValue>,
+    /// Labelled as managed by credsync.
+    pub managed: bool,
+    /// Keys the managed-keys annotation says credsync owns.
+    pub owned_keys: BTreeSet<String>,
+    pub created_by_credsync: bool,
+    /// The snapshot commit a rollback pinned this Secret to.
+    pub pinned: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+/// The live Secrets relevant to a manifest.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    pub secrets: BTreeMap<SecretRef, LiveSecret>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -244,9 +266,9 @@ pub fn owned_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credstash::ItemId;
     use crate::manifest::{DesiredKey, Hold};
     use crate::secret::SecretValue;
+    use crate::source::ItemId;
     use std::collections::BTreeMap;
 
     fn sref() -> SecretRef {

@@ -1,0 +1,41 @@
+//! The labels and annotations credsync writes on Secrets and reads back:
+//! how a Secret says it is managed, which keys credsync owns, where each key
+//! came from. One module, so the cluster writer, the snapshot files and the
+//! drift watcher agree on every name and on the `sources` codec.
+
+use std::collections::BTreeMap;
+
+/// Marks the Secrets credsync manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "credsync";
+/// Comma-separated data keys credsync owns in the Secret.
+pub const MANAGED_KEYS_ANNOTATION: &str = "credsync.io/managed-keys";
+/// When credsync last wrote the Secret (RFC 3339, UTC).
+pub const LAST_SYNC_ANNOTATION: &str = "credsync.io/last-sync";
+/// Hash of the owned keys' sources (name@version), never of values.
+pub const FINGERPRINT_ANNOTATION: &str = "credsync.io/fingerprint";
+/// Set by `rollback` to the snapshot commit restored; sync leaves the Secret alone until `unpin`.
+pub const PINNED_ANNOTATION: &str = "credsync.io/pinned";
+/// Present when credsync created the Secret, so it may delete it when empty.
+pub const CREATED_ANNOTATION: &str = "credsync.io/created";
+/// Annotation listing where every key came from: `KEY=name@version` lines.
+pub const SOURCES_ANNOTATION: &str = "credsync.io/sources";
+
+/// Builds the `credsync.io/sources` annotation value.
+pub fn sources_annotation<'a>(sources: impl Iterator<Item = (&'a String, String)>) -> String {
+    sources
+        .map(|(key, source)| format!("{key}={source}\n"))
+        .collect()
+}
+
+/// Reads the `credsync.io/sources` annotation: key -> `name@version`.
+pub fn parse_sources(value: Option<&String>) -> BTreeMap<String, String> {
+    value
+        .map(|v| {
+            v.lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(k, s)| (k.to_owned(), s.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
