@@ -5,6 +5,8 @@
 //! [`snapshot`] records it in git as SOPS files, [`cluster`] reads live state,
 //! diffs and applies, and [`reconcile`] ties them together. [`render`] prints plans; [`cli`] is the command line.
 
+pub mod aws_error;
+pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod credstash;

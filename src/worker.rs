@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::cluster::lease::Leadership;
 use crate::reconcile::Reconciler;
 
@@ -132,7 +133,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let metrics = reconciler.metrics().clone();
-    let mut backoff = config.backoff;
+    let mut backoff = Backoff::exact(config.backoff, config.max_backoff);
     loop {
         let mut request = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -217,15 +218,15 @@ pub async fn run(
             }
         };
         if failed || retry_partial {
+            let delay = backoff.next_delay();
             if failed {
                 let failures = health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(failures, retry_in = ?backoff, "will retry with a full reconcile");
+                tracing::warn!(failures, retry_in = ?delay, "will retry with a full reconcile");
             } else {
                 health.set_ready();
-                tracing::warn!(retry_in = ?backoff, "some Secrets were not written; will retry");
+                tracing::warn!(retry_in = ?delay, "some Secrets were not written; will retry");
             }
             let retry = retry.clone();
-            let delay = backoff;
             let cancel = shutdown.clone();
             tokio::spawn(async move {
                 tokio::select! {
@@ -233,11 +234,10 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => { let _ = retry.send(Request::full(Trigger::Retry)).await; }
                 }
             });
-            backoff = (backoff * 2).min(config.max_backoff);
         } else {
             health.consecutive_failures.store(0, Ordering::Relaxed);
             health.set_ready();
-            backoff = config.backoff;
+            backoff.reset();
             // Caught up: no stream record is waiting any more.
             if request.oldest_event.is_some() {
                 metrics.stream_lag_seconds.set(0.0);

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::describe_kube_error;
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 
 /// How long a Lease stays valid without renewal, unless configured.
@@ -192,6 +193,10 @@ impl LeaderElector {
         }
         let renew_deadline = renew_deadline(self.config.lease_duration);
         let retry_delay = self.config.renew_interval.min(MAX_RETRY_DELAY);
+        // Jittered, so replicas that lost a race together do not retry in
+        // lockstep; capped at retry_delay, which keeps a leader's retries
+        // well inside its renew deadline.
+        let mut retry = Backoff::new(retry_delay / 4, retry_delay);
         // While leading: when to step down if renewals keep failing.
         let mut step_down_at: Option<Instant> = None;
         // The Lease as this replica last wrote it, to renew without a read.
@@ -224,6 +229,7 @@ impl LeaderElector {
             let next = match round {
                 Ok(Ok(Round::Holding { lease, renewed_at })) => {
                     races = 0;
+                    retry.reset();
                     cached = Some(*lease);
                     step_down_at = Some(renewed_at + renew_deadline);
                     self.publish(&state, Leadership::Leading, "holding the Lease");
@@ -231,6 +237,7 @@ impl LeaderElector {
                 }
                 Ok(Ok(Round::Held { holder, expires_in })) => {
                     races = 0;
+                    retry.reset();
                     step_down_at = None;
                     self.publish(
                         &state,
@@ -248,7 +255,7 @@ impl LeaderElector {
                         continue;
                     }
                     races = 0;
-                    Instant::now() + retry_delay
+                    Instant::now() + retry.next_delay()
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(
@@ -257,7 +264,7 @@ impl LeaderElector {
                         error = %e,
                         "leader election call failed"
                     );
-                    self.retry_at(step_down_at, retry_delay)
+                    self.retry_at(step_down_at, retry.next_delay())
                 }
                 Err(_) => {
                     tracing::warn!(
@@ -265,7 +272,7 @@ impl LeaderElector {
                         leading = step_down_at.is_some(),
                         "leader election call timed out"
                     );
-                    self.retry_at(step_down_at, retry_delay)
+                    self.retry_at(step_down_at, retry.next_delay())
                 }
             };
             // Never sleep past the step-down deadline.

@@ -16,7 +16,8 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use super::crypto::{DataKey, Envelope};
-use super::{Credential, ItemFailure, ItemId, RawItem, describe_aws_error};
+use super::{Credential, ItemFailure, ItemId, RawItem};
+use crate::aws_error::{AwsError, FailureClass};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
@@ -168,17 +169,19 @@ impl Decryptor {
 }
 
 fn describe_kms_error(err: SdkError<DecryptError, HttpResponse>) -> String {
-    describe_aws_error(&err, |code, status| match (code, status) {
-        (Some("InvalidCiphertextException"), _) => {
-            "KMS refused the data key: wrong encryption context (--context) or not a KMS blob"
+    let err = AwsError::from_sdk(&err);
+    let hint = if err.is("InvalidCiphertextException") {
+        "KMS refused the data key: wrong encryption context (--context) or not a KMS blob"
+    } else if err.is("DisabledException") || err.is("KMSInvalidStateException") {
+        "KMS refused the data key: the key is disabled or pending deletion"
+    } else {
+        match err.class {
+            FailureClass::NotFound => "KMS refused the data key: its key does not exist",
+            FailureClass::Denied => {
+                "KMS refused the data key: no kms:Decrypt on its key, or the key is in another account or region"
+            }
+            _ => "KMS Decrypt failed",
         }
-        (Some("DisabledException" | "KMSInvalidStateException"), _) => {
-            "KMS refused the data key: the key is disabled or pending deletion"
-        }
-        (Some("NotFoundException"), _) => "KMS refused the data key: its key does not exist",
-        (_, 401 | 403) | (Some("AccessDeniedException"), _) => {
-            "KMS refused the data key: no kms:Decrypt on its key, or the key is in another account or region"
-        }
-        _ => "KMS Decrypt failed",
-    })
+    };
+    err.line(hint)
 }

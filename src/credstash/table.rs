@@ -8,7 +8,8 @@ use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::try_join_all;
 
-use super::{ItemFailure, ItemId, describe_aws_error};
+use super::{ItemFailure, ItemId};
+use crate::aws_error::{AwsError, FailureClass};
 use crate::metrics::Metrics;
 
 /// An item as stored: still encrypted.
@@ -91,15 +92,11 @@ pub(super) async fn query_latest(
         .send()
         .await
         .map_err(|err| {
-            describe_aws_error(&err, |code, status| match (code, status) {
-                (Some("ResourceNotFoundException"), _) => {
-                    "table not found (check --table and --region)"
-                }
-                (_, 401 | 403) | (Some("AccessDeniedException"), _) => {
-                    "access denied (the credentials need dynamodb:Query on the table)"
-                }
-                _ => "DynamoDB Query failed",
-            })
+            describe_table_error(
+                &AwsError::from_sdk(&err),
+                "access denied (the credentials need dynamodb:Query on the table)",
+                "DynamoDB Query failed",
+            )
         })?;
     Ok(out
         .items
@@ -176,11 +173,19 @@ fn parse_item(item: &HashMap<String, AttributeValue>) -> Result<RawItem, ItemFai
 
 /// One line naming the cause of a failed DynamoDB call and what to do.
 fn describe_scan_error(err: SdkError<ScanError, HttpResponse>) -> String {
-    describe_aws_error(&err, |code, status| match (code, status) {
-        (Some("ResourceNotFoundException"), _) => "table not found (check --table and --region)",
-        (_, 401 | 403) | (Some("AccessDeniedException"), _) => {
-            "access denied (the credentials need dynamodb:Scan and dynamodb:Query on the table)"
-        }
-        _ => "DynamoDB Scan failed",
-    })
+    describe_table_error(
+        &AwsError::from_sdk(&err),
+        "access denied (the credentials need dynamodb:Scan and dynamodb:Query on the table)",
+        "DynamoDB Scan failed",
+    )
+}
+
+/// A table read's failure: a missing table, missing rights (`denied`
+/// names the actions), or `otherwise`.
+fn describe_table_error(err: &AwsError, denied: &str, otherwise: &str) -> String {
+    match err.class {
+        FailureClass::NotFound => err.line("table not found (check --table and --region)"),
+        FailureClass::Denied => err.line(denied),
+        _ => err.line(otherwise),
+    }
 }

@@ -9,6 +9,9 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
+use crate::backoff::Backoff;
 use crate::cluster::Author;
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::manifest::SecretRef;
@@ -34,18 +37,28 @@ pub async fn run(
     let mut events = futures::stream::select_all(watches);
     let mut initialized_watches = 0;
     let mut initialized = false;
+    // A watch that keeps failing (API down, RBAC removed) backs off to 30 s.
+    let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
             event = events.next() => event,
         };
+        if matches!(event, Some(Ok(_))) {
+            retry.reset();
+        }
         let (secret, deleted) = match event {
             None => return,
             Some(Err(err)) => {
-                tracing::warn!(error = %err, "watching managed Secrets failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let delay = retry.next_delay();
+                tracing::warn!(error = %err, retry_in = ?delay, "watching managed Secrets failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
                 continue;
             }
+
             Some(Ok(Event::InitDone)) => {
                 initialized_watches += 1;
                 if !initialized && initialized_watches >= watch_count {
