@@ -6,6 +6,28 @@
 
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
+/// How a reconcile ended: the `outcome` label of `reconciles_total` and
+/// `reconciles_by_trigger_total`, spelled in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcileOutcome {
+    Success,
+    /// Some Secrets were not written.
+    Partial,
+    Error,
+    Timeout,
+}
+
+impl ReconcileOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Partial => "partial",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
 /// All credsync metrics, registered on one registry.
 pub struct Metrics {
     registry: Registry,

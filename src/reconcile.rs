@@ -11,7 +11,7 @@ use futures::StreamExt;
 use crate::cluster::{ApplyOptions, ApplyOutcome, Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection, map_name};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
@@ -29,6 +29,9 @@ pub enum ReconcileError {
     /// chain it would otherwise appear twice.
     #[error("snapshot not written, so nothing was applied: {0}")]
     Snapshot(SnapshotError),
+    /// A bug in credsync, not a Kubernetes, AWS or git problem.
+    #[error("internal error: {0}; this is a bug in credsync, please report it")]
+    Internal(String),
 }
 
 impl From<SnapshotError> for ReconcileError {
@@ -93,10 +96,9 @@ struct TableIndex {
 }
 
 fn poisoned() -> ReconcileError {
-    ReconcileError::Cluster(ClusterError::Api {
-        doing: "reading the table index".to_owned(),
-        cause: "a previous reconcile panicked".to_owned(),
-    })
+    ReconcileError::Internal(
+        "the table index is unusable: a previous reconcile panicked".to_owned(),
+    )
 }
 
 impl Reconciler {
@@ -234,7 +236,10 @@ impl Reconciler {
         let planned = match self.plan().await {
             Ok(planned) => planned,
             Err(err) => {
-                self.metrics.reconciles.with_label_values(&["error"]).inc();
+                self.metrics
+                    .reconciles
+                    .with_label_values(&[ReconcileOutcome::Error.as_str()])
+                    .inc();
                 return Err(err);
             }
         };
@@ -399,7 +404,10 @@ impl Reconciler {
                     Ok(commit) => commit,
                     Err(err) => {
                         self.metrics.snapshot_failures.inc();
-                        self.metrics.reconciles.with_label_values(&["error"]).inc();
+                        self.metrics
+                            .reconciles
+                            .with_label_values(&[ReconcileOutcome::Error.as_str()])
+                            .inc();
                         return Err(err.into());
                     }
                 }
@@ -437,12 +445,15 @@ impl Reconciler {
             outcome,
             snapshot,
         };
-        let result = if report.has_errors() {
-            "partial"
+        let outcome = if report.has_errors() {
+            ReconcileOutcome::Partial
         } else {
-            "success"
+            ReconcileOutcome::Success
         };
-        self.metrics.reconciles.with_label_values(&[result]).inc();
+        self.metrics
+            .reconciles
+            .with_label_values(&[outcome.as_str()])
+            .inc();
         Ok(report)
     }
 
@@ -580,11 +591,9 @@ async fn record_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || op(&store))
         .await
         .unwrap_or_else(|join| {
-            Err(SnapshotError::Git {
-                path: String::new(),
-                what: "writing the snapshot".to_owned(),
-                cause: join.to_string(),
-            })
+            Err(SnapshotError::Internal(format!(
+                "the snapshot task did not finish: {join}"
+            )))
         })
 }
 

@@ -124,11 +124,8 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
                     let requests = requests.clone();
                     tasks.spawn(async move {
                         while let Some(batch) = changes.recv().await {
-                            let request = Request {
-                                trigger: Trigger::Stream,
-                                names: Some(batch.names),
-                                oldest_event: batch.oldest_record,
-                            };
+                            let mut request = Request::names(Trigger::Stream, Some(batch.names));
+                            request.oldest_event = batch.oldest_record;
                             if requests.send(request).await.is_err() {
                                 return;
                             }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::cluster::lease::Leadership;
+use crate::metrics::ReconcileOutcome;
 use crate::reconcile::Reconciler;
 
 /// Why a reconcile runs; the label of its metrics.
@@ -45,7 +46,9 @@ impl Trigger {
 /// What to reconcile: everything, or the Secrets some table names map to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub trigger: Trigger,
+    /// Every trigger this request came from (several once merged); each
+    /// one's counter counts the reconcile.
+    pub triggers: BTreeSet<Trigger>,
     /// None: a full reconcile.
     pub names: Option<BTreeSet<String>>,
     /// For the stream lag metric.
@@ -54,16 +57,27 @@ pub struct Request {
 
 impl Request {
     pub fn full(trigger: Trigger) -> Self {
+        Self::names(trigger, None)
+    }
+
+    /// A request from one trigger; `names: None` is a full reconcile.
+    pub fn names(trigger: Trigger, names: Option<BTreeSet<String>>) -> Self {
         Self {
-            trigger,
-            names: None,
+            triggers: BTreeSet::from([trigger]),
+            names,
             oldest_event: None,
         }
     }
 
+    /// The trigger that labels the reconcile's duration: the first in
+    /// `Trigger`'s order (startup before schedule before stream ...).
+    pub fn primary(&self) -> Trigger {
+        self.triggers.first().copied().unwrap_or(Trigger::Retry)
+    }
+
     /// Merges a request that arrived while another was pending.
     fn merge(&mut self, other: Request) {
-        self.trigger = self.trigger.min(other.trigger);
+        self.triggers.extend(other.triggers);
         self.names = match (self.names.take(), other.names) {
             (Some(mut a), Some(b)) => {
                 a.extend(b);
@@ -158,7 +172,15 @@ pub async fn run(
             let lag = (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
             metrics.stream_lag_seconds.set(lag);
         }
-        let trigger = request.trigger.as_str();
+        let trigger = request.primary().as_str();
+        let count = |outcome: ReconcileOutcome| {
+            for t in &request.triggers {
+                metrics
+                    .reconciles_by_trigger
+                    .with_label_values(&[t.as_str(), outcome.as_str()])
+                    .inc();
+            }
+        };
         let started = Instant::now();
         let work = async {
             match &request.names {
@@ -183,37 +205,25 @@ pub async fn run(
                 // like a failed reconcile, without counting against liveness.
                 retry_partial = !report.outcome.failed.is_empty();
                 let writes = report.outcome.written.len() as u64;
-                if request.trigger == Trigger::Drift && writes > 0 {
+                if request.triggers.contains(&Trigger::Drift) && writes > 0 {
                     metrics.drift_corrections.inc_by(writes);
                 }
-                metrics
-                    .reconciles_by_trigger
-                    .with_label_values(&[
-                        trigger,
-                        if report.has_errors() {
-                            "partial"
-                        } else {
-                            "success"
-                        },
-                    ])
-                    .inc();
+                count(if report.has_errors() {
+                    ReconcileOutcome::Partial
+                } else {
+                    ReconcileOutcome::Success
+                });
                 false
             }
             Ok(Err(err)) => {
                 tracing::error!(trigger, error = %err, "reconcile failed");
-                metrics
-                    .reconciles_by_trigger
-                    .with_label_values(&[trigger, "error"])
-                    .inc();
+                count(ReconcileOutcome::Error);
                 true
             }
             Err(_) => {
                 tracing::error!(trigger, timeout = ?config.timeout, "reconcile timed out and was cancelled");
                 metrics.reconcile_timeouts.inc();
-                metrics
-                    .reconciles_by_trigger
-                    .with_label_values(&[trigger, "timeout"])
-                    .inc();
+                count(ReconcileOutcome::Timeout);
                 true
             }
         };
@@ -256,20 +266,24 @@ mod tests {
 
     #[test]
     fn merging_unions_names_and_a_full_request_wins() {
-        let mut a = Request {
-            trigger: Trigger::Stream,
-            names: names(&["a"]),
-            oldest_event: None,
-        };
-        a.merge(Request {
-            trigger: Trigger::Stream,
-            names: names(&["b"]),
-            oldest_event: None,
-        });
+        let mut a = Request::names(Trigger::Stream, names(&["a"]));
+        a.merge(Request::names(Trigger::Stream, names(&["b"])));
         assert_eq!(a.names, names(&["a", "b"]));
         a.merge(Request::full(Trigger::Schedule));
         assert_eq!(a.names, None);
-        assert_eq!(a.trigger, Trigger::Schedule);
+        assert_eq!(a.primary(), Trigger::Schedule);
+    }
+
+    #[test]
+    fn a_merged_request_keeps_every_trigger() {
+        let mut a = Request::names(Trigger::Stream, names(&["a"]));
+        a.merge(Request::names(Trigger::Drift, names(&["b"])));
+        a.merge(Request::names(Trigger::Stream, names(&["c"])));
+        assert_eq!(
+            a.triggers.iter().copied().collect::<Vec<_>>(),
+            [Trigger::Stream, Trigger::Drift]
+        );
+        assert_eq!(a.primary(), Trigger::Stream);
     }
 
     #[test]

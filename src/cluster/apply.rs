@@ -51,10 +51,54 @@ impl Default for ApplyOptions {
 }
 
 /// A Secret that was not written, and why (never a value).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 pub struct WriteFailure {
     pub secret: SecretRef,
-    pub reason: String,
+    /// Serialized as its message, as plans and JSON output print it.
+    #[serde(serialize_with = "as_message")]
+    pub reason: WriteError,
+}
+
+/// Why one Secret's write did not happen. The message says what to do; the
+/// Kubernetes error it came from is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(
+        "not written: the Secret would exceed Kubernetes' 1 MiB size limit; split its keys across Secrets"
+    )]
+    TooLarge,
+    #[error("API server refused the write: {detail}")]
+    Refused {
+        detail: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "gave up after {attempts} attempts: the Secret kept changing concurrently; the next reconcile retries"
+    )]
+    KeptChanging { attempts: u32 },
+    /// Re-read after a conflict, the Secret is one credsync must not write
+    /// (another type, say).
+    #[error("{0}")]
+    NotWritable(String),
+    #[error("reading it again after a conflict failed: {0}")]
+    Reread(#[source] super::ClusterError),
+}
+
+impl WriteError {
+    /// The `reason` label of `secret_write_failures_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::KeptChanging { .. } => "conflict",
+            Self::TooLarge | Self::Refused { .. } | Self::NotWritable(_) | Self::Reread(_) => {
+                "rejected"
+            }
+        }
+    }
+}
+
+fn as_message<S: serde::Serializer>(error: &WriteError, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(error)
 }
 
 #[derive(Debug, Default)]
@@ -145,7 +189,7 @@ impl Cluster {
         let refused_events = RefusedEvents::default();
         // Futures are made as slots free up, not all at once: at 10000
         // changes, holding every pending write at once costs tens of MiB.
-        let results: Vec<(SecretRef, Result<Option<SecretChange>, String>)> =
+        let results: Vec<(SecretRef, Result<Option<SecretChange>, WriteError>)> =
             // (Owned items: a closure taking a reference would make the
             // reconcile future !Send for tokio::spawn, rust-lang/rust#102211.)
             futures::stream::iter(plan.changes.iter().cloned())
@@ -186,7 +230,7 @@ impl Cluster {
         mut live: Option<LiveSecret>,
         options: &ApplyOptions,
         refused_events: &RefusedEvents,
-    ) -> Result<Option<SecretChange>, String> {
+    ) -> Result<Option<SecretChange>, WriteError> {
         let empty = DesiredSecret::default();
         let desired_or_empty = desired.unwrap_or(&empty);
         for _ in 0..options.max_attempts.max(1) {
@@ -203,29 +247,29 @@ impl Cluster {
                     return Ok(Some(change));
                 }
                 Ok(Attempt::Stale) => {}
-                Err(reason) => {
-                    self.metrics
-                        .secret_write_failures
-                        .with_label_values(&["rejected"])
-                        .inc();
-                    return Err(reason);
-                }
+                Err(error) => return Err(self.counted(error)),
             }
-            live = self.get(&change.secret).await.map_err(|e| e.to_string())?;
+            live = match self.get(&change.secret).await {
+                Ok(live) => live,
+                Err(error) => return Err(self.counted(WriteError::Reread(error))),
+            };
             match diff_secret(&change.secret, desired, live.as_ref(), options.diff) {
                 Ok(Some(replanned)) => change = replanned,
                 Ok(None) => return Ok(None),
-                Err(skip) => return Err(skip.reason),
+                Err(skip) => return Err(self.counted(WriteError::NotWritable(skip.reason))),
             }
         }
+        Err(self.counted(WriteError::KeptChanging {
+            attempts: options.max_attempts,
+        }))
+    }
+
+    fn counted(&self, error: WriteError) -> WriteError {
         self.metrics
             .secret_write_failures
-            .with_label_values(&["conflict"])
+            .with_label_values(&[error.metric_label()])
             .inc();
-        Err(format!(
-            "gave up after {} attempts: the Secret kept changing concurrently; the next reconcile retries",
-            options.max_attempts
-        ))
+        error
     }
 
     /// An Event on the Secret saying what credsync changed (key names only).
@@ -288,7 +332,7 @@ impl Cluster {
         desired: &DesiredSecret,
         live: Option<&LiveSecret>,
         options: &ApplyOptions,
-    ) -> Result<Attempt, String> {
+    ) -> Result<Attempt, WriteError> {
         let (dry_run, pin) = (options.dry_run, options.pin.as_deref());
         let secret = &change.secret;
         let api = self.secrets(&secret.namespace);
@@ -350,10 +394,10 @@ impl Cluster {
                 tracing::info!(secret = %secret, reason = %status.reason, "Secret changed concurrently; re-planning it");
                 Ok(Attempt::Stale)
             }
-            Err(err) => Err(format!(
-                "API server refused the write: {}",
-                describe_kube_error(&err)
-            )),
+            Err(source) => Err(WriteError::Refused {
+                detail: describe_kube_error(&source),
+                source,
+            }),
         }
     }
 }
@@ -366,7 +410,7 @@ fn check_size(
     change: &SecretChange,
     desired: &DesiredSecret,
     live: Option<&LiveSecret>,
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
     let mut sizes: BTreeMap<&str, usize> = live
         .map(|l| {
             l.data
@@ -384,7 +428,7 @@ fn check_size(
         }
     }
     if sizes.values().sum::<usize>() > MAX_SECRET_BYTES {
-        return Err("not written: the Secret would exceed Kubernetes' 1 MiB size limit; split its keys across Secrets".to_owned());
+        return Err(WriteError::TooLarge);
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
 pub use crate::plan::{Action, DiffOptions, LiveSecret, LiveState, Pinned, Plan, SecretChange};
-pub use apply::{ApplyOptions, ApplyOutcome, WriteFailure};
+pub use apply::{ApplyOptions, ApplyOutcome, WriteError, WriteFailure};
 
 /// Reads of adoption candidates in flight at once.
 const READ_CONCURRENCY: usize = 16;
@@ -76,7 +76,14 @@ pub enum ClusterError {
     )]
     Config(kube::Error),
     #[error("Kubernetes API call failed while {doing}: {cause}")]
-    Api { doing: String, cause: String },
+    Api {
+        doing: String,
+        /// The API server's words, already in the message.
+        cause: String,
+        /// The error itself, for callers that must tell a 409 from a 404.
+        /// Not a `#[source]`: its Display repeats `cause` with a Debug dump.
+        error: kube::Error,
+    },
 }
 
 /// The Kubernetes client plus call counting.
@@ -418,6 +425,7 @@ fn api_error(doing: &str, err: kube::Error) -> ClusterError {
     ClusterError::Api {
         doing: doing.to_owned(),
         cause: describe_kube_error(&err),
+        error: err,
     }
 }
 

@@ -303,7 +303,7 @@ fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) ->
                 out,
                 "- not written {}: {}",
                 md_code(&f.secret.to_string()),
-                md_escape(&f.reason)
+                md_escape(&f.reason.to_string())
             );
         }
     }

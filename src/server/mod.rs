@@ -267,11 +267,7 @@ async fn sync(
             }
         }
     };
-    let request = Request {
-        trigger: Trigger::Http,
-        names,
-        oldest_event: None,
-    };
+    let request = Request::names(Trigger::Http, names);
     if state.requests.try_send(request).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

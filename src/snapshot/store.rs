@@ -44,6 +44,11 @@ pub enum SnapshotError {
         "snapshot repository {path} is locked by another git process ({lock} is recent); retry, or remove it if no git process is running"
     )]
     Locked { path: String, lock: String },
+    /// A bug in credsync (a panic in an earlier operation), not a git problem.
+    #[error(
+        "internal error in the snapshot store: {0}; this is a bug in credsync, please report it"
+    )]
+    Internal(String),
 }
 
 /// Where snapshots go and who can read them.
@@ -245,10 +250,11 @@ impl SnapshotStore {
         &self,
         f: impl FnOnce(&Repository) -> Result<T, SnapshotError>,
     ) -> Result<T, SnapshotError> {
-        let repo = self
-            .repo
-            .lock()
-            .map_err(|_| self.err("locking", "a previous operation panicked"))?;
+        let repo = self.repo.lock().map_err(|_| {
+            SnapshotError::Internal(
+                "the repository handle is unusable: a previous operation panicked".to_owned(),
+            )
+        })?;
         f(&repo)
     }
 

@@ -126,10 +126,6 @@ async fn request_check(
         return true;
     };
     tracing::debug!(secret = %secret, "managed Secret changed; checking it");
-    let request = Request {
-        trigger: Trigger::Drift,
-        names: Some(names),
-        oldest_event: None,
-    };
+    let request = Request::names(Trigger::Drift, Some(names));
     requests.send(request).await.is_ok()
 }
