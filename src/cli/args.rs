@@ -1,0 +1,285 @@
+//! The flags, as clap parses them: low-level arguments, each with its
+//! `CREDSYNC_*` variable. Nothing here reads the environment beyond clap's
+//! own `env` fallbacks or builds anything; [`super::config`] and
+//! [`super::setup`] turn these into the settings that build the reconciler.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, SecretRef};
+use crate::render::{Format, ListFormat};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "credsync",
+    version,
+    about = "Keep Kubernetes Secrets in step with a Credstash table"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Credstash table name.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSYNC_TABLE",
+        default_value = "credential-store"
+    )]
+    pub table: String,
+    /// AWS region of the table (default: the AWS configuration chain's).
+    #[arg(long, global = true, env = "CREDSYNC_REGION")]
+    pub region: Option<String>,
+    /// KMS encryption context the items were written with (k=v, repeatable).
+    #[arg(long = "context", global = true, env = "CREDSYNC_CONTEXT", value_delimiter = ',', value_parser = parse_context)]
+    pub context: Vec<(String, String)>,
+    /// Names the cluster in plans, logs and metrics.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSYNC_CLUSTER_NAME",
+        default_value = "default"
+    )]
+    pub cluster_name: String,
+    /// Namespaces never written to (`|`- or `,`-separated).
+    #[arg(long, global = true, env = "CREDSYNC_NAMESPACE_EXCLUDE", default_value = DEFAULT_NAMESPACE_EXCLUDE)]
+    pub namespace_exclude: String,
+    /// If set, the only namespaces written to (`|`- or `,`-separated).
+    #[arg(long, global = true, env = "CREDSYNC_NAMESPACE_INCLUDE")]
+    pub namespace_include: Option<String>,
+    /// KMS Decrypt calls in flight at once.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSYNC_KMS_CONCURRENCY",
+        default_value_t = 32
+    )]
+    pub kms_concurrency: usize,
+    /// Parallel DynamoDB Scan segments.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSYNC_SCAN_SEGMENTS",
+        default_value_t = 4
+    )]
+    pub scan_segments: i32,
+    /// Keep owned keys that the table no longer names.
+    #[arg(long, global = true, env = "CREDSYNC_NO_PRUNE")]
+    pub no_prune: bool,
+    /// Keep Secrets credsync created even when they end up with no keys.
+    #[arg(long, global = true, env = "CREDSYNC_KEEP_EMPTY")]
+    pub keep_empty: bool,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSYNC_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Debug logging for credsync itself.
+    #[arg(long, short, global = true, env = "CREDSYNC_VERBOSE")]
+    pub verbose: bool,
+    /// Local snapshot repository (created if absent); `sync` commits to it before applying.
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_REPO")]
+    pub snapshot_repo: Option<PathBuf>,
+    /// Who can read snapshots: age recipients (`age1...`, `ssh-ed25519 ...`), repeatable.
+    #[arg(
+        long = "age-recipient",
+        global = true,
+        env = "CREDSYNC_AGE_RECIPIENT",
+        value_delimiter = ','
+    )]
+    pub age_recipients: Vec<String>,
+    /// Remote to clone the snapshot repository from and push to (ssh or https).
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_REMOTE")]
+    pub snapshot_remote: Option<String>,
+    /// ssh private key for the snapshot remote.
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_SSH_KEY")]
+    pub snapshot_ssh_key: Option<PathBuf>,
+    /// File holding an https token for the snapshot remote (CREDSYNC_SNAPSHOT_TOKEN also works).
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_TOKEN_FILE")]
+    pub snapshot_token_file: Option<PathBuf>,
+    /// Connect and read timeout of every AWS and Kubernetes request (AWS retries up to 3 times).
+    #[arg(long, global = true, env = "CREDSYNC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// A one-shot command (plan, sync, rollback, ...) that runs longer stops with an error; `run` has --reconcile-timeout.
+    #[arg(long, global = true, env = "CREDSYNC_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// age identity file: for `show --reveal`, `rollback`, and minimal snapshot diffs.
+    #[arg(long, global = true, env = "CREDSYNC_AGE_IDENTITY")]
+    pub age_identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print what a sync would change; writes nothing.
+    Plan {
+        #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+        /// Exit 0 with no changes, 2 with changes, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Plan a snapshot instead of the table: what `rollback REV` would do.
+        #[arg(long, value_name = "REV")]
+        from_snapshot: Option<String>,
+    },
+    /// Reconcile once: plan, then write only what differs.
+    Sync {
+        /// Send server-side dry-run requests; nothing is stored.
+        #[arg(long, env = "CREDSYNC_DRY_RUN")]
+        dry_run: bool,
+        #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The in-cluster loop: stream, schedule, drift and HTTP triggers.
+    Run(Box<RunArgs>),
+    /// List snapshot commits, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
+    /// Secrets, keys and sources at a snapshot (values only with --reveal).
+    Show {
+        rev: String,
+        #[arg(long = "secret", value_name = "NS/NAME")]
+        secrets: Vec<SecretRef>,
+        /// Print the values (needs --age-identity); to stdout only.
+        #[arg(long)]
+        reveal: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
+    /// Key-level changes between two snapshots (never values).
+    Diff {
+        from: String,
+        to: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+    },
+    /// Apply a snapshot's Secrets and pin them until `unpin`.
+    Rollback {
+        rev: String,
+        #[arg(long = "secret", value_name = "NS/NAME")]
+        secrets: Vec<SecretRef>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Release rollback pins so sync manages the Secrets again.
+    Unpin {
+        #[arg(value_name = "NS/NAME", required_unless_present = "all")]
+        secrets: Vec<SecretRef>,
+        #[arg(long, conflicts_with = "secrets")]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address for /sync, /plan, /metrics, /healthz, /readyz.
+    #[arg(long, env = "CREDSYNC_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Full reconcile every INTERVAL (e.g. 10m). CRON_HOURS=N means every N hours.
+    #[arg(long, env = "CREDSYNC_INTERVAL", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Full reconcile on a cron expression (5 or 6 fields, UTC); overrides --interval.
+    #[arg(long, env = "CREDSYNC_SCHEDULE")]
+    pub schedule: Option<String>,
+    /// The table's stream (default: DescribeTable's latest stream).
+    #[arg(long, env = "CREDSYNC_STREAM_ARN")]
+    pub stream_arn: Option<String>,
+    /// Do not follow the stream: schedule and HTTP only.
+    #[arg(long, env = "CREDSYNC_NO_STREAM")]
+    pub no_stream: bool,
+    /// Quiet time after stream events before reconciling them (WAIT_TIME, in seconds, accepted).
+    #[arg(long, env = "CREDSYNC_DEBOUNCE", default_value = "1s", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// A reconcile running longer is cancelled and retried (CREDSTASH_SYNC_TIMEOUT_SECS accepted).
+    #[arg(long, env = "CREDSYNC_RECONCILE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
+    /// Failed reconciles in a row after which /healthz fails.
+    #[arg(long, env = "CREDSYNC_FAILURE_LIMIT", default_value_t = 5)]
+    pub failure_limit: u32,
+    /// File holding the bearer token for /sync and /plan (CREDSYNC_SYNC_TOKEN or FLASK_API_KEY also work).
+    #[arg(long, env = "CREDSYNC_SYNC_TOKEN_FILE")]
+    pub sync_token_file: Option<PathBuf>,
+    /// Serve /sync and /plan to anyone who reaches the port, without a token (unsafe outside a test).
+    #[arg(long, env = "CREDSYNC_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// HTTP connections served at once (a small overflow beyond it gets 1 s to send a request).
+    #[arg(long, env = "CREDSYNC_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and to stay idle between requests.
+    #[arg(long, env = "CREDSYNC_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// At most one accepted /sync per scope in this window; /plan is recomputed at most once in it.
+    #[arg(long, env = "CREDSYNC_SYNC_RATE_LIMIT", default_value = "60s", value_parser = parse_duration)]
+    pub sync_rate_limit: Duration,
+    /// Elect a leader over a Lease so several replicas are safe.
+    #[arg(long, env = "CREDSYNC_LEADER_ELECTION")]
+    pub leader_election: bool,
+    #[arg(long, env = "CREDSYNC_LEASE_NAME", default_value = "credsync")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "CREDSYNC_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    #[arg(long, env = "CREDSYNC_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease (default: POD_NAME, else HOSTNAME).
+    #[arg(long, env = "CREDSYNC_IDENTITY")]
+    pub identity: Option<String>,
+    /// Do not watch managed Secrets to undo hand edits.
+    #[arg(long, env = "CREDSYNC_NO_DRIFT_REPAIR")]
+    pub no_drift_repair: bool,
+    /// Server-side dry-run writes only.
+    #[arg(long, env = "CREDSYNC_DRY_RUN")]
+    pub dry_run: bool,
+    /// Time in-flight work gets after SIGTERM.
+    #[arg(long, env = "CREDSYNC_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Print the effective configuration (no secrets) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::trigger::schedule::parse_duration(text)
+}
+
+fn parse_context(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{s}' is not k=v")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn context_pairs_parse_and_bad_ones_are_refused() {
+        let cli =
+            Cli::try_parse_from(["credsync", "plan", "--context", "a=b", "--context", "c=d=e"])
+                .unwrap();
+        assert_eq!(
+            cli.common.context,
+            [("a".into(), "b".into()), ("c".into(), "d=e".into())]
+        );
+        assert!(Cli::try_parse_from(["credsync", "plan", "--context", "novalue"]).is_err());
+    }
+}

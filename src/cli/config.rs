@@ -1,0 +1,247 @@
+//! The `run` daemon's settings, resolved once from the flags and the
+//! environment (the pod's name and namespace, the sync token variables):
+//! what `run` uses, what `--print-config` prints, what the settings metric
+//! reports.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use zeroize::Zeroizing;
+
+use super::args::{Common, RunArgs};
+use crate::server::Access;
+use crate::snapshot::remote::RemoteUrl;
+
+/// Who may call /sync and /plan, resolved once from, in order,
+/// `--sync-token-file`, `CREDSYNC_SYNC_TOKEN` and Kubestash-V2's
+/// `FLASK_API_KEY`. A token source that is given but empty is an error, not
+/// a reason to look further or to run open; no token at all closes the
+/// endpoints unless `--insecure-no-auth` opens them.
+pub(super) fn sync_access(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Access> {
+    let (token, from) = if let Some(file) = &args.sync_token_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading --sync-token-file {}", file.display()))?;
+        (Some(text), format!("--sync-token-file {}", file.display()))
+    } else if let Some(value) = env("CREDSYNC_SYNC_TOKEN") {
+        (Some(value), "CREDSYNC_SYNC_TOKEN".to_owned())
+    } else if let Some(value) = env("FLASK_API_KEY") {
+        (Some(value), "FLASK_API_KEY".to_owned())
+    } else {
+        (None, String::new())
+    };
+    let token = token.map(Zeroizing::new);
+    match (token, args.insecure_no_auth) {
+        (Some(_), true) => bail!(
+            "{from} gives a sync token and --insecure-no-auth asks for none: drop one of them"
+        ),
+        (Some(token), false) => {
+            let trimmed = Zeroizing::new(token.trim().to_owned());
+            if trimmed.is_empty() {
+                bail!(
+                    "{from} is empty: put the sync token in it, or unset it \
+                     (with --insecure-no-auth to serve /sync and /plan without a token)"
+                );
+            }
+            Ok(Access::Token(trimmed))
+        }
+        (None, true) => Ok(Access::Open),
+        (None, false) => Ok(Access::Unconfigured),
+    }
+}
+
+pub(super) fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::RunConfig> {
+    use crate::cluster::lease::LeaseConfig;
+    use crate::trigger::schedule::Schedule;
+    let schedule = match (&args.schedule, args.interval) {
+        (Some(cron), _) => Some(Schedule::cron(cron).map_err(anyhow::Error::msg)?),
+        (None, Some(every)) if every.is_zero() => bail!("--interval must be more than 0"),
+        (None, Some(every)) => Some(Schedule::Every(every)),
+        (None, None) => None,
+    };
+    if args.max_connections == 0 || args.http_header_timeout.is_zero() {
+        bail!("--max-connections and --http-header-timeout must be more than 0");
+    }
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("credsync-{}", std::process::id()));
+    let lease = args.leader_election.then(|| LeaseConfig {
+        namespace: args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_owned()),
+        name: args.lease_name.clone(),
+        identity,
+        lease_duration: args.lease_duration,
+        renew_interval: args.lease_duration / 3,
+    });
+    let settings = vec![
+        common.table.clone(),
+        common.region.clone().unwrap_or_default(),
+        common.cluster_name.clone(),
+        common.namespace_exclude.clone(),
+        args.dry_run.to_string(),
+        (!args.no_stream).to_string(),
+        args.leader_election.to_string(),
+    ];
+    Ok(crate::run::RunConfig {
+        settings,
+        listen: args.listen,
+        schedule,
+        stream: (!args.no_stream).then(|| crate::trigger::stream::StreamConfig {
+            table: String::new(),
+            stream_arn: args.stream_arn.clone(),
+            debounce: args.debounce,
+            poll_interval: Duration::from_millis(250),
+        }),
+        worker: crate::worker::WorkerConfig {
+            timeout: args.reconcile_timeout,
+            dry_run: args.dry_run,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        },
+        failure_limit: args.failure_limit,
+        access: sync_access(&args, |var| std::env::var(var).ok())?,
+        connections: crate::server::connections::ConnectionLimits {
+            max_connections: args.max_connections,
+            header_timeout: args.http_header_timeout,
+        },
+        rate_window: args.sync_rate_limit,
+        lease,
+        drift_repair: !args.no_drift_repair,
+        grace: args.grace,
+    })
+}
+
+/// The effective configuration as JSON, with secrets reduced to "set"/"unset".
+/// What it reports is what `run` would use: the same token resolution (so
+/// a bad token source fails here too) and URLs without their credentials.
+pub(super) fn print_config(common: &Common, args: &RunArgs) -> Result<String> {
+    let set = |present: bool| if present { "set" } else { "unset" };
+    let access = sync_access(args, |var| std::env::var(var).ok())?;
+    let token_set = matches!(access, Access::Token(_));
+    let config = serde_json::json!({
+        "table": common.table,
+        "region": common.region,
+        "context_keys": common.context.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        "cluster_name": common.cluster_name,
+        "namespace_exclude": common.namespace_exclude,
+        "namespace_include": common.namespace_include,
+        "kms_concurrency": common.kms_concurrency,
+        "scan_segments": common.scan_segments,
+        "prune_keys": !common.no_prune,
+        "delete_empty": !common.keep_empty,
+        "snapshot_repo": common.snapshot_repo,
+        "snapshot_remote": common.snapshot_remote.as_deref().map(|url| RemoteUrl::parse(url).to_string()),
+        "age_recipients": common.age_recipients,
+        "age_identity": set(common.age_identity.is_some()),
+        "request_timeout": format!("{:?}", common.request_timeout),
+        "listen": args.listen.to_string(),
+        "interval": args.interval.map(|d| format!("{d:?}")),
+        "schedule": args.schedule,
+        "stream": if args.no_stream { "off".to_owned() } else { args.stream_arn.clone().unwrap_or_else(|| "from DescribeTable".to_owned()) },
+        "debounce": format!("{:?}", args.debounce),
+        "reconcile_timeout": format!("{:?}", args.reconcile_timeout),
+        "failure_limit": args.failure_limit,
+        "sync_token": set(token_set),
+        "sync_auth": access.describe(),
+        "max_connections": args.max_connections,
+        "http_header_timeout": format!("{:?}", args.http_header_timeout),
+        "sync_rate_limit": format!("{:?}", args.sync_rate_limit),
+        "leader_election": args.leader_election,
+        "lease_name": args.lease_name,
+        "lease_duration": format!("{:?}", args.lease_duration),
+        "drift_repair": !args.no_drift_repair,
+        "dry_run": args.dry_run,
+        "grace": format!("{:?}", args.grace),
+    });
+    Ok(serde_json::to_string_pretty(&config).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+    use clap::Parser;
+
+    /// An environment holding only `vars`.
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut args = vec!["credsync", "run"];
+        args.extend(extra);
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(run) => *run,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    fn token_of(access: Access) -> String {
+        match access {
+            Access::Token(token) => token.to_string(),
+            Access::Unconfigured => "<unconfigured>".to_owned(),
+            Access::Open => "<open>".to_owned(),
+        }
+    }
+
+    #[test]
+    fn an_empty_token_file_stops_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in ["", "  \n\t\n"] {
+            let file = dir.path().join("token");
+            std::fs::write(&file, content).unwrap();
+            let args = run_args(&["--sync-token-file", file.to_str().unwrap()]);
+            let err = sync_access(&args, env_of(&[("FLASK_API_KEY", "legacy")]))
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("is empty"), "{err}");
+        }
+        let file = dir.path().join("token");
+        std::fs::write(&file, " t0ken \n").unwrap();
+        let args = run_args(&["--sync-token-file", file.to_str().unwrap()]);
+        assert_eq!(token_of(sync_access(&args, env_of(&[])).unwrap()), "t0ken");
+    }
+
+    #[test]
+    fn an_empty_token_variable_neither_hides_nor_opens() {
+        let args = run_args(&[]);
+        let err = sync_access(
+            &args,
+            env_of(&[("CREDSYNC_SYNC_TOKEN", ""), ("FLASK_API_KEY", "legacy")]),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("CREDSYNC_SYNC_TOKEN is empty"),
+            "{err}"
+        );
+        let legacy_only = sync_access(&args, env_of(&[("FLASK_API_KEY", "legacy")])).unwrap();
+        assert_eq!(token_of(legacy_only), "legacy");
+        let err = sync_access(&args, env_of(&[("FLASK_API_KEY", " ")]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("FLASK_API_KEY is empty"), "{err}");
+    }
+
+    #[test]
+    fn no_token_is_closed_unless_insecure_mode_is_asked_for() {
+        let closed = sync_access(&run_args(&[]), env_of(&[])).unwrap();
+        assert!(matches!(closed, Access::Unconfigured));
+        let open = sync_access(&run_args(&["--insecure-no-auth"]), env_of(&[])).unwrap();
+        assert!(matches!(open, Access::Open));
+        let both = sync_access(
+            &run_args(&["--insecure-no-auth"]),
+            env_of(&[("CREDSYNC_SYNC_TOKEN", "t")]),
+        );
+        assert!(both.is_err());
+    }
+}

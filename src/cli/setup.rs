@@ -1,0 +1,125 @@
+//! Builds what commands need from the flags: the snapshot store, the age
+//! identities, the reconciler (table source, cluster client, filters).
+
+use std::sync::Arc;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+
+use super::args::Common;
+use crate::cluster::{ApplyOptions, Cluster, DiffOptions};
+use crate::credstash::{CredstashSource, SourceConfig};
+use crate::manifest::NamespaceFilter;
+use crate::metrics::Metrics;
+use crate::reconcile::Reconciler;
+use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
+use crate::snapshot::store::{SnapshotStore, StoreConfig};
+use sops_age::{Identities, Recipients};
+
+pub(super) fn identities(common: &Common) -> Result<Option<Identities>> {
+    common
+        .age_identity
+        .as_deref()
+        .map(|path| {
+            Identities::from_file(path)
+                .with_context(|| format!("reading age identity {}", path.display()))
+        })
+        .transpose()
+}
+
+/// Opens the snapshot repository; recipients are checked here, before any work.
+pub(super) fn snapshot_store(
+    common: &Common,
+    need_recipients: bool,
+) -> Result<Option<Arc<SnapshotStore>>> {
+    let Some(path) = &common.snapshot_repo else {
+        return Ok(None);
+    };
+    if need_recipients && common.age_recipients.is_empty() {
+        bail!(
+            "--age-recipient is required with --snapshot-repo: snapshots are encrypted for their readers"
+        );
+    }
+    let recipients = match common.age_recipients.is_empty() {
+        true => None,
+        false => Some(Recipients::parse(&common.age_recipients).context("--age-recipient")?),
+    };
+    let token = match &common.snapshot_token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading --snapshot-token-file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("CREDSYNC_SNAPSHOT_TOKEN").ok(),
+    };
+    let remote = common.snapshot_remote.as_ref().map(|url| RemoteConfig {
+        url: RemoteUrl::parse(url),
+        ssh_key: common.snapshot_ssh_key.clone(),
+        token,
+    });
+    let store = SnapshotStore::open(StoreConfig {
+        path: path.clone(),
+        cluster: common.cluster_name.clone(),
+        recipients,
+        identities: identities(common)?,
+        remote,
+    })?;
+    Ok(Some(Arc::new(store)))
+}
+
+pub(super) fn required_store(common: &Common) -> Result<Arc<SnapshotStore>> {
+    snapshot_store(common, false)?
+        .context("this command needs --snapshot-repo (or CREDSYNC_SNAPSHOT_REPO)")
+}
+
+pub(super) fn required_identities(common: &Common) -> Result<Identities> {
+    identities(common)?.context(
+        "this command needs --age-identity (or CREDSYNC_AGE_IDENTITY) to decrypt the snapshot",
+    )
+}
+
+pub(super) async fn build(
+    common: &Common,
+    snapshots: Option<Arc<SnapshotStore>>,
+) -> Result<Reconciler> {
+    if common.kms_concurrency == 0 {
+        bail!("--kms-concurrency must be at least 1");
+    }
+    if !(1..=1_000_000).contains(&common.scan_segments) {
+        bail!("--scan-segments must be between 1 and 1000000");
+    }
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let source = CredstashSource::connect(
+        SourceConfig {
+            table: common.table.clone(),
+            region: common.region.clone(),
+            context: common.context.iter().cloned().collect::<BTreeMap<_, _>>(),
+            kms_concurrency: common.kms_concurrency,
+            scan_segments: common.scan_segments,
+        },
+        common.request_timeout,
+        metrics.clone(),
+    )
+    .await;
+    let filter = NamespaceFilter::parse(
+        &common.namespace_exclude,
+        common.namespace_include.as_deref(),
+    );
+    let cluster = Cluster::connect(common.request_timeout, metrics.clone())
+        .await?
+        .with_namespaces(filter.included());
+    let apply = ApplyOptions {
+        diff: DiffOptions {
+            prune_keys: !common.no_prune,
+            delete_empty: !common.keep_empty,
+        },
+        ..ApplyOptions::default()
+    };
+    let reconciler = Reconciler::new(source, cluster, filter, apply, metrics);
+    Ok(match snapshots {
+        Some(store) => reconciler.with_snapshots(store),
+        None => reconciler,
+    })
+}
