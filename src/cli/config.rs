@@ -49,7 +49,7 @@ pub(super) fn sync_access(args: &RunArgs, env: impl Fn(&str) -> Option<String>) 
     }
 }
 
-pub(super) fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::RunConfig> {
+pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run::RunConfig> {
     use crate::cluster::lease::LeaseConfig;
     use crate::trigger::schedule::Schedule;
     let schedule = match (&args.schedule, args.interval) {
@@ -78,17 +78,8 @@ pub(super) fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::R
         lease_duration: args.lease_duration,
         renew_interval: args.lease_duration / 3,
     });
-    let settings = vec![
-        common.table.clone(),
-        common.region.clone().unwrap_or_default(),
-        common.cluster_name.clone(),
-        common.namespace_exclude.clone(),
-        args.dry_run.to_string(),
-        (!args.no_stream).to_string(),
-        args.leader_election.to_string(),
-    ];
     Ok(crate::run::RunConfig {
-        settings,
+        settings: settings.metric_labels(),
         listen: args.listen,
         schedule,
         stream: (!args.no_stream).then(|| crate::trigger::stream::StreamConfig {
@@ -104,7 +95,7 @@ pub(super) fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::R
             max_backoff: Duration::from_secs(60),
         },
         failure_limit: args.failure_limit,
-        access: sync_access(&args, |var| std::env::var(var).ok())?,
+        access: settings.access,
         connections: crate::server::connections::ConnectionLimits {
             max_connections: args.max_connections,
             header_timeout: args.http_header_timeout,
@@ -116,49 +107,150 @@ pub(super) fn run_config(common: &Common, args: RunArgs) -> Result<crate::run::R
     })
 }
 
-/// The effective configuration as JSON, with secrets reduced to "set"/"unset".
-/// What it reports is what `run` would use: the same token resolution (so
-/// a bad token source fails here too) and URLs without their credentials.
-pub(super) fn print_config(common: &Common, args: &RunArgs) -> Result<String> {
-    let set = |present: bool| if present { "set" } else { "unset" };
-    let access = sync_access(args, |var| std::env::var(var).ok())?;
-    let token_set = matches!(access, Access::Token(_));
-    let config = serde_json::json!({
-        "table": common.table,
-        "region": common.region,
-        "context_keys": common.context.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-        "cluster_name": common.cluster_name,
-        "namespace_exclude": common.namespace_exclude,
-        "namespace_include": common.namespace_include,
-        "kms_concurrency": common.kms_concurrency,
-        "scan_segments": common.scan_segments,
-        "prune_keys": !common.no_prune,
-        "delete_empty": !common.keep_empty,
-        "snapshot_repo": common.snapshot_repo,
-        "snapshot_remote": common.snapshot_remote.as_deref().map(|url| RemoteUrl::parse(url).to_string()),
-        "age_recipients": common.age_recipients,
-        "age_identity": set(common.age_identity.is_some()),
-        "request_timeout": format!("{:?}", common.request_timeout),
-        "listen": args.listen.to_string(),
-        "interval": args.interval.map(|d| format!("{d:?}")),
-        "schedule": args.schedule,
-        "stream": if args.no_stream { "off".to_owned() } else { args.stream_arn.clone().unwrap_or_else(|| "from DescribeTable".to_owned()) },
-        "debounce": format!("{:?}", args.debounce),
-        "reconcile_timeout": format!("{:?}", args.reconcile_timeout),
-        "failure_limit": args.failure_limit,
-        "sync_token": set(token_set),
-        "sync_auth": access.describe(),
-        "max_connections": args.max_connections,
-        "http_header_timeout": format!("{:?}", args.http_header_timeout),
-        "sync_rate_limit": format!("{:?}", args.sync_rate_limit),
-        "leader_election": args.leader_election,
-        "lease_name": args.lease_name,
-        "lease_duration": format!("{:?}", args.lease_duration),
-        "drift_repair": !args.no_drift_repair,
-        "dry_run": args.dry_run,
-        "grace": format!("{:?}", args.grace),
-    });
-    Ok(serde_json::to_string_pretty(&config).unwrap_or_default())
+/// What `run` uses, resolved once from the flags and the environment:
+/// `--print-config` prints it, and `credsync_settings_info` takes its labels
+/// from it. Secrets appear only as "set"/"unset", URLs without credentials.
+#[derive(serde::Serialize)]
+pub(super) struct Settings {
+    table: String,
+    region: Option<String>,
+    context_keys: Vec<String>,
+    cluster_name: String,
+    namespace_exclude: String,
+    namespace_include: Option<String>,
+    kms_concurrency: usize,
+    scan_segments: i32,
+    prune_keys: bool,
+    delete_empty: bool,
+    snapshot_repo: Option<std::path::PathBuf>,
+    snapshot_remote: Option<String>,
+    age_recipients: Vec<String>,
+    age_identity: &'static str,
+    #[serde(serialize_with = "as_debug")]
+    request_timeout: Duration,
+    listen: String,
+    #[serde(serialize_with = "as_debug_opt")]
+    interval: Option<Duration>,
+    schedule: Option<String>,
+    /// "off", the stream ARN, or "from DescribeTable".
+    stream: String,
+    #[serde(serialize_with = "as_debug")]
+    debounce: Duration,
+    #[serde(serialize_with = "as_debug")]
+    reconcile_timeout: Duration,
+    failure_limit: u32,
+    sync_token: &'static str,
+    sync_auth: String,
+    max_connections: usize,
+    #[serde(serialize_with = "as_debug")]
+    http_header_timeout: Duration,
+    #[serde(serialize_with = "as_debug")]
+    sync_rate_limit: Duration,
+    leader_election: bool,
+    lease_name: String,
+    #[serde(serialize_with = "as_debug")]
+    lease_duration: Duration,
+    drift_repair: bool,
+    dry_run: bool,
+    #[serde(serialize_with = "as_debug")]
+    grace: Duration,
+    /// Who may call /sync and /plan; never printed.
+    #[serde(skip)]
+    access: Access,
+}
+
+fn as_debug<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{d:?}"))
+}
+
+fn as_debug_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => as_debug(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl Settings {
+    /// Resolves the settings; a bad token source fails here, for
+    /// `--print-config` as for `run`.
+    pub(super) fn resolve(common: &Common, args: &RunArgs) -> Result<Self> {
+        let set = |present: bool| if present { "set" } else { "unset" };
+        let access = sync_access(args, |var| std::env::var(var).ok())?;
+        Ok(Self {
+            table: common.table.clone(),
+            region: common.region.clone(),
+            context_keys: common.context.iter().map(|(k, _)| k.clone()).collect(),
+            cluster_name: common.cluster_name.clone(),
+            namespace_exclude: common.namespace_exclude.clone(),
+            namespace_include: common.namespace_include.clone(),
+            kms_concurrency: common.kms_concurrency,
+            scan_segments: common.scan_segments,
+            prune_keys: !common.no_prune,
+            delete_empty: !common.keep_empty,
+            snapshot_repo: common.snapshot_repo.clone(),
+            snapshot_remote: common
+                .snapshot_remote
+                .as_deref()
+                .map(|url| RemoteUrl::parse(url).to_string()),
+            age_recipients: common.age_recipients.clone(),
+            age_identity: set(common.age_identity.is_some()),
+            request_timeout: common.request_timeout,
+            listen: args.listen.to_string(),
+            interval: args.interval,
+            schedule: args.schedule.clone(),
+            stream: if args.no_stream {
+                "off".to_owned()
+            } else {
+                args.stream_arn
+                    .clone()
+                    .unwrap_or_else(|| "from DescribeTable".to_owned())
+            },
+            debounce: args.debounce,
+            reconcile_timeout: args.reconcile_timeout,
+            failure_limit: args.failure_limit,
+            sync_token: set(matches!(access, Access::Token(_))),
+            sync_auth: access.describe().to_owned(),
+            max_connections: args.max_connections,
+            http_header_timeout: args.http_header_timeout,
+            sync_rate_limit: args.sync_rate_limit,
+            leader_election: args.leader_election,
+            lease_name: args.lease_name.clone(),
+            lease_duration: args.lease_duration,
+            drift_repair: !args.no_drift_repair,
+            dry_run: args.dry_run,
+            grace: args.grace,
+            access,
+        })
+    }
+
+    /// `--print-config`'s output (keys sorted, as a JSON object's are).
+    pub(super) fn to_json(&self) -> String {
+        serde_json::to_value(self)
+            .and_then(|value| serde_json::to_string_pretty(&value))
+            .unwrap_or_default()
+    }
+
+    /// Values of `credsync_settings_info`'s labels (`SETTINGS_LABELS`),
+    /// read from the same fields `--print-config` prints.
+    fn metric_labels(&self) -> Vec<String> {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        crate::metrics::SETTINGS_LABELS
+            .iter()
+            .map(|label| {
+                let field = match *label {
+                    "cluster" => "cluster_name",
+                    // The label says whether the stream is followed at all.
+                    "stream" => return (self.stream != "off").to_string(),
+                    other => other,
+                };
+                match &value[field] {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

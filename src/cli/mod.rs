@@ -18,7 +18,7 @@ pub use legacy::parse;
 
 use crate::render::{self, Heading, listing};
 use crate::telemetry;
-use config::{print_config, run_config};
+use config::{Settings, run_config};
 use setup::{build, identities, required_identities, required_store, snapshot_store};
 
 pub async fn main() -> ExitCode {
@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Run(args) = &cli.command
         && args.print_config
     {
-        println!("{}", print_config(common, args)?);
+        println!("{}", Settings::resolve(common, args)?.to_json());
         return Ok(ExitCode::SUCCESS);
     }
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
@@ -214,7 +214,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             0
         }
         Command::Run(args) => {
-            let config = run_config(common, *args)?;
+            let settings = Settings::resolve(common, &args)?;
+            let config = run_config(*args, settings)?;
             crate::run::run(reconciler, config, heading).await?;
             return Ok(ExitCode::SUCCESS);
         }
