@@ -332,7 +332,7 @@ def test_snapshot_remote_credentials_are_mounted_from_secrets():
 
 def cli_env_names() -> set[str]:
     """Every CREDSYNC_* variable credsync reads (clap `env = ...` and std::env::var)."""
-    text = (ROOT / "src" / "cli.rs").read_text()
+    text = "".join(path.read_text() for path in sorted((ROOT / "src" / "cli").glob("*.rs")))
     return set(re.findall(r'env = "(CREDSYNC_[A-Z_]+)"', text)) | set(re.findall(r'env::var\("(CREDSYNC_[A-Z_]+)"\)', text))
 
 
@@ -357,7 +357,7 @@ def test_chart_sets_every_in_cluster_variable_and_only_real_ones():
     for variant in VARIANTS:
         names = {n for n in env_of(rendered(variant)) if n.startswith("CREDSYNC_")}
         unknown = names - known
-        assert not unknown, f"{variant}: credsync reads no {sorted(unknown)} (src/cli.rs)"
+        assert not unknown, f"{variant}: credsync reads no {sorted(unknown)} (src/cli/)"
         set_by_chart |= names
     missing = listed - set_by_chart - set(NOT_SET_IN_CLUSTER)
     assert not missing, f"README variables the chart never sets: {sorted(missing)}"
@@ -607,8 +607,8 @@ def test_calls_fixture_matches_the_code():
     for file in ("mod.rs", "apply.rs", "lease.rs"):
         counted |= set(re.findall(r'self\.count\("([a-z]+)"\)', (ROOT / "src" / "cluster" / file).read_text()))
     assert counted == {c["metricVerb"] for c in CALLS if c["metricVerb"]}, counted
-    readme = (ROOT / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if "credsync_kubernetes_requests_total{verb}" in line and line.startswith("|"))
+    metrics_doc = (ROOT / "docs" / "metrics.md").read_text()
+    row = next(line for line in metrics_doc.splitlines() if "credsync_kubernetes_requests_total{verb}" in line and line.startswith("|"))
     assert set(re.findall(r"`([a-z]+)`", row)) == counted
     for call in CALLS:
         path = call["source"].split()[0]
