@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
-use crate::cluster::{ApplyOptions, ApplyOutcome, Cluster, ClusterError};
+use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
+use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection, map_name};
 use crate::metrics::{Metrics, ReconcileOutcome};

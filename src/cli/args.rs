@@ -1,7 +1,7 @@
 //! The flags, as clap parses them: low-level arguments, each with its
 //! `CREDSYNC_*` variable. Nothing here reads the environment beyond clap's
-//! own `env` fallbacks or builds anything; [`super::config`] and
-//! [`super::setup`] turn these into the settings that build the reconciler.
+//! own `env` fallbacks or builds anything; the `config` and `setup`
+//! modules turn these into the settings that build the reconciler.
 
 use std::path::PathBuf;
 use std::time::Duration;

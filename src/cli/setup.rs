@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 
 use super::args::Common;
-use crate::cluster::{ApplyOptions, Cluster, DiffOptions};
+use crate::cluster::Cluster;
+use crate::cluster::apply::ApplyOptions;
 use crate::credstash::{CredstashSource, SourceConfig};
 use crate::manifest::NamespaceFilter;
 use crate::metrics::Metrics;
+use crate::plan::DiffOptions;
 use crate::reconcile::Reconciler;
 use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
 use crate::snapshot::store::{SnapshotStore, StoreConfig};

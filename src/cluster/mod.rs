@@ -5,7 +5,7 @@
 //! for each desired Secret that is not managed yet (an adoption candidate or
 //! a Secret to create). In steady state that is two list calls.
 
-mod apply;
+pub mod apply;
 pub mod lease;
 
 use std::collections::BTreeSet;
@@ -24,7 +24,6 @@ use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
 pub use crate::plan::{Action, DiffOptions, LiveSecret, LiveState, Pinned, Plan, SecretChange};
-pub use apply::{ApplyOptions, ApplyOutcome, WriteError, WriteFailure};
 
 /// Reads of adoption candidates in flight at once.
 const READ_CONCURRENCY: usize = 16;

@@ -16,10 +16,11 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use super::crypto::{DataKey, Envelope};
-use super::{Credential, ItemFailure, ItemId, RawItem};
+use super::table::RawItem;
 use crate::aws_error::{AwsError, FailureClass};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
+use crate::source::{Credential, ItemFailure, ItemId};
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CacheKey {

@@ -8,9 +8,9 @@ use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::try_join_all;
 
-use super::{ItemFailure, ItemId};
 use crate::aws_error::{AwsError, FailureClass};
 use crate::metrics::Metrics;
+use crate::source::{ItemFailure, ItemId};
 
 /// An item as stored: still encrypted.
 #[derive(Debug, Clone)]

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::cluster::{Action, ApplyOutcome, Plan, SecretChange};
+use crate::cluster::apply::ApplyOutcome;
+use crate::plan::{Action, Plan, SecretChange};
 
 /// Output of listings (`history`, `show`, `diff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use control_plane::{AuditEvent, AuditMark, ControlPlane, FaultProxy, Options, User};
-use credsync::cluster::{ApplyOptions, Cluster};
+use credsync::cluster::Cluster;
+use credsync::cluster::apply::ApplyOptions;
 use credsync::credstash::{CredstashSource, SourceConfig};
 use credsync::manifest::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
 use credsync::metrics::Metrics;

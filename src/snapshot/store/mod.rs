@@ -12,44 +12,21 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
-use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
+use git2::{ErrorCode, FileMode, Oid, Repository, Signature};
 
 use super::remote::{self, PushOutcome, RemoteConfig};
+mod error;
+mod read;
+
 use super::{BRANCH, worktree};
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::SecretRef;
+pub use error::SnapshotError;
+use error::git_error;
 use sops_age::{self as sops, Identities, Outline, Recipients, SecretDocument};
 
 /// An index.lock older than this was left by a killed process.
 const STALE_LOCK: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("snapshot repository {path}: {what}: {cause}")]
-    Git {
-        path: String,
-        what: String,
-        cause: String,
-    },
-    #[error("unknown revision '{0}' in the snapshot repository (see `credsync history`)")]
-    UnknownRev(String),
-    #[error("revision '{0}' is ambiguous in the snapshot repository: give more characters")]
-    AmbiguousRev(String),
-    #[error("{}", describe_file_error(file, cause))]
-    File {
-        file: String,
-        cause: sops::SopsError,
-    },
-    #[error(
-        "snapshot repository {path} is locked by another git process ({lock} is recent); retry, or remove it if no git process is running"
-    )]
-    Locked { path: String, lock: String },
-    /// A bug in credsync (a panic in an earlier operation), not a git problem.
-    #[error(
-        "internal error in the snapshot store: {0}; this is a bug in credsync, please report it"
-    )]
-    Internal(String),
-}
 
 /// Where snapshots go and who can read them.
 pub struct StoreConfig {
@@ -426,136 +403,6 @@ impl SnapshotStore {
         }
     }
 
-    /// Snapshot commits, newest first.
-    pub fn history(&self, limit: usize) -> Result<Vec<CommitInfo>, SnapshotError> {
-        self.with_repo(|repo| {
-            let Some(head) = head_commit(repo).map_err(|e| self.err("reading HEAD", e))? else {
-                return Ok(Vec::new());
-            };
-            let mut walk = repo.revwalk().map_err(|e| self.err("walking history", e))?;
-            walk.push(head.id())
-                .map_err(|e| self.err("walking history", e))?;
-            let mut out = Vec::new();
-            for oid in walk.take(limit) {
-                let oid = oid.map_err(|e| self.err("walking history", e))?;
-                let commit = repo
-                    .find_commit(oid)
-                    .map_err(|e| self.err("reading a commit", e))?;
-                out.push(commit_info(&commit));
-            }
-            Ok(out)
-        })
-    }
-
-    /// Resolves REV to a commit id, with clear errors for unknown and ambiguous ones.
-    pub fn resolve(&self, rev: &str) -> Result<CommitInfo, SnapshotError> {
-        self.with_repo(|repo| {
-            let commit = find_rev(repo, rev)?;
-            Ok(commit_info(&commit))
-        })
-    }
-
-    /// The Secrets at REV (all, or those in `only`), readable without identity.
-    /// Files that cannot be read are left out with a warning, unless `only`
-    /// names them.
-    pub fn entries(
-        &self,
-        rev: &str,
-        only: &[SecretRef],
-    ) -> Result<Vec<SnapshotEntry>, SnapshotError> {
-        self.selected_entries(rev, only, Unreadable::LeaveOut)
-    }
-
-    /// The one read of REV's files behind [`SnapshotStore::entries`] and
-    /// [`SnapshotStore::documents`]: an unreadable file in the selection is
-    /// left out with a warning or refused, as `unreadable` says.
-    fn selected_entries(
-        &self,
-        rev: &str,
-        only: &[SecretRef],
-        unreadable: Unreadable,
-    ) -> Result<Vec<SnapshotEntry>, SnapshotError> {
-        self.with_repo(|repo| {
-            let commit = find_rev(repo, rev)?;
-            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
-            let (entries, bad) = self.entries_in(repo, &tree)?;
-            for file in bad
-                .iter()
-                .filter(|f| only.is_empty() || only.contains(&f.secret))
-            {
-                if unreadable == Unreadable::Refuse || only.contains(&file.secret) {
-                    return Err(self.unreadable_error(file));
-                }
-                file.warn("it is left out");
-            }
-            for secret in only {
-                if !entries.contains_key(secret) {
-                    return Err(self.err(
-                        &format!("reading {rev}"),
-                        format!("no snapshot of Secret {secret} at this revision"),
-                    ));
-                }
-            }
-            Ok(entries
-                .into_values()
-                .filter(|e| only.is_empty() || only.contains(&e.secret))
-                .collect())
-        })
-    }
-
-    /// The sealed text of one entry at REV.
-    pub fn file_text(&self, rev: &str, path: &str) -> Result<String, SnapshotError> {
-        self.with_repo(|repo| {
-            let commit = find_rev(repo, rev)?;
-            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
-            blob_text(repo, &tree, path).map_err(|e| self.err("reading a snapshot file", e))
-        })
-    }
-
-    /// Decrypts the Secrets at REV; a file that fails its MAC, or cannot be
-    /// read at all, is an error naming it: nothing at REV is used then.
-    pub fn documents(
-        &self,
-        rev: &str,
-        only: &[SecretRef],
-        identities: &Identities,
-    ) -> Result<Vec<SecretDocument>, SnapshotError> {
-        let entries = self.selected_entries(rev, only, Unreadable::Refuse)?;
-        let mut docs = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let text = self.file_text(rev, &entry.path)?;
-            let doc = sops::open(&text, identities).map_err(|cause| SnapshotError::File {
-                file: entry.path.clone(),
-                cause,
-            })?;
-            docs.push(doc);
-        }
-        Ok(docs)
-    }
-
-    fn unreadable_error(&self, file: &UnreadableFile) -> SnapshotError {
-        self.err(
-            &format!("reading {}", file.path),
-            format!(
-                "{}; this file is not used (to restore this Secret, pick a revision where `credsync show` lists it)",
-                file.reason
-            ),
-        )
-    }
-
-    /// Key-level changes from REV1 to REV2.
-    pub fn diff(&self, from: &str, to: &str) -> Result<Vec<SecretDelta>, SnapshotError> {
-        let sources =
-            |rev: &str| -> Result<BTreeMap<SecretRef, BTreeMap<String, String>>, SnapshotError> {
-                Ok(self
-                    .entries(rev, &[])?
-                    .into_iter()
-                    .map(|e| (e.secret, e.sources))
-                    .collect())
-            };
-        Ok(compare(&sources(from)?, &sources(to)?))
-    }
-
     /// Records a rollback: the files of `secrets` as they were at `rev`.
     pub fn record_rollback(
         &self,
@@ -590,22 +437,6 @@ impl SnapshotStore {
             );
             // Recorded even when the files already match: the rollback happened.
             self.commit(repo, head.as_ref(), tree_id, &message).map(Some)
-        })
-    }
-
-    fn entries_in(
-        &self,
-        repo: &Repository,
-        tree: &git2::Tree<'_>,
-    ) -> Result<(BTreeMap<SecretRef, SnapshotEntry>, Vec<UnreadableFile>), SnapshotError> {
-        self.files_in(repo, tree, |secret, path, outline| {
-            let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
-            SnapshotEntry {
-                secret,
-                path,
-                outline,
-                sources,
-            }
         })
     }
 
@@ -646,92 +477,6 @@ impl SnapshotStore {
             );
         }
         Ok(files)
-    }
-
-    /// Reads the outline of every file of this cluster at `tree`. A file
-    /// that cannot be read (not SOPS, truncated, a committed link) does not
-    /// stop the others: it is returned apart, with why.
-    fn files_in<T>(
-        &self,
-        repo: &Repository,
-        tree: &git2::Tree<'_>,
-        mut summarize: impl FnMut(SecretRef, String, sops::Outline) -> T,
-    ) -> Result<(BTreeMap<SecretRef, T>, Vec<UnreadableFile>), SnapshotError> {
-        let mut out = BTreeMap::new();
-        let mut unreadable = Vec::new();
-        let Ok(cluster) = tree.get_path(Path::new(&self.config.cluster)) else {
-            return Ok((out, unreadable));
-        };
-        if cluster.kind() != Some(ObjectType::Tree) {
-            return Ok((out, unreadable));
-        }
-        let cluster = repo
-            .find_tree(cluster.id())
-            .map_err(|e| self.err("reading the cluster directory", e))?;
-        for ns in cluster
-            .iter()
-            .filter(|e| e.kind() == Some(ObjectType::Tree))
-        {
-            let namespace = ns.name().unwrap_or_default().to_owned();
-            let ns_tree = repo
-                .find_tree(ns.id())
-                .map_err(|e| self.err("reading a namespace directory", e))?;
-            for file in ns_tree
-                .iter()
-                .filter(|e| e.kind() == Some(ObjectType::Blob))
-            {
-                let Some(name) = file.name().ok().and_then(|n| n.strip_suffix(".yaml")) else {
-                    continue;
-                };
-                let path = format!("{}/{namespace}/{name}.yaml", self.config.cluster);
-                let secret = SecretRef::new(&namespace, name);
-                if file.filemode() == i32::from(FileMode::Link) {
-                    unreadable.push(UnreadableFile {
-                        secret,
-                        path,
-                        reason: "it is a symbolic link, not a SOPS file".to_owned(),
-                    });
-                    continue;
-                }
-                let blob = repo
-                    .find_blob(file.id())
-                    .map_err(|e| self.err("reading a blob", e))?;
-                let text = String::from_utf8_lossy(blob.content());
-                match sops::outline(&text) {
-                    Ok(outline) => {
-                        out.insert(secret.clone(), summarize(secret, path, outline));
-                    }
-                    Err(cause) => unreadable.push(UnreadableFile {
-                        secret,
-                        path,
-                        reason: cause.to_string(),
-                    }),
-                }
-            }
-        }
-        Ok((out, unreadable))
-    }
-}
-
-/// What a read of a revision does with a file it cannot read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unreadable {
-    LeaveOut,
-    Refuse,
-}
-
-/// A committed snapshot file credsync cannot read. It is never trusted:
-/// `record` rewrites it from the desired state, `rollback` refuses it.
-#[derive(Debug, Clone)]
-pub struct UnreadableFile {
-    pub secret: SecretRef,
-    pub path: String,
-    pub reason: String,
-}
-
-impl UnreadableFile {
-    fn warn(&self, what_happens: &str) {
-        tracing::warn!(file = %self.path, reason = %self.reason, "snapshot file cannot be read; {what_happens}");
     }
 }
 
@@ -897,57 +642,6 @@ fn is_empty_dir(path: &Path) -> bool {
     std::fs::read_dir(path)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
-}
-
-fn git_error(path: &Path, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
-    let mut cause = cause.to_string();
-    // libgit2 does not always say that the disk is full ("no error", or a
-    // commit whose object "doesn't exist"): look, and say so.
-    if let Some(free) = free_bytes(path).filter(|free| *free < LOW_DISK)
-        && !cause.contains("No space left")
-    {
-        cause.push_str(&format!(
-            "; the file system holding the repository is full ({free} bytes free): \
-             free some space or move --snapshot-repo"
-        ));
-    }
-    SnapshotError::Git {
-        path: path.display().to_string(),
-        what: what.to_owned(),
-        cause,
-    }
-}
-
-/// Below this much free space a failed write is put down to a full disk.
-const LOW_DISK: u64 = 1 << 20;
-
-/// Free bytes (for unprivileged users) on the file system holding `path`
-/// or, if it does not exist yet, its nearest existing parent.
-fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let existing = path.ancestors().find(|p| p.exists())?;
-    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: a NUL-terminated path and a buffer of the right type; the
-    // buffer is read only when the call succeeded.
-    let stat = unsafe {
-        if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
-            return None;
-        }
-        stat.assume_init()
-    };
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
-/// An edited value fails its GCM tag before the MAC is even computed: to the
-/// user both are the same fact, the file was edited, so both say so.
-fn describe_file_error(file: &str, cause: &sops::SopsError) -> String {
-    match cause {
-        sops::SopsError::MacMismatch | sops::SopsError::BadCiphertext { .. } => {
-            format!("MAC mismatch in {file}: {cause}")
-        }
-        other => format!("{file}: {other}"),
-    }
 }
 
 #[cfg(test)]

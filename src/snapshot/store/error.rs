@@ -1,0 +1,85 @@
+//! What can go wrong with the snapshot repository, named so the user knows
+//! what to do (a full disk, a lock left behind, a tampered file).
+
+use std::path::Path;
+
+use sops_age as sops;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot repository {path}: {what}: {cause}")]
+    Git {
+        path: String,
+        what: String,
+        cause: String,
+    },
+    #[error("unknown revision '{0}' in the snapshot repository (see `credsync history`)")]
+    UnknownRev(String),
+    #[error("revision '{0}' is ambiguous in the snapshot repository: give more characters")]
+    AmbiguousRev(String),
+    #[error("{}", describe_file_error(file, cause))]
+    File {
+        file: String,
+        cause: sops::SopsError,
+    },
+    #[error(
+        "snapshot repository {path} is locked by another git process ({lock} is recent); retry, or remove it if no git process is running"
+    )]
+    Locked { path: String, lock: String },
+    /// A bug in credsync (a panic in an earlier operation), not a git problem.
+    #[error(
+        "internal error in the snapshot store: {0}; this is a bug in credsync, please report it"
+    )]
+    Internal(String),
+}
+
+pub(super) fn git_error(path: &Path, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
+    let mut cause = cause.to_string();
+    // libgit2 does not always say that the disk is full ("no error", or a
+    // commit whose object "doesn't exist"): look, and say so.
+    if let Some(free) = free_bytes(path).filter(|free| *free < LOW_DISK)
+        && !cause.contains("No space left")
+    {
+        cause.push_str(&format!(
+            "; the file system holding the repository is full ({free} bytes free): \
+             free some space or move --snapshot-repo"
+        ));
+    }
+    SnapshotError::Git {
+        path: path.display().to_string(),
+        what: what.to_owned(),
+        cause,
+    }
+}
+
+/// Below this much free space a failed write is put down to a full disk.
+const LOW_DISK: u64 = 1 << 20;
+
+/// Free bytes (for unprivileged users) on the file system holding `path`
+/// or, if it does not exist yet, its nearest existing parent.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer of the right type; the
+    // buffer is read only when the call succeeded.
+    let stat = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// An edited value fails its GCM tag before the MAC is even computed: to the
+/// user both are the same fact, the file was edited, so both say so.
+fn describe_file_error(file: &str, cause: &sops::SopsError) -> String {
+    match cause {
+        sops::SopsError::MacMismatch | sops::SopsError::BadCiphertext { .. } => {
+            format!("MAC mismatch in {file}: {cause}")
+        }
+        other => format!("{file}: {other}"),
+    }
+}

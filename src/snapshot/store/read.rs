@@ -1,0 +1,251 @@
+//! Reading revisions back: `history`, `show`, `diff`, the Secrets of a
+//! revision (readable without an identity, or decrypted with one), and
+//! what to do with a file that cannot be read.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use git2::{FileMode, ObjectType, Repository};
+use sops_age::{self as sops, Identities, SecretDocument};
+
+use super::error::SnapshotError;
+use super::{
+    CommitInfo, SecretDelta, SnapshotEntry, SnapshotStore, blob_text, commit_info, compare,
+    find_rev, head_commit,
+};
+use crate::labels::{SOURCES_ANNOTATION, parse_sources};
+use crate::manifest::SecretRef;
+
+impl SnapshotStore {
+    /// Snapshot commits, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<CommitInfo>, SnapshotError> {
+        self.with_repo(|repo| {
+            let Some(head) = head_commit(repo).map_err(|e| self.err("reading HEAD", e))? else {
+                return Ok(Vec::new());
+            };
+            let mut walk = repo.revwalk().map_err(|e| self.err("walking history", e))?;
+            walk.push(head.id())
+                .map_err(|e| self.err("walking history", e))?;
+            let mut out = Vec::new();
+            for oid in walk.take(limit) {
+                let oid = oid.map_err(|e| self.err("walking history", e))?;
+                let commit = repo
+                    .find_commit(oid)
+                    .map_err(|e| self.err("reading a commit", e))?;
+                out.push(commit_info(&commit));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Resolves REV to a commit id, with clear errors for unknown and ambiguous ones.
+    pub fn resolve(&self, rev: &str) -> Result<CommitInfo, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = find_rev(repo, rev)?;
+            Ok(commit_info(&commit))
+        })
+    }
+
+    /// The Secrets at REV (all, or those in `only`), readable without identity.
+    /// Files that cannot be read are left out with a warning, unless `only`
+    /// names them.
+    pub fn entries(
+        &self,
+        rev: &str,
+        only: &[SecretRef],
+    ) -> Result<Vec<SnapshotEntry>, SnapshotError> {
+        self.selected_entries(rev, only, Unreadable::LeaveOut)
+    }
+
+    /// The one read of REV's files behind [`SnapshotStore::entries`] and
+    /// [`SnapshotStore::documents`]: an unreadable file in the selection is
+    /// left out with a warning or refused, as `unreadable` says.
+    fn selected_entries(
+        &self,
+        rev: &str,
+        only: &[SecretRef],
+        unreadable: Unreadable,
+    ) -> Result<Vec<SnapshotEntry>, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = find_rev(repo, rev)?;
+            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
+            let (entries, bad) = self.entries_in(repo, &tree)?;
+            for file in bad
+                .iter()
+                .filter(|f| only.is_empty() || only.contains(&f.secret))
+            {
+                if unreadable == Unreadable::Refuse || only.contains(&file.secret) {
+                    return Err(self.unreadable_error(file));
+                }
+                file.warn("it is left out");
+            }
+            for secret in only {
+                if !entries.contains_key(secret) {
+                    return Err(self.err(
+                        &format!("reading {rev}"),
+                        format!("no snapshot of Secret {secret} at this revision"),
+                    ));
+                }
+            }
+            Ok(entries
+                .into_values()
+                .filter(|e| only.is_empty() || only.contains(&e.secret))
+                .collect())
+        })
+    }
+
+    /// The sealed text of one entry at REV.
+    pub fn file_text(&self, rev: &str, path: &str) -> Result<String, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = find_rev(repo, rev)?;
+            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
+            blob_text(repo, &tree, path).map_err(|e| self.err("reading a snapshot file", e))
+        })
+    }
+
+    /// Decrypts the Secrets at REV; a file that fails its MAC, or cannot be
+    /// read at all, is an error naming it: nothing at REV is used then.
+    pub fn documents(
+        &self,
+        rev: &str,
+        only: &[SecretRef],
+        identities: &Identities,
+    ) -> Result<Vec<SecretDocument>, SnapshotError> {
+        let entries = self.selected_entries(rev, only, Unreadable::Refuse)?;
+        let mut docs = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let text = self.file_text(rev, &entry.path)?;
+            let doc = sops::open(&text, identities).map_err(|cause| SnapshotError::File {
+                file: entry.path.clone(),
+                cause,
+            })?;
+            docs.push(doc);
+        }
+        Ok(docs)
+    }
+
+    fn unreadable_error(&self, file: &UnreadableFile) -> SnapshotError {
+        self.err(
+            &format!("reading {}", file.path),
+            format!(
+                "{}; this file is not used (to restore this Secret, pick a revision where `credsync show` lists it)",
+                file.reason
+            ),
+        )
+    }
+
+    /// Key-level changes from REV1 to REV2.
+    pub fn diff(&self, from: &str, to: &str) -> Result<Vec<SecretDelta>, SnapshotError> {
+        let sources =
+            |rev: &str| -> Result<BTreeMap<SecretRef, BTreeMap<String, String>>, SnapshotError> {
+                Ok(self
+                    .entries(rev, &[])?
+                    .into_iter()
+                    .map(|e| (e.secret, e.sources))
+                    .collect())
+            };
+        Ok(compare(&sources(from)?, &sources(to)?))
+    }
+
+    fn entries_in(
+        &self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+    ) -> Result<(BTreeMap<SecretRef, SnapshotEntry>, Vec<UnreadableFile>), SnapshotError> {
+        self.files_in(repo, tree, |secret, path, outline| {
+            let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
+            SnapshotEntry {
+                secret,
+                path,
+                outline,
+                sources,
+            }
+        })
+    }
+
+    /// Reads the outline of every file of this cluster at `tree`. A file
+    /// that cannot be read (not SOPS, truncated, a committed link) does not
+    /// stop the others: it is returned apart, with why.
+    pub(super) fn files_in<T>(
+        &self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+        mut summarize: impl FnMut(SecretRef, String, sops::Outline) -> T,
+    ) -> Result<(BTreeMap<SecretRef, T>, Vec<UnreadableFile>), SnapshotError> {
+        let mut out = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        let Ok(cluster) = tree.get_path(Path::new(&self.config.cluster)) else {
+            return Ok((out, unreadable));
+        };
+        if cluster.kind() != Some(ObjectType::Tree) {
+            return Ok((out, unreadable));
+        }
+        let cluster = repo
+            .find_tree(cluster.id())
+            .map_err(|e| self.err("reading the cluster directory", e))?;
+        for ns in cluster
+            .iter()
+            .filter(|e| e.kind() == Some(ObjectType::Tree))
+        {
+            let namespace = ns.name().unwrap_or_default().to_owned();
+            let ns_tree = repo
+                .find_tree(ns.id())
+                .map_err(|e| self.err("reading a namespace directory", e))?;
+            for file in ns_tree
+                .iter()
+                .filter(|e| e.kind() == Some(ObjectType::Blob))
+            {
+                let Some(name) = file.name().ok().and_then(|n| n.strip_suffix(".yaml")) else {
+                    continue;
+                };
+                let path = format!("{}/{namespace}/{name}.yaml", self.config.cluster);
+                let secret = SecretRef::new(&namespace, name);
+                if file.filemode() == i32::from(FileMode::Link) {
+                    unreadable.push(UnreadableFile {
+                        secret,
+                        path,
+                        reason: "it is a symbolic link, not a SOPS file".to_owned(),
+                    });
+                    continue;
+                }
+                let blob = repo
+                    .find_blob(file.id())
+                    .map_err(|e| self.err("reading a blob", e))?;
+                let text = String::from_utf8_lossy(blob.content());
+                match sops::outline(&text) {
+                    Ok(outline) => {
+                        out.insert(secret.clone(), summarize(secret, path, outline));
+                    }
+                    Err(cause) => unreadable.push(UnreadableFile {
+                        secret,
+                        path,
+                        reason: cause.to_string(),
+                    }),
+                }
+            }
+        }
+        Ok((out, unreadable))
+    }
+}
+
+/// What a read of a revision does with a file it cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unreadable {
+    LeaveOut,
+    Refuse,
+}
+
+/// A committed snapshot file credsync cannot read. It is never trusted:
+/// `record` rewrites it from the desired state, `rollback` refuses it.
+#[derive(Debug, Clone)]
+pub struct UnreadableFile {
+    pub secret: SecretRef,
+    pub path: String,
+    pub reason: String,
+}
+
+impl UnreadableFile {
+    pub(super) fn warn(&self, what_happens: &str) {
+        tracing::warn!(file = %self.path, reason = %self.reason, "snapshot file cannot be read; {what_happens}");
+    }
+}
