@@ -3,7 +3,7 @@
 //! Every trigger (the CLI, and later streams, schedules and HTTP) goes
 //! through [`Reconciler`], so they all share the KMS cache and the counters.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -11,14 +11,12 @@ use futures::StreamExt;
 use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
-use crate::manifest::{Manifest, NamespaceFilter, SecretRef, Selection, map_name};
+use crate::manifest::{DesiredSecret, Manifest, NamespaceFilter, SecretRef, Selection, map_name};
 use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
-use crate::snapshot::{self};
 use crate::source::ItemFailure;
-use sops_age::SecretDocument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -145,26 +143,21 @@ impl Reconciler {
         };
         let read = record_blocking(store, move |store| {
             if store.history(1)?.is_empty() {
-                return Ok(Vec::new());
+                return Ok(BTreeMap::new());
             }
-            store.documents("HEAD", &[], &identities)
+            store.desired("HEAD", &[], &identities)
         })
         .await;
-        let docs = match read {
-            Ok(docs) => docs,
+        let secrets = match read {
+            Ok(secrets) => secrets,
             Err(err) => {
                 tracing::warn!(error = %err, "warm start skipped: the last snapshot could not be read");
                 return 0;
             }
         };
-        let values = docs.into_iter().flat_map(|doc| {
-            let (_, desired) = snapshot::desired(doc);
-            desired
-                .keys
-                .into_values()
-                .map(|k| (k.source, k.value))
-                .collect::<Vec<_>>()
-        });
+        let values = secrets
+            .into_values()
+            .flat_map(|desired| desired.keys.into_values().map(|k| (k.source, k.value)));
         let remembered = self.source.remember(values);
         tracing::info!(values = remembered, "warm start from the last snapshot");
         remembered
@@ -387,12 +380,7 @@ impl Reconciler {
                 let recorded = record_blocking(store.clone(), move |store| {
                     // Pull in other writers' commits first, so ours goes on top.
                     share(store, &metrics);
-                    let docs = manifest
-                        .secrets
-                        .iter()
-                        .filter(|(_, desired)| !desired.keys.is_empty())
-                        .map(|(secret, desired)| snapshot::document(secret, desired));
-                    let commit = store.record(docs, &pinned, &heading, scope.as_ref());
+                    let commit = store.record(&manifest.secrets, &pinned, &heading, scope.as_ref());
                     share(store, &metrics);
                     Ok((commit, manifest))
                 });
@@ -460,11 +448,11 @@ impl Reconciler {
 
     /// What the desired state in `docs` (a snapshot) would change in the cluster.
     /// Pins are ignored: this is what a rollback would do.
-    pub async fn plan_documents(
+    pub async fn plan_snapshot(
         &self,
-        docs: Vec<SecretDocument>,
+        secrets: BTreeMap<SecretRef, DesiredSecret>,
     ) -> Result<Planned, ReconcileError> {
-        let manifest = Manifest::of_secrets(docs.into_iter().map(snapshot::desired).collect());
+        let manifest = Manifest::of_secrets(secrets);
         let mut live = self.cluster.live_state(&manifest).await?;
         for secret in live.secrets.values_mut() {
             secret.pinned = None;
@@ -481,15 +469,12 @@ impl Reconciler {
     /// records a rollback commit (unless `dry_run`).
     pub async fn rollback(
         &self,
-        docs: Vec<SecretDocument>,
+        restored: BTreeMap<SecretRef, DesiredSecret>,
         commit: &CommitInfo,
         dry_run: bool,
     ) -> Result<SyncReport, ReconcileError> {
-        let secrets: Vec<SecretRef> = docs
-            .iter()
-            .map(|d| SecretRef::new(&d.namespace, &d.name))
-            .collect();
-        let mut planned = self.plan_documents(docs).await?;
+        let secrets: Vec<SecretRef> = restored.keys().cloned().collect();
+        let mut planned = self.plan_snapshot(restored).await?;
         // Every rolled-back Secret is pinned, even one already in step.
         for secret in &secrets {
             let in_plan = planned.plan.changes.iter().any(|c| &c.secret == secret);

@@ -12,6 +12,19 @@ use super::args::{Common, RunArgs};
 use crate::server::Access;
 use crate::snapshot::remote::RemoteUrl;
 
+/// The one reader of the process environment beyond clap's `env` fallbacks
+/// and Kubestash-V2's variables (`legacy`): the pod's identity from the
+/// downward API, and the secrets given as variables.
+pub(super) fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The pod's name (downward API), else the host name: names the replica in
+/// the Lease and in the Events it records.
+pub(super) fn pod_name() -> Option<String> {
+    env_var("POD_NAME").or_else(|| env_var("HOSTNAME"))
+}
+
 /// Who may call /sync and /plan, resolved once from, in order,
 /// `--sync-token-file`, `CREDSYNC_SYNC_TOKEN` and Kubestash-V2's
 /// `FLASK_API_KEY`. A token source that is given but empty is an error, not
@@ -64,14 +77,13 @@ pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run
     let identity = args
         .identity
         .clone()
-        .or_else(|| std::env::var("POD_NAME").ok())
-        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(pod_name)
         .unwrap_or_else(|| format!("credsync-{}", std::process::id()));
     let lease = args.leader_election.then(|| LeaseConfig {
         namespace: args
             .lease_namespace
             .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| env_var("POD_NAMESPACE"))
             .unwrap_or_else(|| "default".to_owned()),
         name: args.lease_name.clone(),
         identity,
@@ -175,7 +187,7 @@ impl Settings {
     /// `--print-config` as for `run`.
     pub(super) fn resolve(common: &Common, args: &RunArgs) -> Result<Self> {
         let set = |present: bool| if present { "set" } else { "unset" };
-        let access = sync_access(args, |var| std::env::var(var).ok())?;
+        let access = sync_access(args, env_var)?;
         Ok(Self {
             table: common.table.clone(),
             region: common.region.clone(),

@@ -4,6 +4,7 @@
 //! accepted as fallbacks so its users can switch by changing the image.
 
 mod args;
+mod commands;
 mod config;
 mod legacy;
 mod setup;
@@ -16,10 +17,9 @@ use anyhow::{Result, bail};
 pub use args::{Cli, Command, Common, RunArgs};
 pub use legacy::parse;
 
-use crate::render::{self, Heading, listing};
+use crate::render::Heading;
 use crate::telemetry;
-use config::{Settings, run_config};
-use setup::{build, identities, required_identities, required_store, snapshot_store};
+use setup::{build, identities, snapshot_store};
 
 pub async fn main() -> ExitCode {
     let cli = match parse() {
@@ -70,49 +70,13 @@ async fn run_bounded(cli: Cli) -> Result<ExitCode> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let common = &cli.common;
-    let color = std::io::stdout().is_terminal();
-    // Listings read the snapshot repository only: no AWS, no cluster.
-    match &cli.command {
-        Command::History { limit, format } => {
-            let store = required_store(common)?;
-            print!("{}", listing::history(&store.history(*limit)?, *format));
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::Show {
-            rev,
-            secrets,
-            reveal,
-            format,
-        } => {
-            let store = required_store(common)?;
-            let commit = store.resolve(rev)?;
-            if *reveal {
-                let docs = store.documents(&commit.id, secrets, &required_identities(common)?)?;
-                print!("{}", listing::reveal(&docs)?);
-            } else {
-                print!(
-                    "{}",
-                    listing::show(&commit, &store.entries(&commit.id, secrets)?, *format)
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::Diff { from, to, format } => {
-            let store = required_store(common)?;
-            let (from, to) = (store.resolve(from)?, store.resolve(to)?);
-            print!(
-                "{}",
-                listing::diff(&from, &to, &store.diff(&from.id, &to.id)?, *format)
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => {}
+    if let Some(code) = commands::listings::execute(common, &cli.command)? {
+        return Ok(ExitCode::from(code));
     }
     if let Command::Run(args) = &cli.command
         && args.print_config
     {
-        println!("{}", Settings::resolve(common, args)?.to_json());
-        return Ok(ExitCode::SUCCESS);
+        return commands::run::print_config(common, args).map(ExitCode::from);
     }
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
     let store = snapshot_store(common, needs_recipients)?;
@@ -132,10 +96,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     {
         reconciler.warm_start(ids).await;
     }
-    let heading = Heading {
-        table: reconciler.source().table().to_owned(),
-        region: reconciler.source().region().to_owned(),
-        cluster: common.cluster_name.clone(),
+    let out = commands::Output {
+        heading: Heading {
+            table: reconciler.source().table().to_owned(),
+            region: reconciler.source().region().to_owned(),
+            cluster: common.cluster_name.clone(),
+        },
+        color: std::io::stdout().is_terminal(),
     };
     let code = match cli.command {
         Command::Plan {
@@ -143,36 +110,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             detailed_exitcode,
             from_snapshot,
         } => {
-            let planned = match from_snapshot {
-                Some(rev) => {
-                    let store = required_store(common)?;
-                    let commit = store.resolve(&rev)?;
-                    let docs = store.documents(&commit.id, &[], &required_identities(common)?)?;
-                    reconciler.plan_documents(docs).await?
-                }
-                None => reconciler.plan().await?,
-            };
-            let plan = &planned.plan;
-            print!("{}", render::render(plan, None, &heading, format, color));
-            if !plan.failures.is_empty() {
-                1
-            } else if detailed_exitcode && plan.has_changes() {
-                2
-            } else {
-                0
-            }
+            commands::plan::execute(
+                common,
+                &reconciler,
+                &out,
+                format,
+                detailed_exitcode,
+                from_snapshot,
+            )
+            .await?
         }
         Command::Sync { dry_run, format } => {
-            let report = reconciler.sync(dry_run).await?;
-            let outcome = Some((&report.outcome, dry_run));
-            print!(
-                "{}",
-                render::render(&report.plan, outcome, &heading, format, color)
-            );
-            if let Some(commit) = &report.snapshot {
-                eprintln!("snapshot: {} {}", &commit.id[..12], commit.summary);
-            }
-            u8::from(report.has_errors())
+            commands::sync::execute(&reconciler, &out, dry_run, format).await?
         }
         Command::Rollback {
             rev,
@@ -180,43 +129,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             format,
         } => {
-            let store = required_store(common)?;
-            let commit = store.resolve(&rev)?;
-            // Decrypt (and check every MAC) before touching the cluster.
-            let docs = store.documents(&commit.id, &secrets, &required_identities(common)?)?;
-            let report = reconciler.rollback(docs, &commit, dry_run).await?;
-            let outcome = Some((&report.outcome, dry_run));
-            print!(
-                "{}",
-                render::render(&report.plan, outcome, &heading, format, color)
-            );
-            if let Some(recorded) = &report.snapshot {
-                eprintln!("snapshot: {} {}", &recorded.id[..12], recorded.summary);
-            }
-            u8::from(!report.outcome.failed.is_empty())
+            commands::rollback::execute(common, &reconciler, &out, &rev, &secrets, dry_run, format)
+                .await?
         }
         Command::Unpin { secrets, all: _ } => {
-            let unpinned = reconciler.cluster().unpin(&secrets).await?;
-            for secret in &unpinned {
-                println!("unpinned {secret}");
-            }
-            let missing: Vec<String> = secrets
-                .iter()
-                .filter(|s| !unpinned.contains(s))
-                .map(ToString::to_string)
-                .collect();
-            if !missing.is_empty() {
-                bail!(
-                    "not pinned (or not managed by credsync): {}",
-                    missing.join(", ")
-                );
-            }
-            0
+            commands::rollback::unpin(&reconciler, &secrets).await?
         }
         Command::Run(args) => {
-            let settings = Settings::resolve(common, &args)?;
-            let config = run_config(*args, settings)?;
-            crate::run::run(reconciler, config, heading).await?;
+            commands::run::execute(common, *args, reconciler, out).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::History { .. } | Command::Show { .. } | Command::Diff { .. } => 0,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 
 use super::args::Common;
+use super::config::env_var;
 use crate::cluster::Cluster;
 use crate::cluster::apply::ApplyOptions;
 use crate::credstash::{CredstashSource, SourceConfig};
@@ -54,7 +55,7 @@ pub(super) fn snapshot_store(
                 .trim()
                 .to_owned(),
         ),
-        None => std::env::var("CREDSYNC_SNAPSHOT_TOKEN").ok(),
+        None => env_var("CREDSYNC_SNAPSHOT_TOKEN"),
     };
     let remote = common.snapshot_remote.as_ref().map(|url| RemoteConfig {
         url: RemoteUrl::parse(url),
@@ -111,7 +112,8 @@ pub(super) async fn build(
     );
     let cluster = Cluster::connect(common.request_timeout, metrics.clone())
         .await?
-        .with_namespaces(filter.included());
+        .with_namespaces(filter.included())
+        .with_reporting_instance(env_var("POD_NAME").unwrap_or_else(|| "credsync".to_owned()));
     let apply = ApplyOptions {
         diff: DiffOptions {
             prune_keys: !common.no_prune,

@@ -219,6 +219,12 @@ impl Cluster {
     }
 
     /// A separate client for long-lived watches (see [`Cluster::connect`]).
+    /// The replica named in the Events it records (`reportingInstance`).
+    pub fn with_reporting_instance(mut self, instance: String) -> Self {
+        self.reporting_instance = instance;
+        self
+    }
+
     pub fn with_watch_client(mut self, client: kube::Client) -> Self {
         self.watch_client = Some(client);
         self
@@ -226,7 +232,7 @@ impl Cluster {
 
     pub fn from_client(client: kube::Client, metrics: Arc<Metrics>) -> Self {
         Self {
-            reporting_instance: std::env::var("POD_NAME").unwrap_or_else(|_| "credsync".to_owned()),
+            reporting_instance: "credsync".to_owned(),
             own_writes: Arc::default(),
             client,
             watch_client: None,

@@ -20,10 +20,10 @@ mod read;
 
 use super::{BRANCH, worktree};
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
-use crate::manifest::SecretRef;
+use crate::manifest::{DesiredSecret, SecretRef};
 pub use error::SnapshotError;
 use error::git_error;
-use sops_age::{self as sops, Identities, Outline, Recipients, SecretDocument};
+use sops_age::{self as sops, Identities, Outline, Recipients};
 
 /// An index.lock older than this was left by a killed process.
 const STALE_LOCK: Duration = Duration::from_secs(60);
@@ -242,14 +242,15 @@ impl SnapshotStore {
         )
     }
 
-    /// Writes `docs` as the cluster's desired state and commits if anything
-    /// changed. Secrets in `keep` (pinned by a rollback) keep their files.
+    /// Writes the desired `secrets` (those with keys) as the cluster's
+    /// snapshot and commits if anything changed; each file is built as it is
+    /// written, so no copy of every document is held at once. Secrets in `keep` (pinned by a rollback) keep their files.
     /// Returns the new commit, or None when nothing changed.
     /// With `scope`, only those Secrets' files are considered (a targeted
     /// reconcile); the rest of the tree stays as it is.
     pub fn record(
         &self,
-        docs: impl IntoIterator<Item = SecretDocument>,
+        secrets: &BTreeMap<SecretRef, DesiredSecret>,
         keep: &BTreeSet<SecretRef>,
         heading: &str,
         scope: Option<&BTreeSet<SecretRef>>,
@@ -277,11 +278,12 @@ impl SnapshotStore {
             // Built file by file: what stays of a Secret once its file is
             // written is its delta, if it changed.
             let mut deltas = Vec::new();
-            for doc in docs {
-                let secret = SecretRef::new(&doc.namespace, &doc.name);
-                if keep.contains(&secret) {
+            for (secret, desired) in secrets {
+                if desired.keys.is_empty() || keep.contains(secret) {
                     continue;
                 }
+                let doc = crate::snapshot::document(secret, desired);
+                let secret = secret.clone();
                 let path = self.file_path(&secret);
                 let old = before.remove(&secret);
                 // The annotations hold the sources (name@version per key),

@@ -14,7 +14,7 @@ use super::{
     find_rev, head_commit,
 };
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
-use crate::manifest::SecretRef;
+use crate::manifest::{DesiredSecret, SecretRef};
 
 impl SnapshotStore {
     /// Snapshot commits, newest first.
@@ -122,6 +122,21 @@ impl SnapshotStore {
             docs.push(doc);
         }
         Ok(docs)
+    }
+
+    /// The Secrets at REV as desired state (decrypted, every MAC checked):
+    /// what a rollback applies and `plan --from-snapshot` compares.
+    pub fn desired(
+        &self,
+        rev: &str,
+        only: &[SecretRef],
+        identities: &Identities,
+    ) -> Result<BTreeMap<SecretRef, DesiredSecret>, SnapshotError> {
+        Ok(self
+            .documents(rev, only, identities)?
+            .into_iter()
+            .map(crate::snapshot::desired)
+            .collect())
     }
 
     fn unreadable_error(&self, file: &UnreadableFile) -> SnapshotError {

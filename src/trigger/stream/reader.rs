@@ -190,7 +190,11 @@ impl ShardReader {
                 self.last_sequence = None;
                 self.start = StartAt::TrimHorizon;
             }
-            FailureClass::NotFound => {
+            FailureClass::NotFound
+            | FailureClass::Throttled
+            | FailureClass::Denied
+            | FailureClass::Unreachable
+            | FailureClass::Other => {
                 log_failure(
                     &self.table,
                     &self.stream_arn,
@@ -199,30 +203,16 @@ impl ShardReader {
                     f,
                     failures,
                 );
-                self.iterator = None;
-                return self.events.send(Event::Lost).await.is_ok();
-            }
-            FailureClass::Throttled => {
-                log_failure(
-                    &self.table,
-                    &self.stream_arn,
-                    Some(&self.shard_id),
-                    operation,
-                    f,
-                    failures,
-                );
-            }
-            FailureClass::Denied | FailureClass::Unreachable | FailureClass::Other => {
-                log_failure(
-                    &self.table,
-                    &self.stream_arn,
-                    Some(&self.shard_id),
-                    operation,
-                    f,
-                    failures,
-                );
-                // The iterator itself may be what the server rejects.
-                self.iterator = None;
+                match f.class {
+                    FailureClass::NotFound => {
+                        self.iterator = None;
+                        return self.events.send(Event::Lost).await.is_ok();
+                    }
+                    // Throttling says nothing about the iterator: keep it.
+                    FailureClass::Throttled => {}
+                    // The iterator itself may be what the server rejects.
+                    _ => self.iterator = None,
+                }
             }
         }
         true

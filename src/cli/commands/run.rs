@@ -1,0 +1,27 @@
+//! `run`: the in-cluster loop, with the settings resolved once
+//! (`--print-config` prints them and exits).
+
+use anyhow::Result;
+
+use super::Output;
+use crate::cli::args::{Common, RunArgs};
+use crate::cli::config::{Settings, run_config};
+use crate::reconcile::Reconciler;
+
+/// `--print-config`: the settings `run` would use, without building anything.
+pub(in crate::cli) fn print_config(common: &Common, args: &RunArgs) -> Result<u8> {
+    println!("{}", Settings::resolve(common, args)?.to_json());
+    Ok(0)
+}
+
+pub(in crate::cli) async fn execute(
+    common: &Common,
+    args: RunArgs,
+    reconciler: Reconciler,
+    out: Output,
+) -> Result<u8> {
+    let settings = Settings::resolve(common, &args)?;
+    let config = run_config(args, settings)?;
+    crate::run::run(reconciler, config, out.heading).await?;
+    Ok(0)
+}

@@ -1,0 +1,26 @@
+//! `sync`: plan, record the snapshot, apply (server-side dry-run with
+//! `--dry-run`); exit 1 when anything was not written.
+
+use anyhow::Result;
+
+use super::Output;
+use crate::reconcile::Reconciler;
+use crate::render::{self, Format};
+
+pub(in crate::cli) async fn execute(
+    reconciler: &Reconciler,
+    out: &Output,
+    dry_run: bool,
+    format: Format,
+) -> Result<u8> {
+    let report = reconciler.sync(dry_run).await?;
+    let outcome = Some((&report.outcome, dry_run));
+    print!(
+        "{}",
+        render::render(&report.plan, outcome, &out.heading, format, out.color)
+    );
+    if let Some(commit) = &report.snapshot {
+        eprintln!("snapshot: {} {}", &commit.id[..12], commit.summary);
+    }
+    Ok(u8::from(report.has_errors()))
+}
