@@ -1,9 +1,18 @@
 //! credsync keeps Kubernetes Secrets in step with a Credstash table.
 //!
-//! The modules follow one reconcile from top to bottom: [`credstash`] reads
-//! and decrypts the table, [`manifest`] maps names to desired Secrets,
-//! [`snapshot`] records it in git as SOPS files, [`cluster`] reads live state,
-//! diffs and applies, and [`reconcile`] ties them together. [`render`] prints plans; [`cli`] is the command line.
+//! Imports go one way, down these layers:
+//!
+//! - domain: [`secret`] (values that never print), [`source`] (what a
+//!   source hands over), [`manifest`] (names to desired Secrets), [`plan`]
+//!   (live vs desired, key names only), [`labels`] (what credsync writes on
+//!   a Secret); beside them [`metrics`], [`backoff`] and [`aws_error`], used
+//!   by every layer and depending on none;
+//! - adapters: [`credstash`] reads and decrypts the table, [`cluster`] reads
+//!   live Secrets, applies and holds the Lease, [`snapshot`] records desired
+//!   state in git as SOPS files (the format is the `sops-age` crate);
+//! - application: [`reconcile`] (one reconcile, top to bottom), [`render`],
+//!   [`cli`], and the `run` daemon: [`run`], [`worker`], [`trigger`],
+//!   [`server`], [`telemetry`].
 
 pub mod aws_error;
 pub mod backoff;

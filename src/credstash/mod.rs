@@ -18,6 +18,7 @@ use crate::secret::SecretValue;
 
 pub use table::{RawItem, Scanned};
 
+use crate::aws_error::AwsError;
 use crate::source::{Credential, ItemFailure, ItemId, SourceItem};
 
 impl SourceItem for RawItem {
@@ -53,7 +54,11 @@ pub struct SourceConfig {
 pub struct SourceError {
     pub table: String,
     pub region: String,
+    /// What failed and what to check, already in the message.
     pub cause: String,
+    /// The AWS error read into its class and code (a missing table, no
+    /// rights, throttling, no endpoint), for callers that act on which.
+    pub aws: Option<AwsError>,
 }
 
 /// Reads and decrypts the table, remembering what it decrypted so an
@@ -173,11 +178,12 @@ impl CredstashSource {
         out
     }
 
-    fn source_error(&self, cause: String) -> SourceError {
+    fn source_error(&self, error: table::TableReadError) -> SourceError {
         SourceError {
             table: self.config.table.clone(),
             region: self.region.clone(),
-            cause,
+            cause: error.line,
+            aws: Some(error.aws),
         }
     }
 }

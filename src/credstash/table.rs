@@ -39,7 +39,7 @@ pub(super) async fn scan_latest(
     table: &str,
     segments: i32,
     metrics: &Metrics,
-) -> Result<Scanned, String> {
+) -> Result<Scanned, TableReadError> {
     let segments = segments.max(1);
     let pages = try_join_all(
         (0..segments).map(|segment| scan_segment(client, table, segment, segments, metrics)),
@@ -76,7 +76,7 @@ pub(super) async fn query_latest(
     table: &str,
     name: &str,
     metrics: &Metrics,
-) -> Result<Option<Result<RawItem, ItemFailure>>, String> {
+) -> Result<Option<Result<RawItem, ItemFailure>>, TableReadError> {
     metrics
         .dynamodb_requests
         .with_label_values(&["Query"])
@@ -111,7 +111,7 @@ async fn scan_segment(
     segment: i32,
     total: i32,
     metrics: &Metrics,
-) -> Result<Vec<HashMap<String, AttributeValue>>, String> {
+) -> Result<Vec<HashMap<String, AttributeValue>>, TableReadError> {
     let mut items = Vec::new();
     let mut start_key = None;
     loop {
@@ -171,8 +171,16 @@ fn parse_item(item: &HashMap<String, AttributeValue>) -> Result<RawItem, ItemFai
     })
 }
 
+/// A failed read of the table: one line naming the cause and what to do,
+/// and the AWS error it came from, read into its class and code.
+#[derive(Debug)]
+pub(super) struct TableReadError {
+    pub line: String,
+    pub aws: AwsError,
+}
+
 /// One line naming the cause of a failed DynamoDB call and what to do.
-fn describe_scan_error(err: SdkError<ScanError, HttpResponse>) -> String {
+fn describe_scan_error(err: SdkError<ScanError, HttpResponse>) -> TableReadError {
     describe_table_error(
         &AwsError::from_sdk(&err),
         "access denied (the credentials need dynamodb:Scan and dynamodb:Query on the table)",
@@ -182,10 +190,14 @@ fn describe_scan_error(err: SdkError<ScanError, HttpResponse>) -> String {
 
 /// A table read's failure: a missing table, missing rights (`denied`
 /// names the actions), or `otherwise`.
-fn describe_table_error(err: &AwsError, denied: &str, otherwise: &str) -> String {
-    match err.class {
+fn describe_table_error(err: &AwsError, denied: &str, otherwise: &str) -> TableReadError {
+    let line = match err.class {
         FailureClass::NotFound => err.line("table not found (check --table and --region)"),
         FailureClass::Denied => err.line(denied),
         _ => err.line(otherwise),
+    };
+    TableReadError {
+        line,
+        aws: err.clone(),
     }
 }

@@ -11,7 +11,12 @@ pub enum SnapshotError {
     Git {
         path: String,
         what: String,
+        /// libgit2's words (and a full-disk note), already in the message.
         cause: String,
+        /// The libgit2 error itself when there was one, for callers that
+        /// must tell a missing object from a lock or a network failure. Not
+        /// a `#[source]`: its Display is `cause` again.
+        git: Option<git2::Error>,
     },
     #[error("unknown revision '{0}' in the snapshot repository (see `credsync history`)")]
     UnknownRev(String),
@@ -33,8 +38,18 @@ pub enum SnapshotError {
     Internal(String),
 }
 
-pub(super) fn git_error(path: &Path, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
-    let mut cause = cause.to_string();
+/// `cause` is usually a `git2::Error`, kept as is; any other cause is text.
+pub(super) fn git_error<C: std::fmt::Display + 'static>(
+    path: &Path,
+    what: &str,
+    cause: C,
+) -> SnapshotError {
+    let mut text = cause.to_string();
+    let git = (Box::new(cause) as Box<dyn std::any::Any>)
+        .downcast::<git2::Error>()
+        .ok()
+        .map(|boxed| *boxed);
+    let cause = &mut text;
     // libgit2 does not always say that the disk is full ("no error", or a
     // commit whose object "doesn't exist"): look, and say so.
     if let Some(free) = free_bytes(path).filter(|free| *free < LOW_DISK)
@@ -48,7 +63,8 @@ pub(super) fn git_error(path: &Path, what: &str, cause: impl std::fmt::Display) 
     SnapshotError::Git {
         path: path.display().to_string(),
         what: what.to_owned(),
-        cause,
+        cause: text,
+        git,
     }
 }
 
@@ -81,5 +97,33 @@ fn describe_file_error(file: &str, cause: &sops::SopsError) -> String {
             format!("MAC mismatch in {file}: {cause}")
         }
         other => format!("{file}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_libgit2_cause_is_kept_and_text_is_not_invented() {
+        let dir = std::env::temp_dir();
+        let from_git = git_error(
+            &dir,
+            "reading HEAD",
+            git2::Error::from_str("object not found"),
+        );
+        match &from_git {
+            SnapshotError::Git { cause, git, .. } => {
+                assert!(cause.contains("object not found"));
+                assert_eq!(
+                    git.as_ref().map(git2::Error::message),
+                    Some("object not found")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let from_text = git_error(&dir, "writing a snapshot", "no --age-recipient given");
+        assert!(matches!(from_text, SnapshotError::Git { git: None, .. }));
+        assert!(from_text.to_string().contains("no --age-recipient given"));
     }
 }

@@ -219,7 +219,7 @@ impl SnapshotStore {
         &self.config.cluster
     }
 
-    fn err(&self, what: &str, cause: impl std::fmt::Display) -> SnapshotError {
+    fn err<C: std::fmt::Display + 'static>(&self, what: &str, cause: C) -> SnapshotError {
         git_error(&self.config.path, what, cause)
     }
 
