@@ -10,19 +10,133 @@ use clap::{CommandFactory, FromArgMatches};
 
 use super::args::{Cli, Command, RunArgs};
 
+/// One Kubestash-V2 variable: the flag it fills (clap's id for it, to ask
+/// where that flag's value came from) and how its value sets the flag.
+struct LegacyVar {
+    var: &'static str,
+    arg: &'static str,
+    set: fn(&mut Cli, &str) -> Result<()>,
+}
+
 /// Kubestash-V2's variables, used when the credsync flag was left at its default.
-const LEGACY_ENV: &[(&str, &str)] = &[
-    ("table", "DDB_TABLE"),
-    ("region", "TABLE_REGION"),
-    ("cluster_name", "CLUSTER_NAME"),
-    ("namespace_exclude", "NAMESPACE_EXCLUDE_FILTER"),
-    ("verbose", "VERBOSE"),
-    ("dry_run", "DRY_RUN"),
-    ("stream_arn", "STREAM_ARN"),
-    ("debounce", "WAIT_TIME"),
-    ("interval", "CRON_HOURS"),
-    ("reconcile_timeout", "CREDSTASH_SYNC_TIMEOUT_SECS"),
+const LEGACY_VARS: &[LegacyVar] = &[
+    LegacyVar {
+        var: "DDB_TABLE",
+        arg: "table",
+        set: |cli, v| {
+            cli.common.table = v.to_owned();
+            Ok(())
+        },
+    },
+    LegacyVar {
+        var: "TABLE_REGION",
+        arg: "region",
+        set: |cli, v| {
+            cli.common.region = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    LegacyVar {
+        var: "CLUSTER_NAME",
+        arg: "cluster_name",
+        set: |cli, v| {
+            cli.common.cluster_name = v.to_owned();
+            Ok(())
+        },
+    },
+    LegacyVar {
+        var: "NAMESPACE_EXCLUDE_FILTER",
+        arg: "namespace_exclude",
+        set: |cli, v| {
+            cli.common.namespace_exclude = v.to_owned();
+            Ok(())
+        },
+    },
+    LegacyVar {
+        var: "VERBOSE",
+        arg: "verbose",
+        set: |cli, v| {
+            cli.common.verbose |= truthy(v);
+            Ok(())
+        },
+    },
+    LegacyVar {
+        var: "DRY_RUN",
+        arg: "dry_run",
+        set: |cli, v| {
+            match &mut cli.command {
+                Command::Sync { dry_run, .. } => *dry_run |= truthy(v),
+                Command::Run(run) => run.dry_run |= truthy(v),
+                _ => {}
+            }
+            Ok(())
+        },
+    },
+    LegacyVar {
+        var: "STREAM_ARN",
+        arg: "stream_arn",
+        set: |cli, v| {
+            on_run(cli, |run| {
+                run.stream_arn = Some(v.to_owned());
+                Ok(())
+            })
+        },
+    },
+    LegacyVar {
+        var: "WAIT_TIME",
+        arg: "debounce",
+        set: |cli, v| {
+            on_run(cli, |run| {
+                run.debounce = whole("WAIT_TIME", v, 1)?;
+                Ok(())
+            })
+        },
+    },
+    LegacyVar {
+        var: "CRON_HOURS",
+        arg: "interval",
+        set: |cli, v| {
+            on_run(cli, |run| {
+                run.interval = Some(whole("CRON_HOURS", v, 3600)?);
+                Ok(())
+            })
+        },
+    },
+    LegacyVar {
+        var: "CREDSTASH_SYNC_TIMEOUT_SECS",
+        arg: "reconcile_timeout",
+        set: |cli, v| {
+            on_run(cli, |run| {
+                run.reconcile_timeout = whole("CREDSTASH_SYNC_TIMEOUT_SECS", v, 1)?;
+                Ok(())
+            })
+        },
+    },
 ];
+
+fn truthy(value: &str) -> bool {
+    matches!(
+        value.to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
+/// Kubestash-V2's durations are whole numbers of `unit` seconds.
+fn whole(var: &str, value: &str, unit: u64) -> Result<Duration> {
+    let n: u64 = value
+        .trim()
+        .parse()
+        .with_context(|| format!("{var}: '{value}' is not a whole number"))?;
+    Ok(Duration::from_secs(n * unit))
+}
+
+/// Run-only settings apply to `run` and are ignored by other commands.
+fn on_run(cli: &mut Cli, set: impl FnOnce(&mut RunArgs) -> Result<()>) -> Result<()> {
+    match &mut cli.command {
+        Command::Run(run) => set(run),
+        _ => Ok(()),
+    }
+}
 
 /// Parses arguments, filling flags left at their default from Kubestash-V2's variables.
 pub fn parse() -> Result<Cli> {
@@ -37,69 +151,27 @@ where
     let matches = Cli::command().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     let sub = matches.subcommand().map(|(_, m)| m);
-    for (arg, var) in LEGACY_ENV {
-        let Some(value) = legacy_env(var) else {
+    for legacy in LEGACY_VARS {
+        let Some(value) = legacy_env(legacy.var) else {
             continue;
         };
-        // Only the matches that define `arg` may be asked where it came from.
+        // Only the matches that define the flag may be asked where it came from.
         let Some(owner) = [sub, Some(&matches)]
             .into_iter()
             .flatten()
-            .find(|m| m.try_get_raw(arg).is_ok())
+            .find(|m| m.try_get_raw(legacy.arg).is_ok())
         else {
             continue;
         };
-        let source = owner.value_source(arg);
         if matches!(
-            source,
+            owner.value_source(legacy.arg),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         ) {
             continue;
         }
-        let truthy = matches!(
-            value.to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        );
-        match *arg {
-            "table" => cli.common.table = value,
-            "region" => cli.common.region = Some(value),
-            "cluster_name" => cli.common.cluster_name = value,
-            "namespace_exclude" => cli.common.namespace_exclude = value,
-            "verbose" => cli.common.verbose |= truthy,
-            "dry_run" => match &mut cli.command {
-                Command::Sync { dry_run, .. } => *dry_run |= truthy,
-                Command::Run(run) => run.dry_run |= truthy,
-                _ => {}
-            },
-            "stream_arn" | "debounce" | "interval" | "reconcile_timeout" => {
-                if let Command::Run(run) = &mut cli.command {
-                    apply_legacy_run(run, arg, &value)?;
-                }
-            }
-            _ => {}
-        }
+        (legacy.set)(&mut cli, &value)?;
     }
     Ok(cli)
-}
-
-/// Kubestash-V2's run settings: WAIT_TIME and CREDSTASH_SYNC_TIMEOUT_SECS in
-/// seconds, CRON_HOURS in hours.
-fn apply_legacy_run(run: &mut RunArgs, arg: &str, value: &str) -> Result<()> {
-    let number = |unit: u64| -> Result<Duration> {
-        let n: u64 = value
-            .trim()
-            .parse()
-            .with_context(|| format!("{arg}: '{value}' is not a whole number"))?;
-        Ok(Duration::from_secs(n * unit))
-    };
-    match arg {
-        "stream_arn" => run.stream_arn = Some(value.to_owned()),
-        "debounce" => run.debounce = number(1)?,
-        "interval" => run.interval = Some(number(3600)?),
-        "reconcile_timeout" => run.reconcile_timeout = number(1)?,
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -131,6 +203,14 @@ mod tests {
         assert_eq!(cli.common.namespace_exclude, "a|b");
         assert!(cli.common.verbose);
         assert!(matches!(cli.command, Command::Sync { dry_run: true, .. }));
+    }
+
+    #[test]
+    fn a_bad_kubestash_number_names_the_variable() {
+        let err = parse_from(["credsync", "run"], legacy(&[("WAIT_TIME", "soon")])).unwrap_err();
+        assert_eq!(err.to_string(), "WAIT_TIME: 'soon' is not a whole number");
+        // Run-only variables leave other commands alone.
+        assert!(parse_from(["credsync", "sync"], legacy(&[("WAIT_TIME", "soon")])).is_ok());
     }
 
     #[test]
