@@ -468,6 +468,18 @@ async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
     );
 
     // Only the leader writes: one put, one Secret write at the API server.
+    // The new leader's first reconcile creates the Secret; on a real server
+    // that can land after the follower already names the leader.
+    assert!(
+        eventually(Duration::from_secs(10), || value_is(
+            &env,
+            "app",
+            "svc",
+            "KEY",
+            "leader-value-one"
+        ))
+        .await
+    );
     env.mark_requests();
     env.put("app/svc/key", "leader-value-two");
     assert!(
