@@ -45,12 +45,6 @@ impl Backoff {
         }
     }
 
-    /// The delay [`Self::next_delay`] will hand out next (exact backoffs only
-    /// are predictable; a jittered one reports its ceiling).
-    pub fn peek(&self) -> Duration {
-        backoff_delay(self.base, self.cap, self.attempt, 1.0)
-    }
-
     /// The delay before the next retry; each call doubles the ceiling.
     pub fn next_delay(&mut self) -> Duration {
         let unit = match &mut self.rng {
@@ -131,7 +125,7 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 5, 5]);
         assert_eq!(b.failures(), 5);
         b.reset();
-        assert_eq!(b.peek(), Duration::from_secs(1));
+        assert_eq!(b.next_delay(), Duration::from_secs(1));
         let mut constant = Backoff::exact(Duration::from_millis(250), Duration::from_millis(250));
         assert_eq!(constant.next_delay(), constant.next_delay());
     }

@@ -480,9 +480,9 @@ impl Reconciler {
             let in_plan = planned.plan.changes.iter().any(|c| &c.secret == secret);
             let live = planned.live.secrets.get(secret);
             if !in_plan && let Some(live) = live {
-                planned.plan.changes.push(crate::cluster::SecretChange {
+                planned.plan.changes.push(crate::plan::SecretChange {
                     secret: secret.clone(),
-                    action: crate::cluster::Action::Update,
+                    action: crate::plan::Action::Update,
                     adopt: !live.managed,
                     added: vec![],
                     changed: vec![],

@@ -242,26 +242,19 @@ impl Settings {
             .unwrap_or_default()
     }
 
-    /// Values of `credsync_settings_info`'s labels (`SETTINGS_LABELS`),
-    /// read from the same fields `--print-config` prints.
+    /// Values of `credsync_settings_info`'s labels, in `SETTINGS_LABELS`
+    /// order, read from the same fields `--print-config` prints.
     fn metric_labels(&self) -> Vec<String> {
-        let value = serde_json::to_value(self).unwrap_or_default();
-        crate::metrics::SETTINGS_LABELS
-            .iter()
-            .map(|label| {
-                let field = match *label {
-                    "cluster" => "cluster_name",
-                    // The label says whether the stream is followed at all.
-                    "stream" => return (self.stream != "off").to_string(),
-                    other => other,
-                };
-                match &value[field] {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Null => String::new(),
-                    other => other.to_string(),
-                }
-            })
-            .collect()
+        vec![
+            self.table.clone(),
+            self.region.clone().unwrap_or_default(),
+            self.cluster_name.clone(),
+            self.namespace_exclude.clone(),
+            self.dry_run.to_string(),
+            // Whether the stream is followed at all, not which one.
+            (self.stream != "off").to_string(),
+            self.leader_election.to_string(),
+        ]
     }
 }
 
@@ -270,6 +263,15 @@ mod tests {
     use super::*;
     use crate::cli::args::{Cli, Command};
     use clap::Parser;
+
+    #[test]
+    fn the_settings_metric_has_a_value_for_each_label() {
+        let cli = Cli::try_parse_from(["credsync", "run", "--no-stream"]).unwrap();
+        let settings = Settings::resolve(&cli.common, &run_args(&["--no-stream"])).unwrap();
+        let labels = settings.metric_labels();
+        assert_eq!(labels.len(), crate::metrics::SETTINGS_LABELS.len());
+        assert_eq!(labels[5], "false", "stream: followed or not");
+    }
 
     /// An environment holding only `vars`.
     fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {

@@ -17,13 +17,14 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Cluster, LiveSecret, LiveState, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
+use super::{Cluster, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
 use crate::labels::{
     CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, LAST_SYNC_ANNOTATION, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, PINNED_ANNOTATION,
 };
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_after};
+use crate::plan::{LiveSecret, LiveState};
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {

@@ -23,7 +23,7 @@ use crate::manifest::{Manifest, SecretRef};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
-pub use crate::plan::{Action, DiffOptions, LiveSecret, LiveState, Pinned, Plan, SecretChange};
+use crate::plan::{LiveSecret, LiveState};
 
 /// Reads of adoption candidates in flight at once.
 const READ_CONCURRENCY: usize = 16;

@@ -359,9 +359,9 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::Pinned;
     use crate::manifest::{Conflict, SecretRef, Skip};
     use crate::plan::FailedItem;
+    use crate::plan::Pinned;
     use crate::source::ItemId;
 
     fn sample() -> Plan {

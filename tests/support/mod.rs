@@ -135,6 +135,8 @@ pub struct StandIns {
     /// Started on first use; from then on credsync talks through it.
     proxy: Mutex<Option<Arc<FaultProxy>>>,
     plane: ControlPlane,
+    /// The test's own client (user `admin`), built once.
+    admin: kube::Client,
     /// Where [`StandIns::credsync_requests`] starts reading the audit log.
     mark: Mutex<AuditMark>,
     pub dir: tempfile::TempDir,
@@ -166,6 +168,7 @@ impl StandIns {
         let plane = ControlPlane::start(Options {
             namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
             users: vec![credsync.clone()],
+            audit_secret_bodies: true,
         })
         .await
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
@@ -173,9 +176,11 @@ impl StandIns {
         plane
             .write_kubeconfig(&kubeconfig, &credsync.token)
             .unwrap();
+        let admin = plane.admin_client().await.unwrap();
         let stand_ins = Self {
             moto: Mutex::new(moto),
             proxy: Mutex::new(None),
+            admin,
             plane,
             mark: Mutex::new(AuditMark::default()),
             aws_endpoint: format!("http://127.0.0.1:{port}"),
@@ -406,7 +411,7 @@ impl StandIns {
     /// A client as the test itself (another user than credsync, straight to
     /// the server): to read and arrange what a test checks.
     pub async fn admin(&self) -> kube::Client {
-        self.plane.admin_client().await.unwrap()
+        self.admin.clone()
     }
 
     pub fn control_plane(&self) -> &ControlPlane {

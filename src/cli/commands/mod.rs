@@ -7,11 +7,27 @@ pub(super) mod rollback;
 pub(super) mod run;
 pub(super) mod sync;
 
-use crate::render::Heading;
+use crate::reconcile::SyncReport;
+use crate::render::{self, Format, Heading};
 
 /// What every command that prints a plan needs.
 pub(super) struct Output {
     pub heading: Heading,
     /// Colour only on a terminal.
     pub color: bool,
+}
+
+impl Output {
+    /// A sync's or rollback's plan and what was applied on stdout, the
+    /// snapshot commit it recorded on stderr.
+    fn report(&self, report: &SyncReport, dry_run: bool, format: Format) {
+        let outcome = Some((&report.outcome, dry_run));
+        print!(
+            "{}",
+            render::render(&report.plan, outcome, &self.heading, format, self.color)
+        );
+        if let Some(commit) = &report.snapshot {
+            eprintln!("snapshot: {} {}", &commit.id[..12], commit.summary);
+        }
+    }
 }

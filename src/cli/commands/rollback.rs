@@ -8,7 +8,7 @@ use crate::cli::args::Common;
 use crate::cli::setup::{required_identities, required_store};
 use crate::manifest::SecretRef;
 use crate::reconcile::Reconciler;
-use crate::render::{self, Format};
+use crate::render::Format;
 
 pub(in crate::cli) async fn execute(
     common: &Common,
@@ -24,14 +24,7 @@ pub(in crate::cli) async fn execute(
     // Decrypt (and check every MAC) before touching the cluster.
     let restored = store.desired(&commit.id, secrets, &required_identities(common)?)?;
     let report = reconciler.rollback(restored, &commit, dry_run).await?;
-    let outcome = Some((&report.outcome, dry_run));
-    print!(
-        "{}",
-        render::render(&report.plan, outcome, &out.heading, format, out.color)
-    );
-    if let Some(recorded) = &report.snapshot {
-        eprintln!("snapshot: {} {}", &recorded.id[..12], recorded.summary);
-    }
+    out.report(&report, dry_run, format);
     Ok(u8::from(!report.outcome.failed.is_empty()))
 }
 

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::Output;
 use crate::reconcile::Reconciler;
-use crate::render::{self, Format};
+use crate::render::Format;
 
 pub(in crate::cli) async fn execute(
     reconciler: &Reconciler,
@@ -14,13 +14,6 @@ pub(in crate::cli) async fn execute(
     format: Format,
 ) -> Result<u8> {
     let report = reconciler.sync(dry_run).await?;
-    let outcome = Some((&report.outcome, dry_run));
-    print!(
-        "{}",
-        render::render(&report.plan, outcome, &out.heading, format, out.color)
-    );
-    if let Some(commit) = &report.snapshot {
-        eprintln!("snapshot: {} {}", &commit.id[..12], commit.summary);
-    }
+    out.report(&report, dry_run, format);
     Ok(u8::from(report.has_errors()))
 }

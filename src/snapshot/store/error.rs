@@ -38,17 +38,43 @@ pub enum SnapshotError {
     Internal(String),
 }
 
-/// `cause` is usually a `git2::Error`, kept as is; any other cause is text.
-pub(super) fn git_error<C: std::fmt::Display + 'static>(
-    path: &Path,
-    what: &str,
-    cause: C,
-) -> SnapshotError {
-    let mut text = cause.to_string();
-    let git = (Box::new(cause) as Box<dyn std::any::Any>)
-        .downcast::<git2::Error>()
-        .ok()
-        .map(|boxed| *boxed);
+/// Why a repository operation failed: libgit2's error, kept as is, or
+/// credsync's own words.
+pub(super) enum GitCause {
+    Git(git2::Error),
+    Text(String),
+}
+
+impl From<git2::Error> for GitCause {
+    fn from(err: git2::Error) -> Self {
+        Self::Git(err)
+    }
+}
+
+impl From<String> for GitCause {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+/// A work-tree file that could not be written or removed.
+impl From<std::io::Error> for GitCause {
+    fn from(err: std::io::Error) -> Self {
+        Self::Text(err.to_string())
+    }
+}
+
+impl From<&str> for GitCause {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+pub(super) fn git_error(path: &Path, what: &str, cause: impl Into<GitCause>) -> SnapshotError {
+    let (mut text, git) = match cause.into() {
+        GitCause::Git(err) => (err.to_string(), Some(err)),
+        GitCause::Text(text) => (text, None),
+    };
     let cause = &mut text;
     // libgit2 does not always say that the disk is full ("no error", or a
     // commit whose object "doesn't exist"): look, and say so.

@@ -22,7 +22,7 @@ use super::{BRANCH, worktree};
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::{DesiredSecret, SecretRef};
 pub use error::SnapshotError;
-use error::git_error;
+use error::{GitCause, git_error};
 use sops_age::{self as sops, Identities, Outline, Recipients};
 
 /// An index.lock older than this was left by a killed process.
@@ -219,7 +219,7 @@ impl SnapshotStore {
         &self.config.cluster
     }
 
-    fn err<C: std::fmt::Display + 'static>(&self, what: &str, cause: C) -> SnapshotError {
+    fn err(&self, what: &str, cause: impl Into<GitCause>) -> SnapshotError {
         git_error(&self.config.path, what, cause)
     }
 

@@ -7,11 +7,22 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The policy the harness starts kube-apiserver with: request bodies of
-/// Secret writes (to check a write carries only the changed keys),
-/// metadata of everything else a client does, nothing of the server's own
-/// loopback traffic or of health probes.
-pub const POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+/// The audit policy: metadata of every request a client makes, nothing of
+/// the server's own loopback traffic or of health probes. With
+/// `secret_bodies`, also the bodies of Secret writes, so a test can check a
+/// write carries only the changed keys: those hold secret values, so only
+/// tests (whose log lives and dies in their temp dir) ask for them.
+pub fn policy(secret_bodies: bool) -> String {
+    let bodies = if secret_bodies {
+        r#"  - level: Request
+    resources: [{group: "", resources: ["secrets"]}]
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
@@ -19,11 +30,10 @@ rules:
     users: ["system:apiserver"]
   - level: None
     nonResourceURLs: ["/*"]
-  - level: Request
-    resources: [{group: "", resources: ["secrets"]}]
-    verbs: ["create", "update", "patch", "delete", "deletecollection"]
-  - level: Metadata
-"#;
+{bodies}  - level: Metadata
+"#
+    )
+}
 
 /// A position in the log: events after it are the ones a test caused.
 #[derive(Debug, Clone, Copy, Default)]

@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::Error;
-use crate::audit::{AuditLog, POLICY};
+use crate::audit::{AuditLog, policy};
 use crate::binaries::binary;
 
 /// A token user of the API server (`--token-auth-file`).
@@ -51,6 +51,9 @@ pub struct Options {
     pub namespaces: Vec<String>,
     /// Token users besides the harness's own admin.
     pub users: Vec<User>,
+    /// Record the bodies of Secret writes in the audit log (they hold
+    /// values): for tests that check what a write carried.
+    pub audit_secret_bodies: bool,
 }
 
 /// A running etcd + kube-apiserver; both are killed on drop (and get SIGKILL
@@ -120,7 +123,7 @@ impl ControlPlane {
             );
         }
         write("tokens.csv", &tokens)?;
-        write("audit-policy.yaml", POLICY)?;
+        write("audit-policy.yaml", &policy(options.audit_secret_bodies))?;
         service_account_key(&path("sa.key"))?;
 
         let (client_port, peer_port, secure_port) = (free_port()?, free_port()?, free_port()?);

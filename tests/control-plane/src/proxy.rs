@@ -269,7 +269,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> R
             upstream = upstream.header(name, value);
         }
     }
-    let upstream = match upstream.body(kube::client::Body::from(bytes.to_vec())) {
+    let upstream = match upstream.body(kube::client::Body::from(bytes)) {
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
     };
