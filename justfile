@@ -93,6 +93,9 @@ control-plane:
     mkdir -p "$out"
     cd tools/k8s
     echo "building kube-apiserver $version and etcd into $out (once per machine, about 7 min)"
+    # The Go build cache (~3 GB) serves this one build only: keep it off the disk after.
+    export GOCACHE="$(mktemp -d)"
+    trap 'rm -rf "$GOCACHE"' EXIT
     ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version \
         -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
     # Upstream's flags: static, reproducible, no test code.
