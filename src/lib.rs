@@ -5,7 +5,7 @@
 //! - domain: [`secret`] (values that never print), [`source`] (what a
 //!   source hands over), [`manifest`] (names to desired Secrets), [`plan`]
 //!   (live vs desired, key names only), [`labels`] (what credsync writes on
-//!   a Secret); beside them [`metrics`], [`backoff`] and [`aws_error`], used
+//!   a Secret), [`rollout`] (which workloads restart for which Secrets); beside them [`metrics`], [`backoff`] and [`aws_error`], used
 //!   by every layer and depending on none;
 //! - adapters: [`credstash`] reads and decrypts the table, [`cluster`] reads
 //!   live Secrets, applies and holds the Lease, [`snapshot`] records desired
@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod rollout;
 pub mod run;
 pub mod secret;
 pub mod server;

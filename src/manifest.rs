@@ -117,7 +117,8 @@ pub fn normalize_key(key: &str) -> String {
         .collect()
 }
 
-fn is_dns1123_label(s: &str) -> bool {
+/// A namespace name: lower-case alphanumerics and `-`, at most 63.
+pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -174,7 +175,8 @@ impl NamespaceFilter {
         }
     }
 
-    fn reason_to_skip(&self, namespace: &str) -> Option<&'static str> {
+    /// Why credsync does not write to `namespace`, if it does not.
+    pub fn reason_to_skip(&self, namespace: &str) -> Option<&'static str> {
         if self.exclude.contains(namespace) {
             Some("namespace is excluded (--namespace-exclude)")
         } else if self
@@ -227,6 +229,20 @@ pub struct DesiredSecret {
     pub keys: BTreeMap<String, DesiredKey>,
     /// Keys named by the table whose live value stays untouched.
     pub held: BTreeMap<String, Hold>,
+}
+
+impl DesiredSecret {
+    /// `sha256:` and 32 hex digits over the key names and the item versions
+    /// they come from, never the values: it changes when any key's source
+    /// does, and can be shown anywhere (annotations, restarts, logs).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for (key, want) in &self.keys {
+            hash.update(format!("{key}={}\n", want.source).as_bytes());
+        }
+        format!("sha256:{}", &hex::encode(hash.finalize())[..32])
+    }
 }
 
 /// The desired state built from the table.

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub secrets_written: IntCounterVec,
     /// Secrets whose write failed, by reason class.
     pub secret_write_failures: IntCounterVec,
+    /// Workloads restarted for changed Secrets, and restarts that failed, by kind.
+    pub workload_restarts: IntCounterVec,
+    pub workload_restart_failures: IntCounterVec,
     /// Credstash items that could not be decrypted in the last reconcile.
     pub keys_failed: IntGauge,
     /// Table names skipped by the mapping in the last reconcile.
@@ -152,6 +155,16 @@ impl Metrics {
                 "secret_write_failures_total",
                 "Secret writes that failed, by reason.",
                 "reason",
+            )?,
+            workload_restarts: counter(
+                "workload_restarts_total",
+                "Workloads restarted because a Secret they use changed, by kind.",
+                "kind",
+            )?,
+            workload_restart_failures: counter(
+                "workload_restart_failures_total",
+                "Workload restarts that failed after retries, by kind.",
+                "kind",
             )?,
             keys_failed: gauge("keys_failed", "Credstash items that failed to decrypt.")?,
             names_skipped: gauge(

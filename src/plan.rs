@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::manifest::{Conflict, DesiredSecret, Manifest, SecretRef, Skip};
+use crate::rollout::Restart;
 use crate::secret::SecretValue;
 use crate::source::ItemFailure;
 
@@ -70,6 +71,8 @@ pub struct Plan {
     pub conflicts: Vec<Conflict>,
     pub failures: Vec<FailedItem>,
     pub pinned: Vec<Pinned>,
+    /// Workloads that restart once the changed Secrets they use are written.
+    pub restarts: Vec<Restart>,
 }
 
 /// A Secret a rollback pinned: left alone until `unpin`.
@@ -100,7 +103,25 @@ impl From<&ItemFailure> for FailedItem {
     }
 }
 
+impl SecretChange {
+    /// Keys were added, changed or removed: pods reading the Secret see
+    /// something new (an ownership-only update or a pin does not count).
+    pub fn content_changed(&self) -> bool {
+        self.action == Action::Update
+            && !(self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty())
+    }
+}
+
 impl Plan {
+    /// The Secrets whose content this plan changes.
+    pub fn content_changes(&self) -> BTreeSet<SecretRef> {
+        self.changes
+            .iter()
+            .filter(|c| c.content_changed())
+            .map(|c| c.secret.clone())
+            .collect()
+    }
+
     pub fn has_changes(&self) -> bool {
         !self.changes.is_empty()
     }

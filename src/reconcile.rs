@@ -9,14 +9,16 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 
 use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
+use crate::cluster::rollout::listing_failure;
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{DesiredSecret, Manifest, NamespaceFilter, SecretRef, Selection, map_name};
 use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan};
+use crate::rollout;
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
-use crate::source::ItemFailure;
+use crate::source::{ItemFailure, ItemId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -67,7 +69,9 @@ pub struct SyncReport {
 impl SyncReport {
     /// Items failed or writes failed: the exit code is 1.
     pub fn has_errors(&self) -> bool {
-        !self.plan.failures.is_empty() || !self.outcome.failed.is_empty()
+        !self.plan.failures.is_empty()
+            || !self.outcome.failed.is_empty()
+            || !self.outcome.restart_failures.is_empty()
     }
 }
 
@@ -84,7 +88,21 @@ pub struct Reconciler {
     /// Only `run` has targeted reconciles; a one-shot sync keeps no index
     /// (a copy of every stored item: 6 MiB at 10000 items).
     keep_index: bool,
+    /// Self-service writes waiting for the snapshot commit that carries them.
+    authors: Mutex<Vec<Authored>>,
 }
+
+/// Who wrote an item through the self-service API, until a snapshot commit names them.
+struct Authored {
+    item: ItemId,
+    /// A delete of every version of `item.name`.
+    deleted: bool,
+    who: String,
+}
+
+/// Authors remembered at most; the oldest go first (a write whose reconcile
+/// never commits must not grow the daemon's memory).
+const MAX_PENDING_AUTHORS: usize = 1024;
 
 /// One name's latest version from a Query: absent, unreadable, or an item.
 type QueryResult = Result<Option<Result<RawItem, ItemFailure>>, SourceError>;
@@ -117,6 +135,7 @@ impl Reconciler {
             snapshot: None,
             index: Mutex::new(None),
             keep_index: false,
+            authors: Mutex::new(Vec::new()),
         }
     }
 
@@ -161,6 +180,55 @@ impl Reconciler {
         let remembered = self.source.remember(values);
         tracing::info!(values = remembered, "warm start from the last snapshot");
         remembered
+    }
+
+    /// Remembers who wrote `item` (or deleted every version of its name),
+    /// so the snapshot commit that carries the change names them.
+    pub fn note_author(&self, item: ItemId, deleted: bool, who: String) {
+        if let Ok(mut authors) = self.authors.lock() {
+            if authors.len() >= MAX_PENDING_AUTHORS {
+                authors.remove(0);
+            }
+            authors.push(Authored { item, deleted, who });
+        }
+    }
+
+    /// The "written by" lines of the writes `manifest` carries (a put whose
+    /// item is a key's source; a delete whose Secret is in scope and keeps
+    /// no key from the name), taken out of the pending list.
+    fn authors_in(&self, manifest: &Manifest, scope: Option<&BTreeSet<SecretRef>>) -> String {
+        let Ok(mut authors) = self.authors.lock() else {
+            return String::new();
+        };
+        let sources = || {
+            manifest
+                .secrets
+                .values()
+                .flat_map(|d| d.keys.values().map(|k| &k.source))
+        };
+        let mut lines = String::new();
+        authors.retain(|a| {
+            let carried = if a.deleted {
+                map_name(&a.item.name).is_ok_and(|t| {
+                    scope.is_none_or(|s| s.contains(&t.secret))
+                        && !sources().any(|s| s.name == a.item.name)
+                })
+            } else {
+                sources().any(|s| *s == a.item)
+            };
+            if carried {
+                let what = if a.deleted { "deleted" } else { "put" };
+                lines.push_str(&format!("{what} by {}: {}\n", a.who, a.item));
+            }
+            !carried
+        });
+        lines
+    }
+
+    /// Why credsync never writes Secrets in `namespace` (excluded, not
+    /// included), if it does not.
+    pub fn namespace_refusal(&self, namespace: &str) -> Option<&'static str> {
+        self.filter.reason_to_skip(namespace)
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -215,7 +283,8 @@ impl Reconciler {
             live = live.secrets.len(),
             "read live Secrets"
         );
-        let plan = plan::plan(&manifest, &live, self.apply.diff);
+        let mut plan = plan::plan(&manifest, &live, self.apply.diff);
+        self.plan_restarts(&mut plan).await;
         self.record(&manifest, &plan);
         log_findings(&plan);
         Ok(Planned {
@@ -314,7 +383,8 @@ impl Reconciler {
                 live.secrets.insert(secret.clone(), found);
             }
         }
-        let plan = plan::plan(&manifest, &live, self.apply.diff);
+        let mut plan = plan::plan(&manifest, &live, self.apply.diff);
+        self.plan_restarts(&mut plan).await;
         log_findings(&plan);
         Ok(Some((
             Planned {
@@ -371,7 +441,11 @@ impl Reconciler {
                     .iter()
                     .map(|p| p.secret.clone())
                     .collect();
-                let heading = self.commit_heading();
+                let mut heading = self.commit_heading();
+                let authors = self.authors_in(&planned.manifest, scope.as_ref());
+                if !authors.is_empty() {
+                    heading = format!("{authors}\n{heading}");
+                }
                 let metrics = self.metrics.clone();
                 // The manifest goes to the git thread and comes back, so each
                 // file is built from it as it is written instead of holding
@@ -457,7 +531,8 @@ impl Reconciler {
         for secret in live.secrets.values_mut() {
             secret.pinned = None;
         }
-        let plan = plan::plan(&manifest, &live, self.apply.diff);
+        let mut plan = plan::plan(&manifest, &live, self.apply.diff);
+        self.plan_restarts(&mut plan).await;
         Ok(Planned {
             manifest,
             live,
@@ -520,6 +595,27 @@ impl Reconciler {
             outcome,
             snapshot,
         })
+    }
+
+    /// Adds the restarts the plan's content changes call for (with
+    /// `--rollouts`). Workloads that cannot be listed do not stop the
+    /// Secret writes: the plan shows it as a skip.
+    async fn plan_restarts(&self, plan: &mut Plan) {
+        if !self.apply.rollouts {
+            return;
+        }
+        let changed = plan.content_changes();
+        if changed.is_empty() {
+            return;
+        }
+        let namespaces = changed.iter().map(|s| s.namespace.clone()).collect();
+        match self.cluster.workloads(&namespaces).await {
+            Ok(found) => {
+                plan.restarts = rollout::restarts(&changed, &found.opted_in);
+                plan.skipped.extend(found.unreadable);
+            }
+            Err(err) => plan.skipped.push(listing_failure(&err)),
+        }
     }
 
     fn commit_heading(&self) -> String {

@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub drift_repair: bool,
     /// How long in-flight work may take after SIGTERM.
     pub grace: Duration,
+    /// None: the self-service API answers 404.
+    pub self_service: Option<crate::server::credentials::SelfService>,
 }
 
 /// Runs until SIGTERM/SIGINT, then stops taking triggers, lets the
@@ -99,6 +101,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         rate_window: config.rate_window,
         last_accepted: Mutex::new(Default::default()),
         last_plan: Default::default(),
+        self_service: config.self_service,
     });
     tasks.spawn(connections::serve(
         listener,

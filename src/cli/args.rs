@@ -77,6 +77,11 @@ pub struct Common {
     /// Keep Secrets credsync created even when they end up with no keys.
     #[arg(long, global = true, env = "CREDSYNC_KEEP_EMPTY")]
     pub keep_empty: bool,
+    /// Restart the Deployments, StatefulSets and DaemonSets annotated
+    /// `credsync.io/reload` (or `reload-secrets`, or EDSM's
+    /// `eventdrivensecretsmanaged`) when a Secret they use changes.
+    #[arg(long, global = true, env = "CREDSYNC_ROLLOUTS")]
+    pub rollouts: bool,
     /// Log format on stderr.
     #[arg(
         long,
@@ -86,8 +91,8 @@ pub struct Common {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-    /// Debug logging for credsync itself.
-    #[arg(long, short, global = true, env = "CREDSYNC_VERBOSE")]
+    /// Debug logging for credsync itself (`-v` is `put`'s version, as in credstash).
+    #[arg(long, global = true, env = "CREDSYNC_VERBOSE")]
     pub verbose: bool,
     /// Local snapshot repository (created if absent); `sync` commits to it before applying.
     #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_REPO")]
@@ -178,6 +183,21 @@ pub enum Command {
         #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
         format: Format,
     },
+    /// Write a value to the table as `credstash put` does.
+    ///
+    /// Give the value as VALUE, or as `-` to read it from stdin, or with
+    /// -f FILE. Prefer stdin or -f: a VALUE on the command line is visible to
+    /// other users in the process list; from a file or stdin it never
+    /// appears in argv. The bytes are stored exactly as read (a trailing
+    /// newline included).
+    Put(PutArgs),
+    /// Delete every version of a name from the table, as `credstash delete` does.
+    Delete {
+        /// Credstash name (`namespace/secret/KEY`).
+        name: String,
+        #[command(flatten)]
+        through: ThroughServer,
+    },
     /// Release rollback pins so sync manages the Secrets again.
     Unpin {
         #[arg(value_name = "NS/NAME", required_unless_present = "all")]
@@ -185,6 +205,38 @@ pub enum Command {
         #[arg(long, conflicts_with = "secrets")]
         all: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Credstash name (`namespace/secret/KEY` for a Secret key).
+    pub name: String,
+    /// The value, or `-` for stdin (a value here shows in the process list).
+    #[arg(value_name = "VALUE", conflicts_with = "file", required_unless_present = "file")]
+    pub value: Option<String>,
+    /// Read the value from FILE.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Write this version (default 1, as credstash).
+    #[arg(short = 'v', long = "version", value_name = "VERSION", conflicts_with = "autoversion")]
+    pub version: Option<u64>,
+    /// Write the version after the latest (1 for a new name).
+    #[arg(short = 'a', long = "autoversion")]
+    pub autoversion: bool,
+    /// KMS key for the data key: alias, key id or ARN.
+    #[arg(short = 'k', long = "key-id", env = "CREDSYNC_KEY_ID", default_value = crate::credstash::DEFAULT_KEY_ID)]
+    pub key_id: String,
+    #[command(flatten)]
+    pub through: ThroughServer,
+}
+
+/// Sending a write through a running `credsync run` instead of to AWS.
+#[derive(Debug, Args)]
+pub struct ThroughServer {
+    /// Send the write to this credsync's self-service API (`https://...`)
+    /// with the current kubeconfig context's token: no AWS credentials needed.
+    #[arg(long, value_name = "URL", env = "CREDSYNC_SERVER")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +302,17 @@ pub struct RunArgs {
     /// Time in-flight work gets after SIGTERM.
     #[arg(long, env = "CREDSYNC_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Serve the self-service API (PUT/DELETE /v1/secrets/NS/SECRET/KEY,
+    /// GET /v1/secrets/NS): callers write their namespaces' secrets with
+    /// their own Kubernetes token, checked by TokenReview and RBAC.
+    #[arg(long, env = "CREDSYNC_SELF_SERVICE")]
+    pub self_service: bool,
+    /// KMS key of the data keys the self-service API writes with.
+    #[arg(long, env = "CREDSYNC_KEY_ID", default_value = crate::credstash::DEFAULT_KEY_ID)]
+    pub key_id: String,
+    /// Largest value the self-service API accepts, in bytes.
+    #[arg(long, env = "CREDSYNC_SELF_SERVICE_MAX_BYTES", default_value_t = 65536)]
+    pub self_service_max_bytes: usize,
     /// Print the effective configuration (no secrets) and exit.
     #[arg(long)]
     pub print_config: bool,

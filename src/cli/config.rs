@@ -116,6 +116,10 @@ pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run
         lease,
         drift_repair: !args.no_drift_repair,
         grace: args.grace,
+        self_service: args.self_service.then(|| crate::server::credentials::SelfService {
+            key_id: args.key_id.clone(),
+            max_value_bytes: args.self_service_max_bytes,
+        }),
     })
 }
 
@@ -134,6 +138,7 @@ pub(super) struct Settings {
     scan_segments: i32,
     prune_keys: bool,
     delete_empty: bool,
+    rollouts: bool,
     snapshot_repo: Option<std::path::PathBuf>,
     snapshot_remote: Option<String>,
     age_recipients: Vec<String>,
@@ -164,6 +169,9 @@ pub(super) struct Settings {
     lease_duration: Duration,
     drift_repair: bool,
     dry_run: bool,
+    self_service: bool,
+    key_id: String,
+    self_service_max_bytes: usize,
     #[serde(serialize_with = "as_debug")]
     grace: Duration,
     /// Who may call /sync and /plan; never printed.
@@ -199,6 +207,7 @@ impl Settings {
             scan_segments: common.scan_segments,
             prune_keys: !common.no_prune,
             delete_empty: !common.keep_empty,
+            rollouts: common.rollouts,
             snapshot_repo: common.snapshot_repo.clone(),
             snapshot_remote: common
                 .snapshot_remote
@@ -230,6 +239,9 @@ impl Settings {
             lease_duration: args.lease_duration,
             drift_repair: !args.no_drift_repair,
             dry_run: args.dry_run,
+            self_service: args.self_service,
+            key_id: args.key_id.clone(),
+            self_service_max_bytes: args.self_service_max_bytes,
             grace: args.grace,
             access,
         })

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
-pub use args::{Cli, Command, Common, RunArgs};
+pub use args::{Cli, Command, Common, PutArgs, RunArgs};
 pub use legacy::parse;
 
 use crate::render::Heading;
@@ -72,6 +72,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let common = &cli.common;
     if let Some(code) = commands::listings::execute(common, &cli.command)? {
         return Ok(ExitCode::from(code));
+    }
+    // Writes to the table need neither the cluster nor a snapshot store.
+    match &cli.command {
+        Command::Put(args) => return commands::put::put(common, args).await.map(ExitCode::from),
+        Command::Delete { name, through } => {
+            return commands::put::delete(common, name, through.server.as_deref())
+                .await
+                .map(ExitCode::from);
+        }
+        _ => {}
     }
     if let Command::Run(args) = &cli.command
         && args.print_config
@@ -139,7 +149,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             commands::run::execute(common, *args, reconciler, out).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::History { .. } | Command::Show { .. } | Command::Diff { .. } => 0,
+        Command::History { .. }
+        | Command::Show { .. }
+        | Command::Diff { .. }
+        | Command::Put(_)
+        | Command::Delete { .. } => 0,
     };
     tracing::info!(calls = %reconciler.metrics().call_summary(), "done");
     Ok(ExitCode::from(code))

@@ -83,6 +83,22 @@ pub(super) fn required_identities(common: &Common) -> Result<Identities> {
     )
 }
 
+/// The table, from the flags and the AWS configuration chain.
+pub(super) async fn source(common: &Common, metrics: Arc<Metrics>) -> CredstashSource {
+    CredstashSource::connect(
+        SourceConfig {
+            table: common.table.clone(),
+            region: common.region.clone(),
+            context: common.context.iter().cloned().collect::<BTreeMap<_, _>>(),
+            kms_concurrency: common.kms_concurrency,
+            scan_segments: common.scan_segments,
+        },
+        common.request_timeout,
+        metrics,
+    )
+    .await
+}
+
 pub(super) async fn build(
     common: &Common,
     snapshots: Option<Arc<SnapshotStore>>,
@@ -94,18 +110,7 @@ pub(super) async fn build(
         bail!("--scan-segments must be between 1 and 1000000");
     }
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-    let source = CredstashSource::connect(
-        SourceConfig {
-            table: common.table.clone(),
-            region: common.region.clone(),
-            context: common.context.iter().cloned().collect::<BTreeMap<_, _>>(),
-            kms_concurrency: common.kms_concurrency,
-            scan_segments: common.scan_segments,
-        },
-        common.request_timeout,
-        metrics.clone(),
-    )
-    .await;
+    let source = source(common, metrics.clone()).await;
     let filter = NamespaceFilter::parse(
         &common.namespace_exclude,
         common.namespace_include.as_deref(),
@@ -119,6 +124,7 @@ pub(super) async fn build(
             prune_keys: !common.no_prune,
             delete_empty: !common.keep_empty,
         },
+        rollouts: common.rollouts,
         ..ApplyOptions::default()
     };
     let reconciler = Reconciler::new(source, cluster, filter, apply, metrics);

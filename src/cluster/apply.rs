@@ -5,7 +5,7 @@
 //! instead of being overwritten; credsync then re-reads that one Secret,
 //! re-plans it and tries again (bounded).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use chrono::{SecondsFormat, Utc};
@@ -15,7 +15,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use super::{Cluster, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
 use crate::labels::{
@@ -25,6 +24,9 @@ use crate::labels::{
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_after};
 use crate::plan::{LiveSecret, LiveState};
+use crate::rollout::Restart;
+
+use super::rollout::RestartFailure;
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -37,6 +39,8 @@ pub struct ApplyOptions {
     pub diff: DiffOptions,
     /// Pin written Secrets to this snapshot commit (rollback).
     pub pin: Option<String>,
+    /// Plan and make restarts of the workloads that opted in (`--rollouts`).
+    pub rollouts: bool,
 }
 
 impl Default for ApplyOptions {
@@ -47,6 +51,7 @@ impl Default for ApplyOptions {
             max_attempts: 4,
             diff: DiffOptions::default(),
             pin: None,
+            rollouts: false,
         }
     }
 }
@@ -107,6 +112,10 @@ pub struct ApplyOutcome {
     /// The changes as finally written (re-planned ones may differ from the plan).
     pub written: Vec<SecretChange>,
     pub failed: Vec<WriteFailure>,
+    /// Workloads restarted (with a dry run: that would be), each for the
+    /// written Secrets it uses.
+    pub restarted: Vec<Restart>,
+    pub restart_failures: Vec<RestartFailure>,
 }
 
 /// The API server refuses an `events.k8s.io/v1` note over this many bytes.
@@ -221,6 +230,25 @@ impl Cluster {
         outcome.written.sort_by(|a, b| a.secret.cmp(&b.secret));
         outcome.failed.sort_by(|a, b| a.secret.cmp(&b.secret));
         refused_events.log_once();
+        // Restarts only after the writes, and only for Secrets written:
+        // a pod must never restart into a value that did not land.
+        let written: BTreeSet<SecretRef> = outcome
+            .written
+            .iter()
+            .filter(|c| c.content_changed())
+            .map(|c| c.secret.clone())
+            .collect();
+        if options.dry_run {
+            outcome.restarted = plan
+                .restarts
+                .iter()
+                .filter(|r| r.secrets.iter().any(|s| written.contains(s)))
+                .cloned()
+                .collect();
+        } else if !plan.restarts.is_empty() {
+            (outcome.restarted, outcome.restart_failures) =
+                self.restart(&plan.restarts, &written, manifest).await;
+        }
         outcome
     }
 
@@ -281,17 +309,35 @@ impl Cluster {
     /// 17 MiB after a first sync of 5000 Secrets, for repeats that do not
     /// happen (each write is a different change).
     async fn record_event(&self, change: &SecretChange) -> Result<(), String> {
-        use k8s_openapi::api::core::v1::ObjectReference;
-        use k8s_openapi::api::events::v1::Event;
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
         let (reason, action) = match change.action {
             Action::Create => ("Created", "Create"),
             Action::Update => ("Synced", "Update"),
             Action::Delete => ("Deleted", "Delete"),
         };
-        let note = event_note(change);
+        self.note_on_secret(&change.secret, reason, action, event_note(change))
+            .await
+    }
+
+    /// A Normal Event about `secret` (which need not exist yet). `note`
+    /// must hold names only, never a value; it is cut to the API's limit.
+    pub async fn note_on_secret(
+        &self,
+        secret: &SecretRef,
+        reason: &str,
+        action: &str,
+        mut note: String,
+    ) -> Result<(), String> {
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use k8s_openapi::api::events::v1::Event;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        if note.len() > EVENT_NOTE_LIMIT {
+            let mut cut = EVENT_NOTE_LIMIT;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
         let now = k8s_openapi::jiff::Timestamp::now();
-        let secret = &change.secret;
         // `<secret>.<nanoseconds, hex>`, as kubectl and client-go name
         // Events; the prefix is cut so the name stays within 253 characters.
         let prefix: String = secret.name.chars().take(220).collect();
@@ -444,11 +490,6 @@ fn annotations(
         Some(live) => owned_after(desired, live, removed),
         None => desired.keys.keys().cloned().collect(),
     };
-    // The fingerprint covers key names and source versions, never values.
-    let mut hash = Sha256::new();
-    for (key, want) in &desired.keys {
-        hash.update(format!("{key}={}\n", want.source).as_bytes());
-    }
     let mut annotations = BTreeMap::from([
         (
             MANAGED_KEYS_ANNOTATION.to_owned(),
@@ -460,7 +501,7 @@ fn annotations(
         ),
         (
             FINGERPRINT_ANNOTATION.to_owned(),
-            format!("sha256:{}", &hex::encode(hash.finalize())[..32]),
+            desired.fingerprint(),
         ),
     ]);
     if let Some(commit) = pin {

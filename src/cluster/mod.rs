@@ -7,6 +7,8 @@
 
 pub mod apply;
 pub mod lease;
+pub mod review;
+pub mod rollout;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

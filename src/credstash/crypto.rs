@@ -68,6 +68,8 @@ pub enum CryptoError {
     HmacMismatch,
     #[error("plaintext is not UTF-8 text")]
     NotUtf8,
+    #[error("the HMAC refused the data key's second half")]
+    HmacKey,
 }
 
 /// An item's stored fields, decoded: what KMS and [`open`] need. Decoding
@@ -148,6 +150,21 @@ pub fn open(
     Ok(SecretValue::new(std::mem::take(&mut *plaintext)))
 }
 
+/// Encrypts `plaintext` as credstash does (AES-256-CTR from counter 1,
+/// then HMAC-SHA256 over the ciphertext): the ciphertext and the lowercase
+/// hex HMAC, ready to store.
+pub fn seal(key: &DataKey, plaintext: &[u8]) -> Result<(Vec<u8>, String), CryptoError> {
+    let mut ciphertext = plaintext.to_vec();
+    let mut iv = [0u8; 16];
+    iv[15] = 1;
+    let mut cipher = ctr::Ctr128BE::<aes::Aes256>::new(key.aes_key().into(), &iv.into());
+    cipher.apply_keystream(&mut ciphertext);
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.hmac_key())
+        .map_err(|_| CryptoError::HmacKey)?;
+    mac.update(&ciphertext);
+    Ok((ciphertext, hex::encode(mac.finalize().into_bytes())))
+}
+
 /// Decodes the stored hex HMAC (credstash 1.17 stores the ASCII hex as bytes).
 pub fn decode_hmac(stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
     hex::decode(stored.trim_ascii()).map_err(|_| CryptoError::HmacNotHex)
@@ -205,6 +222,15 @@ mod tests {
             let value = open(&key(), &ciphertext(), &hmac, digest).unwrap();
             assert_eq!(value.expose(), PLAINTEXT.as_bytes(), "{digest:?}");
         }
+    }
+
+    #[test]
+    fn sealing_gives_credstashs_own_bytes_and_opens_again() {
+        let (ciphertext, hmac) = seal(&key(), PLAINTEXT.as_bytes()).unwrap();
+        assert_eq!(ciphertext, super::tests::ciphertext());
+        assert_eq!(hmac, VECTORS[0].1);
+        let value = open(&key(), &ciphertext, &decode_hmac(hmac.as_bytes()).unwrap(), Digest::Sha256).unwrap();
+        assert_eq!(value.expose(), PLAINTEXT.as_bytes());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod crypto;
 mod kms;
 mod table;
+mod write;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
 pub use table::{RawItem, Scanned};
+pub use write::{DEFAULT_KEY_ID, NewItem, PutVersion, WriteItemError, padded_version};
 
 use crate::aws_error::AwsError;
 use crate::source::{Credential, ItemFailure, ItemId, SourceItem};

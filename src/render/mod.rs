@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::apply::ApplyOutcome;
 use crate::plan::{Action, Plan, SecretChange};
+use crate::rollout::Restart;
 
 /// Output of listings (`history`, `show`, `diff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,6 +57,8 @@ pub fn render(
                     "dry_run": dry_run,
                     "written": outcome.written.iter().map(change_json).collect::<Vec<_>>(),
                     "failed": outcome.failed,
+                    "restarted": outcome.restarted,
+                    "restart_failures": outcome.restart_failures,
                 });
             }
             // Serializing a Value into a String cannot fail.
@@ -77,6 +80,7 @@ fn summary(plan: &Plan) -> String {
         (plan.conflicts.len(), "conflict(s)"),
         (plan.failures.len(), "failed item(s)"),
         (plan.pinned.len(), "pinned"),
+        (plan.restarts.len(), "restart(s)"),
     ] {
         if n > 0 {
             let _ = write!(s, "; {n} {what}");
@@ -160,6 +164,15 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             p.secret
         );
     }
+    for r in &plan.restarts {
+        let _ = writeln!(
+            out,
+            "  {} {}  {}",
+            paint("36", "> restart"),
+            restart_subject(r),
+            restart_reason(r)
+        );
+    }
     for f in &plan.failures {
         let _ = writeln!(
             out,
@@ -187,6 +200,19 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
                 "  {} {}  {}",
                 paint("31;1", "x not written"),
                 f.secret,
+                f.reason
+            );
+        }
+        if !outcome.restarted.is_empty() {
+            let verb = if dry_run { "Would restart" } else { "Restarted" };
+            let _ = writeln!(out, "{verb}: {} workload(s).", outcome.restarted.len());
+        }
+        for f in &outcome.restart_failures {
+            let _ = writeln!(
+                out,
+                "  {} {}  {}",
+                paint("31;1", "x not restarted"),
+                f.workload,
                 f.reason
             );
         }
@@ -276,6 +302,20 @@ fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) ->
         }
         out.push('\n');
     }
+    if !plan.restarts.is_empty() {
+        out.push_str("**Restarts** (after the Secret writes):\n\n| Workload | Namespace | For |\n|---|---|---|\n");
+        for r in &plan.restarts {
+            let secrets: Vec<String> = r.secrets.iter().map(|s| md_code(&s.to_string())).collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                md_code(&format!("{}/{}", r.workload.kind.as_str(), r.workload.name)),
+                md_code(&r.workload.namespace),
+                secrets.join(", ")
+            );
+        }
+        out.push('\n');
+    }
     if !plan.skipped.is_empty() {
         let _ = write!(
             out,
@@ -307,8 +347,35 @@ fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) ->
                 md_escape(&f.reason.to_string())
             );
         }
+        if !outcome.restarted.is_empty() {
+            let verb = if dry_run { "Would restart" } else { "Restarted" };
+            let _ = writeln!(out, "\n{verb} {} workload(s).", outcome.restarted.len());
+        }
+        for f in &outcome.restart_failures {
+            let _ = writeln!(
+                out,
+                "- not restarted {}: {}",
+                md_code(&f.workload.to_string()),
+                md_escape(&f.reason)
+            );
+        }
     }
     out
+}
+
+/// `deployment/web (app)`: as kubectl names it, with its namespace.
+fn restart_subject(r: &Restart) -> String {
+    format!(
+        "{}/{} ({})",
+        r.workload.kind.as_str(),
+        r.workload.name,
+        r.workload.namespace
+    )
+}
+
+fn restart_reason(r: &Restart) -> String {
+    let secrets: Vec<String> = r.secrets.iter().map(ToString::to_string).collect();
+    format!("for {}", secrets.join(", "))
 }
 
 fn change_json(c: &SecretChange) -> Value {
@@ -336,6 +403,7 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "conflicts": plan.conflicts.len(),
             "failed": plan.failures.len(),
             "pinned": plan.pinned.len(),
+            "restarts": plan.restarts.len(),
             "has_changes": plan.has_changes(),
         },
         "changes": plan.changes.iter().map(change_json).collect::<Vec<_>>(),
@@ -353,6 +421,7 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "commit": p.commit,
             "differs_from_table": p.differs_from_table,
         })).collect::<Vec<_>>(),
+        "restarts": plan.restarts,
     })
 }
 

@@ -7,6 +7,7 @@
 //! Lease) answer `/sync` with 503 naming the leader.
 
 pub mod connections;
+pub mod credentials;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,8 @@ pub struct ServerState {
     pub rate_window: Duration,
     pub last_accepted: Mutex<HashMap<String, Instant>>,
     pub last_plan: tokio::sync::Mutex<Option<(Instant, Arc<Plan>)>>,
+    /// The self-service API's settings; None: it is off.
+    pub self_service: Option<credentials::SelfService>,
 }
 
 pub fn router(state: Arc<ServerState>) -> Router {
@@ -87,8 +90,21 @@ pub fn router(state: Arc<ServerState>) -> Router {
             state.clone(),
             require_access,
         ));
+    // Each caller's own Kubernetes token, reviewed per request.
+    let max_body = state
+        .self_service
+        .as_ref()
+        .map_or(0, |s| s.max_value_bytes);
+    let self_service = Router::new()
+        .route(
+            "/v1/secrets/{namespace}/{secret}/{key}",
+            axum::routing::put(credentials::put).delete(credentials::delete),
+        )
+        .route("/v1/secrets/{namespace}", get(credentials::list))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body));
     Router::new()
         .merge(guarded)
+        .merge(self_service)
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -107,6 +123,7 @@ async fn count_requests(
 ) -> Response {
     let path = match request.uri().path() {
         p @ ("/sync" | "/syncnow" | "/plan" | "/metrics" | "/healthz" | "/readyz") => p.to_owned(),
+        p if p.starts_with("/v1/secrets/") => "/v1/secrets".to_owned(),
         _ => "other".to_owned(),
     };
     let response = next.run(request).await;

@@ -52,6 +52,12 @@ VARIANTS: dict[str, dict] = {
         "networkPolicy": {"enabled": True},
     },
     "two-replicas": {"replicaCount": 2, "podDisruptionBudget": {"enabled": True}},
+    # Rollouts and the self-service API, with RBAC confined to two namespaces.
+    "peers-namespaced": {
+        "rbac": {"namespaces": ["team-a", "team-b"]},
+        "rollouts": {"enabled": True},
+        "selfService": {"enabled": True, "keyId": "alias/team-writes", "maxValueBytes": 4096},
+    },
     # No stream, no token: a schedule-only installation with /sync open on purpose.
     "schedule-only": {
         "config": {"stream": {"enabled": False}, "interval": "1h"},
@@ -344,6 +350,7 @@ NOT_SET_IN_CLUSTER = {
     "CREDSYNC_SYNC_TOKEN": "the token is mounted as a file (CREDSYNC_SYNC_TOKEN_FILE), never an env value",
     "CREDSYNC_SNAPSHOT_TOKEN": "the token is mounted as a file (CREDSYNC_SNAPSHOT_TOKEN_FILE)",
     "CREDSYNC_TIMEOUT": "bounds one-shot commands; `run` has CREDSYNC_RECONCILE_TIMEOUT",
+    "CREDSYNC_SERVER": "where `put --server` sends a write: a workstation setting",
 }
 
 
@@ -472,7 +479,12 @@ def test_include_outside_the_namespaced_rbac_fails_at_render():
 
 
 CALLS = json.loads((CHART / "tests" / "calls.json").read_text())["calls"]
-RBAC_VARIANTS = ["default", "namespaced-rbac", "two-replicas", "full"]
+RBAC_VARIANTS = ["default", "namespaced-rbac", "two-replicas", "full", "peers-namespaced"]
+
+
+def for_callers(o: dict) -> bool:
+    """A ClusterRole for admins to bind callers of the self-service API to, not credsync's own."""
+    return o["metadata"].get("labels", {}).get("credsync.io/grants") == "self-service-callers"
 
 
 class Rbac:
@@ -480,7 +492,7 @@ class Rbac:
 
     def __init__(self, objects: list[dict], sa_name: str, sa_namespace: str):
         roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o.get("rules", [])
-                 for o in objects if o["kind"] in ("Role", "ClusterRole")}
+                 for o in objects if o["kind"] in ("Role", "ClusterRole") and not for_callers(o)}
         self.grants: list[tuple[str | None, dict]] = []  # (namespace or None for cluster-wide, rule)
         bound = set()
         for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
@@ -518,7 +530,9 @@ def rbac_context(variant: str):
     env = env_of(objects)
     features = {"always": True,
                 "leaderElection": env.get("CREDSYNC_LEADER_ELECTION", {}).get("value") == "true",
-                "driftRepair": "CREDSYNC_NO_DRIFT_REPAIR" not in env}
+                "driftRepair": "CREDSYNC_NO_DRIFT_REPAIR" not in env,
+                "rollouts": env.get("CREDSYNC_ROLLOUTS", {}).get("value") == "true",
+                "selfService": env.get("CREDSYNC_SELF_SERVICE", {}).get("value") == "true"}
     lease_name = env.get("CREDSYNC_LEASE_NAME", {}).get("value", "credsync")
     namespaces = values["rbac"]["namespaces"] or values["config"]["namespaceInclude"] or ["payments", "default"]
     return Rbac(objects, sa["name"], sa["namespace"]), features, lease_name, namespaces, values
@@ -541,7 +555,9 @@ def features_of(values: dict) -> dict[str, bool]:
     """Which optional calls a configuration makes (the `when` of calls.json)."""
     return {"always": True,
             "leaderElection": values["replicaCount"] > 1 or values["leaderElection"]["enabled"],
-            "driftRepair": values["config"]["driftRepair"]}
+            "driftRepair": values["config"]["driftRepair"],
+            "rollouts": values["rollouts"]["enabled"],
+            "selfService": values["selfService"]["enabled"]}
 
 
 def rbac_cases():
@@ -601,10 +617,34 @@ def test_rbac_grants_nothing_credsync_does_not_call(variant):
         assert not rbac.allows(verb, "", "secrets", "payments", "x")
 
 
+def test_rollout_and_self_service_grants_come_only_with_their_switch():
+    def granted(objects):
+        return {(g, r, v) for o in objects if o["kind"] in ("Role", "ClusterRole") and not for_callers(o)
+                for rule in o["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    default = granted(rendered("default"))
+    peers = rendered("peers-namespaced")
+    assert not {g for g, _, _ in default} & {"apps", "authentication.k8s.io", "authorization.k8s.io"}, default
+    assert ("apps", "deployments", "patch") in granted(peers)
+    assert ("authentication.k8s.io", "tokenreviews", "create") in granted(peers)
+    assert not [o for o in rendered("default") if for_callers(o)]
+    callers = {o["metadata"]["name"]: o["rules"] for o in peers if for_callers(o)}
+    assert callers == {
+        f"{RELEASE}-credentials-editor": [{"apiGroups": ["credsync.io"], "resources": ["credentials"],
+                                           "verbs": ["create", "update", "delete", "list"]}],
+        f"{RELEASE}-credentials-viewer": [{"apiGroups": ["credsync.io"], "resources": ["credentials"],
+                                           "verbs": ["list"]}],
+    }, callers
+    env = env_of(peers)
+    assert env["CREDSYNC_ROLLOUTS"]["value"] == "true"
+    assert env["CREDSYNC_SELF_SERVICE"]["value"] == "true"
+    assert env["CREDSYNC_KEY_ID"]["value"] == "alias/team-writes"
+    assert env["CREDSYNC_SELF_SERVICE_MAX_BYTES"]["value"] == "4096"
+
+
 def test_calls_fixture_matches_the_code():
     """The calls.json list cannot drift from what the code does."""
     counted = set()
-    for file in ("mod.rs", "apply.rs", "lease.rs"):
+    for file in ("mod.rs", "apply.rs", "lease.rs", "rollout.rs", "review.rs"):
         counted |= set(re.findall(r'self\.count\("([a-z]+)"\)', (ROOT / "src" / "cluster" / file).read_text()))
     assert counted == {c["metricVerb"] for c in CALLS if c["metricVerb"]}, counted
     metrics_doc = (ROOT / "docs" / "metrics.md").read_text()

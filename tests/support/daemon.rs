@@ -46,6 +46,17 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, S
 
 /// One HTTP/1.1 exchange with extra request headers.
 pub fn http_with(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request(port, method, path, headers, b"")
+}
+
+/// One HTTP/1.1 exchange with headers and a body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use std::io::Read;
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -56,9 +67,12 @@ pub fn http_with(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) 
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     );
     stream.write_all(request.as_bytes()).unwrap();
+    // A server may answer (413) before reading a large body.
+    let _ = stream.write_all(body);
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let status = response

@@ -12,7 +12,7 @@ pub mod snap;
 
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
-pub use daemon::{Daemon, eventually, http, http_with, metric, ready};
+pub use daemon::{Daemon, eventually, http, http_request, http_with, metric, ready};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -321,6 +321,12 @@ impl StandIns {
             "credstash put {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Remembers `value` as a secret no output may contain (for values
+    /// written some other way than [`StandIns::put`]).
+    pub fn seed(&self, value: &str) {
+        self.seeded.lock().unwrap().push(value.to_owned());
     }
 
     /// Runs the credsync binary and asserts its output holds no seeded value.

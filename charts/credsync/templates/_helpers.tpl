@@ -167,6 +167,18 @@ app.kubernetes.io/component: controller
 - name: CREDSYNC_DRY_RUN
   value: "true"
 {{- end }}
+{{- if .Values.rollouts.enabled }}
+- name: CREDSYNC_ROLLOUTS
+  value: "true"
+{{- end }}
+{{- if .Values.selfService.enabled }}
+- name: CREDSYNC_SELF_SERVICE
+  value: "true"
+- name: CREDSYNC_KEY_ID
+  value: {{ .Values.selfService.keyId | quote }}
+- name: CREDSYNC_SELF_SERVICE_MAX_BYTES
+  value: {{ .Values.selfService.maxValueBytes | int | quote }}
+{{- end }}
 - name: CREDSYNC_GRACE
   value: {{ $c.grace | quote }}
 - name: CREDSYNC_REQUEST_TIMEOUT

@@ -3,6 +3,7 @@
 
 pub(super) mod listings;
 pub(super) mod plan;
+pub(super) mod put;
 pub(super) mod rollback;
 pub(super) mod run;
 pub(super) mod sync;

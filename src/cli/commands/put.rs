@@ -1,0 +1,150 @@
+//! `put` and `delete`: write the table as credstash does, straight to AWS,
+//! or with `--server` through a credsync's self-service API with the
+//! current kubeconfig context's token (no AWS credentials needed).
+
+use std::io::Read;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use axum::http::{Method, StatusCode};
+use kube::client::Body;
+
+use crate::cli::args::{Common, PutArgs};
+use crate::cli::setup;
+use crate::credstash::{NewItem, PutVersion};
+use crate::manifest::map_name;
+use crate::metrics::Metrics;
+use crate::secret::SecretValue;
+
+pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
+    let value = read_value(args)?;
+    if let Err(reason) = map_name(&args.name) {
+        tracing::warn!(name = %args.name, %reason, "this name maps to no Secret key: sync will skip it");
+    }
+    if let Some(server) = &args.through.server {
+        if args.version.is_some() || args.autoversion {
+            bail!("--server always writes the next version: leave out -v and -a");
+        }
+        let path = api_path(&args.name)?;
+        let answer = call(server, Method::PUT, &path, value.expose().to_vec()).await?;
+        println!(
+            "{} version {} stored through {server}",
+            args.name,
+            answer["version"].as_str().unwrap_or("?")
+        );
+        return Ok(0);
+    }
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let source = setup::source(common, metrics).await;
+    let version = match (args.autoversion, args.version) {
+        (true, _) => PutVersion::Next,
+        (false, n) => PutVersion::Exact(n.unwrap_or(1)),
+    };
+    let written = source
+        .put(NewItem {
+            name: &args.name,
+            value: &value,
+            version,
+            key_id: &args.key_id,
+        })
+        .await?;
+    println!("{} version {} stored", written.name, written.version);
+    Ok(0)
+}
+
+pub(in crate::cli) async fn delete(common: &Common, name: &str, server: Option<&str>) -> Result<u8> {
+    if let Some(server) = server {
+        let answer = call(server, Method::DELETE, &api_path(name)?, Vec::new()).await?;
+        let versions = answer["deleted_versions"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!("{name}: {versions} version(s) deleted through {server}");
+        return Ok(0);
+    }
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let source = setup::source(common, metrics).await;
+    let deleted = source.delete(name).await?;
+    for id in &deleted {
+        println!("deleted {} version {}", id.name, id.version);
+    }
+    Ok(0)
+}
+
+/// The value from the argument, stdin (`-`) or a file, as exact bytes.
+fn read_value(args: &PutArgs) -> Result<SecretValue> {
+    let bytes = match (&args.file, args.value.as_deref()) {
+        (Some(file), _) => std::fs::read(file)
+            .with_context(|| format!("reading the value from {}", file.display()))?,
+        (None, Some("-")) => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("reading the value from stdin")?;
+            bytes
+        }
+        (None, Some(value)) => value.as_bytes().to_vec(),
+        (None, None) => bail!("give the value as VALUE, - (stdin) or -f FILE"),
+    };
+    Ok(SecretValue::new(bytes))
+}
+
+/// `/v1/secrets/NS/SECRET/KEY` for a name that maps to a Secret key.
+fn api_path(name: &str) -> Result<String> {
+    map_name(name).map_err(|reason| {
+        anyhow::anyhow!("--server writes Secret keys only, named namespace/secret/KEY: {reason}")
+    })?;
+    Ok(format!("/v1/secrets/{name}"))
+}
+
+/// One call to the self-service API, authenticated as the current
+/// kubeconfig context's user (tokens, token files and exec plugins such as
+/// OIDC helpers, as kubectl does).
+async fn call(server: &str, method: Method, path: &str, body: Vec<u8>) -> Result<serde_json::Value> {
+    let url: axum::http::Uri = server
+        .parse()
+        .with_context(|| format!("--server '{server}' is not a URL"))?;
+    let loopback = matches!(
+        url.host(),
+        Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
+    );
+    match url.scheme_str() {
+        Some("https") => {}
+        Some("http") if loopback => {}
+        _ => bail!(
+            "--server must be https:// (your Kubernetes token would travel in clear text), \
+             or http:// to 127.0.0.1 through kubectl port-forward"
+        ),
+    }
+    let mut config = kube::Config::infer()
+        .await
+        .context("reading the kubeconfig for your token (set KUBECONFIG or a current context)")?;
+    config.cluster_url = url;
+    // The kubeconfig's CA is the API server's, not credsync's: use the system roots.
+    config.root_cert = None;
+    config.tls_server_name = None;
+    let client = kube::Client::try_from(config).context("building the HTTP client")?;
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(body))
+        .context("building the request")?;
+    let response = client
+        .send(request)
+        .await
+        .with_context(|| format!("calling {server}"))?;
+    let status = response.status();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .with_context(|| format!("reading the answer of {server}"))?
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if status == StatusCode::OK || status == StatusCode::CREATED {
+        return Ok(answer);
+    }
+    let message = answer["error"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+    bail!("{server} answered {status}: {message}")
+}

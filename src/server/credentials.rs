@@ -1,0 +1,398 @@
+//! The self-service API of `credsync run --self-service`: a team writes its
+//! own namespace's secrets with its own Kubernetes token, no AWS access.
+//!
+//! - `PUT /v1/secrets/{namespace}/{secret}/{KEY}`: the body is the value;
+//!   stored as the next version of `namespace/secret/KEY` (a conditional
+//!   put: a concurrent writer gets 409, never an overwrite). `If-Match:
+//!   VERSION` refuses the write unless that is still the latest version.
+//! - `DELETE` of the same path: every version, as `credstash delete`.
+//! - `GET /v1/secrets/{namespace}`: names and latest versions, never values.
+//!
+//! Every call is authenticated by a TokenReview and authorized by a
+//! SubjectAccessReview on `credentials.credsync.io` in the namespace
+//! (verbs create, update, delete, list), before the table is touched. Who
+//! wrote what is recorded without the value: an audit log line, an Event on
+//! the Secret, and the snapshot commit that carries the change.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::{ServerState, error};
+use crate::cluster::review::{Caller, TokenVerdict};
+use crate::credstash::{NewItem, PutVersion, WriteItemError, padded_version};
+use crate::manifest::{SecretRef, is_dns1123_label, map_name};
+use crate::secret::SecretValue;
+use crate::source::ItemId;
+use crate::worker::{Request, Trigger};
+
+/// Settings of the self-service API, resolved once at start-up.
+#[derive(Debug, Clone)]
+pub struct SelfService {
+    /// KMS key of the data keys (`--key-id`).
+    pub key_id: String,
+    /// Largest value accepted; larger bodies get 413.
+    pub max_value_bytes: usize,
+}
+
+/// A refusal: the status and a message that says what to do.
+type Refused = Response;
+
+fn service(state: &ServerState) -> Result<&SelfService, Refused> {
+    state.self_service.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "the self-service API is off: start credsync run with --self-service",
+        )
+    })
+}
+
+/// The caller behind the bearer token, as a TokenReview reports them.
+async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Refused> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "no token: send your Kubernetes token as Authorization: Bearer TOKEN \
+             (the one kubectl uses; credsync put --server sends it for you)",
+        ));
+    };
+    match state.reconciler.cluster().review_token(token).await {
+        Ok(TokenVerdict::Authenticated(caller)) => Ok(caller),
+        Ok(TokenVerdict::Refused(reason)) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            format!("the API server did not accept the token: {reason}"),
+        )),
+        Err(err) => {
+            tracing::error!(error = %err, "TokenReview failed");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check the token now: {err}"),
+            ))
+        }
+    }
+}
+
+/// Which of `verbs` RBAC grants `caller` on credentials in `namespace`;
+/// 403 naming the namespace if none.
+async fn authorize<'v>(
+    state: &ServerState,
+    caller: &Caller,
+    verbs: &[&'v str],
+    namespace: &str,
+    secret: Option<&str>,
+) -> Result<BTreeSet<&'v str>, Refused> {
+    let mut granted = BTreeSet::new();
+    for verb in verbs {
+        match state
+            .reconciler
+            .cluster()
+            .may(caller, verb, namespace, secret)
+            .await
+        {
+            Ok(true) => {
+                granted.insert(*verb);
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "SubjectAccessReview failed");
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot check permissions now: {err}"),
+                ));
+            }
+        }
+    }
+    if granted.is_empty() {
+        return Err(forbidden(caller, verbs, namespace));
+    }
+    Ok(granted)
+}
+
+fn forbidden(caller: &Caller, verbs: &[&str], namespace: &str) -> Refused {
+    error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "user '{}' may not {} credentials in namespace '{namespace}': a cluster admin grants it \
+             with a RoleBinding in '{namespace}' to the ClusterRole credsync-credentials-editor \
+             (or -viewer to list)",
+            caller.username,
+            verbs.join(" or ")
+        ),
+    )
+}
+
+/// The credstash name of a path, if it maps to a Secret key credsync writes.
+fn target(state: &ServerState, namespace: &str, secret: &str, key: &str) -> Result<String, Refused> {
+    let name = format!("{namespace}/{secret}/{key}");
+    if let Err(reason) = map_name(&name) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("'{name}' does not map to a Secret key: {reason}"),
+        ));
+    }
+    namespace_served(state, namespace)?;
+    Ok(name)
+}
+
+/// 422 for a namespace credsync never writes: a value put there would
+/// never reach a Secret.
+fn namespace_served(state: &ServerState, namespace: &str) -> Result<(), Refused> {
+    match state.reconciler.namespace_refusal(namespace) {
+        None => Ok(()),
+        Some(reason) => Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("credsync does not write Secrets in namespace '{namespace}': {reason}"),
+        )),
+    }
+}
+
+/// Records who did what, without the value: an audit log line, an Event on
+/// the Secret, the author of the next snapshot commit; then asks for a
+/// reconcile of the name at once.
+async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemId) {
+    tracing::info!(
+        target: "credsync::audit",
+        user = %caller.username,
+        groups = ?caller.groups,
+        action,
+        item = %item.name,
+        version = %item.version,
+        "self-service write"
+    );
+    let deleted = action == "delete";
+    state
+        .reconciler
+        .note_author(item.clone(), deleted, caller.username.clone());
+    if let Ok(target) = map_name(&item.name) {
+        let (reason, verb) = if deleted {
+            ("CredentialDeleted", "Delete")
+        } else {
+            ("CredentialWritten", "Put")
+        };
+        let note = if deleted {
+            format!("{} deleted key {} (item {}, every version) through the credsync API", caller.username, target.key, item.name)
+        } else {
+            format!("{} put key {} (item {} version {}) through the credsync API", caller.username, target.key, item.name, item.version)
+        };
+        if let Err(err) = state
+            .reconciler
+            .cluster()
+            .note_on_secret(&target.secret, reason, verb, note)
+            .await
+        {
+            tracing::warn!(error = %err, "the Event about a self-service write was refused");
+        }
+    }
+    let names = BTreeSet::from([item.name.clone()]);
+    if state
+        .requests
+        .try_send(Request::names(Trigger::Http, Some(names)))
+        .is_err()
+    {
+        tracing::warn!(item = %item.name, "reconcile queue full: the write reaches the cluster with the next reconcile");
+    }
+}
+
+fn write_failed(err: &WriteItemError) -> Refused {
+    let status = match err {
+        WriteItemError::VersionExists { .. } => StatusCode::CONFLICT,
+        WriteItemError::VersionNotNumeric { .. } => StatusCode::CONFLICT,
+        WriteItemError::NotText => StatusCode::BAD_REQUEST,
+        WriteItemError::NoSuchName(_) => StatusCode::NOT_FOUND,
+        WriteItemError::DataKey { .. } | WriteItemError::Table { .. } => StatusCode::BAD_GATEWAY,
+    };
+    error(status, err.to_string())
+}
+
+pub(super) async fn put(
+    State(state): State<Arc<ServerState>>,
+    Path((namespace, secret, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match put_inner(&state, &namespace, &secret, &key, &headers, body).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn put_inner(
+    state: &ServerState,
+    namespace: &str,
+    secret: &str,
+    key: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Refused> {
+    let service = service(state)?;
+    let caller = authenticate(state, headers).await?;
+    let name = target(state, namespace, secret, key)?;
+    let granted = authorize(state, &caller, &["update", "create"], namespace, Some(secret)).await?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the value is over the limit of {} bytes", service.max_value_bytes),
+            )
+        } else {
+            error(rejection.status(), format!("cannot read the value: {rejection}"))
+        }
+    })?;
+    let value = SecretValue::new(body.to_vec());
+    if std::str::from_utf8(value.expose()).is_err() {
+        return Err(write_failed(&WriteItemError::NotText));
+    }
+    let source = state.reconciler.source();
+    let latest = source
+        .latest_version(&name)
+        .await
+        .map_err(|e| write_failed(&e))?;
+    let needed = if latest.is_some() { "update" } else { "create" };
+    if !granted.contains(needed) {
+        return Err(forbidden(&caller, &[needed], namespace));
+    }
+    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        let expected = expected.trim().trim_matches('"');
+        let same = match (expected.parse::<u64>(), &latest) {
+            (Ok(n), Some(latest)) => padded_version(n) == *latest,
+            _ => false,
+        };
+        if !same {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{name} changed: its latest version is {}, not {expected}; read it again and retry",
+                    latest.as_deref().unwrap_or("none")
+                ),
+            ));
+        }
+    }
+    let version = match latest {
+        None => 1,
+        Some(latest) => match latest.trim().parse::<u64>() {
+            Ok(n) => n.saturating_add(1),
+            Err(_) => {
+                return Err(write_failed(&WriteItemError::VersionNotNumeric {
+                    name,
+                    version: latest,
+                }));
+            }
+        },
+    };
+    let written = source
+        .put(NewItem {
+            name: &name,
+            value: &value,
+            version: PutVersion::Exact(version),
+            key_id: &service.key_id,
+        })
+        .await
+        .map_err(|e| write_failed(&e))?;
+    record(state, &caller, "put", &written).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": written.name,
+            "version": written.version,
+            "secret": { "namespace": namespace, "name": secret },
+            "key": key,
+        })),
+    )
+        .into_response())
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<ServerState>>,
+    Path((namespace, secret, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let result: Result<Response, Refused> = async {
+        service(&state)?;
+        let caller = authenticate(&state, &headers).await?;
+        let name = target(&state, &namespace, &secret, &key)?;
+        authorize(&state, &caller, &["delete"], &namespace, Some(&secret)).await?;
+        let deleted = state
+            .reconciler
+            .source()
+            .delete(&name)
+            .await
+            .map_err(|e| write_failed(&e))?;
+        let item = ItemId {
+            name: name.clone(),
+            version: String::new(),
+        };
+        record(&state, &caller, "delete", &item).await;
+        let versions: Vec<&str> = deleted.iter().map(|d| d.version.as_str()).collect();
+        Ok((
+            StatusCode::OK,
+            Json(json!({ "name": name, "deleted_versions": versions })),
+        )
+            .into_response())
+    }
+    .await;
+    match result {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<ServerState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result: Result<Response, Refused> = async {
+        service(&state)?;
+        let caller = authenticate(&state, &headers).await?;
+        if !is_dns1123_label(&namespace) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("'{namespace}' is not a namespace name (a DNS-1123 label)"),
+            ));
+        }
+        namespace_served(&state, &namespace)?;
+        authorize(&state, &caller, &["list"], &namespace, None).await?;
+        let found = state
+            .reconciler
+            .source()
+            .latest_versions(&format!("{namespace}/"))
+            .await
+            .map_err(|e| write_failed(&e))?;
+        let items: Vec<serde_json::Value> = found
+            .iter()
+            .filter_map(|id| {
+                let target = map_name(&id.name).ok()?;
+                (target.secret == SecretRef::new(&namespace, &target.secret.name)).then(|| {
+                    json!({
+                        "name": id.name,
+                        "version": id.version,
+                        "secret": target.secret.name,
+                        "key": target.key,
+                    })
+                })
+            })
+            .collect();
+        Ok((
+            StatusCode::OK,
+            Json(json!({ "namespace": namespace, "items": items })),
+        )
+            .into_response())
+    }
+    .await;
+    match result {
+        Ok(response) | Err(response) => response,
+    }
+}
