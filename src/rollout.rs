@@ -85,7 +85,9 @@ pub enum RuleError {
 
 /// Reads the opt-in annotations: None if the workload did not opt in.
 /// `reload-secrets` and EDSM's list add up; `reload: "true"` wins over both.
-pub fn reload_rule(annotations: &BTreeMap<String, String>) -> Result<Option<ReloadRule>, RuleError> {
+pub fn reload_rule(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<ReloadRule>, RuleError> {
     match annotations.get(RELOAD_ANNOTATION).map(|v| v.trim()) {
         Some(v) if v.eq_ignore_ascii_case("true") => return Ok(Some(ReloadRule::Referenced)),
         Some(v) if v.eq_ignore_ascii_case("false") || v.is_empty() => {}
@@ -269,7 +271,11 @@ mod tests {
             name: "web".into(),
         };
         let referenced = names(&["db", "tls"]);
-        let all = Workload::new(reference.clone(), ReloadRule::Referenced, referenced.clone());
+        let all = Workload::new(
+            reference.clone(),
+            ReloadRule::Referenced,
+            referenced.clone(),
+        );
         assert_eq!(all.reloads_for, referenced);
         let only = Workload::new(reference, ReloadRule::Only(names(&["db"])), referenced);
         assert_eq!(only.reloads_for, names(&["db"]));

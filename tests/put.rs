@@ -44,7 +44,12 @@ async fn credstash_and_credsync_read_what_the_other_writes() {
     let env = StandIns::start(&["team-a"]).await;
     let from_file = "credsync-put-from-file\nsecond line, ünïcødé\n";
     let from_stdin = "credsync-put-from-stdin";
-    for value in [from_file, from_stdin, "credsync-put-api-two", "credsync-put-context"] {
+    for value in [
+        from_file,
+        from_stdin,
+        "credsync-put-api-two",
+        "credsync-put-context",
+    ] {
         env.seed(value);
     }
 
@@ -52,44 +57,100 @@ async fn credstash_and_credsync_read_what_the_other_writes() {
     let file = env.write_file("value", from_file);
     let run = env.credsync(&["put", "team-a/app/PASSWORD", "-f", file.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.stdout.trim(), "team-a/app/PASSWORD version 0000000000000000001 stored");
-    assert_eq!(credstash_get(&env, &["team-a/app/PASSWORD"]).unwrap(), from_file.as_bytes());
+    assert_eq!(
+        run.stdout.trim(),
+        "team-a/app/PASSWORD version 0000000000000000001 stored"
+    );
+    assert_eq!(
+        credstash_get(&env, &["team-a/app/PASSWORD"]).unwrap(),
+        from_file.as_bytes()
+    );
     let (code, out) = put_from_stdin(&env, "team-a/app/TOKEN", from_stdin.as_bytes());
     assert_eq!(code, 0, "{out}");
-    assert_eq!(credstash_get(&env, &["team-a/app/TOKEN"]).unwrap(), from_stdin.as_bytes());
+    assert_eq!(
+        credstash_get(&env, &["team-a/app/TOKEN"]).unwrap(),
+        from_stdin.as_bytes()
+    );
 
     // credstash writes version 1; credsync -a writes 2 after it.
     env.put("team-a/app/API", "credstash-put-api-one");
     let file = env.write_file("api", "credsync-put-api-two");
     let run = env.credsync(&["put", "-a", "team-a/app/API", "-f", file.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("version 0000000000000000002 stored"), "{}", run.stdout);
-    assert_eq!(credstash_get(&env, &["team-a/app/API"]).unwrap(), b"credsync-put-api-two");
+    assert!(
+        run.stdout.contains("version 0000000000000000002 stored"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        credstash_get(&env, &["team-a/app/API"]).unwrap(),
+        b"credsync-put-api-two"
+    );
     assert_eq!(
         credstash_get(&env, &["-v", "0000000000000000001", "team-a/app/API"]).unwrap(),
         b"credstash-put-api-one"
     );
 
     // A version that exists is never overwritten.
-    let run = env.credsync(&["put", "-v", "2", "team-a/app/API", "-f", file.to_str().unwrap()]);
+    let run = env.credsync(&[
+        "put",
+        "-v",
+        "2",
+        "team-a/app/API",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 1);
-    assert!(run.error_line().contains("version 0000000000000000002 is already in the table"), "{}", run.stderr);
+    assert!(
+        run.error_line()
+            .contains("version 0000000000000000002 is already in the table"),
+        "{}",
+        run.stderr
+    );
 
     // An encryption context is bound into the data key, as credstash's is.
     let file = env.write_file("ctx", "credsync-put-context");
-    let run = env.credsync(&["--context", "app=billing", "put", "team-a/app/CTX", "-f", file.to_str().unwrap()]);
+    let run = env.credsync(&[
+        "--context",
+        "app=billing",
+        "put",
+        "team-a/app/CTX",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(credstash_get(&env, &["team-a/app/CTX", "app=billing"]).unwrap(), b"credsync-put-context");
-    assert_eq!(credstash_get(&env, &["team-a/app/CTX"]), None, "the context is required to read it");
+    assert_eq!(
+        credstash_get(&env, &["team-a/app/CTX", "app=billing"]).unwrap(),
+        b"credsync-put-context"
+    );
+    assert_eq!(
+        credstash_get(&env, &["team-a/app/CTX"]),
+        None,
+        "the context is required to read it"
+    );
 
     // KMS refusing a data key: a clear error and nothing written.
-    let run = env.credsync(&["put", "--key-id", "alias/no-such-key", "team-a/app/NOPE", "-f", file.to_str().unwrap()]);
+    let run = env.credsync(&[
+        "put",
+        "--key-id",
+        "alias/no-such-key",
+        "team-a/app/NOPE",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 1);
     let line = run.error_line();
-    assert!(line.contains("alias/no-such-key") && line.contains("nothing written"), "{line}");
+    assert!(
+        line.contains("alias/no-such-key") && line.contains("nothing written"),
+        "{line}"
+    );
     assert_eq!(credstash_get(&env, &["team-a/app/NOPE"]), None);
 
-    // credsync syncs what both wrote (the context item needs its context).
+    // credsync syncs what both wrote (the context item, which a sync
+    // without its context could not read, deleted first).
+    let run = env.credsync(&["delete", "team-a/app/CTX"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "deleted team-a/app/CTX version 0000000000000000001");
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let app = env.secret_data("team-a", "app").await.unwrap();
@@ -104,7 +165,11 @@ async fn credstash_and_credsync_read_what_the_other_writes() {
     assert_eq!(credstash_get(&env, &["team-a/app/API"]), None);
     let run = env.credsync(&["delete", "team-a/app/API"]);
     assert_eq!(run.code, 1);
-    assert!(run.error_line().contains("no item named team-a/app/API"), "{}", run.stderr);
+    assert!(
+        run.error_line().contains("no item named team-a/app/API"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -115,7 +180,10 @@ fn put_says_where_the_value_is_safe_from_the_process_list() {
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("never appears in argv"), "{help}");
-    assert!(help.contains("-v, --version <VERSION>") && help.contains("-a, --autoversion"), "{help}");
+    assert!(
+        help.contains("-v, --version <VERSION>") && help.contains("-a, --autoversion"),
+        "{help}"
+    );
     // Neither a value nor a file: refused before anything runs.
     let out = Command::new(env!("CARGO_BIN_EXE_credsync"))
         .args(["put", "team-a/app/KEY"])

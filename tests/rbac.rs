@@ -367,9 +367,15 @@ impl Installed {
 /// `PUT`/`DELETE`/`GET` on the self-service API as `token`: (status, body).
 fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let bearer = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
     let (status, response) = support::http_request(port, method, path, &headers, body);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -403,7 +409,13 @@ async fn self_service_writes_follow_each_callers_rbac() {
     );
     assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
     let port = daemon.port;
-    for value in ["alice-self-service-one", "alice-self-service-two", "bob-self-service-one", "bob-refused-value", "bob-through-put-server"] {
+    for value in [
+        "alice-self-service-one",
+        "alice-self-service-two",
+        "bob-self-service-one",
+        "bob-refused-value",
+        "bob-through-put-server",
+    ] {
         env.seed(value);
     }
 
@@ -415,15 +427,30 @@ async fn self_service_writes_follow_each_callers_rbac() {
     assert_eq!(status, 401, "{body}");
     let (status, body) = call(port, "PUT", path, Some(&bob), b"bob-refused-value");
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("namespace 'team-a'") && body.contains("system:serviceaccount:team-b:bob"), "{body}");
+    assert!(
+        body.contains("namespace 'team-a'") && body.contains("system:serviceaccount:team-b:bob"),
+        "{body}"
+    );
     let table_has = |name: &str| {
         let out = env.credstash(&["get", "-n", name]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    assert_eq!(table_has("team-a/db/PASSWORD"), None, "refused calls touch no table");
+    assert_eq!(
+        table_has("team-a/db/PASSWORD"),
+        None,
+        "refused calls touch no table"
+    );
 
     // Bad input, each its own answer.
-    let (status, body) = call(port, "PUT", "/v1/secrets/team-a/Bad_Name/KEY", Some(&alice), b"x");
+    let (status, body) = call(
+        port,
+        "PUT",
+        "/v1/secrets/team-a/Bad_Name/KEY",
+        Some(&alice),
+        b"x",
+    );
     assert_eq!(status, 400, "{body}");
     let (status, body) = call(port, "PUT", "/v1/secrets/team-c/db/KEY", Some(&alice), b"x");
     assert_eq!(status, 422, "{body}");
@@ -437,9 +464,14 @@ async fn self_service_writes_follow_each_callers_rbac() {
     assert_eq!(status, 201, "{body}");
     let written: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(written["version"], "0000000000000000001");
-    assert_eq!(table_has("team-a/db/PASSWORD").as_deref(), Some("alice-self-service-one"));
+    assert_eq!(
+        table_has("team-a/db/PASSWORD").as_deref(),
+        Some("alice-self-service-one")
+    );
     let reached = eventually(Duration::from_secs(30), || async {
-        env.secret_data("team-a", "db").await.is_some_and(|d| d["PASSWORD"] == b"alice-self-service-one")
+        env.secret_data("team-a", "db")
+            .await
+            .is_some_and(|d| d["PASSWORD"] == b"alice-self-service-one")
     })
     .await;
     assert!(reached, "{}", env.daemon_log(&daemon));
@@ -455,23 +487,40 @@ async fn self_service_writes_follow_each_callers_rbac() {
     assert_eq!(status, 409);
 
     // Bob writes his own namespace.
-    let (status, body) = call(port, "PUT", "/v1/secrets/team-b/api/TOKEN", Some(&bob), b"bob-self-service-one");
+    let (status, body) = call(
+        port,
+        "PUT",
+        "/v1/secrets/team-b/api/TOKEN",
+        Some(&bob),
+        b"bob-self-service-one",
+    );
     assert_eq!(status, 201, "{body}");
 
     // The audit line, the Event and the snapshot commit name the writer.
     let log = env.daemon_log(&daemon);
     assert!(
-        log.lines().any(|l| l.contains("self-service write") && l.contains(alice_user) && l.contains("team-a/db/PASSWORD")),
+        log.lines().any(|l| l.contains("self-service write")
+            && l.contains(alice_user)
+            && l.contains("team-a/db/PASSWORD")),
         "{log}"
     );
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(env.admin().await, "team-a");
-    let noted = events.list(&Default::default()).await.unwrap().items.iter().any(|e| {
-        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("db")
-            && e.note.as_deref().is_some_and(|n| n.contains(alice_user))
-    });
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.admin().await, "team-a");
+    let noted = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("db")
+                && e.note.as_deref().is_some_and(|n| n.contains(alice_user))
+        });
     assert!(noted, "an Event on team-a/db names the writer");
     let named = eventually(Duration::from_secs(20), || async {
-        env.git(&repo, &["log", "--format=%B"]).contains(&format!("put by {alice_user}: team-a/db/PASSWORD@0000000000000000001"))
+        env.git(&repo, &["log", "--format=%B"]).contains(&format!(
+            "put by {alice_user}: team-a/db/PASSWORD@0000000000000000001"
+        ))
     })
     .await;
     assert!(named, "{}", env.git(&repo, &["log", "--format=%B"]));
@@ -483,7 +532,10 @@ async fn self_service_writes_follow_each_callers_rbac() {
     assert_eq!(listed["items"][0]["key"], "PASSWORD", "{body}");
     assert_eq!(listed["items"][0]["version"], "0000000000000000001");
     env.assert_no_value_in(&body, "the listing");
-    assert_eq!(call(port, "GET", "/v1/secrets/team-a", Some(&bob), b"").0, 403);
+    assert_eq!(
+        call(port, "GET", "/v1/secrets/team-a", Some(&bob), b"").0,
+        403
+    );
 
     // A rotation through the API restarts the Deployment that uses it (rollouts RBAC).
     let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
@@ -500,15 +552,26 @@ async fn self_service_writes_follow_each_callers_rbac() {
     let (status, body) = call(port, "PUT", path, Some(&alice), b"alice-self-service-two");
     assert_eq!(status, 201, "{body}");
     let restarted = eventually(Duration::from_secs(30), || async {
-        deployments.get("web").await.ok().and_then(|d| d.spec?.template.metadata?.annotations)
-            .is_some_and(|a| a.get("credsync.io/restarted-for").is_some_and(|v| v.starts_with("team-a/db@sha256:")))
+        deployments
+            .get("web")
+            .await
+            .ok()
+            .and_then(|d| d.spec.template.metadata?.annotations)
+            .is_some_and(|a| {
+                a.get("credsync.io/restarted-for")
+                    .is_some_and(|v| v.starts_with("team-a/db@sha256:"))
+            })
     })
     .await;
     assert!(restarted, "{}", env.daemon_log(&daemon));
 
     // `credsync put --server` with the kubeconfig's token: no AWS credentials.
     let bob_kubeconfig = env.dir.path().join("bob.kubeconfig");
-    std::fs::write(&bob_kubeconfig, env.control_plane().kubeconfig_yaml(&bob, "team-b")).unwrap();
+    std::fs::write(
+        &bob_kubeconfig,
+        env.control_plane().kubeconfig_yaml(&bob, "team-b"),
+    )
+    .unwrap();
     let server = format!("http://127.0.0.1:{port}");
     let value_file = env.write_file("bob-value", "bob-through-put-server");
     let no_aws = [
@@ -518,18 +581,44 @@ async fn self_service_writes_follow_each_callers_rbac() {
         ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
     ];
     let put = env.credsync_env(
-        &["put", "team-b/api/TOKEN", "-f", value_file.to_str().unwrap(), "--server", &server],
+        &[
+            "put",
+            "team-b/api/TOKEN",
+            "-f",
+            value_file.to_str().unwrap(),
+            "--server",
+            &server,
+        ],
         &no_aws,
     );
     assert_eq!(put.code, 0, "{}\n{}", put.stdout, put.stderr);
-    assert!(put.stdout.contains("team-b/api/TOKEN version 0000000000000000002 stored"), "{}", put.stdout);
-    assert_eq!(table_has("team-b/api/TOKEN").as_deref(), Some("bob-through-put-server"));
+    assert!(
+        put.stdout
+            .contains("team-b/api/TOKEN version 0000000000000000002 stored"),
+        "{}",
+        put.stdout
+    );
+    assert_eq!(
+        table_has("team-b/api/TOKEN").as_deref(),
+        Some("bob-through-put-server")
+    );
     let refused = env.credsync_env(
-        &["put", "team-a/db/PASSWORD", "-f", value_file.to_str().unwrap(), "--server", &server],
+        &[
+            "put",
+            "team-a/db/PASSWORD",
+            "-f",
+            value_file.to_str().unwrap(),
+            "--server",
+            &server,
+        ],
         &no_aws,
     );
     assert_eq!(refused.code, 1);
-    assert!(refused.error_line().contains("403") && refused.error_line().contains("team-a"), "{}", refused.stderr);
+    assert!(
+        refused.error_line().contains("403") && refused.error_line().contains("team-a"),
+        "{}",
+        refused.stderr
+    );
 
     // Alice deletes her key: every version goes, and the key leaves the Secret.
     let (status, body) = call(port, "DELETE", path, Some(&alice), b"");
@@ -538,7 +627,9 @@ async fn self_service_writes_follow_each_callers_rbac() {
     let (status, _) = call(port, "DELETE", path, Some(&alice), b"");
     assert_eq!(status, 404);
     let removed = eventually(Duration::from_secs(30), || async {
-        env.secret_data("team-a", "db").await.is_none_or(|d| !d.contains_key("PASSWORD"))
+        env.secret_data("team-a", "db")
+            .await
+            .is_none_or(|d| !d.contains_key("PASSWORD"))
     })
     .await;
     assert!(removed, "{}", env.daemon_log(&daemon));

@@ -56,9 +56,10 @@ where
 {
     let api: Api<K> = Api::namespaced(env.admin().await, NS);
     let object = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
-    let restarted = object["spec"]["template"]["metadata"]["annotations"]["credsync.io/restarted-for"]
-        .as_str()
-        .map(str::to_owned);
+    let restarted =
+        object["spec"]["template"]["metadata"]["annotations"]["credsync.io/restarted-for"]
+            .as_str()
+            .map(str::to_owned);
     let generation = object["metadata"]["generation"].as_i64().unwrap();
     (restarted, generation)
 }
@@ -70,11 +71,27 @@ async fn arrange(env: &StandIns) {
     env.put("app/other/TOKEN", "rollout-other-token");
     let first = env.credsync(&["sync", "--rollouts"]);
     assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
-    assert!(!first.stdout.contains("restart"), "creating a Secret restarts nothing: {}", first.stdout);
+    assert!(
+        !first.stdout.contains("restart"),
+        "creating a Secret restarts nothing: {}",
+        first.stdout
+    );
 
-    create_deployment(env, "web", json!({ "credsync.io/reload": "true" }), uses_env("db")).await;
+    create_deployment(
+        env,
+        "web",
+        json!({ "credsync.io/reload": "true" }),
+        uses_env("db"),
+    )
+    .await;
     create_deployment(env, "plain", json!({}), uses_env("db")).await;
-    create_deployment(env, "unrelated", json!({ "credsync.io/reload": "true" }), uses_env_from("other")).await;
+    create_deployment(
+        env,
+        "unrelated",
+        json!({ "credsync.io/reload": "true" }),
+        uses_env_from("other"),
+    )
+    .await;
     let statefulsets: Api<StatefulSet> = Api::namespaced(env.admin().await, NS);
     let queue: StatefulSet = serde_json::from_value(json!({
         "metadata": { "name": "queue", "annotations": { "credsync.io/reload-secrets": "db,cache" } },
@@ -85,7 +102,10 @@ async fn arrange(env: &StandIns) {
         }
     }))
     .unwrap();
-    statefulsets.create(&PostParams::default(), &queue).await.unwrap();
+    statefulsets
+        .create(&PostParams::default(), &queue)
+        .await
+        .unwrap();
     let daemonsets: Api<DaemonSet> = Api::namespaced(env.admin().await, NS);
     let agent: DaemonSet = serde_json::from_value(json!({
         "metadata": { "name": "agent", "annotations": { "eventdrivensecretsmanaged": "[\"db\"]" } },
@@ -101,7 +121,10 @@ async fn arrange(env: &StandIns) {
         }
     }))
     .unwrap();
-    daemonsets.create(&PostParams::default(), &agent).await.unwrap();
+    daemonsets
+        .create(&PostParams::default(), &agent)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -117,14 +140,23 @@ async fn a_changed_secret_restarts_each_workload_that_opted_in_once() {
         "restart statefulset/queue (app)",
         "restart daemonset/agent (app)",
     ] {
-        assert!(plan.stdout.contains(expected), "{expected}: {}", plan.stdout);
+        assert!(
+            plan.stdout.contains(expected),
+            "{expected}: {}",
+            plan.stdout
+        );
     }
     assert!(!plan.stdout.contains("deployment/plain"), "{}", plan.stdout);
-    assert!(!plan.stdout.contains("deployment/unrelated"), "{}", plan.stdout);
+    assert!(
+        !plan.stdout.contains("deployment/unrelated"),
+        "{}",
+        plan.stdout
+    );
     let json_plan = env.credsync(&["plan", "--rollouts", "--format", "json"]);
     let doc: Value = serde_json::from_str(&json_plan.stdout).unwrap();
     assert_eq!(doc["summary"]["restarts"], 3, "{}", json_plan.stdout);
-    assert_eq!(doc["restarts"][0]["workload"]["kind"], "daemonset");
+    assert_eq!(doc["restarts"][0]["workload"]["kind"], "deployment");
+    assert_eq!(doc["restarts"][0]["secrets"][0]["name"], "db");
 
     // A dry run lists the restarts and patches nothing.
     let (before, web_generation) = template_state::<Deployment>(&env, "web").await;
@@ -132,8 +164,15 @@ async fn a_changed_secret_restarts_each_workload_that_opted_in_once() {
     env.mark_requests();
     let dry = env.credsync(&["sync", "--rollouts", "--dry-run"]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
-    assert!(dry.stdout.contains("Would restart: 3 workload(s)."), "{}", dry.stdout);
-    assert_eq!(template_state::<Deployment>(&env, "web").await, (None, web_generation));
+    assert!(
+        dry.stdout.contains("Would restart: 3 workload(s)."),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        template_state::<Deployment>(&env, "web").await,
+        (None, web_generation)
+    );
     let workload_patches = |env: &StandIns| {
         env.credsync_requests()
             .into_iter()
@@ -145,7 +184,11 @@ async fn a_changed_secret_restarts_each_workload_that_opted_in_once() {
 
     let run = env.credsync(&["sync", "--rollouts"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("Restarted: 3 workload(s)."), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("Restarted: 3 workload(s)."),
+        "{}",
+        run.stdout
+    );
     let mut patched = workload_patches(&env);
     patched.sort();
     assert_eq!(
@@ -153,23 +196,43 @@ async fn a_changed_secret_restarts_each_workload_that_opted_in_once() {
         ["daemonsets/agent", "deployments/web", "statefulsets/queue"],
         "one patch per workload"
     );
-    let fingerprint = env.secret("app", "db").await.unwrap().metadata.annotations.unwrap()
-        ["credsync.io/fingerprint"]
+    let fingerprint = env
+        .secret("app", "db")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap()["credsync.io/fingerprint"]
         .clone();
     let (restarted, generation) = template_state::<Deployment>(&env, "web").await;
     assert_eq!(restarted, Some(format!("app/db@{fingerprint}")));
-    assert_eq!(generation, web_generation + 1, "the template changed: a rollout");
-    assert!(template_state::<StatefulSet>(&env, "queue").await.0.is_some());
+    assert_eq!(
+        generation,
+        web_generation + 1,
+        "the template changed: a rollout"
+    );
+    assert!(
+        template_state::<StatefulSet>(&env, "queue")
+            .await
+            .0
+            .is_some()
+    );
     assert!(template_state::<DaemonSet>(&env, "agent").await.0.is_some());
     assert_eq!(template_state::<Deployment>(&env, "plain").await.0, None);
-    assert_eq!(template_state::<Deployment>(&env, "unrelated").await.0, None);
+    assert_eq!(
+        template_state::<Deployment>(&env, "unrelated").await.0,
+        None
+    );
 
     // In step: nothing to restart.
     env.mark_requests();
     let again = env.credsync(&["sync", "--rollouts"]);
     assert_eq!(again.code, 0);
     assert!(workload_patches(&env).is_empty());
-    assert_eq!(template_state::<Deployment>(&env, "web").await.1, generation);
+    assert_eq!(
+        template_state::<Deployment>(&env, "web").await.1,
+        generation
+    );
 
     // Without --rollouts, a change restarts nothing.
     env.put("app/db/PASSWORD", "rollout-password-three");
@@ -185,7 +248,9 @@ async fn a_refused_restart_is_retried_reported_and_the_others_still_roll() {
     let faults = env.faults().await;
 
     // One refusal is retried away.
-    faults.inject_json(json!({"verb": "patch", "resource": "deployments", "status": 409, "times": 1}));
+    faults.inject_json(
+        json!({"verb": "patch", "resource": "deployments", "status": 409, "times": 1}),
+    );
     env.put("app/db/PASSWORD", "rollout-password-retried");
     let run = env.credsync(&["sync", "--rollouts"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -198,13 +263,20 @@ async fn a_refused_restart_is_retried_reported_and_the_others_still_roll() {
     env.put("app/db/PASSWORD", "rollout-password-refused");
     let run = env.credsync(&["sync", "--rollouts"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("x not restarted app/deployment/web"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("x not restarted app/deployment/web"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(
         env.secret_data("app", "db").await.unwrap()["PASSWORD"],
         b"rollout-password-refused",
         "the Secret itself was written"
     );
-    assert_eq!(template_state::<StatefulSet>(&env, "queue").await.1, queue_generation + 1);
+    assert_eq!(
+        template_state::<StatefulSet>(&env, "queue").await.1,
+        queue_generation + 1
+    );
 
     // A Secret whose write failed restarts nothing.
     faults.clear_faults();
@@ -213,5 +285,8 @@ async fn a_refused_restart_is_retried_reported_and_the_others_still_roll() {
     env.put("app/db/PASSWORD", "rollout-password-unwritten");
     let run = env.credsync(&["sync", "--rollouts"]);
     assert_eq!(run.code, 1);
-    assert_eq!(template_state::<StatefulSet>(&env, "queue").await.1, queue_generation);
+    assert_eq!(
+        template_state::<StatefulSet>(&env, "queue").await.1,
+        queue_generation
+    );
 }

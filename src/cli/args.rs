@@ -212,13 +212,22 @@ pub struct PutArgs {
     /// Credstash name (`namespace/secret/KEY` for a Secret key).
     pub name: String,
     /// The value, or `-` for stdin (a value here shows in the process list).
-    #[arg(value_name = "VALUE", conflicts_with = "file", required_unless_present = "file")]
+    #[arg(
+        value_name = "VALUE",
+        conflicts_with = "file",
+        required_unless_present = "file"
+    )]
     pub value: Option<String>,
     /// Read the value from FILE.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Write this version (default 1, as credstash).
-    #[arg(short = 'v', long = "version", value_name = "VERSION", conflicts_with = "autoversion")]
+    #[arg(
+        short = 'v',
+        long = "version",
+        value_name = "VERSION",
+        conflicts_with = "autoversion"
+    )]
     pub version: Option<u64>,
     /// Write the version after the latest (1 for a new name).
     #[arg(short = 'a', long = "autoversion")]

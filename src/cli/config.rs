@@ -116,10 +116,12 @@ pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run
         lease,
         drift_repair: !args.no_drift_repair,
         grace: args.grace,
-        self_service: args.self_service.then(|| crate::server::credentials::SelfService {
-            key_id: args.key_id.clone(),
-            max_value_bytes: args.self_service_max_bytes,
-        }),
+        self_service: args
+            .self_service
+            .then(|| crate::server::credentials::SelfService {
+                key_id: args.key_id.clone(),
+                max_value_bytes: args.self_service_max_bytes,
+            }),
     })
 }
 

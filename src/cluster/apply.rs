@@ -499,10 +499,7 @@ fn annotations(
             LAST_SYNC_ANNOTATION.to_owned(),
             Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
         ),
-        (
-            FINGERPRINT_ANNOTATION.to_owned(),
-            desired.fingerprint(),
-        ),
+        (FINGERPRINT_ANNOTATION.to_owned(), desired.fingerprint()),
     ]);
     if let Some(commit) = pin {
         annotations.insert(PINNED_ANNOTATION.to_owned(), commit.to_owned());

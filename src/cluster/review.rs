@@ -44,7 +44,7 @@ impl Cluster {
     pub async fn review_token(&self, token: &str) -> Result<TokenVerdict, ClusterError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
+                token: token.to_owned(),
                 audiences: None,
             },
             ..TokenReview::default()

@@ -60,7 +60,11 @@ pub fn referenced_secrets(template: &PodTemplateSpec) -> BTreeSet<String> {
         .chain(spec.init_containers.iter().flatten());
     for container in containers {
         for env in container.env.iter().flatten() {
-            if let Some(key_ref) = env.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()) {
+            if let Some(key_ref) = env
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+            {
                 names.insert(key_ref.name.clone());
             }
         }
@@ -97,28 +101,31 @@ where
 impl PodTemplated for Deployment {
     const KIND: WorkloadKind = WorkloadKind::Deployment;
     fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().map(|s| &s.template)
+        Some(&self.spec.template)
     }
 }
 
 impl PodTemplated for StatefulSet {
     const KIND: WorkloadKind = WorkloadKind::StatefulSet;
     fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().map(|s| &s.template)
+        Some(&self.spec.template)
     }
 }
 
 impl PodTemplated for DaemonSet {
     const KIND: WorkloadKind = WorkloadKind::DaemonSet;
     fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().map(|s| &s.template)
+        Some(&self.spec.template)
     }
 }
 
 impl Cluster {
     /// The Deployments, StatefulSets and DaemonSets in `namespaces` that
     /// opted in to restarts (one list per kind and namespace).
-    pub async fn workloads(&self, namespaces: &BTreeSet<String>) -> Result<Workloads, ClusterError> {
+    pub async fn workloads(
+        &self,
+        namespaces: &BTreeSet<String>,
+    ) -> Result<Workloads, ClusterError> {
         let mut found = Workloads::default();
         for namespace in namespaces {
             self.collect::<Deployment>(namespace, &mut found).await?;
@@ -225,7 +232,10 @@ impl Cluster {
                 }
                 Ok(Patched::Yes) => {
                     tracing::info!(workload = %restart.workload, for_secrets = %reason, "restarted workload");
-                    self.metrics.workload_restarts.with_label_values(&[kind]).inc();
+                    self.metrics
+                        .workload_restarts
+                        .with_label_values(&[kind])
+                        .inc();
                     restarted.push(Restart {
                         workload: restart.workload.clone(),
                         secrets,
@@ -263,15 +273,15 @@ impl Cluster {
         loop {
             self.count("patch");
             let result = match workload.kind {
-                WorkloadKind::Deployment => self
-                    .patch_as::<Deployment>(workload, &params, patch)
-                    .await,
-                WorkloadKind::StatefulSet => self
-                    .patch_as::<StatefulSet>(workload, &params, patch)
-                    .await,
-                WorkloadKind::DaemonSet => self
-                    .patch_as::<DaemonSet>(workload, &params, patch)
-                    .await,
+                WorkloadKind::Deployment => {
+                    self.patch_as::<Deployment>(workload, &params, patch).await
+                }
+                WorkloadKind::StatefulSet => {
+                    self.patch_as::<StatefulSet>(workload, &params, patch).await
+                }
+                WorkloadKind::DaemonSet => {
+                    self.patch_as::<DaemonSet>(workload, &params, patch).await
+                }
             };
             match result {
                 Ok(()) => return Ok(Patched::Yes),

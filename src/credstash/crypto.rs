@@ -229,7 +229,13 @@ mod tests {
         let (ciphertext, hmac) = seal(&key(), PLAINTEXT.as_bytes()).unwrap();
         assert_eq!(ciphertext, super::tests::ciphertext());
         assert_eq!(hmac, VECTORS[0].1);
-        let value = open(&key(), &ciphertext, &decode_hmac(hmac.as_bytes()).unwrap(), Digest::Sha256).unwrap();
+        let value = open(
+            &key(),
+            &ciphertext,
+            &decode_hmac(hmac.as_bytes()).unwrap(),
+            Digest::Sha256,
+        )
+        .unwrap();
         assert_eq!(value.expose(), PLAINTEXT.as_bytes());
     }
 

@@ -121,7 +121,10 @@ impl CredstashSource {
             ("name".to_owned(), AttributeValue::S(item.name.to_owned())),
             ("version".to_owned(), AttributeValue::S(version.clone())),
             ("key".to_owned(), AttributeValue::S(b64.encode(wrapped))),
-            ("contents".to_owned(), AttributeValue::S(b64.encode(ciphertext))),
+            (
+                "contents".to_owned(),
+                AttributeValue::S(b64.encode(ciphertext)),
+            ),
             // credstash 1.17 stores the hex HMAC as bytes.
             (
                 "hmac".to_owned(),

@@ -204,7 +204,11 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             );
         }
         if !outcome.restarted.is_empty() {
-            let verb = if dry_run { "Would restart" } else { "Restarted" };
+            let verb = if dry_run {
+                "Would restart"
+            } else {
+                "Restarted"
+            };
             let _ = writeln!(out, "{verb}: {} workload(s).", outcome.restarted.len());
         }
         for f in &outcome.restart_failures {
@@ -348,7 +352,11 @@ fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) ->
             );
         }
         if !outcome.restarted.is_empty() {
-            let verb = if dry_run { "Would restart" } else { "Restarted" };
+            let verb = if dry_run {
+                "Would restart"
+            } else {
+                "Restarted"
+            };
             let _ = writeln!(out, "\n{verb} {} workload(s).", outcome.restarted.len());
         }
         for f in &outcome.restart_failures {
@@ -482,6 +490,7 @@ mod tests {
                 commit: "0123456789abcdef".into(),
                 differs_from_table: true,
             }],
+            restarts: vec![],
         }
     }
 

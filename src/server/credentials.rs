@@ -17,12 +17,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 use super::{ServerState, error};
@@ -43,11 +43,28 @@ pub struct SelfService {
 }
 
 /// A refusal: the status and a message that says what to do.
-type Refused = Response;
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.status, self.message)
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        message: message.into(),
+    }
+}
 
 fn service(state: &ServerState) -> Result<&SelfService, Refused> {
     state.self_service.as_ref().ok_or_else(|| {
-        error(
+        refuse(
             StatusCode::NOT_FOUND,
             "the self-service API is off: start credsync run with --self-service",
         )
@@ -65,7 +82,7 @@ async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller
         })
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(error(
+        return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "no token: send your Kubernetes token as Authorization: Bearer TOKEN \
              (the one kubectl uses; credsync put --server sends it for you)",
@@ -73,13 +90,13 @@ async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller
     };
     match state.reconciler.cluster().review_token(token).await {
         Ok(TokenVerdict::Authenticated(caller)) => Ok(caller),
-        Ok(TokenVerdict::Refused(reason)) => Err(error(
+        Ok(TokenVerdict::Refused(reason)) => Err(refuse(
             StatusCode::UNAUTHORIZED,
             format!("the API server did not accept the token: {reason}"),
         )),
         Err(err) => {
             tracing::error!(error = %err, "TokenReview failed");
-            Err(error(
+            Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot check the token now: {err}"),
             ))
@@ -110,7 +127,7 @@ async fn authorize<'v>(
             Ok(false) => {}
             Err(err) => {
                 tracing::error!(error = %err, "SubjectAccessReview failed");
-                return Err(error(
+                return Err(refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("cannot check permissions now: {err}"),
                 ));
@@ -124,7 +141,7 @@ async fn authorize<'v>(
 }
 
 fn forbidden(caller: &Caller, verbs: &[&str], namespace: &str) -> Refused {
-    error(
+    refuse(
         StatusCode::FORBIDDEN,
         format!(
             "user '{}' may not {} credentials in namespace '{namespace}': a cluster admin grants it \
@@ -137,10 +154,15 @@ fn forbidden(caller: &Caller, verbs: &[&str], namespace: &str) -> Refused {
 }
 
 /// The credstash name of a path, if it maps to a Secret key credsync writes.
-fn target(state: &ServerState, namespace: &str, secret: &str, key: &str) -> Result<String, Refused> {
+fn target(
+    state: &ServerState,
+    namespace: &str,
+    secret: &str,
+    key: &str,
+) -> Result<String, Refused> {
     let name = format!("{namespace}/{secret}/{key}");
     if let Err(reason) = map_name(&name) {
-        return Err(error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             format!("'{name}' does not map to a Secret key: {reason}"),
         ));
@@ -154,7 +176,7 @@ fn target(state: &ServerState, namespace: &str, secret: &str, key: &str) -> Resu
 fn namespace_served(state: &ServerState, namespace: &str) -> Result<(), Refused> {
     match state.reconciler.namespace_refusal(namespace) {
         None => Ok(()),
-        Some(reason) => Err(error(
+        Some(reason) => Err(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("credsync does not write Secrets in namespace '{namespace}': {reason}"),
         )),
@@ -185,9 +207,15 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
             ("CredentialWritten", "Put")
         };
         let note = if deleted {
-            format!("{} deleted key {} (item {}, every version) through the credsync API", caller.username, target.key, item.name)
+            format!(
+                "{} deleted key {} (item {}, every version) through the credsync API",
+                caller.username, target.key, item.name
+            )
         } else {
-            format!("{} put key {} (item {} version {}) through the credsync API", caller.username, target.key, item.name, item.version)
+            format!(
+                "{} put key {} (item {} version {}) through the credsync API",
+                caller.username, target.key, item.name, item.version
+            )
         };
         if let Err(err) = state
             .reconciler
@@ -216,7 +244,7 @@ fn write_failed(err: &WriteItemError) -> Refused {
         WriteItemError::NoSuchName(_) => StatusCode::NOT_FOUND,
         WriteItemError::DataKey { .. } | WriteItemError::Table { .. } => StatusCode::BAD_GATEWAY,
     };
-    error(status, err.to_string())
+    refuse(status, err.to_string())
 }
 
 pub(super) async fn put(
@@ -225,9 +253,9 @@ pub(super) async fn put(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match put_inner(&state, &namespace, &secret, &key, &headers, body).await {
-        Ok(response) | Err(response) => response,
-    }
+    put_inner(&state, &namespace, &secret, &key, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn put_inner(
@@ -241,15 +269,28 @@ async fn put_inner(
     let service = service(state)?;
     let caller = authenticate(state, headers).await?;
     let name = target(state, namespace, secret, key)?;
-    let granted = authorize(state, &caller, &["update", "create"], namespace, Some(secret)).await?;
+    let granted = authorize(
+        state,
+        &caller,
+        &["update", "create"],
+        namespace,
+        Some(secret),
+    )
+    .await?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            error(
+            refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the value is over the limit of {} bytes", service.max_value_bytes),
+                format!(
+                    "the value is over the limit of {} bytes",
+                    service.max_value_bytes
+                ),
             )
         } else {
-            error(rejection.status(), format!("cannot read the value: {rejection}"))
+            refuse(
+                rejection.status(),
+                format!("cannot read the value: {rejection}"),
+            )
         }
     })?;
     let value = SecretValue::new(body.to_vec());
@@ -272,7 +313,7 @@ async fn put_inner(
             _ => false,
         };
         if !same {
-            return Err(error(
+            return Err(refuse(
                 StatusCode::CONFLICT,
                 format!(
                     "{name} changed: its latest version is {}, not {expected}; read it again and retry",
@@ -344,9 +385,7 @@ pub(super) async fn delete(
             .into_response())
     }
     .await;
-    match result {
-        Ok(response) | Err(response) => response,
-    }
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(super) async fn list(
@@ -358,7 +397,7 @@ pub(super) async fn list(
         service(&state)?;
         let caller = authenticate(&state, &headers).await?;
         if !is_dns1123_label(&namespace) {
-            return Err(error(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!("'{namespace}' is not a namespace name (a DNS-1123 label)"),
             ));
@@ -392,7 +431,5 @@ pub(super) async fn list(
             .into_response())
     }
     .await;
-    match result {
-        Ok(response) | Err(response) => response,
-    }
+    result.unwrap_or_else(IntoResponse::into_response)
 }

@@ -91,10 +91,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
             require_access,
         ));
     // Each caller's own Kubernetes token, reviewed per request.
-    let max_body = state
-        .self_service
-        .as_ref()
-        .map_or(0, |s| s.max_value_bytes);
+    let max_body = state.self_service.as_ref().map_or(0, |s| s.max_value_bytes);
     let self_service = Router::new()
         .route(
             "/v1/secrets/{namespace}/{secret}/{key}",

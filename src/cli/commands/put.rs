@@ -52,12 +52,14 @@ pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub(in crate::cli) async fn delete(common: &Common, name: &str, server: Option<&str>) -> Result<u8> {
+pub(in crate::cli) async fn delete(
+    common: &Common,
+    name: &str,
+    server: Option<&str>,
+) -> Result<u8> {
     if let Some(server) = server {
         let answer = call(server, Method::DELETE, &api_path(name)?, Vec::new()).await?;
-        let versions = answer["deleted_versions"]
-            .as_array()
-            .map_or(0, Vec::len);
+        let versions = answer["deleted_versions"].as_array().map_or(0, Vec::len);
         println!("{name}: {versions} version(s) deleted through {server}");
         return Ok(0);
     }
@@ -99,7 +101,12 @@ fn api_path(name: &str) -> Result<String> {
 /// One call to the self-service API, authenticated as the current
 /// kubeconfig context's user (tokens, token files and exec plugins such as
 /// OIDC helpers, as kubectl does).
-async fn call(server: &str, method: Method, path: &str, body: Vec<u8>) -> Result<serde_json::Value> {
+async fn call(
+    server: &str,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<serde_json::Value> {
     let url: axum::http::Uri = server
         .parse()
         .with_context(|| format!("--server '{server}' is not a URL"))?;
