@@ -437,6 +437,10 @@ mod tests {
         };
         let plan = plan(&manifest, &live_state, DiffOptions::default());
         assert!(plan.changes.is_empty());
+        assert!(
+            plan.content_changes().is_empty(),
+            "a pinned Secret restarts nothing"
+        );
         assert_eq!(
             plan.pinned,
             [Pinned {
@@ -444,6 +448,27 @@ mod tests {
                 commit: "abc123".into(),
                 differs_from_table: true
             }]
+        );
+    }
+
+    #[test]
+    fn only_key_changes_of_an_existing_secret_are_content_changes() {
+        // Changed key: pods see something new.
+        let l = live(&[("A", "1")], &["A"], true);
+        assert!(
+            diff(&desired(&[("A", "2")]), Some(&l))
+                .unwrap()
+                .content_changed()
+        );
+        // Adopting with the same value rewrites ownership only.
+        let adopted = live(&[("A", "1")], &[], false);
+        let c = diff(&desired(&[("A", "1")]), Some(&adopted)).unwrap();
+        assert!(c.adopt && !c.content_changed());
+        // A new Secret: pods waiting for it start by themselves.
+        assert!(
+            !diff(&desired(&[("A", "1")]), None)
+                .unwrap()
+                .content_changed()
         );
     }
 

@@ -216,9 +216,13 @@ impl Reconciler {
             } else {
                 sources().any(|s| *s == a.item)
             };
-            if carried {
-                let what = if a.deleted { "deleted" } else { "put" };
-                lines.push_str(&format!("{what} by {}: {}\n", a.who, a.item));
+            if carried && a.deleted {
+                lines.push_str(&format!(
+                    "deleted by {}: {} (every version)\n",
+                    a.who, a.item.name
+                ));
+            } else if carried {
+                lines.push_str(&format!("put by {}: {}\n", a.who, a.item));
             }
             !carried
         });

@@ -79,7 +79,12 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(%address, sync_and_plan = config.access.describe(), "serving /sync, /plan, /metrics, /healthz, /readyz");
+    tracing::info!(
+        %address,
+        sync_and_plan = config.access.describe(),
+        self_service = config.self_service.is_some(),
+        "serving /sync, /plan, /metrics, /healthz, /readyz, and /v1/secrets with --self-service"
+    );
     match config.access {
         Access::Unconfigured => tracing::warn!(
             "no sync token configured: /sync and /plan refuse every call; give --sync-token-file, \

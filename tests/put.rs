@@ -150,7 +150,10 @@ async fn credstash_and_credsync_read_what_the_other_writes() {
     // without its context could not read, deleted first).
     let run = env.credsync(&["delete", "team-a/app/CTX"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.stdout.trim(), "deleted team-a/app/CTX version 0000000000000000001");
+    assert_eq!(
+        run.stdout.trim(),
+        "deleted team-a/app/CTX version 0000000000000000001"
+    );
     let run = env.credsync(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let app = env.secret_data("team-a", "app").await.unwrap();

@@ -633,5 +633,12 @@ async fn self_service_writes_follow_each_callers_rbac() {
     })
     .await;
     assert!(removed, "{}", env.daemon_log(&daemon));
+    let named = eventually(Duration::from_secs(20), || async {
+        env.git(&repo, &["log", "--format=%B"]).contains(&format!(
+            "deleted by {alice_user}: team-a/db/PASSWORD (every version)"
+        ))
+    })
+    .await;
+    assert!(named, "{}", env.git(&repo, &["log", "--format=%B"]));
     env.daemon_log(&daemon);
 }

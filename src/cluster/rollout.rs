@@ -95,27 +95,27 @@ where
     Self: Clone + DeserializeOwned + std::fmt::Debug,
 {
     const KIND: WorkloadKind;
-    fn template(&self) -> Option<&PodTemplateSpec>;
+    fn template(&self) -> &PodTemplateSpec;
 }
 
 impl PodTemplated for Deployment {
     const KIND: WorkloadKind = WorkloadKind::Deployment;
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        Some(&self.spec.template)
+    fn template(&self) -> &PodTemplateSpec {
+        &self.spec.template
     }
 }
 
 impl PodTemplated for StatefulSet {
     const KIND: WorkloadKind = WorkloadKind::StatefulSet;
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        Some(&self.spec.template)
+    fn template(&self) -> &PodTemplateSpec {
+        &self.spec.template
     }
 }
 
 impl PodTemplated for DaemonSet {
     const KIND: WorkloadKind = WorkloadKind::DaemonSet;
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        Some(&self.spec.template)
+    fn template(&self) -> &PodTemplateSpec {
+        &self.spec.template
     }
 }
 
@@ -165,10 +165,7 @@ impl Cluster {
                 let annotations = meta.annotations.clone().unwrap_or_default();
                 match reload_rule(&annotations) {
                     Ok(Some(rule)) => {
-                        let referenced = object
-                            .template()
-                            .map(referenced_secrets)
-                            .unwrap_or_default();
+                        let referenced = referenced_secrets(object.template());
                         found
                             .opted_in
                             .push(Workload::new(reference, rule, referenced));

@@ -28,7 +28,7 @@ use serde_json::json;
 use super::{ServerState, error};
 use crate::cluster::review::{Caller, TokenVerdict};
 use crate::credstash::{NewItem, PutVersion, WriteItemError, padded_version};
-use crate::manifest::{SecretRef, is_dns1123_label, map_name};
+use crate::manifest::{is_dns1123_label, map_name};
 use crate::secret::SecretValue;
 use crate::source::ItemId;
 use crate::worker::{Request, Trigger};
@@ -414,7 +414,7 @@ pub(super) async fn list(
             .iter()
             .filter_map(|id| {
                 let target = map_name(&id.name).ok()?;
-                (target.secret == SecretRef::new(&namespace, &target.secret.name)).then(|| {
+                (target.secret.namespace == namespace).then(|| {
                     json!({
                         "name": id.name,
                         "version": id.version,
