@@ -517,13 +517,25 @@ async fn self_service_writes_follow_each_callers_rbac() {
                 && e.note.as_deref().is_some_and(|n| n.contains(alice_user))
         });
     assert!(noted, "an Event on team-a/db names the writer");
-    let named = eventually(Duration::from_secs(20), || async {
-        env.git(&repo, &["log", "--format=%B"]).contains(&format!(
-            "put by {alice_user}: team-a/db/PASSWORD@0000000000000000001"
-        ))
-    })
+    // The snapshot history: a commit message that says `line`, soon.
+    let commit_says = |line: String| {
+        let (env, repo) = (&env, &repo);
+        async move {
+            let said = eventually(Duration::from_secs(20), || async {
+                env.git(repo, &["log", "--format=%B"]).contains(&line)
+            })
+            .await;
+            assert!(
+                said,
+                "no commit says {line}: {}",
+                env.git(repo, &["log", "--format=%B"])
+            );
+        }
+    };
+    commit_says(format!(
+        "put by {alice_user}: team-a/db/PASSWORD@0000000000000000001"
+    ))
     .await;
-    assert!(named, "{}", env.git(&repo, &["log", "--format=%B"]));
 
     // Listing: names and versions, never values; only where RBAC allows.
     let (status, body) = call(port, "GET", "/v1/secrets/team-a", Some(&alice), b"");
@@ -633,12 +645,9 @@ async fn self_service_writes_follow_each_callers_rbac() {
     })
     .await;
     assert!(removed, "{}", env.daemon_log(&daemon));
-    let named = eventually(Duration::from_secs(20), || async {
-        env.git(&repo, &["log", "--format=%B"]).contains(&format!(
-            "deleted by {alice_user}: team-a/db/PASSWORD (every version)"
-        ))
-    })
+    commit_says(format!(
+        "deleted by {alice_user}: team-a/db/PASSWORD (every version)"
+    ))
     .await;
-    assert!(named, "{}", env.git(&repo, &["log", "--format=%B"]));
     env.daemon_log(&daemon);
 }

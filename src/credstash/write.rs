@@ -169,7 +169,7 @@ impl CredstashSource {
     /// Deletes every version of `name`, as `credstash delete` does; returns
     /// the versions deleted.
     pub async fn delete(&self, name: &str) -> Result<Vec<ItemId>, WriteItemError> {
-        let versions = self.versions_of(name).await?;
+        let versions = self.versions_of(name, false).await?;
         if versions.is_empty() {
             return Err(WriteItemError::NoSuchName(name.to_owned()));
         }
@@ -246,40 +246,20 @@ impl CredstashSource {
     /// The greatest stored version of `name` (string order, as credstash),
     /// None for a name not in the table.
     pub async fn latest_version(&self, name: &str) -> Result<Option<String>, WriteItemError> {
-        self.metrics
-            .dynamodb_requests
-            .with_label_values(&["Query"])
-            .inc();
-        let out = self
-            .dynamodb
-            .query()
-            .table_name(&self.config.table)
-            .key_condition_expression("#n = :name")
-            .expression_attribute_names("#n", "name")
-            .expression_attribute_values(":name", AttributeValue::S(name.to_owned()))
-            .projection_expression("version")
-            .scan_index_forward(false)
-            .consistent_read(true)
-            .limit(1)
-            .send()
-            .await
-            .map_err(|err| {
-                self.table_error(
-                    AwsError::from_sdk(&err),
-                    "access denied (writes need dynamodb:Query on the table)",
-                )
-            })?;
-        Ok(out
-            .items
-            .unwrap_or_default()
-            .first()
-            .and_then(|item| item.get("version"))
-            .and_then(|v| v.as_s().ok())
-            .cloned())
+        Ok(self
+            .versions_of(name, true)
+            .await?
+            .pop()
+            .map(|id| id.version))
     }
 
-    /// Every stored version of `name`, paged.
-    async fn versions_of(&self, name: &str) -> Result<Vec<ItemId>, WriteItemError> {
+    /// The stored versions of `name`: every one, paged, or (`latest_only`)
+    /// one Query of the newest. Consistent reads: a write just made counts.
+    async fn versions_of(
+        &self,
+        name: &str,
+        latest_only: bool,
+    ) -> Result<Vec<ItemId>, WriteItemError> {
         let mut versions = Vec::new();
         let mut start = None;
         loop {
@@ -296,13 +276,15 @@ impl CredstashSource {
                 .expression_attribute_values(":name", AttributeValue::S(name.to_owned()))
                 .projection_expression("version")
                 .consistent_read(true)
+                .scan_index_forward(!latest_only)
+                .set_limit(latest_only.then_some(1))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|err| {
                     self.table_error(
                         AwsError::from_sdk(&err),
-                        "access denied (deletes need dynamodb:Query on the table)",
+                        "access denied (writes need dynamodb:Query on the table)",
                     )
                 })?;
             versions.extend(
@@ -316,7 +298,7 @@ impl CredstashSource {
                     }),
             );
             match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
+                Some(key) if !key.is_empty() && !latest_only => start = Some(key),
                 _ => return Ok(versions),
             }
         }

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{ServerState, error};
+use super::{ServerState, bearer_token, error};
 use crate::cluster::review::{Caller, TokenVerdict};
 use crate::credstash::{NewItem, PutVersion, WriteItemError, padded_version};
 use crate::manifest::{is_dns1123_label, map_name};
@@ -73,15 +73,7 @@ fn service(state: &ServerState) -> Result<&SelfService, Refused> {
 
 /// The caller behind the bearer token, as a TokenReview reports them.
 async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Refused> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
+    let Some(token) = bearer_token(headers) else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "no token: send your Kubernetes token as Authorization: Bearer TOKEN \

@@ -182,18 +182,25 @@ fn check_access(access: &Access, headers: &HeaderMap) -> Option<Response> {
 /// case-insensitive, RFC 9110) or Kubestash-V2's `API-Key: T`. An absent or
 /// empty credential is None, never an empty string that could match.
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
+    let api_key = headers
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    bearer_token(headers).or(api_key)
+}
+
+/// The credential of `Authorization: Bearer T` (the scheme in any case),
+/// None when absent or empty.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-    let api_key = headers
-        .get("api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    bearer.or(api_key).filter(|t| !t.is_empty())
+        })
+        .filter(|t| !t.is_empty())
 }
 
 /// `?namespace=NS` and `&secret=NAME` (secret needs namespace); anything else is 400.
