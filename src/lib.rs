@@ -5,11 +5,14 @@
 //! - domain: [`secret`] (values that never print), [`source`] (what a
 //!   source hands over), [`manifest`] (names to desired Secrets), [`plan`]
 //!   (live vs desired, key names only), [`labels`] (what credsync writes on
-//!   a Secret), [`rollout`] (which workloads restart for which Secrets); beside them [`metrics`], [`backoff`] and [`aws_error`], used
-//!   by every layer and depending on none;
-//! - adapters: [`credstash`] reads and decrypts the table, [`cluster`] reads
-//!   live Secrets, applies and holds the Lease, [`snapshot`] records desired
-//!   state in git as SOPS files (the format is the `sops-age` crate);
+//!   a Secret), [`rollout`] (which workloads restart for which Secrets);
+//!   beside them [`metrics`], [`backoff`] and [`aws_error`], used by every
+//!   layer and depending on none;
+//! - adapters: [`credstash`] reads, decrypts and writes the table,
+//!   [`secretsmanager`] reads AWS Secrets Manager, [`cluster`] reads live
+//!   Secrets, applies, restarts workloads, reviews callers and holds the
+//!   Lease, [`snapshot`] records desired state in git as SOPS files (the
+//!   format is the `sops-age` crate);
 //! - application: [`reconcile`] (one reconcile, top to bottom), [`render`],
 //!   [`cli`], and the `run` daemon: [`run`], [`worker`], [`trigger`],
 //!   [`server`], [`telemetry`].
@@ -28,6 +31,7 @@ pub mod render;
 pub mod rollout;
 pub mod run;
 pub mod secret;
+pub mod secretsmanager;
 pub mod server;
 pub mod snapshot;
 pub mod source;

@@ -273,10 +273,30 @@ impl Manifest {
     }
 }
 
+/// A value another source already read and mapped (Secrets Manager): it
+/// joins the selection under the same namespace and conflict rules.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub target: Target,
+    pub credential: Credential,
+}
+
+/// A source's failure whose keys keep their live values (the keys a failed
+/// Secrets Manager secret held the last time it was read).
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub failure: ItemFailure,
+    pub keys: Vec<Target>,
+}
+
 /// The items worth decrypting, plus what the mapping already rejected.
 #[derive(Debug)]
 pub struct Selection<I> {
     pub to_decrypt: Vec<I>,
+    /// Values read already, by other sources.
+    ready: Vec<Credential>,
+    /// Keys held for failures that name no target of their own.
+    held: Vec<Target>,
     targets: BTreeMap<ItemId, Target>,
     filter: NamespaceFilter,
     existing: BTreeSet<String>,
@@ -296,6 +316,8 @@ impl<I: SourceItem> Selection<I> {
     ) -> Self {
         let mut selection = Selection {
             to_decrypt: Vec::new(),
+            ready: Vec::new(),
+            held: Vec::new(),
             targets: BTreeMap::new(),
             filter: filter.clone(),
             existing: existing.clone(),
@@ -353,6 +375,80 @@ impl<I: SourceItem> Selection<I> {
         self.skipped.push(Skip { subject, reason });
     }
 
+    /// Why a target's namespace is not written to, if it is not.
+    fn refusal(&self, namespace: &str) -> Option<String> {
+        if let Some(reason) = self.filter.reason_to_skip(namespace) {
+            return Some(reason.to_owned());
+        }
+        (!self.existing.contains(namespace))
+            .then(|| format!("namespace '{namespace}' does not exist in the cluster"))
+    }
+
+    /// Adds what another source read: its values (`ready`), its failures
+    /// (their keys held) and its skips. A key claimed here and by an item
+    /// already selected, or twice here, is a conflict like any other: no
+    /// claimant is applied, and the item is no longer worth decrypting.
+    pub fn add_source(&mut self, ready: Vec<Ready>, failed: Vec<Failed>, skipped: Vec<Skip>) {
+        self.skipped.extend(skipped);
+        let mut claims: BTreeMap<(SecretRef, String), Vec<ItemId>> = BTreeMap::new();
+        for (id, target) in &self.targets {
+            claims
+                .entry((target.secret.clone(), target.key.clone()))
+                .or_default()
+                .push(id.clone());
+        }
+        let mut arriving: Vec<Ready> = Vec::new();
+        for entry in ready {
+            if let Some(reason) = self.refusal(&entry.target.secret.namespace) {
+                self.skip(entry.credential.id.name.clone(), reason);
+                continue;
+            }
+            // Already in conflict among the first source's items: one more claimant.
+            if let Some(conflict) = self
+                .conflicts
+                .iter_mut()
+                .find(|c| c.secret == entry.target.secret && c.key == entry.target.key)
+            {
+                conflict.sources.push(entry.credential.id.clone());
+                conflict.sources.sort();
+                continue;
+            }
+            let key = (entry.target.secret.clone(), entry.target.key.clone());
+            claims
+                .entry(key)
+                .or_default()
+                .push(entry.credential.id.clone());
+            arriving.push(entry);
+        }
+        let mut lost: BTreeSet<ItemId> = BTreeSet::new();
+        for ((secret, key), mut ids) in claims {
+            if ids.len() < 2 {
+                continue;
+            }
+            ids.sort();
+            lost.extend(ids.iter().cloned());
+            self.conflicts.push(Conflict {
+                secret,
+                key,
+                sources: ids,
+            });
+        }
+        self.targets.retain(|id, _| !lost.contains(id));
+        self.to_decrypt.retain(|item| !lost.contains(item.id()));
+        for entry in arriving {
+            if lost.contains(&entry.credential.id) {
+                continue;
+            }
+            self.targets
+                .insert(entry.credential.id.clone(), entry.target);
+            self.ready.push(entry.credential);
+        }
+        for failed in failed {
+            self.held.extend(failed.keys);
+            self.failures.push(failed.failure);
+        }
+    }
+
     /// Builds the manifest from the decrypted items; failed items and
     /// conflicts become held keys so their live values stay.
     pub fn assemble(self, credentials: Vec<Credential>, failures: Vec<ItemFailure>) -> Manifest {
@@ -362,7 +458,7 @@ impl<I: SourceItem> Selection<I> {
             existing: self.existing,
             ..Manifest::default()
         };
-        for credential in credentials {
+        for credential in credentials.into_iter().chain(self.ready) {
             if let Some(target) = self.targets.get(&credential.id) {
                 manifest
                     .secrets
@@ -387,6 +483,10 @@ impl<I: SourceItem> Selection<I> {
                 secret.held.insert(target.key.clone(), Hold::Failed);
             }
             manifest.failures.push(failure);
+        }
+        for target in self.held {
+            let secret = manifest.secrets.entry(target.secret).or_default();
+            secret.held.insert(target.key, Hold::Failed);
         }
         for conflict in &self.conflicts {
             let secret = manifest.secrets.entry(conflict.secret.clone()).or_default();
@@ -559,5 +659,85 @@ mod tests {
                 prop_assert_eq!(target.key, normalize_key(&key));
             }
         }
+    }
+
+    fn ready(name: &str, target: &str, value: &str) -> Ready {
+        Ready {
+            target: map_name(target).unwrap(),
+            credential: Credential {
+                id: ItemId {
+                    name: name.into(),
+                    version: "v1".into(),
+                },
+                value: SecretValue::new(value.as_bytes().to_vec()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_second_source_merges_and_a_key_claimed_by_both_is_a_conflict() {
+        let filter = NamespaceFilter::parse("kube-system", None);
+        let mut sel = Selection::of(
+            vec![item("ns/app/PASSWORD"), item("ns/app/USER")],
+            vec![],
+            &filter,
+            &existing(&["ns", "kube-system"]),
+        );
+        sel.add_source(
+            vec![
+                ready("arn:sm:app#PASSWORD", "ns/app/PASSWORD", "from-sm"),
+                ready("arn:sm:app#TOKEN", "ns/app/TOKEN", "sm-token"),
+                ready("arn:sm:sys#KEY", "kube-system/x/KEY", "never"),
+            ],
+            vec![Failed {
+                failure: ItemFailure {
+                    id: ItemId {
+                        name: "ns/broken".into(),
+                        version: "v9".into(),
+                    },
+                    reason: "ThrottlingException".into(),
+                },
+                keys: vec![map_name("ns/broken/KEY").unwrap()],
+            }],
+            vec![Skip {
+                subject: "loose".into(),
+                reason: "name has 1 segment(s)".into(),
+            }],
+        );
+        // The table's PASSWORD is no longer worth decrypting: it is in conflict.
+        let names: Vec<&str> = sel
+            .to_decrypt
+            .iter()
+            .map(|i| i.id().name.as_str())
+            .collect();
+        assert_eq!(names, ["ns/app/USER"]);
+        let user = Credential {
+            id: sel.to_decrypt[0].id().clone(),
+            value: SecretValue::new(b"u".to_vec()),
+        };
+        let m = sel.assemble(vec![user], vec![]);
+        let app = &m.secrets[&SecretRef::new("ns", "app")];
+        let keys: Vec<&str> = app.keys.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["TOKEN", "USER"]);
+        assert_eq!(app.held.get("PASSWORD"), Some(&Hold::Conflict));
+        assert_eq!(m.conflicts.len(), 1);
+        let claimants: Vec<String> = m.conflicts[0]
+            .sources
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            claimants,
+            [
+                "arn:sm:app#PASSWORD@v1",
+                "ns/app/PASSWORD@0000000000000000001"
+            ]
+        );
+        assert_eq!(
+            m.secrets[&SecretRef::new("ns", "broken")].held.get("KEY"),
+            Some(&Hold::Failed)
+        );
+        assert!(m.skipped.iter().any(|s| s.subject == "arn:sm:sys#KEY"));
+        assert!(m.skipped.iter().any(|s| s.subject == "loose"));
     }
 }

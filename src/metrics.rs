@@ -35,6 +35,14 @@ pub struct Metrics {
     pub kms_requests: IntCounterVec,
     /// DynamoDB requests by operation (`Scan`, `Query`, `GetItem`).
     pub dynamodb_requests: IntCounterVec,
+    /// Secrets Manager requests by operation (`ListSecrets`, `BatchGetSecretValue`).
+    pub secretsmanager_requests: IntCounterVec,
+    /// SQS event messages by outcome (`handled`, `unrecognized`, `retried`),
+    /// and receive calls that failed (queue gone, no rights).
+    pub queue_messages: IntCounterVec,
+    /// SQS requests by operation (`ReceiveMessage`, `DeleteMessageBatch`).
+    pub sqs_requests: IntCounterVec,
+    pub queue_receive_failures: prometheus::IntCounter,
     /// Kubernetes API requests by verb (`list`, `get`, `create`, `patch`, `delete`).
     pub kubernetes_requests: IntCounterVec,
     /// Reconciles by outcome (`success`, `partial`, `error`).
@@ -187,6 +195,25 @@ impl Metrics {
                 "Snapshot pushes that failed or conflicted; retried on the next sync.",
             )?,
             stream_records: plain_counter("stream_records_total", "DynamoDB Stream records read.")?,
+            secretsmanager_requests: counter(
+                "secretsmanager_requests_total",
+                "AWS Secrets Manager requests by operation.",
+                "operation",
+            )?,
+            queue_messages: counter(
+                "queue_messages_total",
+                "SQS event messages by outcome.",
+                "outcome",
+            )?,
+            sqs_requests: counter(
+                "sqs_requests_total",
+                "SQS requests by operation.",
+                "operation",
+            )?,
+            queue_receive_failures: plain_counter(
+                "queue_receive_failures_total",
+                "SQS receive calls that failed (queue missing, access denied, unreachable).",
+            )?,
             stream_enabled: gauge(
                 "stream_enabled",
                 "1 when a DynamoDB Stream is followed, 0 in schedule-only mode.",

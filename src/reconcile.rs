@@ -16,6 +16,7 @@ use crate::manifest::{DesiredSecret, Manifest, NamespaceFilter, SecretRef, Selec
 use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan};
 use crate::rollout;
+use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
 use crate::source::{ItemFailure, ItemId};
@@ -24,6 +25,8 @@ use crate::source::{ItemFailure, ItemId};
 pub enum ReconcileError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    SecretsManager(#[from] SmError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     /// The cause is part of the message, not a `source`: printed as a
@@ -77,6 +80,9 @@ impl SyncReport {
 
 pub struct Reconciler {
     source: CredstashSource,
+    /// False with `--source secretsmanager` alone: the table is not read.
+    read_table: bool,
+    secrets_manager: Option<SecretsManagerSource>,
     cluster: Cluster,
     filter: NamespaceFilter,
     apply: ApplyOptions,
@@ -128,6 +134,8 @@ impl Reconciler {
     ) -> Self {
         Self {
             source,
+            read_table: true,
+            secrets_manager: None,
             cluster,
             filter,
             apply,
@@ -143,6 +151,13 @@ impl Reconciler {
     /// reconciles (stream events, drift, `/sync?namespace=`).
     pub fn with_table_index(mut self) -> Self {
         self.keep_index = true;
+        self
+    }
+
+    /// Reads AWS Secrets Manager too; `and_table` false leaves the Credstash table out.
+    pub fn with_secrets_manager(mut self, source: SecretsManagerSource, and_table: bool) -> Self {
+        self.secrets_manager = Some(source);
+        self.read_table = and_table;
         self
     }
 
@@ -174,10 +189,14 @@ impl Reconciler {
                 return 0;
             }
         };
-        let values = secrets
+        let (managed, table): (Vec<_>, Vec<_>) = secrets
             .into_values()
-            .flat_map(|desired| desired.keys.into_values().map(|k| (k.source, k.value)));
-        let remembered = self.source.remember(values);
+            .flat_map(|desired| desired.keys.into_values().map(|k| (k.source, k.value)))
+            .partition(|(id, _)| SecretsManagerSource::owns(id));
+        let mut remembered = self.source.remember(table);
+        if let Some(sm) = &self.secrets_manager {
+            remembered += sm.remember(managed);
+        }
         tracing::info!(values = remembered, "warm start from the last snapshot");
         remembered
     }
@@ -250,14 +269,18 @@ impl Reconciler {
     /// Reads the table and the cluster and computes the plan; writes nothing.
     pub async fn plan(&self) -> Result<Planned, ReconcileError> {
         let started = std::time::Instant::now();
-        let (scanned, namespaces) = tokio::join!(self.source.scan(), self.cluster.namespaces());
+        let (scanned, namespaces, managed) = tokio::join!(
+            self.scan_table(),
+            self.cluster.namespaces(),
+            self.read_secrets_manager()
+        );
         self.metrics
             .table_fetch_duration
             .observe(started.elapsed().as_secs_f64());
         self.metrics
             .table_fetch_failing
-            .set(i64::from(scanned.is_err()));
-        let (scanned, namespaces) = (scanned?, namespaces?);
+            .set(i64::from(scanned.is_err() || managed.is_err()));
+        let (scanned, namespaces, managed) = (scanned?, namespaces?, managed?);
         tracing::debug!(
             items = scanned.latest.len(),
             malformed = scanned.malformed.len(),
@@ -278,6 +301,9 @@ impl Reconciler {
         }
         let mut selection =
             Selection::of(scanned.latest, scanned.malformed, &self.filter, &namespaces);
+        if let Some(read) = managed {
+            selection.add_source(read.ready, read.failed, read.skipped);
+        }
         let to_decrypt = std::mem::take(&mut selection.to_decrypt);
         let decrypted = self.source.decrypt(to_decrypt).await;
         let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
@@ -378,6 +404,11 @@ impl Reconciler {
                 .collect()
         };
         let mut selection = Selection::of(items, malformed, &self.filter, &namespaces);
+        // Secrets Manager's keys of these Secrets as last read: a targeted
+        // reconcile must not take them for deleted.
+        if let Some(sm) = &self.secrets_manager {
+            selection.add_source(sm.last_read_for(&affected), Vec::new(), Vec::new());
+        }
         let to_decrypt = std::mem::take(&mut selection.to_decrypt);
         let decrypted = self.source.decrypt(to_decrypt).await;
         let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
@@ -599,6 +630,22 @@ impl Reconciler {
             outcome,
             snapshot,
         })
+    }
+
+    /// The table's latest items, or nothing when only Secrets Manager is read.
+    async fn scan_table(&self) -> Result<crate::credstash::Scanned, SourceError> {
+        if self.read_table {
+            self.source.scan().await
+        } else {
+            Ok(Default::default())
+        }
+    }
+
+    async fn read_secrets_manager(&self) -> Result<Option<SmRead>, SmError> {
+        match &self.secrets_manager {
+            Some(sm) => sm.read().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Adds the restarts the plan's content changes call for (with

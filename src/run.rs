@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub drift_repair: bool,
     /// How long in-flight work may take after SIGTERM.
     pub grace: Duration,
+    /// SQS queues to take change events from.
+    pub queues: Vec<crate::trigger::queue::QueueConfig>,
     /// None: the self-service API answers 404.
     pub self_service: Option<crate::server::credentials::SelfService>,
 }
@@ -159,14 +161,33 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         .send(Request::full(Trigger::Startup))
         .await
         .context("queueing the first reconcile")?;
+    let (finished_tx, finished) = watch::channel(None);
+    for queue_config in config.queues {
+        let client = aws_sdk_sqs::Client::new(reconciler.source().sdk_config());
+        tracing::info!(queue = %queue_config.url, "following an events queue");
+        tasks.spawn(crate::trigger::queue::run(
+            client,
+            queue_config,
+            crate::trigger::queue::QueueLinks {
+                requests: requests.clone(),
+                finished: finished.clone(),
+                leadership: leadership.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            },
+        ));
+    }
     tasks.spawn(worker::run(
         reconciler.clone(),
         config.worker,
         health,
-        queue,
-        requests.clone(),
-        leadership,
-        shutdown.clone(),
+        worker::WorkerLinks {
+            requests: queue,
+            retry: requests.clone(),
+            leadership,
+            finished: finished_tx,
+            shutdown: shutdown.clone(),
+        },
     ));
     if let Some(schedule) = config.schedule {
         tasks.spawn(schedule::run(schedule, requests.clone(), shutdown.clone()));

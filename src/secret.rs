@@ -8,6 +8,9 @@
 use std::fmt;
 use zeroize::Zeroizing;
 
+/// Kubernetes' limit on a Secret's data: no value larger can ever be written.
+pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+
 /// A decrypted secret value. Cloning copies into another zeroizing buffer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretValue(Zeroizing<Vec<u8>>);

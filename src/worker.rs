@@ -25,6 +25,7 @@ pub enum Trigger {
     Startup,
     Schedule,
     Stream,
+    Queue,
     Drift,
     Http,
     Retry,
@@ -36,6 +37,7 @@ impl Trigger {
             Trigger::Startup => "startup",
             Trigger::Schedule => "schedule",
             Trigger::Stream => "stream",
+            Trigger::Queue => "queue",
             Trigger::Drift => "drift",
             Trigger::Http => "http",
             Trigger::Retry => "retry",
@@ -128,6 +130,15 @@ impl Health {
     }
 }
 
+/// A reconcile that ended: when it started, and whether every write
+/// landed. Whoever queued a request before `started` knows it was covered
+/// (requests queued meanwhile are merged into the next reconcile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    pub started: Instant,
+    pub ok: bool,
+}
+
 pub struct WorkerConfig {
     pub timeout: Duration,
     pub dry_run: bool,
@@ -136,16 +147,31 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
 }
 
+/// How the worker talks to the rest of `run`.
+pub struct WorkerLinks {
+    pub requests: mpsc::Receiver<Request>,
+    /// Where a failed reconcile's retry is queued.
+    pub retry: mpsc::Sender<Request>,
+    pub leadership: watch::Receiver<Leadership>,
+    /// Each reconcile's end, for the SQS consumer.
+    pub finished: watch::Sender<Option<Finished>>,
+    pub shutdown: CancellationToken,
+}
+
 /// Runs reconciles from `requests` until `shutdown`; only while leading.
 pub async fn run(
     reconciler: Arc<Reconciler>,
     config: WorkerConfig,
     health: Arc<Health>,
-    mut requests: mpsc::Receiver<Request>,
-    retry: mpsc::Sender<Request>,
-    mut leadership: watch::Receiver<Leadership>,
-    shutdown: CancellationToken,
+    links: WorkerLinks,
 ) {
+    let WorkerLinks {
+        mut requests,
+        retry,
+        mut leadership,
+        finished,
+        shutdown,
+    } = links;
     let metrics = reconciler.metrics().clone();
     let mut backoff = Backoff::exact(config.backoff, config.max_backoff);
     loop {
@@ -227,6 +253,10 @@ pub async fn run(
                 true
             }
         };
+        finished.send_replace(Some(Finished {
+            started,
+            ok: !(failed || retry_partial),
+        }));
         if failed || retry_partial {
             let delay = backoff.next_delay();
             if failed {

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, SecretRef};
 use crate::render::{Format, ListFormat};
+use crate::secretsmanager::names::NameScheme;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -41,6 +42,33 @@ pub struct Common {
     /// KMS encryption context the items were written with (k=v, repeatable).
     #[arg(long = "context", global = true, env = "CREDSYNC_CONTEXT", value_delimiter = ',', value_parser = parse_context)]
     pub context: Vec<(String, String)>,
+    /// Where desired state comes from: credstash, secretsmanager, or both
+    /// (repeat the flag); their keys merge, a key claimed by both is a conflict.
+    #[arg(
+        long = "source",
+        global = true,
+        env = "CREDSYNC_SOURCE",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "credstash"
+    )]
+    pub sources: Vec<SourceKind>,
+    /// How Secrets Manager names map: `path` (ns/secret as a JSON object,
+    /// ns/secret/KEY as one key) or `kiss` (k8s-secret_<ns>_<name>).
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSYNC_SM_NAMES",
+        value_enum,
+        default_value = "path"
+    )]
+    pub sm_names: NameScheme,
+    /// Only Secrets Manager secrets whose name starts with this (stripped before mapping).
+    #[arg(long, global = true, env = "CREDSYNC_SM_PREFIX", default_value = "")]
+    pub sm_prefix: String,
+    /// Only Secrets Manager secrets with this tag (k=v, repeatable: all must match).
+    #[arg(long = "sm-tag", global = true, env = "CREDSYNC_SM_TAG", value_delimiter = ',', value_parser = parse_context)]
+    pub sm_tags: Vec<(String, String)>,
     /// Names the cluster in plans, logs and metrics.
     #[arg(
         long,
@@ -123,6 +151,14 @@ pub struct Common {
     /// age identity file: for `show --reveal`, `rollback`, and minimal snapshot diffs.
     #[arg(long, global = true, env = "CREDSYNC_AGE_IDENTITY")]
     pub age_identity: Option<PathBuf>,
+}
+
+/// A source of desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Credstash,
+    Secretsmanager,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +298,16 @@ pub struct RunArgs {
     /// The table's stream (default: DescribeTable's latest stream).
     #[arg(long, env = "CREDSYNC_STREAM_ARN")]
     pub stream_arn: Option<String>,
+    /// SQS queue to take change events from (repeatable): DynamoDB stream
+    /// records (EventBridge Pipes), Secrets Manager CloudTrail events, either
+    /// inside SNS notifications. For many clusters on one table.
+    #[arg(
+        long = "events-queue",
+        env = "CREDSYNC_EVENTS_QUEUE",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub events_queues: Vec<String>,
     /// Do not follow the stream: schedule and HTTP only.
     #[arg(long, env = "CREDSYNC_NO_STREAM")]
     pub no_stream: bool,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use zeroize::Zeroizing;
 
-use super::args::{Common, RunArgs};
+use super::args::{Common, RunArgs, SourceKind};
+use crate::secretsmanager::names::NameScheme;
 use crate::server::Access;
 use crate::snapshot::remote::RemoteUrl;
 
@@ -94,11 +95,14 @@ pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run
         settings: settings.metric_labels(),
         listen: args.listen,
         schedule,
-        stream: (!args.no_stream).then(|| crate::trigger::stream::StreamConfig {
-            table: String::new(),
-            stream_arn: args.stream_arn.clone(),
-            debounce: args.debounce,
-            poll_interval: Duration::from_millis(250),
+        // The stream is the table's: no table, no stream.
+        stream: (!args.no_stream && settings.sources.contains(&SourceKind::Credstash)).then(|| {
+            crate::trigger::stream::StreamConfig {
+                table: String::new(),
+                stream_arn: args.stream_arn.clone(),
+                debounce: args.debounce,
+                poll_interval: Duration::from_millis(250),
+            }
         }),
         worker: crate::worker::WorkerConfig {
             timeout: args.reconcile_timeout,
@@ -116,6 +120,14 @@ pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run
         lease,
         drift_repair: !args.no_drift_repair,
         grace: args.grace,
+        queues: args
+            .events_queues
+            .iter()
+            .map(|url| crate::trigger::queue::QueueConfig {
+                url: url.clone(),
+                debounce: args.debounce,
+            })
+            .collect(),
         self_service: args
             .self_service
             .then(|| crate::server::credentials::SelfService {
@@ -130,6 +142,11 @@ pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run
 /// from it. Secrets appear only as "set"/"unset", URLs without credentials.
 #[derive(serde::Serialize)]
 pub(super) struct Settings {
+    sources: Vec<SourceKind>,
+    sm_names: NameScheme,
+    sm_prefix: String,
+    sm_tag_keys: Vec<String>,
+    events_queues: Vec<String>,
     table: String,
     region: Option<String>,
     context_keys: Vec<String>,
@@ -198,7 +215,18 @@ impl Settings {
     pub(super) fn resolve(common: &Common, args: &RunArgs) -> Result<Self> {
         let set = |present: bool| if present { "set" } else { "unset" };
         let access = sync_access(args, env_var)?;
+        if common.sources.is_empty() {
+            bail!("--source needs at least one of credstash, secretsmanager");
+        }
+        let mut sources = common.sources.clone();
+        sources.sort();
+        sources.dedup();
         Ok(Self {
+            sources,
+            sm_names: common.sm_names,
+            sm_prefix: common.sm_prefix.clone(),
+            sm_tag_keys: common.sm_tags.iter().map(|(k, _)| k.clone()).collect(),
+            events_queues: args.events_queues.clone(),
             table: common.table.clone(),
             region: common.region.clone(),
             context_keys: common.context.iter().map(|(k, _)| k.clone()).collect(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 
-use super::args::Common;
+use super::args::{Common, SourceKind};
 use super::config::env_var;
 use crate::cluster::Cluster;
 use crate::cluster::apply::ApplyOptions;
@@ -16,6 +16,7 @@ use crate::manifest::NamespaceFilter;
 use crate::metrics::Metrics;
 use crate::plan::DiffOptions;
 use crate::reconcile::Reconciler;
+use crate::secretsmanager::{SecretsManagerSource, SmConfig};
 use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
 use crate::snapshot::store::{SnapshotStore, StoreConfig};
 use sops_age::{Identities, Recipients};
@@ -127,7 +128,26 @@ pub(super) async fn build(
         rollouts: common.rollouts,
         ..ApplyOptions::default()
     };
+    let sm = common
+        .sources
+        .contains(&SourceKind::Secretsmanager)
+        .then(|| {
+            SecretsManagerSource::new(
+                source.sdk_config(),
+                SmConfig {
+                    names: common.sm_names,
+                    prefix: common.sm_prefix.clone(),
+                    tags: common.sm_tags.clone(),
+                },
+                metrics.clone(),
+            )
+        });
+    let reads_table = common.sources.contains(&SourceKind::Credstash);
     let reconciler = Reconciler::new(source, cluster, filter, apply, metrics);
+    let reconciler = match sm {
+        Some(sm) => reconciler.with_secrets_manager(sm, reads_table),
+        None => reconciler,
+    };
     Ok(match snapshots {
         Some(store) => reconciler.with_snapshots(store),
         None => reconciler,

@@ -29,8 +29,7 @@ use crate::plan::{LiveSecret, LiveState};
 
 /// Reads of adoption candidates in flight at once.
 const READ_CONCURRENCY: usize = 16;
-/// Kubernetes' limit on a Secret's data.
-pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+pub use crate::secret::MAX_SECRET_BYTES;
 
 impl LiveSecret {
     fn from_k8s(secret: Secret) -> Option<Self> {

@@ -2,5 +2,6 @@
 //! schedule, drift of managed Secrets, and HTTP (in `server`).
 
 pub mod drift;
+pub mod queue;
 pub mod schedule;
 pub mod stream;

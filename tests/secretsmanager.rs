@@ -1,0 +1,469 @@
+//! AWS Secrets Manager as a second source and SQS events, on moto (server
+//! mode: secretsmanager, sqs, sns) and a real API server.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::primitives::Blob;
+use serde_json::json;
+use support::{REGION, StandIns, eventually, http, metric, ready};
+
+async fn secrets_manager(env: &StandIns) -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&env.sdk_config(REGION).await)
+}
+
+/// Creates a secret holding `text` (its values seeded for the leak checks).
+async fn create(env: &StandIns, name: &str, text: &str, seeded: &[&str]) {
+    for value in seeded {
+        env.seed(value);
+    }
+    secrets_manager(env)
+        .await
+        .create_secret()
+        .name(name)
+        .secret_string(text)
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn put_value(env: &StandIns, name: &str, text: &str) {
+    secrets_manager(env)
+        .await
+        .put_secret_value()
+        .secret_id(name)
+        .secret_string(text)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The event EventBridge delivers for a Secrets Manager call, from CloudTrail.
+fn cloudtrail_event(call: &str, secret: &str) -> String {
+    json!({
+        "version": "0",
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.secretsmanager",
+        "detail": {
+            "eventSource": "secretsmanager.amazonaws.com",
+            "eventName": call,
+            "requestParameters": {"secretId": secret},
+        },
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
+    let env = StandIns::start(&["team-a", "team-b"]).await;
+    env.put("team-a/app/PASSWORD", "credstash-app-password");
+    env.put("team-b/web/URL", "credstash-web-url");
+    create(
+        &env,
+        "team-a/app",
+        r#"{"API_TOKEN":"sm-app-token","PASSWORD":"sm-claims-the-same-key"}"#,
+        &["sm-app-token", "sm-claims-the-same-key"],
+    )
+    .await;
+    create(
+        &env,
+        "team-b/db",
+        r#"{"user":"sm-db-user","port":5432}"#,
+        &["sm-db-user"],
+    )
+    .await;
+    create(
+        &env,
+        "team-b/cache",
+        "sm-cache-not-json",
+        &["sm-cache-not-json"],
+    )
+    .await;
+    create(&env, "loose-name", "sm-loose-value", &["sm-loose-value"]).await;
+    let binary = vec![0u8, 1, 2, 255, 10, 0];
+    secrets_manager(&env)
+        .await
+        .create_secret()
+        .name("team-b/tls/KEY")
+        .secret_binary(Blob::new(binary.clone()))
+        .send()
+        .await
+        .unwrap();
+    let both = ["--source", "credstash", "--source", "secretsmanager"];
+
+    let plan = env.credsync(&[&both[..], &["plan"]].concat());
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+    let squeezed = plan.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for expected in [
+        "+ create team-a/app +API_TOKEN",
+        "+ create team-b/db +USER",
+        "+ create team-b/tls +KEY",
+        "+ create team-b/web +URL",
+        "! conflict team-a/app key PASSWORD claimed by arn:",
+        "member 'port' is not a string",
+        "team-b/cache the value is not a JSON object",
+        "loose-name name has 1 segment(s)",
+    ] {
+        assert!(squeezed.contains(expected), "{expected}:\n{}", plan.stdout);
+    }
+    assert!(
+        plan.stdout
+            .contains("team-a/app/PASSWORD@0000000000000000001"),
+        "{}",
+        plan.stdout
+    );
+
+    let run = env.credsync(&[&both[..], &["sync"]].concat());
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let app = env.secret_data("team-a", "app").await.unwrap();
+    assert_eq!(app["API_TOKEN"], b"sm-app-token");
+    assert!(!app.contains_key("PASSWORD"), "a conflict is not applied");
+    assert_eq!(
+        env.secret_data("team-b", "db").await.unwrap()["USER"],
+        b"sm-db-user"
+    );
+    assert_eq!(
+        env.secret_data("team-b", "tls").await.unwrap()["KEY"],
+        binary
+    );
+    assert_eq!(
+        env.secret_data("team-b", "web").await.unwrap()["URL"],
+        b"credstash-web-url"
+    );
+
+    // Secrets Manager alone, kiss names: the table is not read at all.
+    create(
+        &env,
+        "k8s-secret_team-a_kiss",
+        r#"{"TOKEN":"sm-kiss-token"}"#,
+        &["sm-kiss-token"],
+    )
+    .await;
+    let kiss = env.credsync(&["--source", "secretsmanager", "--sm-names", "kiss", "sync"]);
+    assert_eq!(kiss.code, 0, "{}\n{}", kiss.stdout, kiss.stderr);
+    assert_eq!(
+        env.secret_data("team-a", "kiss").await.unwrap()["TOKEN"],
+        b"sm-kiss-token"
+    );
+    assert!(kiss.stdout.contains("0 to delete"), "{}", kiss.stdout);
+}
+
+/// A queue subscribed to `topic`, with a short visibility timeout.
+async fn subscribed_queue(env: &StandIns, topic: &str, name: &str) -> String {
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "2",
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let sns = aws_sdk_sns::Client::new(&env.sdk_config(REGION).await);
+    sns.subscribe()
+        .topic_arn(topic)
+        .protocol("sqs")
+        .endpoint(arn)
+        .send()
+        .await
+        .unwrap();
+    url
+}
+
+/// Messages waiting or in flight.
+async fn queued(env: &StandIns, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| attributes[a].parse::<u64>().unwrap())
+    .sum()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test]
+async fn three_processes_on_three_queues_fed_by_one_topic_converge() {
+    let env = StandIns::start(&["team-1", "team-2", "team-3"]).await;
+    let sns = aws_sdk_sns::Client::new(&env.sdk_config(REGION).await);
+    let topic = sns
+        .create_topic()
+        .name("credsync-events")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn
+        .unwrap();
+    let mut daemons = Vec::new();
+    let mut queues = Vec::new();
+    for i in 1..=3 {
+        create(
+            &env,
+            &format!("team-{i}/app"),
+            r#"{"TOKEN":"queue-token-initial"}"#,
+            &[],
+        )
+        .await;
+        let url = subscribed_queue(&env, &topic, &format!("cluster-{i}")).await;
+        let namespace = format!("team-{i}");
+        let daemon = env.daemon(
+            &[
+                "--source",
+                "secretsmanager",
+                "--events-queue",
+                &url,
+                "--namespace-include",
+                &namespace,
+            ],
+            &[],
+        );
+        assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+        daemons.push(daemon);
+        queues.push(url);
+    }
+    // Something no rule should send: logged by id, counted, deleted.
+    sns.publish()
+        .topic_arn(&topic)
+        .message("{\"hello\":\"world\"}")
+        .send()
+        .await
+        .unwrap();
+
+    let mut latencies = Vec::new();
+    for change in 0..20 {
+        let i = change % 3 + 1;
+        let (secret, value) = (
+            format!("team-{i}/app"),
+            format!("queue-token-change-{change}"),
+        );
+        env.seed(&value);
+        let started = Instant::now();
+        put_value(&env, &secret, &json!({ "TOKEN": value }).to_string()).await;
+        sns.publish()
+            .topic_arn(&topic)
+            .message(cloudtrail_event("PutSecretValue", &secret))
+            .send()
+            .await
+            .unwrap();
+        let arrived = eventually(Duration::from_secs(30), || async {
+            env.secret_data(&format!("team-{i}"), "app")
+                .await
+                .is_some_and(|d| d["TOKEN"] == value.as_bytes())
+        })
+        .await;
+        assert!(
+            arrived,
+            "change {change}: {}",
+            env.daemon_log(&daemons[i - 1])
+        );
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "PutSecretValue -> Secret over SNS -> SQS, 20 changes, debounce 1 s: p50 {:?}, p99 {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    // Every process handled every message (its own and the others'), and
+    // all three queues drain.
+    for (daemon, url) in daemons.iter().zip(&queues) {
+        let drained = eventually(Duration::from_secs(20), || async {
+            queued(&env, url).await == 0
+        })
+        .await;
+        let log = env.daemon_log(daemon);
+        assert!(drained, "{url}: {log}");
+        let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
+        assert_eq!(
+            metric(
+                &metrics,
+                "credsync_queue_messages_total{outcome=\"unrecognized\"}"
+            ),
+            1.0,
+            "{metrics}"
+        );
+        assert!(
+            metric(
+                &metrics,
+                "credsync_queue_messages_total{outcome=\"handled\"}"
+            ) >= 20.0,
+            "{metrics}"
+        );
+        assert!(log.contains("a message of no known shape"), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported() {
+    let env = StandIns::start(&["team-a"]).await;
+    let sns = aws_sdk_sns::Client::new(&env.sdk_config(REGION).await);
+    let topic = sns
+        .create_topic()
+        .name("events")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn
+        .unwrap();
+    let url = subscribed_queue(&env, &topic, "cluster").await;
+    create(
+        &env,
+        "team-a/app",
+        r#"{"TOKEN":"retry-token-one"}"#,
+        &["retry-token-one"],
+    )
+    .await;
+    let missing = format!("{}/000000000000/no-such-queue", env.aws_endpoint);
+    let faults = env.faults().await;
+    let daemon = env.daemon(
+        &[
+            "--source",
+            "secretsmanager",
+            "--events-queue",
+            &url,
+            "--events-queue",
+            &missing,
+        ],
+        &[],
+    );
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+
+    // Writes refused: the reconcile does not finish, the message stays.
+    faults.inject_json(json!({"verb": "patch", "resource": "secrets", "status": 503}));
+    env.seed("retry-token-two");
+    put_value(&env, "team-a/app", r#"{"TOKEN":"retry-token-two"}"#).await;
+    sns.publish()
+        .topic_arn(&topic)
+        .message(cloudtrail_event("PutSecretValue", "team-a/app"))
+        .send()
+        .await
+        .unwrap();
+    let retried = eventually(Duration::from_secs(20), || async {
+        let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
+        metric(
+            &metrics,
+            "credsync_queue_messages_total{outcome=\"retried\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(retried, "{}", env.daemon_log(&daemon));
+    assert!(queued(&env, &url).await >= 1, "the message was not deleted");
+
+    // Once writes go through, the message comes back, is handled and deleted.
+    faults.clear_faults();
+    let arrived = eventually(Duration::from_secs(30), || async {
+        env.secret_data("team-a", "app")
+            .await
+            .is_some_and(|d| d["TOKEN"] == b"retry-token-two")
+    })
+    .await;
+    assert!(arrived, "{}", env.daemon_log(&daemon));
+    let drained = eventually(Duration::from_secs(20), || async {
+        queued(&env, &url).await == 0
+    })
+    .await;
+    assert!(drained, "{}", env.daemon_log(&daemon));
+
+    // The missing queue: counted and logged; the daemon stays ready.
+    let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
+    assert!(
+        metric(&metrics, "credsync_queue_receive_failures_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(http(daemon.port, "GET", "/readyz", None).0, 200);
+    let log = env.daemon_log(&daemon);
+    assert!(
+        log.contains("cannot receive from the events queue") && log.contains("no-such-queue"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_fetches_only_the_secrets_that_changed() {
+    let env = StandIns::start(&["team-a"]).await;
+    for i in 0..5 {
+        create(
+            &env,
+            &format!("team-a/app-{i}"),
+            &format!(r#"{{"TOKEN":"warm-token-{i}"}}"#),
+            &[],
+        )
+        .await;
+    }
+    let (recipient, identity) = env.age_identity("reader");
+    let repo = env.dir.path().join("snapshots");
+    let args = [
+        "--source",
+        "secretsmanager",
+        "--snapshot-repo",
+        repo.to_str().unwrap(),
+        "--age-recipient",
+        &recipient,
+        "--age-identity",
+        identity.to_str().unwrap(),
+        "--no-drift-repair",
+    ];
+    let fetched = |port: u16| {
+        let (_, metrics) = http(port, "GET", "/metrics", None);
+        metric(
+            &metrics,
+            "credsync_secretsmanager_requests_total{operation=\"BatchGetSecretValue\"}",
+        )
+    };
+    let first = env.daemon(&args, &[]);
+    assert!(ready(first.port).await, "{}", env.daemon_log(&first));
+    assert_eq!(fetched(first.port), 1.0, "five secrets, one batch");
+    drop(first);
+    let warm = env.daemon(&args, &[]);
+    assert!(ready(warm.port).await, "{}", env.daemon_log(&warm));
+    assert_eq!(fetched(warm.port), 0.0, "{}", env.daemon_log(&warm));
+    drop(warm);
+    // One changed while it was down: one fetch, of that one.
+    env.seed("warm-token-changed");
+    put_value(&env, "team-a/app-3", r#"{"TOKEN":"warm-token-changed"}"#).await;
+    let third = env.daemon(&args, &[]);
+    assert!(ready(third.port).await, "{}", env.daemon_log(&third));
+    assert_eq!(fetched(third.port), 1.0);
+    assert_eq!(
+        env.secret_data("team-a", "app-3").await.unwrap()["TOKEN"],
+        b"warm-token-changed"
+    );
+    // The snapshot records each key's source as the secret's ARN and VersionId.
+    let show = env.credsync(&["--snapshot-repo", repo.to_str().unwrap(), "show", "HEAD"]);
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    assert!(
+        show.stdout.contains(":secretsmanager:us-east-1:") && show.stdout.contains("app-3"),
+        "{}",
+        show.stdout
+    );
+}
