@@ -56,7 +56,7 @@ fn cloudtrail_event(call: &str, secret: &str) -> String {
 
 #[tokio::test]
 async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
-    let env = StandIns::start(&["team-a", "team-b"]).await;
+    let env = StandIns::start(&["team-a", "team-b", "team-c"]).await;
     env.put("team-a/app/PASSWORD", "credstash-app-password");
     env.put("team-b/web/URL", "credstash-web-url");
     create(
@@ -132,21 +132,35 @@ async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
         b"credstash-web-url"
     );
 
-    // Secrets Manager alone, kiss names: the table is not read at all.
+    // Secrets Manager alone, kiss names, in a namespace of its own: the
+    // table is not read at all (the table's team-c item does not appear).
+    env.put("team-c/table/KEY", "credstash-team-c-value");
     create(
         &env,
-        "k8s-secret_team-a_kiss",
+        "k8s-secret_team-c_kiss",
         r#"{"TOKEN":"sm-kiss-token"}"#,
         &["sm-kiss-token"],
     )
     .await;
-    let kiss = env.credsync(&["--source", "secretsmanager", "--sm-names", "kiss", "sync"]);
+    let kiss = env.credsync(&[
+        "--source",
+        "secretsmanager",
+        "--sm-names",
+        "kiss",
+        "--namespace-include",
+        "team-c",
+        "sync",
+    ]);
     assert_eq!(kiss.code, 0, "{}\n{}", kiss.stdout, kiss.stderr);
     assert_eq!(
-        env.secret_data("team-a", "kiss").await.unwrap()["TOKEN"],
+        env.secret_data("team-c", "kiss").await.unwrap()["TOKEN"],
         b"sm-kiss-token"
     );
-    assert!(kiss.stdout.contains("0 to delete"), "{}", kiss.stdout);
+    assert!(
+        env.secret("team-c", "table").await.is_none(),
+        "{}",
+        kiss.stdout
+    );
 }
 
 /// A queue subscribed to `topic`, with a short visibility timeout.
