@@ -46,6 +46,10 @@ bench: setup
 bench-quick: setup build
     "{{venv}}/bin/python" benches/bench.py --quick --build debug --out target/bench-quick
 
+# The cost model: measures credsync's calls per change (stream and SQS), then models a day for many clusters.
+cost *ARGS: setup build
+    "{{venv}}/bin/python" benches/cost.py --build debug {{ARGS}}
+
 # Crash inputs land in fuzz/artifacts/TARGET/; the corpus grows in fuzz/corpus/ (not committed).
 # Fuzz each parser of untrusted bytes for SECONDS (libFuzzer via cargo fuzz).
 fuzz seconds="600" targets=fuzz_targets: fuzz-setup

@@ -132,6 +132,19 @@ async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
         b"credstash-web-url"
     );
 
+    // Scheduled for deletion: absent, so the Secret credsync created goes.
+    secrets_manager(&env)
+        .await
+        .delete_secret()
+        .secret_id("team-b/db")
+        .send()
+        .await
+        .unwrap();
+    let run = env.credsync(&[&both[..], &["sync"]].concat());
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("- delete  team-b/db"), "{}", run.stdout);
+    assert!(env.secret("team-b", "db").await.is_none());
+
     // Secrets Manager alone, kiss names, in a namespace of its own: the
     // table is not read at all (the table's team-c item does not appear).
     env.put("team-c/table/KEY", "credstash-team-c-value");
@@ -480,4 +493,57 @@ async fn a_restart_fetches_only_the_secrets_that_changed() {
         "{}",
         show.stdout
     );
+}
+
+#[tokio::test]
+async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
+    let env = StandIns::start(&["team-a"]).await;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
+    let url = sqs
+        .create_queue()
+        .queue_name("pipes")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    env.put("team-a/app/TOKEN", "pipes-token-one");
+    env.put("team-a/other/TOKEN", "pipes-other-token");
+    let daemon = env.daemon(&["--no-stream", "--events-queue", &url], &[]);
+    assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let calls = |operation: &str| {
+        let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
+        metric(
+            &metrics,
+            &format!("credsync_dynamodb_requests_total{{operation=\"{operation}\"}}"),
+        )
+    };
+    let scans = calls("Scan");
+    env.put("team-a/app/TOKEN", "pipes-token-two");
+    // What an EventBridge Pipe from the table's stream delivers.
+    let record = json!({
+        "eventName": "MODIFY",
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": {"name": {"S": "team-a/app/TOKEN"}, "version": {"S": "0000000000000000002"}}},
+    });
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(record.to_string())
+        .send()
+        .await
+        .unwrap();
+    let arrived = eventually(Duration::from_secs(20), || async {
+        env.secret_data("team-a", "app")
+            .await
+            .is_some_and(|d| d["TOKEN"] == b"pipes-token-two")
+    })
+    .await;
+    assert!(arrived, "{}", env.daemon_log(&daemon));
+    assert_eq!(calls("Scan"), scans, "a targeted reconcile: no table Scan");
+    assert!(calls("Query") >= 1.0);
+    let drained = eventually(Duration::from_secs(10), || async {
+        queued(&env, &url).await == 0
+    })
+    .await;
+    assert!(drained, "{}", env.daemon_log(&daemon));
 }

@@ -68,6 +68,9 @@ VARIANTS: dict[str, dict] = {
         "image": {"repository": "registry.example.com/credsync", "digest": "sha256:" + "a" * 64},
         "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/credsync"},
         "config": {
+            "sources": ["credstash", "secretsmanager"],
+            "secretsManager": {"names": "kiss", "prefix": "prod/", "tags": {"team": "payments"}},
+            "eventsQueues": ["https://sqs.eu-west-1.amazonaws.com/123456789012/credsync-prod-eu"],
             "table": "prod-credentials",
             "region": "eu-west-1",
             "context": {"app": "credsync", "env": "prod"},
@@ -397,6 +400,12 @@ def test_credsync_accepts_the_rendered_environment(variant, tmp_path):
     include = cfg["namespaceInclude"] or values["rbac"]["namespaces"]
     leader = values["replicaCount"] > 1 or values["leaderElection"]["enabled"]
     assert printed["table"] == cfg["table"]
+    assert printed["sources"] == sorted(cfg["sources"])
+    assert printed["events_queues"] == cfg["eventsQueues"]
+    if "secretsmanager" in cfg["sources"]:
+        assert printed["sm_names"] == cfg["secretsManager"]["names"]
+        assert printed["sm_prefix"] == cfg["secretsManager"]["prefix"]
+        assert printed["sm_tag_keys"] == sorted(cfg["secretsManager"]["tags"])
     assert printed["region"] == (cfg["region"] or None)
     assert printed["context_keys"] == sorted(cfg["context"])
     assert printed["cluster_name"] == cfg["clusterName"]

@@ -101,6 +101,26 @@ app.kubernetes.io/component: controller
   value: "0.0.0.0:8080"
 - name: CREDSYNC_TABLE
   value: {{ $c.table | quote }}
+{{- if ne (join "," $c.sources) "credstash" }}
+- name: CREDSYNC_SOURCE
+  value: {{ join "," $c.sources | quote }}
+{{- end }}
+{{- if has "secretsmanager" $c.sources }}
+- name: CREDSYNC_SM_NAMES
+  value: {{ $c.secretsManager.names | quote }}
+{{- with $c.secretsManager.prefix }}
+- name: CREDSYNC_SM_PREFIX
+  value: {{ . | quote }}
+{{- end }}
+{{- if $c.secretsManager.tags }}
+- name: CREDSYNC_SM_TAG
+  value: {{ $pairs := list }}{{ range $k, $v := $c.secretsManager.tags }}{{ $pairs = append $pairs (printf "%s=%s" $k $v) }}{{ end }}{{ join "," $pairs | quote }}
+{{- end }}
+{{- end }}
+{{- with $c.eventsQueues }}
+- name: CREDSYNC_EVENTS_QUEUE
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- with $c.region }}
 - name: CREDSYNC_REGION
   value: {{ . | quote }}
