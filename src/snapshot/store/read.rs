@@ -94,15 +94,6 @@ impl SnapshotStore {
         })
     }
 
-    /// The sealed text of one entry at REV.
-    pub fn file_text(&self, rev: &str, path: &str) -> Result<String, SnapshotError> {
-        self.with_repo(|repo| {
-            let commit = find_rev(repo, rev)?;
-            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
-            blob_text(repo, &tree, path).map_err(|e| self.err("reading a snapshot file", e))
-        })
-    }
-
     /// Decrypts the Secrets at REV; a file that fails its MAC, or cannot be
     /// read at all, is an error naming it: nothing at REV is used then.
     pub fn documents(
@@ -112,16 +103,76 @@ impl SnapshotStore {
         identities: &Identities,
     ) -> Result<Vec<SecretDocument>, SnapshotError> {
         let entries = self.selected_entries(rev, only, Unreadable::Refuse)?;
-        let mut docs = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let text = self.file_text(rev, &entry.path)?;
-            let doc = sops::open(&text, identities).map_err(|cause| SnapshotError::File {
-                file: entry.path.clone(),
-                cause,
-            })?;
-            docs.push(doc);
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        // Every file is opened and verified on its own (age, then the MAC),
+        // so the work spreads over the cores: a warm start of 10,000 files
+        // took 8 s on one. Files are read from git in small batches under
+        // the repository lock, and decrypted outside it.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, paths.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let opened: Vec<Result<Vec<(usize, SecretDocument)>, SnapshotError>> =
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..workers)
+                    .map(|_| scope.spawn(|| self.open_some(rev, &paths, &next, identities)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(SnapshotError::Internal(
+                                "a thread decrypting snapshot files panicked".to_owned(),
+                            ))
+                        })
+                    })
+                    .collect()
+            });
+        let mut docs: Vec<(usize, SecretDocument)> = Vec::with_capacity(paths.len());
+        for part in opened {
+            docs.extend(part?);
         }
-        Ok(docs)
+        docs.sort_by_key(|(index, _)| *index);
+        Ok(docs.into_iter().map(|(_, doc)| doc).collect())
+    }
+
+    /// One worker of [`SnapshotStore::documents`]: takes batches of `paths`
+    /// by index until none is left; each document keeps its index.
+    fn open_some(
+        &self,
+        rev: &str,
+        paths: &[&str],
+        next: &std::sync::atomic::AtomicUsize,
+        identities: &Identities,
+    ) -> Result<Vec<(usize, SecretDocument)>, SnapshotError> {
+        const BATCH: usize = 32;
+        let mut out = Vec::new();
+        loop {
+            let start = next.fetch_add(BATCH, std::sync::atomic::Ordering::Relaxed);
+            if start >= paths.len() {
+                return Ok(out);
+            }
+            let end = (start + BATCH).min(paths.len());
+            let texts: Vec<String> = self.with_repo(|repo| {
+                let commit = find_rev(repo, rev)?;
+                let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
+                paths[start..end]
+                    .iter()
+                    .map(|path| {
+                        blob_text(repo, &tree, path)
+                            .map_err(|e| self.err("reading a snapshot file", e))
+                    })
+                    .collect()
+            })?;
+            for (offset, text) in texts.iter().enumerate() {
+                let index = start + offset;
+                let doc = sops::open(text, identities).map_err(|cause| SnapshotError::File {
+                    file: paths[index].to_owned(),
+                    cause,
+                })?;
+                out.push((index, doc));
+            }
+        }
     }
 
     /// The Secrets at REV as desired state (decrypted, every MAC checked):
