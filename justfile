@@ -76,7 +76,7 @@ fuzz seconds="600" targets=fuzz_targets: fuzz-setup
         fi
     done
 
-fuzz_targets := "sops_file credstash_item stream_records http_query schedule"
+fuzz_targets := "sops_file credstash_item stream_records http_query schedule queue_event secretsmanager_value"
 
 # cargo-fuzz, pinned, installed once per machine.
 fuzz-setup:

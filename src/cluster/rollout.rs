@@ -316,3 +316,37 @@ pub fn listing_failure(error: &ClusterError) -> Skip {
         reason: format!("no workload restarted: {error}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_come_from_env_env_from_and_volumes_of_every_container() {
+        let template: PodTemplateSpec = serde_json::from_value(json!({
+            "spec": {
+                "initContainers": [{"name": "init", "envFrom": [{"secretRef": {"name": "init-creds"}}]}],
+                "containers": [{
+                    "name": "app",
+                    "env": [
+                        {"name": "A", "valueFrom": {"secretKeyRef": {"name": "db", "key": "PASSWORD"}}},
+                        {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "not-a-secret", "key": "X"}}},
+                        {"name": "C", "value": "literal"}
+                    ]
+                }],
+                "volumes": [
+                    {"name": "tls", "secret": {"secretName": "tls"}},
+                    {"name": "all", "projected": {"sources": [
+                        {"secret": {"name": "projected"}},
+                        {"configMap": {"name": "cm"}}
+                    ]}},
+                    {"name": "scratch", "emptyDir": {}}
+                ]
+            }
+        }))
+        .unwrap();
+        let names: Vec<String> = referenced_secrets(&template).into_iter().collect();
+        assert_eq!(names, ["db", "init-creds", "projected", "tls"]);
+        assert!(referenced_secrets(&PodTemplateSpec::default()).is_empty());
+    }
+}
