@@ -334,13 +334,7 @@ impl<I: SourceItem> Selection<I> {
                     continue;
                 }
             };
-            let namespace = &target.secret.namespace;
-            if let Some(reason) = filter.reason_to_skip(namespace) {
-                selection.skip(item.id().name.clone(), reason.to_owned());
-                continue;
-            }
-            if !existing.contains(namespace) {
-                let reason = format!("namespace '{namespace}' does not exist in the cluster");
+            if let Some(reason) = selection.refusal(&target.secret.namespace) {
                 selection.skip(item.id().name.clone(), reason);
                 continue;
             }

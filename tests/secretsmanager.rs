@@ -509,7 +509,25 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
         .unwrap();
     env.put("team-a/app/TOKEN", "pipes-token-one");
     env.put("team-a/other/TOKEN", "pipes-other-token");
-    let daemon = env.daemon(&["--no-stream", "--events-queue", &url], &[]);
+    // The same Secret also gets a key from Secrets Manager: a targeted
+    // reconcile of the table's name must keep it.
+    create(
+        &env,
+        "team-a/app",
+        r#"{"API_KEY":"pipes-sm-api-key"}"#,
+        &["pipes-sm-api-key"],
+    )
+    .await;
+    let daemon = env.daemon(
+        &[
+            "--source",
+            "credstash,secretsmanager",
+            "--no-stream",
+            "--events-queue",
+            &url,
+        ],
+        &[],
+    );
     assert!(ready(daemon.port).await, "{}", env.daemon_log(&daemon));
     let calls = |operation: &str| {
         let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
@@ -539,6 +557,11 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
     })
     .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
+    assert_eq!(
+        env.secret_data("team-a", "app").await.unwrap()["API_KEY"],
+        b"pipes-sm-api-key",
+        "Secrets Manager's key survives a targeted reconcile"
+    );
     assert_eq!(calls("Scan"), scans, "a targeted reconcile: no table Scan");
     assert!(calls("Query") >= 1.0);
     let drained = eventually(Duration::from_secs(10), || async {

@@ -74,6 +74,9 @@ struct Held {
     parts: Vec<(Option<String>, SecretValue)>,
     /// Why parts of it map to nothing, shown on every read.
     skipped: Vec<String>,
+    /// How its name maps, once a listing in this process saw it (None:
+    /// remembered from a snapshot, not listed yet).
+    shape: Option<Shape>,
 }
 
 impl Held {
@@ -84,6 +87,27 @@ impl Held {
             .filter_map(|(member, _)| target_of(shape, member.as_deref()))
             .collect()
     }
+
+    /// Its values as keys under `shape`, each recorded as `ARN[#member]@VersionId`.
+    fn ready<'a>(&'a self, arn: &'a str, shape: &'a Shape) -> impl Iterator<Item = Ready> + 'a {
+        self.parts.iter().filter_map(move |(member, value)| {
+            let target = target_of(shape, member.as_deref())?;
+            let name = match member {
+                Some(member) => format!("{arn}#{member}"),
+                None => arn.to_owned(),
+            };
+            Some(Ready {
+                target,
+                credential: Credential {
+                    id: ItemId {
+                        name,
+                        version: self.version.clone(),
+                    },
+                    value: value.clone(),
+                },
+            })
+        })
+    }
 }
 
 pub struct SecretsManagerSource {
@@ -92,8 +116,6 @@ pub struct SecretsManagerSource {
     region: String,
     /// By ARN: the version held and its keys.
     held: Mutex<HashMap<String, Held>>,
-    /// The last read's values, for targeted reconciles of a few Secrets.
-    last: Mutex<Vec<Ready>>,
     metrics: Arc<Metrics>,
 }
 
@@ -108,7 +130,6 @@ impl SecretsManagerSource {
             config,
             region,
             held: Mutex::new(HashMap::new()),
-            last: Mutex::new(Vec::new()),
             metrics,
         }
     }
@@ -141,6 +162,7 @@ impl SecretsManagerSource {
                 version: id.version.clone(),
                 parts: Vec::new(),
                 skipped: Vec::new(),
+                shape: None,
             });
             if entry.version == id.version {
                 entry.parts.push((member, value));
@@ -153,15 +175,14 @@ impl SecretsManagerSource {
     /// The last read's values for these Secrets (a targeted reconcile reads
     /// only the table; Secrets Manager's keys stay as last read).
     pub fn last_read_for(&self, secrets: &std::collections::BTreeSet<SecretRef>) -> Vec<Ready> {
-        self.last
-            .lock()
-            .map(|last| {
-                last.iter()
-                    .filter(|r| secrets.contains(&r.target.secret))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        let Ok(held) = self.held.lock() else {
+            return Vec::new();
+        };
+        held.iter()
+            .filter_map(|(arn, entry)| Some(entry.ready(arn, entry.shape.as_ref()?)))
+            .flatten()
+            .filter(|r| secrets.contains(&r.target.secret))
+            .collect()
     }
 
     /// Lists, fetches what changed, and maps every secret to keys.
@@ -226,39 +247,19 @@ impl SecretsManagerSource {
                     version,
                     parts,
                     skipped: expanded.skipped,
+                    shape: None,
                 };
                 held.insert(secret.arn.clone(), entry);
             }
-            let Some(entry) = held.get(&secret.arn) else {
+            let Some(entry) = held.get_mut(&secret.arn) else {
                 continue;
             };
+            entry.shape = Some(shape.clone());
             read.skipped.extend(entry.skipped.iter().map(|reason| Skip {
                 subject: secret.name.clone(),
                 reason: reason.clone(),
             }));
-            for (member, value) in &entry.parts {
-                let Some(target) = target_of(shape, member.as_deref()) else {
-                    continue;
-                };
-                let name = match member {
-                    Some(member) => format!("{}#{member}", secret.arn),
-                    None => secret.arn.clone(),
-                };
-                read.ready.push(Ready {
-                    target,
-                    credential: Credential {
-                        id: ItemId {
-                            name,
-                            version: entry.version.clone(),
-                        },
-                        value: value.clone(),
-                    },
-                });
-            }
-        }
-        drop(held);
-        if let Ok(mut last) = self.last.lock() {
-            *last = read.ready.clone();
+            read.ready.extend(entry.ready(&secret.arn, shape));
         }
         Ok(read)
     }
