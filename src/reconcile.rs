@@ -96,6 +96,8 @@ pub struct Reconciler {
     keep_index: bool,
     /// Self-service writes waiting for the snapshot commit that carries them.
     authors: Mutex<Vec<Authored>>,
+    /// The snapshot commit a warm start read its values from.
+    warm_commit: std::sync::OnceLock<String>,
 }
 
 /// Who wrote an item through the self-service API, until a snapshot commit names them.
@@ -144,6 +146,7 @@ impl Reconciler {
             index: Mutex::new(None),
             keep_index: false,
             authors: Mutex::new(Vec::new()),
+            warm_commit: std::sync::OnceLock::new(),
         }
     }
 
@@ -175,30 +178,39 @@ impl Reconciler {
         let Some(store) = self.snapshot.clone() else {
             return 0;
         };
-        let read = record_blocking(store, move |store| {
-            if store.history(1)?.is_empty() {
-                return Ok(BTreeMap::new());
-            }
-            store.desired("HEAD", &[], &identities)
-        })
-        .await;
-        let secrets = match read {
-            Ok(secrets) => secrets,
+        let read = record_blocking(store, move |store| store.warm_values(&identities)).await;
+        let warm = match read {
+            Ok(warm) => warm,
             Err(err) => {
                 tracing::warn!(error = %err, "warm start skipped: the last snapshot could not be read");
                 return 0;
             }
         };
-        let (managed, table): (Vec<_>, Vec<_>) = secrets
-            .into_values()
-            .flat_map(|desired| desired.keys.into_values().map(|k| (k.source, k.value)))
+        if let Some(commit) = &warm.commit {
+            let _ = self.warm_commit.set(commit.clone());
+        }
+        let (managed, table): (Vec<_>, Vec<_>) = warm
+            .values
+            .into_iter()
             .partition(|(id, _)| SecretsManagerSource::owns(id));
         let mut remembered = self.source.remember(table);
         if let Some(sm) = &self.secrets_manager {
             remembered += sm.remember(managed);
         }
-        tracing::info!(values = remembered, "warm start from the last snapshot");
+        tracing::info!(
+            values = remembered,
+            files = warm.files,
+            from_cache = warm.from_cache,
+            commit = warm.commit.as_deref().unwrap_or("none"),
+            "warm start from the last snapshot"
+        );
         remembered
+    }
+
+    /// The snapshot commit the warm start read, if it read one: the desired
+    /// state this process starts from before its first table read.
+    pub fn warm_commit(&self) -> Option<&str> {
+        self.warm_commit.get().map(String::as_str)
     }
 
     /// Remembers who wrote `item` (or deleted every version of its name),

@@ -157,6 +157,21 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         None => metrics.stream_enabled.set(0),
     }
 
+    // Restarted with the last snapshot: its values are loaded, so once the
+    // API server answers, this process is as ready as a cache-synced
+    // controller. The first table read (a Scan of the whole table) goes on
+    // behind it and repairs whatever changed while no process ran.
+    if let Some(commit) = reconciler.warm_commit() {
+        match reconciler.cluster().can_list_secrets().await {
+            Ok(()) => {
+                health.set_ready();
+                tracing::info!(%commit, "ready from the last snapshot; the first table read follows");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "not ready from the snapshot: the API server did not answer; ready after the first reconcile")
+            }
+        }
+    }
     requests
         .send(Request::full(Trigger::Startup))
         .await

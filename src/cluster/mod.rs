@@ -343,6 +343,19 @@ impl Cluster {
         }
     }
 
+    /// Whether credsync can list the Secrets it manages (one small list
+    /// per API it reads), which is what readiness from a snapshot needs.
+    pub async fn can_list_secrets(&self) -> Result<(), ClusterError> {
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        for api in self.secret_apis() {
+            self.count("list");
+            api.list_metadata(&ListParams::default().labels(&selector).limit(1))
+                .await
+                .map_err(|e| api_error("listing managed Secrets", e))?;
+        }
+        Ok(())
+    }
+
     /// The managed Secrets, plus every Secret the manifest names that is
     /// not managed yet (to create or adopt).
     pub async fn live_state(&self, manifest: &Manifest) -> Result<LiveState, ClusterError> {

@@ -28,6 +28,7 @@
 //! No error, Debug or Display of this crate ever carries a value or key
 //! material: only key names, paths and public recipients.
 
+mod age_file;
 mod cipher;
 mod decrypt;
 mod document;
@@ -47,6 +48,7 @@ mod tests;
 
 use chrono::{DateTime, Utc};
 
+pub use age_file::{open_bytes, seal_bytes};
 pub use document::{Outline, SecretDocument};
 pub use error::SopsError;
 pub use keys::{Identities, Recipients};

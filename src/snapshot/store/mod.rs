@@ -17,13 +17,17 @@ use git2::{ErrorCode, FileMode, Oid, Repository, Signature};
 use super::remote::{self, PushOutcome, RemoteConfig};
 mod error;
 mod read;
+mod warm;
 
 use super::{BRANCH, worktree};
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::{DesiredSecret, SecretRef};
 pub use error::SnapshotError;
 use error::{GitCause, git_error};
+pub use read::WarmValues;
 use sops_age::{self as sops, Identities, Outline, Recipients};
+pub use warm::WarmError;
+use warm::{FileValues, WarmCache};
 
 /// An index.lock older than this was left by a killed process.
 const STALE_LOCK: Duration = Duration::from_secs(60);
@@ -219,6 +223,41 @@ impl SnapshotStore {
         &self.config.cluster
     }
 
+    fn warm_cache(&self, repo: &Repository) -> WarmCache {
+        WarmCache::new(repo.path(), &self.config.cluster)
+    }
+
+    /// Adds the values of the files just written to the warm-start cache,
+    /// folding its segments into one once there are many. Only with an
+    /// identity: without one, nothing could read the cache back. A cache
+    /// that cannot be written costs the next start time, nothing else.
+    fn remember_written(&self, repo: &Repository, tree_id: Oid, written: &[(Oid, FileValues)]) {
+        let (Some(recipients), Some(identities)) =
+            (&self.config.recipients, &self.config.identities)
+        else {
+            return;
+        };
+        let cache = self.warm_cache(repo);
+        let entries: Vec<(Oid, &FileValues)> = written.iter().map(|(o, v)| (*o, v)).collect();
+        let mut result = cache.add(&entries, recipients).map(|_| ());
+        if result.is_ok() && cache.segments().len() > warm::COMPACT_AT {
+            let live = repo
+                .find_tree(tree_id)
+                .map_err(|e| self.err("reading the new tree", e))
+                .and_then(|tree| self.cluster_files(repo, &tree));
+            if let Ok(files) = live {
+                let live = files.iter().map(|f| f.oid).collect();
+                let read = cache.read(&live, identities);
+                let entries: Vec<(Oid, &FileValues)> =
+                    read.entries.iter().map(|(o, v)| (*o, v)).collect();
+                result = cache.replace(&entries, recipients, &read.segments);
+            }
+        }
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "warm-start cache not updated; the next start opens the files it lacks");
+        }
+    }
+
     fn err(&self, what: &str, cause: impl Into<GitCause>) -> SnapshotError {
         git_error(&self.config.path, what, cause)
     }
@@ -278,6 +317,8 @@ impl SnapshotStore {
             // Built file by file: what stays of a Secret once its file is
             // written is its delta, if it changed.
             let mut deltas = Vec::new();
+            let caching = self.config.identities.is_some();
+            let mut written: Vec<(Oid, FileValues)> = Vec::new();
             for (secret, desired) in secrets {
                 if desired.keys.is_empty() || keep.contains(secret) {
                     continue;
@@ -325,6 +366,15 @@ impl SnapshotStore {
                     .blob(sealed.as_bytes())
                     .map_err(|e| self.err("writing a blob", e))?;
                 update.upsert(path.as_str(), oid, FileMode::Blob);
+                if caching {
+                    let values = desired.keys.values();
+                    written.push((
+                        oid,
+                        values
+                            .map(|k| (k.source.clone(), k.value.clone()))
+                            .collect(),
+                    ));
+                }
             }
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
@@ -341,6 +391,7 @@ impl SnapshotStore {
             deltas.sort_by(|a, b| a.secret.cmp(&b.secret));
             let message = commit_message(heading, &deltas);
             let commit = self.commit(repo, head.as_ref(), tree_id, &message)?;
+            self.remember_written(repo, tree_id, &written);
             Ok(Some(commit))
         })
     }

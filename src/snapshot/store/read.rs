@@ -2,19 +2,22 @@
 //! revision (readable without an identity, or decrypted with one), and
 //! what to do with a file that cannot be read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use git2::{FileMode, ObjectType, Repository};
+use git2::{FileMode, ObjectType, Oid, Repository};
 use sops_age::{self as sops, Identities, SecretDocument};
 
 use super::error::SnapshotError;
+use super::warm::FileValues;
 use super::{
     CommitInfo, SecretDelta, SnapshotEntry, SnapshotStore, blob_text, commit_info, compare,
     find_rev, head_commit,
 };
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::{DesiredSecret, SecretRef};
+use crate::secret::SecretValue;
+use crate::source::ItemId;
 
 impl SnapshotStore {
     /// Snapshot commits, newest first.
@@ -104,18 +107,30 @@ impl SnapshotStore {
     ) -> Result<Vec<SecretDocument>, SnapshotError> {
         let entries = self.selected_entries(rev, only, Unreadable::Refuse)?;
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-        // Every file is opened and verified on its own (age, then the MAC),
-        // so the work spreads over the cores: a warm start of 10,000 files
-        // took 8 s on one. Files are read from git in small batches under
-        // the repository lock, and decrypted outside it.
+        self.open_files(rev, &paths, identities)
+    }
+
+    /// Opens and verifies `paths` at REV, in order. Every file is opened on
+    /// its own (age, then the MAC), so the work spreads over the cores: a
+    /// warm start of 10,000 files took 8 s on one. Files are read from git
+    /// in small batches under the repository lock, and decrypted outside it.
+    fn open_files(
+        &self,
+        rev: &str,
+        paths: &[&str],
+        identities: &Identities,
+    ) -> Result<Vec<SecretDocument>, SnapshotError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
         let workers = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
-            .clamp(1, paths.len().max(1));
+            .clamp(1, paths.len());
         let next = std::sync::atomic::AtomicUsize::new(0);
         let opened: Vec<Result<Vec<(usize, SecretDocument)>, SnapshotError>> =
             std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..workers)
-                    .map(|_| scope.spawn(|| self.open_some(rev, &paths, &next, identities)))
+                    .map(|_| scope.spawn(|| self.open_some(rev, paths, &next, identities)))
                     .collect();
                 workers
                     .into_iter()
@@ -136,7 +151,7 @@ impl SnapshotStore {
         Ok(docs.into_iter().map(|(_, doc)| doc).collect())
     }
 
-    /// One worker of [`SnapshotStore::documents`]: takes batches of `paths`
+    /// One worker of [`SnapshotStore::open_files`]: takes batches of `paths`
     /// by index until none is left; each document keeps its index.
     fn open_some(
         &self,
@@ -240,11 +255,49 @@ impl SnapshotStore {
     ) -> Result<(BTreeMap<SecretRef, T>, Vec<UnreadableFile>), SnapshotError> {
         let mut out = BTreeMap::new();
         let mut unreadable = Vec::new();
+        for file in self.cluster_files(repo, tree)? {
+            if file.link {
+                unreadable.push(UnreadableFile {
+                    secret: file.secret,
+                    path: file.path,
+                    reason: "it is a symbolic link, not a SOPS file".to_owned(),
+                });
+                continue;
+            }
+            let blob = repo
+                .find_blob(file.oid)
+                .map_err(|e| self.err("reading a blob", e))?;
+            let text = String::from_utf8_lossy(blob.content());
+            match sops::outline(&text) {
+                Ok(outline) => {
+                    out.insert(
+                        file.secret.clone(),
+                        summarize(file.secret, file.path, outline),
+                    );
+                }
+                Err(cause) => unreadable.push(UnreadableFile {
+                    secret: file.secret,
+                    path: file.path,
+                    reason: cause.to_string(),
+                }),
+            }
+        }
+        Ok((out, unreadable))
+    }
+
+    /// The files of this cluster at `tree` (`CLUSTER/NAMESPACE/NAME.yaml`),
+    /// from the trees alone: no blob is read.
+    pub(super) fn cluster_files(
+        &self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+    ) -> Result<Vec<TreeFile>, SnapshotError> {
+        let mut out = Vec::new();
         let Ok(cluster) = tree.get_path(Path::new(&self.config.cluster)) else {
-            return Ok((out, unreadable));
+            return Ok(out);
         };
         if cluster.kind() != Some(ObjectType::Tree) {
-            return Ok((out, unreadable));
+            return Ok(out);
         }
         let cluster = repo
             .find_tree(cluster.id())
@@ -264,34 +317,84 @@ impl SnapshotStore {
                 let Some(name) = file.name().ok().and_then(|n| n.strip_suffix(".yaml")) else {
                     continue;
                 };
-                let path = format!("{}/{namespace}/{name}.yaml", self.config.cluster);
-                let secret = SecretRef::new(&namespace, name);
-                if file.filemode() == i32::from(FileMode::Link) {
-                    unreadable.push(UnreadableFile {
-                        secret,
-                        path,
-                        reason: "it is a symbolic link, not a SOPS file".to_owned(),
-                    });
-                    continue;
-                }
-                let blob = repo
-                    .find_blob(file.id())
-                    .map_err(|e| self.err("reading a blob", e))?;
-                let text = String::from_utf8_lossy(blob.content());
-                match sops::outline(&text) {
-                    Ok(outline) => {
-                        out.insert(secret.clone(), summarize(secret, path, outline));
-                    }
-                    Err(cause) => unreadable.push(UnreadableFile {
-                        secret,
-                        path,
-                        reason: cause.to_string(),
-                    }),
-                }
+                out.push(TreeFile {
+                    path: format!("{}/{namespace}/{name}.yaml", self.config.cluster),
+                    secret: SecretRef::new(&namespace, name),
+                    oid: file.id(),
+                    link: file.filemode() == i32::from(FileMode::Link),
+                });
             }
         }
-        Ok((out, unreadable))
+        Ok(out)
     }
+
+    /// The values of the last snapshot (HEAD), for a warm start: from the
+    /// warm-start cache where it holds a file's blob, by opening the file
+    /// (MAC checked) where not. The cache is then brought up to date.
+    /// Any file that cannot be opened is an error: nothing is used then.
+    pub fn warm_values(&self, identities: &Identities) -> Result<WarmValues, SnapshotError> {
+        let head = self.with_repo(|repo| {
+            let Some(head) = head_commit(repo).map_err(|e| self.err("reading HEAD", e))? else {
+                return Ok(None);
+            };
+            let tree = head
+                .tree()
+                .map_err(|e| self.err("reading HEAD's tree", e))?;
+            let files = self.cluster_files(repo, &tree)?;
+            Ok(Some((head.id().to_string(), files, self.warm_cache(repo))))
+        })?;
+        let Some((commit, files, cache)) = head else {
+            return Ok(WarmValues::default());
+        };
+        let live: HashSet<Oid> = files.iter().map(|f| f.oid).collect();
+        let mut read = cache.read(&live, identities);
+        let missing: Vec<&TreeFile> = files
+            .iter()
+            .filter(|f| !read.entries.contains_key(&f.oid))
+            .collect();
+        let paths: Vec<&str> = missing.iter().map(|f| f.path.as_str()).collect();
+        let opened = self.open_files(&commit, &paths, identities)?;
+        for (file, doc) in missing.iter().zip(opened) {
+            let (_, desired) = crate::snapshot::desired(doc);
+            let values = desired.keys.into_values().map(|k| (k.source, k.value));
+            read.entries.insert(file.oid, values.collect());
+        }
+        if (!missing.is_empty() || read.stale || read.segments.len() > 1)
+            && let Some(recipients) = &self.config.recipients
+        {
+            let entries: Vec<(Oid, &FileValues)> =
+                read.entries.iter().map(|(o, v)| (*o, v)).collect();
+            if let Err(err) = cache.replace(&entries, recipients, &read.segments) {
+                tracing::warn!(error = %err, "warm-start cache not updated; the next start opens the files again");
+            }
+        }
+        Ok(WarmValues {
+            commit: Some(commit),
+            files: files.len(),
+            from_cache: files.len() - missing.len(),
+            values: read.entries.into_values().flatten().collect(),
+        })
+    }
+}
+
+/// A snapshot file as a tree lists it.
+pub(super) struct TreeFile {
+    pub(super) path: String,
+    pub(super) secret: SecretRef,
+    pub(super) oid: Oid,
+    /// A committed symbolic link: never followed, never trusted.
+    pub(super) link: bool,
+}
+
+/// The last snapshot's values, by the item each came from.
+#[derive(Default)]
+pub struct WarmValues {
+    /// The commit they were read at; None when there is no snapshot yet.
+    pub commit: Option<String>,
+    pub values: Vec<(ItemId, SecretValue)>,
+    /// Files in the snapshot, and how many of them the cache answered for.
+    pub files: usize,
+    pub from_cache: usize,
 }
 
 /// What a read of a revision does with a file it cannot read.
