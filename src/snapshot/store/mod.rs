@@ -17,6 +17,7 @@ use git2::{ErrorCode, FileMode, Oid, Repository, Signature};
 use super::remote::{self, PushOutcome, RemoteConfig};
 mod error;
 mod read;
+mod recorded;
 mod warm;
 
 use super::{BRANCH, worktree};
@@ -25,9 +26,13 @@ use crate::manifest::{DesiredSecret, SecretRef};
 pub use error::SnapshotError;
 use error::{GitCause, git_error};
 pub use read::WarmValues;
+use recorded::FingerprintIndex;
 use sops_age::{self as sops, Identities, Outline, Recipients};
 pub use warm::WarmError;
 use warm::{FileValues, WarmCache};
+
+/// Commits that change at most this many files check out only those.
+const TARGETED_CHECKOUT_PATHS: usize = 256;
 
 /// An index.lock older than this was left by a killed process.
 const STALE_LOCK: Duration = Duration::from_secs(60);
@@ -78,6 +83,8 @@ pub struct SnapshotEntry {
 pub struct SnapshotStore {
     repo: Mutex<Repository>,
     config: StoreConfig,
+    /// Set while a work-tree refresh has not completed: the next one is whole.
+    work_tree_behind: std::sync::atomic::AtomicBool,
 }
 
 impl SnapshotStore {
@@ -136,6 +143,8 @@ impl SnapshotStore {
         Ok(Self {
             repo: Mutex::new(repo),
             config,
+            // Trusted at start: only changed paths are written (and checked for links).
+            work_tree_behind: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -201,22 +210,45 @@ impl SnapshotStore {
             .find_commit(target)
             .and_then(|c| c.tree())
             .map_err(|e| self.err("reading the new tree", e))?;
-        self.refresh_work_tree(repo, &tree)
+        self.refresh_work_tree(repo, &tree, None)
     }
 
     /// Makes the work tree show `tree` (HEAD's), after removing any link
-    /// that would lead a checkout outside the repository.
+    /// that would lead a checkout outside the repository. With `changed`
+    /// (the files a commit wrote or removed), only those are checked out:
+    /// a one-key commit among 50,000 files then costs a few file writes,
+    /// not a stat of every file. After a refresh that failed, the next one
+    /// covers the whole tree again.
     fn refresh_work_tree(
         &self,
         repo: &Repository,
         tree: &git2::Tree<'_>,
+        changed: Option<&[String]>,
     ) -> Result<(), SnapshotError> {
-        worktree::remove_stray_links(repo, tree)
-            .map_err(|e| self.err("removing a symbolic link from the work tree", e))?;
+        use std::sync::atomic::Ordering;
+        // libgit2 matches each path against every file: past a few hundred
+        // paths a whole checkout is cheaper.
+        let changed = changed
+            .filter(|paths| paths.len() <= TARGETED_CHECKOUT_PATHS)
+            .filter(|_| !self.work_tree_behind.load(Ordering::Relaxed));
+        self.work_tree_behind.store(true, Ordering::Relaxed);
+        let removed = match (changed, repo.workdir()) {
+            (Some(paths), Some(workdir)) => worktree::remove_stray_links_on(tree, workdir, paths),
+            _ => worktree::remove_stray_links(repo, tree),
+        };
+        removed.map_err(|e| self.err("removing a symbolic link from the work tree", e))?;
         let mut checkout = CheckoutBuilder::new();
         checkout.force().remove_untracked(false);
+        if let Some(paths) = changed {
+            checkout.disable_pathspec_match(true);
+            for path in paths {
+                checkout.path(path);
+            }
+        }
         repo.checkout_head(Some(&mut checkout))
-            .map_err(|e| self.err("updating the work tree", e))
+            .map_err(|e| self.err("updating the work tree", e))?;
+        self.work_tree_behind.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn cluster(&self) -> &str {
@@ -306,12 +338,12 @@ impl SnapshotStore {
                     .map_err(|e| self.err("reading HEAD's tree", e))?,
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
-            let mut before = self.recorded_in(repo, &base_tree)?;
             // Pinned Secrets keep their files as they are; outside `scope`,
-            // every file does.
-            before.retain(|secret, _| {
+            // every file does, and is not even read.
+            let mut index = FingerprintIndex::load(repo.path(), &self.config.cluster);
+            let mut before = self.recorded_in(repo, &base_tree, &mut index, |secret| {
                 !keep.contains(secret) && scope.is_none_or(|scope| scope.contains(secret))
-            });
+            })?;
             let recipients_now = recipients.as_strings();
             let mut update = TreeUpdateBuilder::new();
             // Built file by file: what stays of a Secret once its file is
@@ -319,6 +351,7 @@ impl SnapshotStore {
             let mut deltas = Vec::new();
             let caching = self.config.identities.is_some();
             let mut written: Vec<(Oid, FileValues)> = Vec::new();
+            let mut changed: Vec<String> = Vec::new();
             for (secret, desired) in secrets {
                 if desired.keys.is_empty() || keep.contains(secret) {
                     continue;
@@ -339,11 +372,13 @@ impl SnapshotStore {
                 }) {
                     continue;
                 }
+                let new_fingerprint =
+                    file_fingerprint(&doc.labels, &doc.annotations, recipients_now);
                 let new_sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
                 let old_sources = old
                     .as_ref()
-                    .and_then(|old| old.sources.as_ref())
-                    .map(|sources| parse_sources(Some(sources)));
+                    .and_then(|old| self.sources_of(repo, old))
+                    .map(|sources| parse_sources(Some(&sources)));
                 deltas.extend(delta(&secret, old_sources.as_ref(), Some(&new_sources)));
                 let old_text = match old.filter(|old| old.fingerprint.is_some()) {
                     Some(_) => Some(
@@ -366,6 +401,8 @@ impl SnapshotStore {
                     .blob(sealed.as_bytes())
                     .map_err(|e| self.err("writing a blob", e))?;
                 update.upsert(path.as_str(), oid, FileMode::Blob);
+                index.insert(oid, new_fingerprint);
+                changed.push(path.clone());
                 if caching {
                     let values = desired.keys.values();
                     written.push((
@@ -379,18 +416,24 @@ impl SnapshotStore {
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
                 update.remove(gone.path.as_str());
-                let old_sources = parse_sources(gone.sources.as_ref());
+                changed.push(gone.path.clone());
+                let old_sources = parse_sources(self.sources_of(repo, gone).as_ref());
                 deltas.extend(delta(secret, Some(&old_sources), None));
             }
             let tree_id = update
                 .create_updated(repo, &base_tree)
                 .map_err(|e| self.err("building the tree", e))?;
+            let live = repo
+                .find_tree(tree_id)
+                .map_err(|e| self.err("reading the new tree", e))
+                .and_then(|tree| self.cluster_files(repo, &tree))?;
+            index.save(&live.iter().map(|f| f.oid).collect());
             if tree_id == base_tree.id() {
                 return Ok(None);
             }
             deltas.sort_by(|a, b| a.secret.cmp(&b.secret));
             let message = commit_message(heading, &deltas);
-            let commit = self.commit(repo, head.as_ref(), tree_id, &message)?;
+            let commit = self.commit(repo, head.as_ref(), tree_id, &message, Some(&changed))?;
             self.remember_written(repo, tree_id, &written);
             Ok(Some(commit))
         })
@@ -402,6 +445,7 @@ impl SnapshotStore {
         parent: Option<&git2::Commit<'_>>,
         tree_id: Oid,
         message: &str,
+        changed: Option<&[String]>,
     ) -> Result<CommitInfo, SnapshotError> {
         let tree = repo
             .find_tree(tree_id)
@@ -425,7 +469,7 @@ impl SnapshotStore {
             .map_err(|e| self.err("pointing HEAD at the branch", e))?;
         // The commit is published; a work tree that cannot be refreshed now
         // is refreshed by the next write.
-        if let Err(e) = self.refresh_work_tree(repo, &tree) {
+        if let Err(e) = self.refresh_work_tree(repo, &tree, changed) {
             tracing::warn!(error = %e, "snapshot committed, but the work tree was not refreshed");
         }
         let commit = repo
@@ -489,64 +533,14 @@ impl SnapshotStore {
                 names.join("\n")
             );
             // Recorded even when the files already match: the rollback happened.
-            self.commit(repo, head.as_ref(), tree_id, &message).map(Some)
+            self.commit(repo, head.as_ref(), tree_id, &message, None).map(Some)
         })
     }
-
-    /// What `record` needs of each file at a revision: less than an
-    /// [`SnapshotEntry`], because it holds one for every Secret at once.
-    /// A file that cannot be read is there with no fingerprint and no
-    /// sources: it is rewritten if its Secret is desired, removed if not.
-    fn recorded_in(
-        &self,
-        repo: &Repository,
-        tree: &git2::Tree<'_>,
-    ) -> Result<BTreeMap<SecretRef, RecordedFile>, SnapshotError> {
-        let (mut files, unreadable) =
-            self.files_in(repo, tree, |_, path, outline| RecordedFile {
-                fingerprint: Some(file_fingerprint(
-                    &outline.labels,
-                    &outline.annotations,
-                    &outline.recipients,
-                )),
-                sources: Some(
-                    outline
-                        .annotations
-                        .get(SOURCES_ANNOTATION)
-                        .cloned()
-                        .unwrap_or_default(),
-                ),
-                path,
-            })?;
-        for file in unreadable {
-            file.warn("it is rewritten from the desired state (or removed if the Secret is no longer desired)");
-            files.insert(
-                file.secret,
-                RecordedFile {
-                    path: file.path,
-                    sources: None,
-                    fingerprint: None,
-                },
-            );
-        }
-        Ok(files)
-    }
-}
-
-/// A file of the last snapshot, as `record` compares it with the new state.
-struct RecordedFile {
-    path: String,
-    /// The sources annotation as written (parsed only for a changed file);
-    /// None for a file that cannot be read.
-    sources: Option<String>,
-    /// [`file_fingerprint`] of the file's labels, annotations and
-    /// recipients; None for a file that cannot be read (never equal).
-    fingerprint: Option<[u8; 32]>,
 }
 
 /// A digest of everything in a file but its values, which the sources
 /// annotation (name@version per key) stands for: equal digests, equal file.
-fn file_fingerprint(
+pub(super) fn file_fingerprint(
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
     recipients: &[String],

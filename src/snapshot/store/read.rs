@@ -233,29 +233,37 @@ impl SnapshotStore {
         repo: &Repository,
         tree: &git2::Tree<'_>,
     ) -> Result<(BTreeMap<SecretRef, SnapshotEntry>, Vec<UnreadableFile>), SnapshotError> {
-        self.files_in(repo, tree, |secret, path, outline| {
-            let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
-            SnapshotEntry {
-                secret,
-                path,
-                outline,
-                sources,
-            }
-        })
+        self.files_in(
+            repo,
+            tree,
+            |_| true,
+            |secret, path, outline| {
+                let sources = parse_sources(outline.annotations.get(SOURCES_ANNOTATION));
+                SnapshotEntry {
+                    secret,
+                    path,
+                    outline,
+                    sources,
+                }
+            },
+        )
     }
 
     /// Reads the outline of every file of this cluster at `tree`. A file
     /// that cannot be read (not SOPS, truncated, a committed link) does not
-    /// stop the others: it is returned apart, with why.
+    /// stop the others: it is returned apart, with why. Only the files of
+    /// Secrets `wanted` says yes to are read at all.
     pub(super) fn files_in<T>(
         &self,
         repo: &Repository,
         tree: &git2::Tree<'_>,
+        wanted: impl Fn(&SecretRef) -> bool,
         mut summarize: impl FnMut(SecretRef, String, sops::Outline) -> T,
     ) -> Result<(BTreeMap<SecretRef, T>, Vec<UnreadableFile>), SnapshotError> {
         let mut out = BTreeMap::new();
         let mut unreadable = Vec::new();
-        for file in self.cluster_files(repo, tree)? {
+        let files = self.cluster_files(repo, tree)?;
+        for file in files.into_iter().filter(|f| wanted(&f.secret)) {
             if file.link {
                 unreadable.push(UnreadableFile {
                     secret: file.secret,
