@@ -43,7 +43,7 @@ impl FingerprintIndex {
     pub(super) fn load(git_dir: &Path, cluster: &str) -> Self {
         let path = git_dir.join("credsync").join("fingerprints").join(cluster);
         let bytes = std::fs::read(&path).unwrap_or_default();
-        let entries = if bytes.len() % RECORD == 0 {
+        let entries = if bytes.len().is_multiple_of(RECORD) {
             bytes
                 .chunks_exact(RECORD)
                 .filter_map(|r| {
