@@ -18,6 +18,7 @@ use super::remote::{self, PushOutcome, RemoteConfig};
 mod error;
 mod read;
 mod recorded;
+mod seal;
 mod warm;
 
 use super::{BRANCH, worktree};
@@ -27,7 +28,8 @@ pub use error::SnapshotError;
 use error::{GitCause, git_error};
 pub use read::WarmValues;
 use recorded::FingerprintIndex;
-use sops_age::{self as sops, Identities, Outline, Recipients};
+use seal::SealJob;
+use sops_age::{Identities, Outline, Recipients};
 pub use warm::WarmError;
 use warm::{FileValues, WarmCache};
 
@@ -352,67 +354,48 @@ impl SnapshotStore {
             let caching = self.config.identities.is_some();
             let mut written: Vec<(Oid, FileValues)> = Vec::new();
             let mut changed: Vec<String> = Vec::new();
+            let mut jobs: Vec<SealJob> = Vec::new();
             for (secret, desired) in secrets {
                 if desired.keys.is_empty() || keep.contains(secret) {
                     continue;
                 }
                 let doc = crate::snapshot::document(secret, desired);
-                let secret = secret.clone();
-                let path = self.file_path(&secret);
-                let old = before.remove(&secret);
+                let old = before.remove(secret);
                 // The annotations hold the sources (name@version per key),
                 // so an equal fingerprint means equal contents.
-                if old.as_ref().is_some_and(|old| {
-                    old.fingerprint
-                        == Some(file_fingerprint(
-                            &doc.labels,
-                            &doc.annotations,
-                            recipients_now,
-                        ))
-                }) {
+                let fingerprint = file_fingerprint(&doc.labels, &doc.annotations, recipients_now);
+                if old.as_ref().is_some_and(|old| old.fingerprint == Some(fingerprint)) {
                     continue;
                 }
-                let new_fingerprint =
-                    file_fingerprint(&doc.labels, &doc.annotations, recipients_now);
                 let new_sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
                 let old_sources = old
                     .as_ref()
                     .and_then(|old| self.sources_of(repo, old))
                     .map(|sources| parse_sources(Some(&sources)));
-                deltas.extend(delta(&secret, old_sources.as_ref(), Some(&new_sources)));
+                deltas.extend(delta(secret, old_sources.as_ref(), Some(&new_sources)));
                 let old_text = match old.filter(|old| old.fingerprint.is_some()) {
-                    Some(_) => Some(
-                        blob_text(repo, &base_tree, &path)
+                    Some(old) => Some(
+                        repo.find_blob(old.oid)
+                            .map(|blob| String::from_utf8_lossy(blob.content()).into_owned())
                             .map_err(|e| self.err("reading a snapshot file", e))?,
                     ),
                     None => None,
                 };
-                let previous = match (&old_text, &self.config.identities) {
-                    (Some(text), Some(ids)) => Some((text.as_str(), ids)),
-                    _ => None,
-                };
-                let sealed = sops::seal(&doc, recipients, previous, chrono::Utc::now()).map_err(
-                    |cause| SnapshotError::File {
-                        file: path.clone(),
-                        cause,
-                    },
-                )?;
-                let oid = repo
-                    .blob(sealed.as_bytes())
-                    .map_err(|e| self.err("writing a blob", e))?;
-                update.upsert(path.as_str(), oid, FileMode::Blob);
-                index.insert(oid, new_fingerprint);
-                changed.push(path.clone());
-                if caching {
-                    let values = desired.keys.values();
-                    written.push((
-                        oid,
-                        values
-                            .map(|k| (k.source.clone(), k.value.clone()))
-                            .collect(),
-                    ));
+                jobs.push(SealJob {
+                    path: self.file_path(secret),
+                    doc,
+                    old_text,
+                    fingerprint,
+                    values: caching.then(|| {
+                        let values = desired.keys.values();
+                        values.map(|k| (k.source.clone(), k.value.clone())).collect()
+                    }),
+                });
+                if jobs.len() >= seal::BATCH {
+                    self.write_sealed(repo, &mut jobs, recipients, &mut update, &mut index, &mut changed, &mut written)?;
                 }
             }
+            self.write_sealed(repo, &mut jobs, recipients, &mut update, &mut index, &mut changed, &mut written)?;
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
                 update.remove(gone.path.as_str());
@@ -437,6 +420,35 @@ impl SnapshotStore {
             self.remember_written(repo, tree_id, &written);
             Ok(Some(commit))
         })
+    }
+
+    /// Seals `jobs` (on every core) and writes their blobs into the tree
+    /// being built, recording what the fingerprint index and the warm-start
+    /// cache keep of each.
+    #[allow(clippy::too_many_arguments)]
+    fn write_sealed(
+        &self,
+        repo: &Repository,
+        jobs: &mut Vec<SealJob>,
+        recipients: &Recipients,
+        update: &mut TreeUpdateBuilder,
+        index: &mut FingerprintIndex,
+        changed: &mut Vec<String>,
+        written: &mut Vec<(Oid, FileValues)>,
+    ) -> Result<(), SnapshotError> {
+        let sealed = seal::seal_all(jobs, recipients, self.config.identities.as_ref());
+        for (job, text) in jobs.drain(..).zip(sealed) {
+            let oid = repo
+                .blob(text?.as_bytes())
+                .map_err(|e| self.err("writing a blob", e))?;
+            update.upsert(job.path.as_str(), oid, FileMode::Blob);
+            index.insert(oid, job.fingerprint);
+            if let Some(values) = job.values {
+                written.push((oid, values));
+            }
+            changed.push(job.path);
+        }
+        Ok(())
     }
 
     fn commit(
