@@ -912,12 +912,13 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
             md.append(f"| {cs['label']} | {n} | {fmt_s(cs['wall_s'])} | {cs['cpu_s']:.2f} s | "
                       f"{cs['moto_cpu_s']:.2f} s | {cs['kube_api_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
                   f"{cs['peak_anon_mib']:.1f} + {cs['peak_file_mib']:.1f} MiB |")
-    for big in (b.results["big"], b.results["huge"]):
+    for group in (b.results["big"], b.results["huge"]):
         for k in ("plain", "snapshot_first", "restart", "one_key"):
-            cs = big[k]
-            md.append(f"| {cs['label']} | {big['n']} | {fmt_s(cs['wall_s'])} | {cs['cpu_s']:.2f} s | "
+            cs = group[k]
+            md.append(f"| {cs['label']} | {group['n']} | {fmt_s(cs['wall_s'])} | {cs['cpu_s']:.2f} s | "
                       f"{cs['moto_cpu_s']:.2f} s | {cs['kube_api_cpu_s']:.2f} s | {cs['peak_rss_mib']:.1f} MiB | "
                       f"{cs['peak_anon_mib']:.1f} + {cs['peak_file_mib']:.1f} MiB |")
+    big = b.results["big"]
     md.append("")
     md.append("Emulator floor and peer, same runs:")
     md.append("")
