@@ -20,6 +20,11 @@ pub const PINNED_ANNOTATION: &str = "credsync.io/pinned";
 pub const CREATED_ANNOTATION: &str = "credsync.io/created";
 /// Annotation listing where every key came from: `KEY=name@version` lines.
 pub const SOURCES_ANNOTATION: &str = "credsync.io/sources";
+/// Kubestash-V2 marks the Secrets it writes with this annotation...
+pub const KUBESTASH_V2_ANNOTATION: &str = "managedBy";
+/// ...set to this value, beside `changedAt` (its last write, in IST).
+pub const KUBESTASH_V2_VALUE: &str = "kubestashV2";
+pub const KUBESTASH_V2_CHANGED_AT: &str = "changedAt";
 
 /// Builds the `credsync.io/sources` annotation value.
 pub fn sources_annotation<'a>(sources: impl Iterator<Item = (&'a String, String)>) -> String {

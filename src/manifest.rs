@@ -55,35 +55,75 @@ pub struct Target {
     pub key: String,
 }
 
-/// Maps a table name, or says why it cannot be mapped.
+/// How a table name becomes a Secret and a key (`--key-mapping`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyMapping {
+    /// Upper-case, `.` and `-` become `_` (what Kubestash-V2's README says).
+    #[default]
+    Credsync,
+    /// What Kubestash-V2's code does: upper-case, `-` becomes `_`, `.` is
+    /// kept; Secret names with a dot are skipped. A cluster it fed keeps
+    /// every key under this mapping.
+    #[value(name = "kubestash-v2")]
+    KubestashV2,
+}
+
+impl KeyMapping {
+    /// Maps a table name, or says why it cannot be mapped.
+    pub fn map(self, name: &str) -> Result<Target, String> {
+        let parts: Vec<&str> = name.split('/').collect();
+        let [namespace, secret, key] = parts.as_slice() else {
+            return Err(format!(
+                "name has {} segment(s), expected namespace/secret-name/KEY",
+                parts.len()
+            ));
+        };
+        if !is_dns1123_label(namespace) {
+            return Err(format!(
+                "namespace '{namespace}' is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63)"
+            ));
+        }
+        match self {
+            KeyMapping::Credsync if !is_dns1123_subdomain(secret) => {
+                return Err(format!(
+                    "secret name '{secret}' is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253)"
+                ));
+            }
+            KeyMapping::KubestashV2 if !is_dns1123_label(secret) => {
+                return Err(format!(
+                    "secret name '{secret}' is skipped by the kubestash-v2 mapping (lower-case alphanumerics and '-' only, no '.', at most 63)"
+                ));
+            }
+            _ => {}
+        }
+        let key = match self {
+            KeyMapping::Credsync => normalize_key(key),
+            KeyMapping::KubestashV2 => key.replace('-', "_").to_ascii_uppercase(),
+        };
+        if !is_secret_key(&key) {
+            return Err(format!(
+                "key '{key}' is not a valid Secret data key (only A-Z a-z 0-9 . _ - allowed)"
+            ));
+        }
+        Ok(Target {
+            secret: SecretRef::new(*namespace, *secret),
+            key,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyMapping::Credsync => "credsync",
+            KeyMapping::KubestashV2 => "kubestash-v2",
+        }
+    }
+}
+
+/// Maps a table name with credsync's own mapping, or says why it cannot be
+/// mapped. Code that follows `--key-mapping` uses [`KeyMapping::map`].
 pub fn map_name(name: &str) -> Result<Target, String> {
-    let parts: Vec<&str> = name.split('/').collect();
-    let [namespace, secret, key] = parts.as_slice() else {
-        return Err(format!(
-            "name has {} segment(s), expected namespace/secret-name/KEY",
-            parts.len()
-        ));
-    };
-    if !is_dns1123_label(namespace) {
-        return Err(format!(
-            "namespace '{namespace}' is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63)"
-        ));
-    }
-    if !is_dns1123_subdomain(secret) {
-        return Err(format!(
-            "secret name '{secret}' is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253)"
-        ));
-    }
-    let key = normalize_key(key);
-    if !is_secret_key(&key) {
-        return Err(format!(
-            "key '{key}' is not a valid Secret data key (only A-Z a-z 0-9 . _ - allowed)"
-        ));
-    }
-    Ok(Target {
-        secret: SecretRef::new(*namespace, *secret),
-        key,
-    })
+    KeyMapping::Credsync.map(name)
 }
 
 /// Key names marked `+added ~changed -removed`, the one notation of plans,
@@ -297,6 +337,7 @@ pub struct Selection<I> {
     ready: Vec<Credential>,
     /// Keys held for failures that name no target of their own.
     held: Vec<Target>,
+    mapping: KeyMapping,
     targets: BTreeMap<ItemId, Target>,
     filter: NamespaceFilter,
     existing: BTreeSet<String>,
@@ -313,11 +354,13 @@ impl<I: SourceItem> Selection<I> {
         malformed: Vec<ItemFailure>,
         filter: &NamespaceFilter,
         existing: &BTreeSet<String>,
+        mapping: KeyMapping,
     ) -> Self {
         let mut selection = Selection {
             to_decrypt: Vec::new(),
             ready: Vec::new(),
             held: Vec::new(),
+            mapping,
             targets: BTreeMap::new(),
             filter: filter.clone(),
             existing: existing.clone(),
@@ -327,7 +370,7 @@ impl<I: SourceItem> Selection<I> {
         };
         let mut claims: BTreeMap<(SecretRef, String), Vec<I>> = BTreeMap::new();
         for item in items {
-            let target = match map_name(&item.id().name) {
+            let target = match mapping.map(&item.id().name) {
                 Ok(target) => target,
                 Err(reason) => {
                     selection.skip(item.id().name.clone(), reason);
@@ -471,7 +514,7 @@ impl<I: SourceItem> Selection<I> {
         for failure in self.failures.into_iter().chain(failures) {
             let target = self.targets.get(&failure.id).cloned();
             // A malformed item was never selected; hold its key all the same.
-            let target = target.or_else(|| map_name(&failure.id.name).ok());
+            let target = target.or_else(|| self.mapping.map(&failure.id.name).ok());
             if let Some(target) = target {
                 let secret = manifest.secrets.entry(target.secret.clone()).or_default();
                 secret.held.insert(target.key.clone(), Hold::Failed);
@@ -526,6 +569,23 @@ mod tests {
     }
 
     #[test]
+    fn the_kubestash_v2_mapping_keeps_dots_and_skips_dotted_secret_names() {
+        let kv2 = KeyMapping::KubestashV2;
+        let t = kv2.map("team-a/db-creds/db.pass-word").unwrap();
+        assert_eq!(t.secret, SecretRef::new("team-a", "db-creds"));
+        assert_eq!(t.key, "DB.PASS_WORD");
+        assert_eq!(kv2.map("a/b/Key_1").unwrap().key, "KEY_1");
+        let err = kv2.map("a/b.c/k").unwrap_err();
+        assert!(err.contains("kubestash-v2"), "{err}");
+        assert!(map_name("a/b.c/k").is_ok());
+        // Spellings credsync folds together stay apart under kubestash-v2.
+        let filter = NamespaceFilter::parse("", None);
+        let items = vec![item("ns/app/db.pass"), item("ns/app/DB_PASS")];
+        let sel = Selection::of(items, vec![], &filter, &existing(&["ns"]), kv2);
+        assert_eq!((sel.to_decrypt.len(), sel.conflicts.len()), (2, 0));
+    }
+
+    #[test]
     fn rejects_bad_names_with_reasons() {
         for (name, needle) in [
             ("a/b", "2 segment"),
@@ -556,6 +616,7 @@ mod tests {
             vec![],
             &filter,
             &existing(&["a", "c", "kube-system"]),
+            KeyMapping::Credsync,
         );
         let chosen: Vec<_> = sel
             .to_decrypt
@@ -590,6 +651,7 @@ mod tests {
             vec![],
             &filter,
             &existing(&["ns"]),
+            KeyMapping::Credsync,
         );
         assert_eq!(
             sel.to_decrypt.len(),
@@ -607,7 +669,13 @@ mod tests {
     #[test]
     fn failed_items_hold_their_key() {
         let filter = NamespaceFilter::parse("", None);
-        let sel = Selection::of(vec![item("ns/app/k")], vec![], &filter, &existing(&["ns"]));
+        let sel = Selection::of(
+            vec![item("ns/app/k")],
+            vec![],
+            &filter,
+            &existing(&["ns"]),
+            KeyMapping::Credsync,
+        );
         let failure = ItemFailure {
             id: sel.to_decrypt[0].id().clone(),
             reason: "HMAC mismatch".into(),
@@ -676,6 +744,7 @@ mod tests {
             vec![],
             &filter,
             &existing(&["ns", "kube-system"]),
+            KeyMapping::Credsync,
         );
         sel.add_source(
             vec![

@@ -24,6 +24,8 @@ pub struct LiveSecret {
     /// The snapshot commit a rollback pinned this Secret to.
     pub pinned: Option<String>,
     pub resource_version: Option<String>,
+    /// Annotated `managedBy: kubestashV2`: written by Kubestash-V2.
+    pub kubestash_v2: bool,
 }
 
 /// The live Secrets relevant to a manifest.
@@ -60,6 +62,30 @@ pub struct SecretChange {
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
+    /// A Kubestash-V2 Secret not taken over: only its data keys are
+    /// written (as Kubestash-V2 did), its labels and annotations stay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub merge_only: bool,
+}
+
+/// A Secret Kubestash-V2 wrote, and what credsync does with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KubestashV2Secret {
+    pub secret: SecretRef,
+    /// Taken over now (`--adopt-kubestash-v2`); otherwise what the flag would do.
+    pub taken_over: bool,
+    /// The keys that become (or would become) credsync's.
+    pub keys: Vec<String>,
+}
+
+/// A key the table adds beside a live key of another spelling of the same
+/// name (`DB_PASSWORD` beside `DB.PASSWORD`): the application may keep
+/// reading the old one while rotations go to the new one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Respelled {
+    pub secret: SecretRef,
+    pub key: String,
+    pub existing: String,
 }
 
 /// What a reconcile would do.
@@ -73,6 +99,10 @@ pub struct Plan {
     pub pinned: Vec<Pinned>,
     /// Workloads that restart once the changed Secrets they use are written.
     pub restarts: Vec<Restart>,
+    /// Secrets Kubestash-V2 wrote: merged into, or taken over.
+    pub kubestash_v2: Vec<KubestashV2Secret>,
+    /// Keys added beside another spelling of themselves: warnings.
+    pub respelled: Vec<Respelled>,
 }
 
 /// A Secret a rollback pinned: left alone until `unpin`.
@@ -138,6 +168,8 @@ pub struct DiffOptions {
     pub prune_keys: bool,
     /// Delete a Secret credsync created once it has no keys left.
     pub delete_empty: bool,
+    /// Take over Secrets Kubestash-V2 wrote (`--adopt-kubestash-v2`).
+    pub adopt_kubestash_v2: bool,
 }
 
 impl Default for DiffOptions {
@@ -145,6 +177,7 @@ impl Default for DiffOptions {
         Self {
             prune_keys: true,
             delete_empty: true,
+            adopt_kubestash_v2: false,
         }
     }
 }
@@ -178,13 +211,17 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
             });
             continue;
         }
-        match diff_secret(
-            secret,
-            manifest.secrets.get(secret),
-            live.secrets.get(secret),
-            options,
-        ) {
-            Ok(Some(change)) => plan.changes.push(change),
+        let desired = manifest.secrets.get(secret);
+        if let (Some(live), Some(desired)) = (live_secret, desired) {
+            note_kubestash_v2(&mut plan, live, desired, options);
+        }
+        match diff_secret(secret, desired, live_secret, options) {
+            Ok(Some(change)) => {
+                if let Some(live) = live_secret {
+                    plan.respelled.extend(respellings(&change, live));
+                }
+                plan.changes.push(change);
+            }
             // A Secret that neither exists nor gets keys (all held) is not "unchanged".
             Ok(None) if live.secrets.contains_key(secret) => plan.unchanged += 1,
             Ok(None) => {}
@@ -192,6 +229,43 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
         }
     }
     plan
+}
+
+/// Lists a Secret Kubestash-V2 wrote, with the keys a take-over makes credsync's.
+fn note_kubestash_v2(
+    plan: &mut Plan,
+    live: &LiveSecret,
+    desired: &DesiredSecret,
+    options: DiffOptions,
+) {
+    if live.kubestash_v2 && !live.managed && !desired.keys.is_empty() {
+        plan.kubestash_v2.push(KubestashV2Secret {
+            secret: live.secret.clone(),
+            taken_over: options.adopt_kubestash_v2,
+            keys: desired.keys.keys().cloned().collect(),
+        });
+    }
+}
+
+/// The keys `change` adds beside a live key that spells the same name
+/// another way (equal once `.` and `-` are `_` and letters upper-case).
+fn respellings<'a>(
+    change: &'a SecretChange,
+    live: &'a LiveSecret,
+) -> impl Iterator<Item = Respelled> + 'a {
+    change.added.iter().flat_map(move |key| {
+        let folded = crate::manifest::normalize_key(key);
+        live.data
+            .keys()
+            .filter(move |existing| {
+                *existing != key && crate::manifest::normalize_key(existing) == folded
+            })
+            .map(move |existing| Respelled {
+                secret: change.secret.clone(),
+                key: key.clone(),
+                existing: existing.clone(),
+            })
+    })
 }
 
 /// The change one Secret needs, `None` if it is in step, or a reason to leave it alone.
@@ -210,6 +284,7 @@ pub fn diff_secret(
         added,
         changed,
         removed,
+        merge_only: false,
     };
     let Some(live) = live else {
         let added: Vec<String> = desired.keys.keys().cloned().collect();
@@ -245,6 +320,16 @@ pub fn diff_secret(
     } else {
         Vec::new()
     };
+    // Kubestash-V2's Secrets, unless taken over, get what Kubestash-V2 gave
+    // them: the table's keys merged in, nothing removed, metadata untouched.
+    if live.kubestash_v2 && !live.managed && !options.adopt_kubestash_v2 {
+        if added.is_empty() && changed.is_empty() {
+            return Ok(None);
+        }
+        let mut merge = change(Action::Update, false, added, changed, vec![]);
+        merge.merge_only = true;
+        return Ok(Some(merge));
+    }
     let remaining = live.data.len() + added.len() - removed.len();
     if live.created_by_credsync && options.delete_empty && remaining == 0 && desired.held.is_empty()
     {
@@ -326,7 +411,57 @@ mod tests {
             created_by_credsync: created,
             pinned: None,
             resource_version: Some("7".into()),
+            kubestash_v2: false,
         }
+    }
+
+    #[test]
+    fn a_kubestash_v2_secret_gets_merges_until_taken_over() {
+        let mut kv2 = live(&[("DB.PASSWORD", "1"), ("OLD", "x")], &[], false);
+        kv2.kubestash_v2 = true;
+        // In step: nothing to write, not even an adoption.
+        assert_eq!(diff(&desired(&[("DB.PASSWORD", "1")]), Some(&kv2)), None);
+        // A rotation: the key alone, metadata untouched, nothing removed.
+        let c = diff(&desired(&[("DB.PASSWORD", "2")]), Some(&kv2)).unwrap();
+        assert!(c.merge_only && !c.adopt && c.removed.is_empty());
+        assert_eq!(c.changed, vec!["DB.PASSWORD".to_string()]);
+        // Taken over: adopted, the table's keys owned from then on.
+        let take = DiffOptions {
+            adopt_kubestash_v2: true,
+            ..DiffOptions::default()
+        };
+        let d = desired(&[("DB.PASSWORD", "1")]);
+        let c = diff_secret(&sref(), Some(&d), Some(&kv2), take)
+            .unwrap()
+            .unwrap();
+        assert!(c.adopt && !c.merge_only && !c.content_changed());
+        assert_eq!(
+            owned_after(&d, &kv2, &c.removed),
+            BTreeSet::from(["DB.PASSWORD".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_key_added_beside_another_spelling_of_it_is_a_warning() {
+        let l = live(&[("DB.PASSWORD", "1"), ("db-user", "u")], &[], false);
+        let mut manifest = Manifest::default();
+        manifest.secrets.insert(
+            sref(),
+            desired(&[("DB_PASSWORD", "1"), ("DB_USER", "u"), ("NEW", "n")]),
+        );
+        let live_state = LiveState {
+            secrets: BTreeMap::from([(sref(), l)]),
+        };
+        let p = plan(&manifest, &live_state, DiffOptions::default());
+        let pairs: Vec<(&str, &str)> = p
+            .respelled
+            .iter()
+            .map(|r| (r.key.as_str(), r.existing.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![("DB_PASSWORD", "DB.PASSWORD"), ("DB_USER", "db-user")]
+        );
     }
 
     fn diff(d: &DesiredSecret, l: Option<&LiveSecret>) -> Option<SecretChange> {
@@ -394,8 +529,8 @@ mod tests {
             .unwrap();
         assert_eq!(c.action, Action::Delete);
         let keep = DiffOptions {
-            prune_keys: true,
             delete_empty: false,
+            ..DiffOptions::default()
         };
         let c = diff_secret(&sref(), None, Some(&l), keep).unwrap().unwrap();
         assert_eq!(
@@ -404,7 +539,7 @@ mod tests {
         );
         let no_prune = DiffOptions {
             prune_keys: false,
-            delete_empty: true,
+            ..DiffOptions::default()
         };
         assert_eq!(
             diff_secret(&sref(), None, Some(&l), no_prune).unwrap(),
@@ -542,7 +677,7 @@ mod tests {
                     .map(|(k, _)| k)
                     .collect();
                 let live = exists.then(|| live(&live_pairs, &owned, created));
-                let options = DiffOptions { prune_keys: true, delete_empty: true };
+                let options = DiffOptions { prune_keys: true, delete_empty: true, adopt_kubestash_v2: false };
                 let change = diff_secret(&sref(), Some(&desired), live.as_ref(), options).unwrap();
                 let before = live.as_ref().map(|l| l.data.clone()).unwrap_or_default();
                 let Some(change) = change else {

@@ -12,7 +12,7 @@ use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
 use crate::cluster::rollout::listing_failure;
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
-use crate::manifest::{DesiredSecret, Manifest, NamespaceFilter, SecretRef, Selection, map_name};
+use crate::manifest::{DesiredSecret, KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
 use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan};
 use crate::rollout;
@@ -98,6 +98,8 @@ pub struct Reconciler {
     authors: Mutex<Vec<Authored>>,
     /// The snapshot commit a warm start read its values from.
     warm_commit: std::sync::OnceLock<String>,
+    /// How table names become Secrets and keys.
+    mapping: KeyMapping,
 }
 
 /// Who wrote an item through the self-service API, until a snapshot commit names them.
@@ -147,7 +149,18 @@ impl Reconciler {
             keep_index: false,
             authors: Mutex::new(Vec::new()),
             warm_commit: std::sync::OnceLock::new(),
+            mapping: KeyMapping::Credsync,
         }
+    }
+
+    /// Maps table names with `mapping` (`--key-mapping`).
+    pub fn with_key_mapping(mut self, mapping: KeyMapping) -> Self {
+        self.mapping = mapping;
+        self
+    }
+
+    pub fn key_mapping(&self) -> KeyMapping {
+        self.mapping
     }
 
     /// Keeps an index of the table from each full read, for targeted
@@ -240,7 +253,7 @@ impl Reconciler {
         let mut lines = String::new();
         authors.retain(|a| {
             let carried = if a.deleted {
-                map_name(&a.item.name).is_ok_and(|t| {
+                self.mapping.map(&a.item.name).is_ok_and(|t| {
                     scope.is_none_or(|s| s.contains(&t.secret))
                         && !sources().any(|s| s.name == a.item.name)
                 })
@@ -311,8 +324,13 @@ impl Reconciler {
                 namespaces: namespaces.clone(),
             });
         }
-        let mut selection =
-            Selection::of(scanned.latest, scanned.malformed, &self.filter, &namespaces);
+        let mut selection = Selection::of(
+            scanned.latest,
+            scanned.malformed,
+            &self.filter,
+            &namespaces,
+            self.mapping,
+        );
         if let Some(read) = managed {
             selection.add_source(read.ready, read.failed, read.skipped);
         }
@@ -389,7 +407,7 @@ impl Reconciler {
         let mut malformed = Vec::new();
         let affected: BTreeSet<SecretRef> = names
             .iter()
-            .filter_map(|n| map_name(n).ok())
+            .filter_map(|n| self.mapping.map(n).ok())
             .map(|t| t.secret)
             .collect();
         let items: Vec<RawItem> = {
@@ -411,11 +429,16 @@ impl Reconciler {
             index
                 .items
                 .values()
-                .filter(|item| map_name(&item.id.name).is_ok_and(|t| affected.contains(&t.secret)))
+                .filter(|item| {
+                    self.mapping
+                        .map(&item.id.name)
+                        .is_ok_and(|t| affected.contains(&t.secret))
+                })
                 .cloned()
                 .collect()
         };
-        let mut selection = Selection::of(items, malformed, &self.filter, &namespaces);
+        let mut selection =
+            Selection::of(items, malformed, &self.filter, &namespaces, self.mapping);
         // Secrets Manager's keys of these Secrets as last read: a targeted
         // reconcile must not take them for deleted.
         if let Some(sm) = &self.secrets_manager {
@@ -457,7 +480,7 @@ impl Reconciler {
             .items
             .keys()
             .filter(|name| {
-                map_name(name).is_ok_and(|t| match secret {
+                self.mapping.map(name).is_ok_and(|t| match secret {
                     Some(secret) => &t.secret == secret,
                     None => t.secret.namespace == namespace,
                 })
@@ -609,6 +632,7 @@ impl Reconciler {
                     added: vec![],
                     changed: vec![],
                     removed: vec![],
+                    merge_only: false,
                 });
                 planned.plan.unchanged = planned.plan.unchanged.saturating_sub(1);
             }

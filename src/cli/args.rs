@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::manifest::KeyMapping;
 use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, SecretRef};
 use crate::render::{Format, ListFormat};
 use crate::secretsmanager::names::NameScheme;
@@ -110,6 +111,26 @@ pub struct Common {
     /// `eventdrivensecretsmanaged`) when a Secret they use changes.
     #[arg(long, global = true, env = "CREDSYNC_ROLLOUTS")]
     pub rollouts: bool,
+    /// How a table name's KEY becomes a Secret key: `credsync` (upper-case,
+    /// `.` and `-` to `_`) or `kubestash-v2` (upper-case, only `-` to `_`,
+    /// as Kubestash-V2's code does; Secret names with a dot are skipped).
+    /// Keep `kubestash-v2` on a cluster Kubestash-V2 fed, so no key changes
+    /// its spelling.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDSYNC_KEY_MAPPING",
+        value_enum,
+        default_value = "credsync"
+    )]
+    pub key_mapping: KeyMapping,
+    /// Take over the Secrets Kubestash-V2 wrote (annotated `managedBy:
+    /// kubestashV2`): the keys the table names become credsync's (a later
+    /// deletion in the table removes them) and Kubestash-V2's annotations
+    /// give way to credsync's. Without it such Secrets only get the table's
+    /// changed keys, as Kubestash-V2 wrote them.
+    #[arg(long, global = true, env = "CREDSYNC_ADOPT_KUBESTASH_V2")]
+    pub adopt_kubestash_v2: bool,
     /// Log format on stderr.
     #[arg(
         long,

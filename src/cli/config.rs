@@ -158,6 +158,8 @@ pub(super) struct Settings {
     prune_keys: bool,
     delete_empty: bool,
     rollouts: bool,
+    key_mapping: &'static str,
+    adopt_kubestash_v2: bool,
     snapshot_repo: Option<std::path::PathBuf>,
     snapshot_remote: Option<String>,
     age_recipients: Vec<String>,
@@ -238,6 +240,8 @@ impl Settings {
             prune_keys: !common.no_prune,
             delete_empty: !common.keep_empty,
             rollouts: common.rollouts,
+            key_mapping: common.key_mapping.as_str(),
+            adopt_kubestash_v2: common.adopt_kubestash_v2,
             snapshot_repo: common.snapshot_repo.clone(),
             snapshot_remote: common
                 .snapshot_remote

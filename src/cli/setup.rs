@@ -124,6 +124,7 @@ pub(super) async fn build(
         diff: DiffOptions {
             prune_keys: !common.no_prune,
             delete_empty: !common.keep_empty,
+            adopt_kubestash_v2: common.adopt_kubestash_v2,
         },
         rollouts: common.rollouts,
         ..ApplyOptions::default()
@@ -143,7 +144,8 @@ pub(super) async fn build(
             )
         });
     let reads_table = common.sources.contains(&SourceKind::Credstash);
-    let reconciler = Reconciler::new(source, cluster, filter, apply, metrics);
+    let reconciler = Reconciler::new(source, cluster, filter, apply, metrics)
+        .with_key_mapping(common.key_mapping);
     let reconciler = match sm {
         Some(sm) => reconciler.with_secrets_manager(sm, reads_table),
         None => reconciler,

@@ -18,8 +18,9 @@ use serde_json::{Map, Value, json};
 
 use super::{Cluster, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
 use crate::labels::{
-    CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, LAST_SYNC_ANNOTATION, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, PINNED_ANNOTATION,
+    CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_CHANGED_AT,
+    LAST_SYNC_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
+    PINNED_ANNOTATION,
 };
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_after};
@@ -550,11 +551,24 @@ fn update_patch(
     for key in &change.removed {
         data.insert(key.clone(), Value::Null);
     }
+    if change.merge_only {
+        // Kubestash-V2's way: the keys alone; its annotations stay.
+        return json!({
+            "metadata": { "resourceVersion": live.resource_version },
+            "data": Value::Object(data),
+        });
+    }
+    let mut annotations = json!(annotations(desired, Some(live), &change.removed, pin));
+    if change.adopt && live.kubestash_v2 {
+        // Taken over: Kubestash-V2's marks give way to credsync's.
+        annotations[KUBESTASH_V2_ANNOTATION] = Value::Null;
+        annotations[KUBESTASH_V2_CHANGED_AT] = Value::Null;
+    }
     let mut patch = json!({
         "metadata": {
             "resourceVersion": live.resource_version,
             "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE },
-            "annotations": annotations(desired, Some(live), &change.removed, pin),
+            "annotations": annotations,
         }
     });
     if !data.is_empty() {
@@ -580,6 +594,7 @@ mod tests {
             added: keys("NEW", added),
             changed: keys("CHANGED", changed),
             removed: vec!["OLD".to_owned()],
+            merge_only: false,
         }
     }
 

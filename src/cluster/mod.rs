@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
 
 use crate::labels::{
-    CREATED_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
-    PINNED_ANNOTATION,
+    CREATED_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_VALUE, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, PINNED_ANNOTATION,
 };
 use crate::manifest::{Manifest, SecretRef};
 use crate::metrics::Metrics;
@@ -65,6 +65,8 @@ impl LiveSecret {
                 .filter(|_| managed)
                 .cloned(),
             resource_version: meta.resource_version,
+            kubestash_v2: annotations.get(KUBESTASH_V2_ANNOTATION).map(String::as_str)
+                == Some(KUBESTASH_V2_VALUE),
         })
     }
 }

@@ -81,6 +81,8 @@ fn summary(plan: &Plan) -> String {
         (plan.failures.len(), "failed item(s)"),
         (plan.pinned.len(), "pinned"),
         (plan.restarts.len(), "restart(s)"),
+        (plan.kubestash_v2.len(), "Kubestash-V2 Secret(s)"),
+        (plan.respelled.len(), "respelled key warning(s)"),
     ] {
         if n > 0 {
             let _ = write!(s, "; {n} {what}");
@@ -120,7 +122,13 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             Action::Update => ("~ update ", "33"),
             Action::Delete => ("- delete ", "31"),
         };
-        let adopt = if c.adopt { " (adopt)" } else { "" };
+        let adopt = if c.adopt {
+            " (adopt)"
+        } else if c.merge_only {
+            " (merge)"
+        } else {
+            ""
+        };
         let subject = format!("{}{adopt}", c.secret);
         let _ = writeln!(
             out,
@@ -171,6 +179,24 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             paint("36", "> restart"),
             restart_subject(r),
             restart_reason(r)
+        );
+    }
+    for k in &plan.kubestash_v2 {
+        let _ = writeln!(
+            out,
+            "  {} {}  {}",
+            paint("36", "^ kubestash-v2"),
+            k.secret,
+            kubestash_v2_note(k)
+        );
+    }
+    for r in &plan.respelled {
+        let _ = writeln!(
+            out,
+            "  {} {}  {}",
+            paint("33;1", "! spelling"),
+            r.secret,
+            respelled_note(r)
         );
     }
     for f in &plan.failures {
@@ -224,6 +250,27 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
     out
 }
 
+/// What happens to a Secret Kubestash-V2 wrote, in one line.
+fn kubestash_v2_note(k: &crate::plan::KubestashV2Secret) -> String {
+    let keys = k.keys.join(", ");
+    if k.taken_over {
+        format!(
+            "taken over from Kubestash-V2: {keys} become credsync's (a key deleted from the table is removed); its annotations are replaced"
+        )
+    } else {
+        format!(
+            "written by Kubestash-V2: table keys merged in as it did, none removed; --adopt-kubestash-v2 would make {keys} credsync's"
+        )
+    }
+}
+
+fn respelled_note(r: &crate::plan::Respelled) -> String {
+    format!(
+        "{} would be added beside {}: an application reading {} keeps the old value (a cluster Kubestash-V2 fed? see --key-mapping kubestash-v2)",
+        r.key, r.existing, r.existing
+    )
+}
+
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|").replace('`', "'")
 }
@@ -244,7 +291,13 @@ fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) ->
         out.push_str("| Action | Secret | Added | Changed | Removed |\n|---|---|---|---|---|\n");
         for c in &plan.changes {
             let keys = |ks: &[String]| ks.iter().map(|k| md_code(k)).collect::<Vec<_>>().join(", ");
-            let adopt = if c.adopt { " (adopt)" } else { "" };
+            let adopt = if c.adopt {
+                " (adopt)"
+            } else if c.merge_only {
+                " (merge)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "| {}{} | {} | {} | {} | {} |",
@@ -302,6 +355,31 @@ fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) ->
                 "| {} | {} | {state} |",
                 md_code(&p.secret.to_string()),
                 md_code(&p.commit)
+            );
+        }
+        out.push('\n');
+    }
+    if !plan.respelled.is_empty() {
+        out.push_str("**Warning: keys added beside another spelling** (the old key keeps its old value):\n\n| Secret | Added | Existing |\n|---|---|---|\n");
+        for r in &plan.respelled {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                md_code(&r.secret.to_string()),
+                md_code(&r.key),
+                md_code(&r.existing)
+            );
+        }
+        out.push('\n');
+    }
+    if !plan.kubestash_v2.is_empty() {
+        out.push_str("**Secrets Kubestash-V2 wrote**:\n\n| Secret | |\n|---|---|\n");
+        for k in &plan.kubestash_v2 {
+            let _ = writeln!(
+                out,
+                "| {} | {} |",
+                md_code(&k.secret.to_string()),
+                md_escape(&kubestash_v2_note(k))
             );
         }
         out.push('\n');
@@ -387,13 +465,17 @@ fn restart_reason(r: &Restart) -> String {
 }
 
 fn change_json(c: &SecretChange) -> Value {
-    json!({
+    let mut out = json!({
         "action": c.action,
         "namespace": c.secret.namespace,
         "name": c.secret.name,
         "adopt": c.adopt,
         "keys": { "added": c.added, "changed": c.changed, "removed": c.removed },
-    })
+    });
+    if c.merge_only {
+        out["merge_only"] = Value::Bool(true);
+    }
+    out
 }
 
 fn plan_json(plan: &Plan, h: &Heading) -> Value {
@@ -412,6 +494,8 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "failed": plan.failures.len(),
             "pinned": plan.pinned.len(),
             "restarts": plan.restarts.len(),
+            "kubestash_v2": plan.kubestash_v2.len(),
+            "respelled": plan.respelled.len(),
             "has_changes": plan.has_changes(),
         },
         "changes": plan.changes.iter().map(change_json).collect::<Vec<_>>(),
@@ -430,6 +514,18 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "differs_from_table": p.differs_from_table,
         })).collect::<Vec<_>>(),
         "restarts": plan.restarts,
+        "kubestash_v2": plan.kubestash_v2.iter().map(|k| json!({
+            "namespace": k.secret.namespace,
+            "name": k.secret.name,
+            "taken_over": k.taken_over,
+            "keys": k.keys,
+        })).collect::<Vec<_>>(),
+        "respelled": plan.respelled.iter().map(|r| json!({
+            "namespace": r.secret.namespace,
+            "name": r.secret.name,
+            "key": r.key,
+            "existing": r.existing,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -451,6 +547,7 @@ mod tests {
                     added: vec!["PASSWORD".into(), "USER".into()],
                     changed: vec![],
                     removed: vec![],
+                    merge_only: false,
                 },
                 SecretChange {
                     secret: SecretRef::new("team-b", "api"),
@@ -459,6 +556,7 @@ mod tests {
                     added: vec![],
                     changed: vec!["TOKEN".into()],
                     removed: vec!["OLD".into()],
+                    merge_only: false,
                 },
             ],
             unchanged: 3,
@@ -491,6 +589,16 @@ mod tests {
                 differs_from_table: true,
             }],
             restarts: vec![],
+            kubestash_v2: vec![crate::plan::KubestashV2Secret {
+                secret: SecretRef::new("ns", "legacy"),
+                taken_over: false,
+                keys: vec!["DB.PASSWORD".into()],
+            }],
+            respelled: vec![crate::plan::Respelled {
+                secret: SecretRef::new("ns", "legacy"),
+                key: "DB_PASSWORD".into(),
+                existing: "DB.PASSWORD".into(),
+            }],
         }
     }
 
@@ -519,7 +627,15 @@ mod tests {
             squeezed.contains("= pinned ns/rolled rolled back to 0123456789ab; table differs"),
             "{out}"
         );
-        assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s); 1 pinned."), "{out}");
+        assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s); 1 pinned; 1 Kubestash-V2 Secret(s); 1 respelled key warning(s)."), "{out}");
+        assert!(
+            squeezed.contains("! spelling ns/legacy DB_PASSWORD would be added beside DB.PASSWORD"),
+            "{out}"
+        );
+        assert!(
+            squeezed.contains("^ kubestash-v2 ns/legacy written by Kubestash-V2"),
+            "{out}"
+        );
         assert!(!out.contains('\x1b'));
         assert!(render(&sample(), None, &heading(), Format::Text, true).contains("\x1b[32m"));
     }
@@ -534,6 +650,10 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("`a\\|b'c`"), "{out}");
+        assert!(
+            out.contains("| `ns/legacy` | `DB_PASSWORD` | `DB.PASSWORD` |"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -544,6 +664,8 @@ mod tests {
         assert_eq!(v["summary"]["update"], 1);
         assert_eq!(v["changes"][1]["keys"]["removed"][0], "OLD");
         assert_eq!(v["conflicts"][0]["sources"][1]["name"], "ns/app/DB_PASS");
+        assert_eq!(v["respelled"][0]["existing"], "DB.PASSWORD");
+        assert_eq!(v["kubestash_v2"][0]["taken_over"], false);
         let schema: Value = serde_json::from_str(PLAN_SCHEMA).unwrap();
         assert_eq!(schema["properties"]["schema"]["const"], PLAN_SCHEMA_ID);
     }

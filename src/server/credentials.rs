@@ -28,7 +28,7 @@ use serde_json::json;
 use super::{ServerState, bearer_token, error};
 use crate::cluster::review::{Caller, TokenVerdict};
 use crate::credstash::{NewItem, PutVersion, WriteItemError, padded_version};
-use crate::manifest::{is_dns1123_label, map_name};
+use crate::manifest::is_dns1123_label;
 use crate::secret::SecretValue;
 use crate::source::ItemId;
 use crate::worker::{Request, Trigger};
@@ -156,7 +156,7 @@ fn target(
     key: &str,
 ) -> Result<String, Refused> {
     let name = format!("{namespace}/{secret}/{key}");
-    if let Err(reason) = map_name(&name) {
+    if let Err(reason) = state.reconciler.key_mapping().map(&name) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             format!("'{name}' does not map to a Secret key: {reason}"),
@@ -195,7 +195,7 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
     state
         .reconciler
         .note_author(item.clone(), deleted, caller.username.clone());
-    if let Ok(target) = map_name(&item.name) {
+    if let Ok(target) = state.reconciler.key_mapping().map(&item.name) {
         let (reason, verb) = if deleted {
             ("CredentialDeleted", "Delete")
         } else {
@@ -408,7 +408,7 @@ pub(super) async fn list(
         let items: Vec<serde_json::Value> = found
             .iter()
             .filter_map(|id| {
-                let target = map_name(&id.name).ok()?;
+                let target = state.reconciler.key_mapping().map(&id.name).ok()?;
                 (target.secret.namespace == namespace).then(|| {
                     json!({
                         "name": id.name,

@@ -81,6 +81,8 @@ VARIANTS: dict[str, dict] = {
             "scanSegments": 1000000,
             "prune": False,
             "keepEmpty": True,
+            "keyMapping": "kubestash-v2",
+            "adoptKubestashV2": True,
             "logFormat": "text",
             "verbose": True,
             "interval": "",
@@ -342,7 +344,7 @@ def test_snapshot_remote_credentials_are_mounted_from_secrets():
 def cli_env_names() -> set[str]:
     """Every CREDSYNC_* variable credsync reads (clap `env = ...` and std::env::var)."""
     text = "".join(path.read_text() for path in sorted((ROOT / "src" / "cli").glob("*.rs")))
-    return set(re.findall(r'env = "(CREDSYNC_[A-Z_]+)"', text)) | set(re.findall(r'env::var\("(CREDSYNC_[A-Z_]+)"\)', text))
+    return set(re.findall(r'env = "(CREDSYNC_[A-Z0-9_]+)"', text)) | set(re.findall(r'env::var\("(CREDSYNC_[A-Z0-9_]+)"\)', text))
 
 
 # README configuration variables the chart deliberately does not set, and why.
@@ -361,7 +363,7 @@ def test_chart_sets_every_in_cluster_variable_and_only_real_ones():
     known = cli_env_names()
     readme = (ROOT / "README.md").read_text()
     config_section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"`(CREDSYNC_[A-Z_]+)`", config_section))
+    listed = set(re.findall(r"`(CREDSYNC_[A-Z0-9_]+)`", config_section))
     assert listed, "README configuration table not found"
     set_by_chart: set[str] = set()
     for variant in VARIANTS:

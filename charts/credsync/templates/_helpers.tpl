@@ -149,6 +149,14 @@ app.kubernetes.io/component: controller
 - name: CREDSYNC_KEEP_EMPTY
   value: "true"
 {{- end }}
+{{- if ne $c.keyMapping "credsync" }}
+- name: CREDSYNC_KEY_MAPPING
+  value: {{ $c.keyMapping | quote }}
+{{- end }}
+{{- if $c.adoptKubestashV2 }}
+- name: CREDSYNC_ADOPT_KUBESTASH_V2
+  value: "true"
+{{- end }}
 - name: CREDSYNC_LOG_FORMAT
   value: {{ $c.logFormat | quote }}
 {{- if $c.verbose }}

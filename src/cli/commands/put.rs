@@ -12,13 +12,12 @@ use kube::client::Body;
 use crate::cli::args::{Common, PutArgs};
 use crate::cli::setup;
 use crate::credstash::{NewItem, PutVersion};
-use crate::manifest::map_name;
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
 pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
     let value = read_value(args)?;
-    if let Err(reason) = map_name(&args.name) {
+    if let Err(reason) = common.key_mapping.map(&args.name) {
         tracing::warn!(name = %args.name, %reason, "this name maps to no Secret key: sync will skip it");
     }
     if let Some(server) = &args.through.server {
@@ -91,8 +90,10 @@ fn read_value(args: &PutArgs) -> Result<SecretValue> {
 }
 
 /// `/v1/secrets/NS/SECRET/KEY` for a name that maps to a Secret key.
+/// Checked with credsync's own mapping, which maps every name the
+/// kubestash-v2 one does: the server refuses what its mapping does not map.
 fn api_path(name: &str) -> Result<String> {
-    map_name(name).map_err(|reason| {
+    crate::manifest::map_name(name).map_err(|reason| {
         anyhow::anyhow!("--server writes Secret keys only, named namespace/secret/KEY: {reason}")
     })?;
     Ok(format!("/v1/secrets/{name}"))

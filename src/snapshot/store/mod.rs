@@ -364,7 +364,10 @@ impl SnapshotStore {
                 // The annotations hold the sources (name@version per key),
                 // so an equal fingerprint means equal contents.
                 let fingerprint = file_fingerprint(&doc.labels, &doc.annotations, recipients_now);
-                if old.as_ref().is_some_and(|old| old.fingerprint == Some(fingerprint)) {
+                if old
+                    .as_ref()
+                    .is_some_and(|old| old.fingerprint == Some(fingerprint))
+                {
                     continue;
                 }
                 let new_sources = parse_sources(doc.annotations.get(SOURCES_ANNOTATION));
@@ -388,14 +391,32 @@ impl SnapshotStore {
                     fingerprint,
                     values: caching.then(|| {
                         let values = desired.keys.values();
-                        values.map(|k| (k.source.clone(), k.value.clone())).collect()
+                        values
+                            .map(|k| (k.source.clone(), k.value.clone()))
+                            .collect()
                     }),
                 });
                 if jobs.len() >= seal::BATCH {
-                    self.write_sealed(repo, &mut jobs, recipients, &mut update, &mut index, &mut changed, &mut written)?;
+                    self.write_sealed(
+                        repo,
+                        &mut jobs,
+                        recipients,
+                        &mut update,
+                        &mut index,
+                        &mut changed,
+                        &mut written,
+                    )?;
                 }
             }
-            self.write_sealed(repo, &mut jobs, recipients, &mut update, &mut index, &mut changed, &mut written)?;
+            self.write_sealed(
+                repo,
+                &mut jobs,
+                recipients,
+                &mut update,
+                &mut index,
+                &mut changed,
+                &mut written,
+            )?;
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
                 update.remove(gone.path.as_str());

@@ -49,7 +49,12 @@ pub(super) fn seal_all(
     std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
-            .map(|part| (part.len(), scope.spawn(move || part.iter().map(seal).collect::<Vec<_>>())))
+            .map(|part| {
+                (
+                    part.len(),
+                    scope.spawn(move || part.iter().map(seal).collect::<Vec<_>>()),
+                )
+            })
             .collect();
         handles
             .into_iter()
