@@ -16,11 +16,20 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin credsync \
- && install -D -m 0755 target/release/credsync /out/credsync
+ && install -D -m 0755 target/release/credsync /out/credsync \
+ && mkdir -p /out/share/bash-completion/completions /out/share/zsh/vendor-completions \
+             /out/share/fish/vendor_completions.d /out/share/man/man1 \
+ && /out/credsync completions bash > /out/share/bash-completion/completions/credsync \
+ && /out/credsync completions zsh > /out/share/zsh/vendor-completions/_credsync \
+ && /out/credsync completions fish > /out/share/fish/vendor_completions.d/credsync.fish \
+ && /out/credsync man > /out/share/man/man1/credsync.1
 
 # Debian 12 like the builder, so glibc matches; :nonroot runs as uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/credsync /usr/local/bin/credsync
+# Shell completions and the man page, for copying out of the image
+# (`docker cp`), as the README's "Shell completions and man page" says.
+COPY --from=build /out/share /usr/local/share
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/credsync"]

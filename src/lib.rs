@@ -26,6 +26,7 @@ pub mod labels;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod reconcile;
 pub mod render;
 pub mod rollout;

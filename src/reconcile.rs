@@ -15,6 +15,7 @@ use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{DesiredSecret, KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
 use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan};
+use crate::progress::{Progress, Silent, Step};
 use crate::rollout;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::remote::PushOutcome;
@@ -100,6 +101,8 @@ pub struct Reconciler {
     warm_commit: std::sync::OnceLock<String>,
     /// How table names become Secrets and keys.
     mapping: KeyMapping,
+    /// Where the steps of a long reconcile are shown (a terminal's bar).
+    progress: Arc<dyn Progress>,
 }
 
 /// Who wrote an item through the self-service API, until a snapshot commit names them.
@@ -150,7 +153,19 @@ impl Reconciler {
             authors: Mutex::new(Vec::new()),
             warm_commit: std::sync::OnceLock::new(),
             mapping: KeyMapping::Credsync,
+            progress: Arc::new(Silent),
         }
+    }
+
+    /// Shows the steps of full reconciles on `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Clears whatever progress was shown: the command's work is over.
+    pub fn finish_progress(&self) {
+        self.progress.finish();
     }
 
     /// Maps table names with `mapping` (`--key-mapping`).
@@ -294,6 +309,7 @@ impl Reconciler {
     /// Reads the table and the cluster and computes the plan; writes nothing.
     pub async fn plan(&self) -> Result<Planned, ReconcileError> {
         let started = std::time::Instant::now();
+        self.progress.step(Step::Scanning);
         let (scanned, namespaces, managed) = tokio::join!(
             self.scan_table(),
             self.cluster.namespaces(),
@@ -335,8 +351,12 @@ impl Reconciler {
             selection.add_source(read.ready, read.failed, read.skipped);
         }
         let to_decrypt = std::mem::take(&mut selection.to_decrypt);
+        self.progress.step(Step::Decrypting {
+            items: to_decrypt.len() as u64,
+        });
         let decrypted = self.source.decrypt(to_decrypt).await;
         let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
+        self.progress.step(Step::ReadingCluster);
         let live = self.cluster.live_state(&manifest).await?;
         tracing::debug!(
             desired = manifest.secrets.len(),
@@ -517,6 +537,9 @@ impl Reconciler {
                     heading = format!("{authors}\n{heading}");
                 }
                 let metrics = self.metrics.clone();
+                self.progress.step(Step::Committing {
+                    secrets: planned.plan.changes.len() as u64,
+                });
                 // The manifest goes to the git thread and comes back, so each
                 // file is built from it as it is written instead of holding
                 // a copy of every document at once.
@@ -555,6 +578,9 @@ impl Reconciler {
             dry_run,
             ..self.apply.clone()
         };
+        self.progress.step(Step::Writing {
+            secrets: planned.plan.changes.len() as u64,
+        });
         let outcome = self
             .cluster
             .apply(&planned.plan, &planned.manifest, &planned.live, &options)

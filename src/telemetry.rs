@@ -4,8 +4,6 @@
 //! logs response bodies, which for Secrets are values. `--verbose` raises
 //! credsync's own level only; the clients stay at info.
 
-use std::io::IsTerminal;
-
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,7 +12,7 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(format: LogFormat, verbose: bool) {
+pub fn init(format: LogFormat, verbose: bool, ansi: bool) {
     let own = if verbose { "debug" } else { "info" };
     // The AWS config loader warns at every start outside EC2 (no IMDS): noise.
     let filter = EnvFilter::new(format!("warn,aws_config=error,credsync={own}"));
@@ -22,7 +20,7 @@ pub fn init(format: LogFormat, verbose: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

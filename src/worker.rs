@@ -253,6 +253,8 @@ pub async fn run(
                 true
             }
         };
+        // Only the first reconcile of `run` shows progress on a terminal.
+        reconciler.finish_progress();
         finished.send_replace(Some(Finished {
             started,
             ok: !(failed || retry_partial),

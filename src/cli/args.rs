@@ -140,6 +140,10 @@ pub struct Common {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Colour in plans, listings and logs: `auto` (on a terminal, unless
+    /// NO_COLOR is set), `always` or `never`. Markdown and JSON never have any.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
     /// Debug logging for credsync itself (`-v` is `put`'s version, as in credstash).
     #[arg(long, global = true, env = "CREDSYNC_VERBOSE")]
     pub verbose: bool,
@@ -180,6 +184,14 @@ pub struct Common {
 pub enum SourceKind {
     Credstash,
     Secretsmanager,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,6 +267,13 @@ pub enum Command {
         #[command(flatten)]
         through: ThroughServer,
     },
+    /// Print a shell completion script: `source <(credsync completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `credsync man > credsync.1 && man ./credsync.1`.
+    Man,
     /// Release rollback pins so sync manages the Secrets again.
     Unpin {
         #[arg(value_name = "NS/NAME", required_unless_present = "all")]

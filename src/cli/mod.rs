@@ -7,12 +7,14 @@ mod args;
 mod commands;
 mod config;
 mod legacy;
+mod progress;
 mod setup;
+mod terminal;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 pub use args::{Cli, Command, Common, PutArgs, RunArgs};
 pub use legacy::parse;
@@ -37,8 +39,13 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    telemetry::init(cli.common.log_format, cli.common.verbose);
-    match run_bounded(cli).await {
+    let terminal = terminal::Terminal::resolve(cli.common.color, cli.common.log_format);
+    telemetry::init(
+        cli.common.log_format,
+        cli.common.verbose,
+        terminal.color_stderr,
+    );
+    match run_bounded(cli, terminal).await {
         Ok(code) => code,
         Err(err) => {
             // One line on stderr, whatever the log format.
@@ -49,15 +56,15 @@ pub async fn main() -> ExitCode {
 }
 
 /// One-shot commands end within `--timeout`; the loop runs until stopped.
-async fn run_bounded(cli: Cli) -> Result<ExitCode> {
+async fn run_bounded(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
     if cli.common.timeout.is_zero() || cli.common.request_timeout.is_zero() {
         bail!("--timeout and --request-timeout must be more than 0");
     }
     if matches!(cli.command, Command::Run(_)) {
-        return run(cli).await;
+        return run(cli, terminal).await;
     }
     let limit = cli.common.timeout;
-    match tokio::time::timeout(limit, run(cli)).await {
+    match tokio::time::timeout(limit, run(cli, terminal)).await {
         Ok(result) => result,
         Err(_) => bail!(
             "stopped after --timeout {:?}: AWS or the Kubernetes API did not answer in time \
@@ -68,9 +75,24 @@ async fn run_bounded(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
     let common = &cli.common;
-    if let Some(code) = commands::listings::execute(common, &cli.command)? {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "credsync", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .context("writing the man page to stdout")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    if let Some(code) = commands::listings::execute(common, &cli.command, terminal.color_stdout)? {
         return Ok(ExitCode::from(code));
     }
     // Writes to the table need neither the cluster nor a snapshot store.
@@ -90,7 +112,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
     let store = snapshot_store(common, needs_recipients)?;
-    let reconciler = build(common, store.clone()).await?;
+    let mut reconciler = build(common, store.clone()).await?;
+    if terminal.progress {
+        let shown = progress::TerminalProgress::start(reconciler.metrics().clone());
+        reconciler = reconciler.with_progress(shown as Arc<dyn crate::progress::Progress>);
+    }
     let reads_table = matches!(
         cli.command,
         Command::Sync { .. }
@@ -112,7 +138,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             region: reconciler.source().region().to_owned(),
             cluster: common.cluster_name.clone(),
         },
-        color: std::io::stdout().is_terminal(),
+        color: terminal.color_stdout,
     };
     let code = match cli.command {
         Command::Plan {
@@ -153,8 +179,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Show { .. }
         | Command::Diff { .. }
         | Command::Put(_)
-        | Command::Delete { .. } => 0,
+        | Command::Delete { .. }
+        | Command::Completions { .. }
+        | Command::Man => 0,
     };
+    reconciler.finish_progress();
     tracing::info!(calls = %reconciler.metrics().call_summary(), "done");
     Ok(ExitCode::from(code))
 }

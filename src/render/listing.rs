@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::ListFormat;
+use super::{ListFormat, paint};
 use crate::snapshot::store::{CommitInfo, SecretDelta, SnapshotEntry};
 use sops_age::SecretDocument;
 
@@ -14,17 +14,27 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
+/// Green for what appears, yellow for what changes, red for what goes.
+fn action_color(action: &str) -> &'static str {
+    match action {
+        "create" => "32",
+        "delete" => "31",
+        _ => "33",
+    }
+}
+
 fn to_json(value: serde_json::Value) -> String {
     serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
 }
 
-pub fn history(commits: &[CommitInfo], format: ListFormat) -> String {
+pub fn history(commits: &[CommitInfo], format: ListFormat, color: bool) -> String {
     match format {
         ListFormat::Json => to_json(json!({ "commits": commits })),
         ListFormat::Text => {
             let mut out = String::new();
             for c in commits {
-                let _ = writeln!(out, "{}  {}  {}", short(&c.id), c.time, c.summary);
+                let id = paint(color, "33", short(&c.id));
+                let _ = writeln!(out, "{id}  {}  {}", c.time, c.summary);
             }
             if commits.is_empty() {
                 out.push_str("no snapshots yet\n");
@@ -72,6 +82,7 @@ pub fn diff(
     to: &CommitInfo,
     deltas: &[SecretDelta],
     format: ListFormat,
+    color: bool,
 ) -> String {
     match format {
         ListFormat::Json => to_json(json!({ "from": from.id, "to": to.id, "changes": deltas })),
@@ -79,7 +90,8 @@ pub fn diff(
             let mut out = format!("{} -> {}\n", short(&from.id), short(&to.id));
             for d in deltas {
                 let keys = crate::manifest::marked_keys(&d.added, &d.changed, &d.removed);
-                let _ = writeln!(out, "  {:<7} {}  {keys}", d.action, d.secret);
+                let action = paint(color, action_color(d.action), &format!("{:<7}", d.action));
+                let _ = writeln!(out, "  {action} {}  {keys}", d.secret);
             }
             if deltas.is_empty() {
                 out.push_str("  no changes\n");

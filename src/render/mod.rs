@@ -95,14 +95,18 @@ fn key_list(change: &SecretChange) -> String {
     crate::manifest::marked_keys(&change.added, &change.changed, &change.removed)
 }
 
+/// `s` in SGR colour `code` when `color`, else as it is: the one place
+/// escape codes are made, so `--color never` and NO_COLOR reach all of them.
+pub(crate) fn paint(color: bool, code: &str, s: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_owned()
+    }
+}
+
 fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color: bool) -> String {
-    let paint = |code: &str, s: &str| {
-        if color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_owned()
-        }
-    };
+    let paint = |code: &str, s: &str| paint(color, code, s);
     let mut out = format!(
         "credsync plan: table {} ({}) -> cluster {}\n\n",
         h.table, h.region, h.cluster

@@ -8,11 +8,19 @@ use crate::cli::setup::{required_identities, required_store};
 use crate::render::listing;
 
 /// Runs a listing command; `None` when `command` is not one.
-pub(in crate::cli) fn execute(common: &Common, command: &Command) -> Result<Option<u8>> {
+/// `color`: whether text listings may carry colour (a terminal, no NO_COLOR).
+pub(in crate::cli) fn execute(
+    common: &Common,
+    command: &Command,
+    color: bool,
+) -> Result<Option<u8>> {
     match command {
         Command::History { limit, format } => {
             let store = required_store(common)?;
-            print!("{}", listing::history(&store.history(*limit)?, *format));
+            print!(
+                "{}",
+                listing::history(&store.history(*limit)?, *format, color)
+            );
         }
         Command::Show {
             rev,
@@ -34,7 +42,7 @@ pub(in crate::cli) fn execute(common: &Common, command: &Command) -> Result<Opti
             let store = required_store(common)?;
             let (from, to) = (store.resolve(from)?, store.resolve(to)?);
             let deltas = store.diff(&from.id, &to.id)?;
-            print!("{}", listing::diff(&from, &to, &deltas, *format));
+            print!("{}", listing::diff(&from, &to, &deltas, *format, color));
         }
         _ => return Ok(None),
     }
