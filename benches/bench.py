@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 try:
+    import figures  # noqa: E402
     import scale  # noqa: E402
     import standins as si  # noqa: E402
 except ImportError as err:  # boto3 lives in the project's venv
@@ -1028,6 +1029,15 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
             md.append("valgrind is not available here: no heap profile; see the per-phase RSS above.")
     md.append("")
     md.append(f"No seeded value appears in any credsync output: {'yes' if not b.results['leaks'] else 'NO'}.")
+    drawn = figures.write(clean(report), b.out / "figures")
+    md.append("")
+    md.append("### Figures")
+    md.append("")
+    md.append("![Cold full reconcile vs N](figures/scaling-cold.svg)")
+    md.append("![Peak RSS vs N](figures/scaling-rss.svg)")
+    md.append("")
+    md.append("One per measure with a baseline (credsync beside its baseline, the target dashed): "
+              + ", ".join(f"[{p.stem}](figures/{p.name})" for p in drawn if not p.stem.startswith("scaling")) + ".")
     (b.out / "report.md").write_text("\n".join(md) + "\n")
 
 
