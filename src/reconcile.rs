@@ -623,6 +623,7 @@ impl Reconciler {
         secrets: BTreeMap<SecretRef, DesiredSecret>,
     ) -> Result<Planned, ReconcileError> {
         let manifest = Manifest::of_secrets(secrets);
+        self.progress.step(Step::ReadingCluster);
         let mut live = self.cluster.live_state(&manifest).await?;
         for secret in live.secrets.values_mut() {
             secret.pinned = None;
@@ -668,6 +669,9 @@ impl Reconciler {
             pin: Some(commit.id.clone()),
             ..self.apply.clone()
         };
+        self.progress.step(Step::Writing {
+            secrets: planned.plan.changes.len() as u64,
+        });
         let outcome = self
             .cluster
             .apply(&planned.plan, &planned.manifest, &planned.live, &options)
