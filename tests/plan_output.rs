@@ -137,3 +137,101 @@ async fn no_format_or_log_level_ever_prints_a_value() {
     let captured = env.captured.lock().unwrap().join("\n");
     env.assert_no_value_in(&captured, "everything captured");
 }
+
+#[tokio::test]
+async fn a_pull_request_plan_is_cut_to_size_and_github_gets_its_summary_and_outputs() {
+    let env = StandIns::start(&["ns", "web"]).await;
+    for i in 0..30 {
+        let ns = if i % 2 == 0 { "ns" } else { "web" };
+        env.put(
+            &format!("{ns}/app-{i:02}/password"),
+            &format!("pr-plan-value-{i}"),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("plan.md");
+    let summary = dir.path().join("step-summary.md");
+    let outputs = dir.path().join("outputs.txt");
+    let whole_arg = whole.to_str().unwrap();
+    let run = env.credsync_env(
+        &[
+            "plan",
+            "--format",
+            "markdown",
+            "--max-bytes",
+            "2000",
+            "--output",
+            whole_arg,
+        ],
+        &[
+            ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
+            ("GITHUB_OUTPUT", outputs.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.len() <= 2000,
+        "{} bytes:\n{}",
+        run.stdout.len(),
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .starts_with("<!-- credsync-plan cluster=\"default\" -->"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("more change(s) not shown"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("<details>").count(),
+        run.stdout.matches("</details>").count()
+    );
+    // The whole plan, in the file: every Secret.
+    let full = std::fs::read_to_string(&whole).unwrap();
+    for i in 0..30 {
+        assert!(
+            full.contains(&format!("/app-{i:02}`")),
+            "app-{i:02} missing from the file"
+        );
+    }
+    assert!(!full.contains("not shown"));
+    // The step summary gets the plan as printed; the outputs the counts and the id.
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap(),
+        format!("{}\n", run.stdout)
+    );
+    let outputs = std::fs::read_to_string(&outputs).unwrap();
+    assert!(outputs.contains("has_changes=true\n"), "{outputs}");
+    assert!(
+        outputs.contains("create=30\n") && outputs.contains("update=0\n"),
+        "{outputs}"
+    );
+    let id = outputs
+        .lines()
+        .find_map(|l| l.strip_prefix("plan_id="))
+        .expect("plan_id");
+    assert_eq!(id.len(), 12);
+    assert!(
+        run.stdout.contains(&format!("plan id `{id}`")),
+        "{}",
+        run.stdout
+    );
+
+    // In step: one line, and has_changes=false.
+    assert_eq!(env.credsync(&["sync"]).code, 0);
+    let outputs2 = dir.path().join("outputs2.txt");
+    let run = env.credsync_env(
+        &["plan", "--format", "markdown"],
+        &[("GITHUB_OUTPUT", outputs2.to_str().unwrap())],
+    );
+    assert!(run.stdout.contains("**No changes.**"), "{}", run.stdout);
+    assert!(
+        std::fs::read_to_string(&outputs2)
+            .unwrap()
+            .contains("has_changes=false\n")
+    );
+}

@@ -206,6 +206,13 @@ pub enum Command {
         /// Plan a snapshot instead of the table: what `rollback REV` would do.
         #[arg(long, value_name = "REV")]
         from_snapshot: Option<String>,
+        /// Markdown plans stop their details before this many bytes (a
+        /// GitHub comment takes 65,536 characters) and say what they left out.
+        #[arg(long, value_name = "BYTES", default_value_t = crate::render::markdown::DEFAULT_MAX_BYTES)]
+        max_bytes: usize,
+        /// Also write the whole plan (never cut) to FILE, in the same format.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Reconcile once: plan, then write only what differs.
     Sync {

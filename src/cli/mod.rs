@@ -137,6 +137,14 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
             table: reconciler.source().table().to_owned(),
             region: reconciler.source().region().to_owned(),
             cluster: common.cluster_name.clone(),
+            // The daemon's plans are computed later, against later commits.
+            snapshot: match (&cli.command, &store) {
+                (Command::Run(_), _) | (_, None) => None,
+                (_, Some(store)) => store
+                    .history(1)
+                    .ok()
+                    .and_then(|h| h.first().map(|c| c.id.clone())),
+            },
         },
         color: terminal.color_stdout,
     };
@@ -145,16 +153,17 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
             format,
             detailed_exitcode,
             from_snapshot,
+            max_bytes,
+            output,
         } => {
-            commands::plan::execute(
-                common,
-                &reconciler,
-                &out,
+            let options = commands::plan::PlanOptions {
                 format,
                 detailed_exitcode,
                 from_snapshot,
-            )
-            .await?
+                max_bytes,
+                output,
+            };
+            commands::plan::execute(common, &reconciler, &out, options).await?
         }
         Command::Sync { dry_run, format } => {
             commands::sync::execute(&reconciler, &out, dry_run, format).await?

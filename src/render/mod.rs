@@ -3,6 +3,7 @@
 //! names only, so no format can show a value.
 
 pub mod listing;
+pub mod markdown;
 
 use std::fmt::Write as _;
 
@@ -37,6 +38,16 @@ pub struct Heading {
     pub table: String,
     pub region: String,
     pub cluster: String,
+    /// The last snapshot commit, when there is a snapshot repository.
+    pub snapshot: Option<String>,
+}
+
+/// A short id of what a plan would do and where: the same plan gets the
+/// same id, so a pull request's comment can say whether anything moved.
+pub fn plan_id(plan: &Plan, h: &Heading) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(plan_json(plan, h).to_string().as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Renders a plan, and the result of applying it when there is one.
@@ -49,7 +60,7 @@ pub fn render(
 ) -> String {
     match format {
         Format::Text => text(plan, outcome, heading, color),
-        Format::Markdown => markdown(plan, outcome, heading),
+        Format::Markdown => markdown::render(plan, outcome, heading, markdown::DEFAULT_MAX_BYTES),
         Format::Json => {
             let mut doc = plan_json(plan, heading);
             if let Some((outcome, dry_run)) = outcome {
@@ -275,184 +286,6 @@ fn respelled_note(r: &crate::plan::Respelled) -> String {
     )
 }
 
-fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|").replace('`', "'")
-}
-
-fn md_code(s: &str) -> String {
-    format!("`{}`", md_escape(s))
-}
-
-fn markdown(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading) -> String {
-    let mut out = format!(
-        "### credsync plan: {} ({}) → {}\n\n**{}**\n\n",
-        md_code(&h.table),
-        md_escape(&h.region),
-        md_code(&h.cluster),
-        summary(plan)
-    );
-    if !plan.changes.is_empty() {
-        out.push_str("| Action | Secret | Added | Changed | Removed |\n|---|---|---|---|---|\n");
-        for c in &plan.changes {
-            let keys = |ks: &[String]| ks.iter().map(|k| md_code(k)).collect::<Vec<_>>().join(", ");
-            let adopt = if c.adopt {
-                " (adopt)"
-            } else if c.merge_only {
-                " (merge)"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "| {}{} | {} | {} | {} | {} |",
-                c.action.as_str(),
-                adopt,
-                md_code(&c.secret.to_string()),
-                keys(&c.added),
-                keys(&c.changed),
-                keys(&c.removed)
-            );
-        }
-        out.push('\n');
-    }
-    if !plan.failures.is_empty() {
-        out.push_str(
-            "**Failed items** (live values kept):\n\n| Item | Version | Reason |\n|---|---|---|\n",
-        );
-        for f in &plan.failures {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} |",
-                md_code(&f.item),
-                md_code(&f.version),
-                md_escape(&f.reason)
-            );
-        }
-        out.push('\n');
-    }
-    if !plan.conflicts.is_empty() {
-        out.push_str(
-            "**Conflicts** (live values kept):\n\n| Secret | Key | Claimed by |\n|---|---|---|\n",
-        );
-        for c in &plan.conflicts {
-            let sources: Vec<String> = c.sources.iter().map(|s| md_code(&s.to_string())).collect();
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} |",
-                md_code(&c.secret.to_string()),
-                md_code(&c.key),
-                sources.join(", ")
-            );
-        }
-        out.push('\n');
-    }
-    if !plan.pinned.is_empty() {
-        out.push_str("**Pinned by a rollback** (left alone until `credsync unpin`):\n\n| Secret | Snapshot | Table |\n|---|---|---|\n");
-        for p in &plan.pinned {
-            let state = if p.differs_from_table {
-                "differs"
-            } else {
-                "agrees"
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {state} |",
-                md_code(&p.secret.to_string()),
-                md_code(&p.commit)
-            );
-        }
-        out.push('\n');
-    }
-    if !plan.respelled.is_empty() {
-        out.push_str("**Warning: keys added beside another spelling** (the old key keeps its old value):\n\n| Secret | Added | Existing |\n|---|---|---|\n");
-        for r in &plan.respelled {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} |",
-                md_code(&r.secret.to_string()),
-                md_code(&r.key),
-                md_code(&r.existing)
-            );
-        }
-        out.push('\n');
-    }
-    if !plan.kubestash_v2.is_empty() {
-        out.push_str("**Secrets Kubestash-V2 wrote**:\n\n| Secret | |\n|---|---|\n");
-        for k in &plan.kubestash_v2 {
-            let _ = writeln!(
-                out,
-                "| {} | {} |",
-                md_code(&k.secret.to_string()),
-                md_escape(&kubestash_v2_note(k))
-            );
-        }
-        out.push('\n');
-    }
-    if !plan.restarts.is_empty() {
-        out.push_str("**Restarts** (after the Secret writes):\n\n| Workload | Namespace | For |\n|---|---|---|\n");
-        for r in &plan.restarts {
-            let secrets: Vec<String> = r.secrets.iter().map(|s| md_code(&s.to_string())).collect();
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} |",
-                md_code(&format!("{}/{}", r.workload.kind.as_str(), r.workload.name)),
-                md_code(&r.workload.namespace),
-                secrets.join(", ")
-            );
-        }
-        out.push('\n');
-    }
-    if !plan.skipped.is_empty() {
-        let _ = write!(
-            out,
-            "<details><summary>Skipped ({})</summary>\n\n| Name | Reason |\n|---|---|\n",
-            plan.skipped.len()
-        );
-        for s in &plan.skipped {
-            let _ = writeln!(
-                out,
-                "| {} | {} |",
-                md_code(&s.subject),
-                md_escape(&s.reason)
-            );
-        }
-        out.push_str("\n</details>\n");
-    }
-    if let Some((outcome, dry_run)) = outcome {
-        let verb = if dry_run {
-            "Dry run: would write"
-        } else {
-            "Applied"
-        };
-        let _ = writeln!(out, "\n{verb} {} Secret(s).", outcome.written.len());
-        for f in &outcome.failed {
-            let _ = writeln!(
-                out,
-                "- not written {}: {}",
-                md_code(&f.secret.to_string()),
-                md_escape(&f.reason.to_string())
-            );
-        }
-        if !outcome.restarted.is_empty() {
-            let verb = if dry_run {
-                "Would restart"
-            } else {
-                "Restarted"
-            };
-            let _ = writeln!(out, "\n{verb} {} workload(s).", outcome.restarted.len());
-        }
-        for f in &outcome.restart_failures {
-            let _ = writeln!(
-                out,
-                "- not restarted {}: {}",
-                md_code(&f.workload.to_string()),
-                md_escape(&f.reason)
-            );
-        }
-    }
-    out
-}
-
 /// `deployment/web (app)`: as kubectl names it, with its namespace.
 fn restart_subject(r: &Restart) -> String {
     format!(
@@ -611,6 +444,7 @@ mod tests {
             table: "credential-store".into(),
             region: "us-east-1".into(),
             cluster: "demo".into(),
+            snapshot: None,
         }
     }
 
