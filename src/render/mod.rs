@@ -187,31 +187,29 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             p.secret
         );
     }
+    // One line per finding: its mark, what it is about, what it means.
+    let mut note = |mark: String, subject: String, text: String| {
+        let _ = writeln!(out, "  {mark} {subject}  {text}");
+    };
     for r in &plan.restarts {
-        let _ = writeln!(
-            out,
-            "  {} {}  {}",
+        note(
             paint("36", "> restart"),
             restart_subject(r),
-            restart_reason(r)
+            restart_reason(r),
         );
     }
     for k in &plan.kubestash_v2 {
-        let _ = writeln!(
-            out,
-            "  {} {}  {}",
+        note(
             paint("36", "^ kubestash-v2"),
-            k.secret,
-            kubestash_v2_note(k)
+            k.secret.to_string(),
+            kubestash_v2_note(k),
         );
     }
     for r in &plan.respelled {
-        let _ = writeln!(
-            out,
-            "  {} {}  {}",
+        note(
             paint("33;1", "! spelling"),
-            r.secret,
-            respelled_note(r)
+            r.secret.to_string(),
+            respelled_note(r),
         );
     }
     for f in &plan.failures {

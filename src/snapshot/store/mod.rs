@@ -347,13 +347,16 @@ impl SnapshotStore {
                 !keep.contains(secret) && scope.is_none_or(|scope| scope.contains(secret))
             })?;
             let recipients_now = recipients.as_strings();
-            let mut update = TreeUpdateBuilder::new();
+            let mut tree = NewTree {
+                update: TreeUpdateBuilder::new(),
+                index,
+                changed: Vec::new(),
+                written: Vec::new(),
+            };
             // Built file by file: what stays of a Secret once its file is
             // written is its delta, if it changed.
             let mut deltas = Vec::new();
             let caching = self.config.identities.is_some();
-            let mut written: Vec<(Oid, FileValues)> = Vec::new();
-            let mut changed: Vec<String> = Vec::new();
             let mut jobs: Vec<SealJob> = Vec::new();
             for (secret, desired) in secrets {
                 if desired.keys.is_empty() || keep.contains(secret) {
@@ -397,26 +400,16 @@ impl SnapshotStore {
                     }),
                 });
                 if jobs.len() >= seal::BATCH {
-                    self.write_sealed(
-                        repo,
-                        &mut jobs,
-                        recipients,
-                        &mut update,
-                        &mut index,
-                        &mut changed,
-                        &mut written,
-                    )?;
+                    self.write_sealed(repo, &mut jobs, recipients, &mut tree)?;
                 }
             }
-            self.write_sealed(
-                repo,
-                &mut jobs,
-                recipients,
-                &mut update,
-                &mut index,
-                &mut changed,
-                &mut written,
-            )?;
+            self.write_sealed(repo, &mut jobs, recipients, &mut tree)?;
+            let NewTree {
+                mut update,
+                index,
+                mut changed,
+                written,
+            } = tree;
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
                 update.remove(gone.path.as_str());
@@ -446,28 +439,24 @@ impl SnapshotStore {
     /// Seals `jobs` (on every core) and writes their blobs into the tree
     /// being built, recording what the fingerprint index and the warm-start
     /// cache keep of each.
-    #[allow(clippy::too_many_arguments)]
     fn write_sealed(
         &self,
         repo: &Repository,
         jobs: &mut Vec<SealJob>,
         recipients: &Recipients,
-        update: &mut TreeUpdateBuilder,
-        index: &mut FingerprintIndex,
-        changed: &mut Vec<String>,
-        written: &mut Vec<(Oid, FileValues)>,
+        tree: &mut NewTree,
     ) -> Result<(), SnapshotError> {
         let sealed = seal::seal_all(jobs, recipients, self.config.identities.as_ref());
         for (job, text) in jobs.drain(..).zip(sealed) {
             let oid = repo
                 .blob(text?.as_bytes())
                 .map_err(|e| self.err("writing a blob", e))?;
-            update.upsert(job.path.as_str(), oid, FileMode::Blob);
-            index.insert(oid, job.fingerprint);
+            tree.update.upsert(job.path.as_str(), oid, FileMode::Blob);
+            tree.index.insert(oid, job.fingerprint);
             if let Some(values) = job.values {
-                written.push((oid, values));
+                tree.written.push((oid, values));
             }
-            changed.push(job.path);
+            tree.changed.push(job.path);
         }
         Ok(())
     }
@@ -569,6 +558,16 @@ impl SnapshotStore {
             self.commit(repo, head.as_ref(), tree_id, &message, None).map(Some)
         })
     }
+}
+
+/// A commit being built: its tree edits and what is learnt of each file.
+struct NewTree {
+    update: TreeUpdateBuilder,
+    index: FingerprintIndex,
+    /// Paths written or removed: what the work tree refresh checks out.
+    changed: Vec<String>,
+    /// Blobs written, with their values: the warm-start cache's new entries.
+    written: Vec<(Oid, FileValues)>,
 }
 
 /// A digest of everything in a file but its values, which the sources
