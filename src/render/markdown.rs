@@ -27,6 +27,11 @@ pub(super) fn md_code(s: &str) -> String {
     format!("`{}`", s.replace('|', "\\|").replace('`', "'"))
 }
 
+/// Text inside an HTML tag such as `<summary>`, where markdown is not read.
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 /// The marker line a bot looks for to update its own comment for a cluster.
 pub fn marker(cluster: &str) -> String {
     format!(
@@ -219,8 +224,8 @@ fn changes(b: &mut Budget, plan: &Plan) {
     );
     for (ns, cs) in &by_namespace {
         let open = format!(
-            "<details><summary>{}: {}</summary>\n\n| Action | Secret | Added | Changed | Removed |\n|---|---|---|---|---|\n",
-            md_code(ns),
+            "<details><summary><code>{}</code>: {}</summary>\n\n| Action | Secret | Added | Changed | Removed |\n|---|---|---|---|---|\n",
+            html_escape(ns),
             counts(cs)
         );
         b.table(
