@@ -77,10 +77,13 @@ impl WarmCache {
         let name = format!("{stamp:024}-{}.age", std::process::id());
         let path = self.dir.join(&name);
         let temporary = self.dir.join(format!(".{name}.tmp"));
-        write_private(&temporary, &sealed).map_err(|e| WarmError::Io {
-            path: temporary.clone(),
-            source: e,
-        })?;
+        if let Err(e) = write_private(&temporary, &sealed) {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(WarmError::Io {
+                path: temporary,
+                source: e,
+            });
+        }
         std::fs::rename(&temporary, &path).map_err(|e| WarmError::Io {
             path: path.clone(),
             source: e,
