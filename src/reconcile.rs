@@ -178,11 +178,16 @@ impl Reconciler {
         self.mapping
     }
 
-    /// Keeps an index of the table from each full read, for targeted
-    /// reconciles (stream events, drift, `/sync?namespace=`).
-    pub fn with_table_index(mut self) -> Self {
-        self.keep_index = true;
-        self
+    /// For a long-lived process (`run`): keeps an index of the table from
+    /// each full read, for targeted reconciles from Queries alone, and
+    /// every decrypted value, so a later reconcile of unchanged items makes
+    /// no KMS call. A one-shot command keeps neither (memory for nothing).
+    pub fn with_table_index(self) -> Self {
+        self.source.keep_values();
+        Self {
+            keep_index: true,
+            ..self
+        }
     }
 
     /// Reads AWS Secrets Manager too; `and_table` false leaves the Credstash table out.

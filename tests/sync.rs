@@ -114,7 +114,8 @@ async fn second_reconcile_makes_no_kms_calls_and_no_writes() {
             &format!("password-value-{i}"),
         );
     }
-    let reconciler = env.reconciler().await;
+    // A long-lived reconciler, as `credsync run` builds it.
+    let reconciler = env.reconciler().await.with_table_index();
     let first = reconciler.sync(false).await.unwrap();
     assert_eq!(first.outcome.written.len(), 5);
     let m = reconciler.metrics();

@@ -161,6 +161,11 @@ impl CredstashSource {
             .map_err(|cause| self.source_error(cause))
     }
 
+    /// Keeps every decrypted value for later reads (a long-lived process).
+    pub fn keep_values(&self) {
+        self.kms.keep_values();
+    }
+
     /// Seeds the values of items a previous process decrypted (warm start).
     pub fn remember(&self, values: impl IntoIterator<Item = (ItemId, SecretValue)>) -> usize {
         self.kms.remember(values)

@@ -29,7 +29,9 @@ pub(super) fn md_code(s: &str) -> String {
 
 /// Text inside an HTML tag such as `<summary>`, where markdown is not read.
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The marker line a bot looks for to update its own comment for a cluster.
