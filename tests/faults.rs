@@ -547,6 +547,9 @@ async fn sigkill_of_the_loop_at_any_point_then_a_restart_converges() {
         let restarted = s.env.daemon(&args, &[]);
         let ready = support::ready(restarted.port).await;
         assert!(ready, "{}", s.env.daemon_log(&restarted));
+        // Ready can come from the snapshot; convergence needs the reconcile.
+        let reconciled = support::reconciled(restarted.port).await;
+        assert!(reconciled, "{}", s.env.daemon_log(&restarted));
         drop(restarted);
         assert!(
             converged(&s.env, &s.args(&[])),

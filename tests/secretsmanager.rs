@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::primitives::Blob;
 use serde_json::json;
-use support::{REGION, StandIns, eventually, http, metric, ready};
+use support::{REGION, StandIns, eventually, http, metric, ready, reconciled};
 
 async fn secrets_manager(env: &StandIns) -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&env.sdk_config(REGION).await)
@@ -469,10 +469,12 @@ async fn a_restart_fetches_only_the_secrets_that_changed() {
     };
     let first = env.daemon(&args, &[]);
     assert!(ready(first.port).await, "{}", env.daemon_log(&first));
+    assert!(reconciled(first.port).await, "{}", env.daemon_log(&first));
     assert_eq!(fetched(first.port), 1.0, "five secrets, one batch");
     drop(first);
     let warm = env.daemon(&args, &[]);
     assert!(ready(warm.port).await, "{}", env.daemon_log(&warm));
+    assert!(reconciled(warm.port).await, "{}", env.daemon_log(&warm));
     assert_eq!(fetched(warm.port), 0.0, "{}", env.daemon_log(&warm));
     drop(warm);
     // One changed while it was down: one fetch, of that one.
@@ -480,6 +482,7 @@ async fn a_restart_fetches_only_the_secrets_that_changed() {
     put_value(&env, "team-a/app-3", r#"{"TOKEN":"warm-token-changed"}"#).await;
     let third = env.daemon(&args, &[]);
     assert!(ready(third.port).await, "{}", env.daemon_log(&third));
+    assert!(reconciled(third.port).await, "{}", env.daemon_log(&third));
     assert_eq!(fetched(third.port), 1.0);
     assert_eq!(
         env.secret_data("team-a", "app-3").await.unwrap()["TOKEN"],

@@ -175,6 +175,16 @@ pub async fn ready(port: u16) -> bool {
     .await
 }
 
+/// Whether the first reconcile of `credsync run` on `port` succeeded within
+/// 60 s. Readiness alone can come before it, from the last snapshot.
+pub async fn reconciled(port: u16) -> bool {
+    eventually(Duration::from_secs(60), || async move {
+        let (code, text) = http(port, "GET", "/metrics", None);
+        code == 200 && metric(&text, "credsync_reconciles_total{outcome=\"success\"}") >= 1.0
+    })
+    .await
+}
+
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

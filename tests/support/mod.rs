@@ -12,7 +12,7 @@ pub mod snap;
 
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
-pub use daemon::{Daemon, eventually, http, http_request, http_with, metric, ready};
+pub use daemon::{Daemon, eventually, http, http_request, http_with, metric, ready, reconciled};
 
 use std::collections::BTreeMap;
 use std::io::Write;
