@@ -670,3 +670,34 @@ async fn an_include_list_confines_reads_and_writes_to_those_namespaces() {
     let run = env.credsync(&["plan", "--namespace-include", "ns-a", "--detailed-exitcode"]);
     assert_eq!(run.code, 0, "{}", run.stdout);
 }
+
+#[tokio::test]
+async fn a_first_sync_of_many_secrets_lists_names_once_instead_of_a_get_each() {
+    let env = StandIns::start(&["bulk"]).await;
+    env.put("bulk/seed/key", "bulk-seed-value");
+    let names: Vec<String> = (0..100).map(|i| format!("bulk/app-{i:03}/key")).collect();
+    env.copy_item("bulk/seed/key", &names).await;
+    // Two exist already, made by hand: adopted, their own keys kept.
+    for name in ["app-007", "app-042"] {
+        env.create_secret("bulk", name, "Opaque", &[("OTHER", "hand-made")])
+            .await;
+    }
+    env.mark_requests();
+    let run = env.credsync(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("99 to create, 2 to update"),
+        "{}",
+        run.stdout
+    );
+    let gets = env
+        .credsync_requests()
+        .iter()
+        .filter(|e| e.resource() == "secrets" && e.verb == "get")
+        .count();
+    assert_eq!(gets, 2, "a GET only for the Secrets that exist");
+    let adopted = env.secret_data("bulk", "app-042").await.unwrap();
+    assert_eq!(adopted["OTHER"], b"hand-made");
+    assert_eq!(adopted["KEY"], b"bulk-seed-value");
+    assert!(env.secret_data("bulk", "app-099").await.is_some());
+}

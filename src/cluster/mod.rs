@@ -29,6 +29,8 @@ use crate::plan::{LiveSecret, LiveState};
 
 /// Reads of adoption candidates in flight at once.
 const READ_CONCURRENCY: usize = 16;
+/// Past this many Secrets to look up, one list of names beats a GET each.
+const LIST_INSTEAD_OF_GETS: usize = 64;
 pub use crate::secret::MAX_SECRET_BYTES;
 
 impl LiveSecret {
@@ -345,6 +347,30 @@ impl Cluster {
         }
     }
 
+    /// The names of every Secret credsync may read (metadata only, page by page).
+    async fn existing_secrets(&self) -> Result<std::collections::HashSet<SecretRef>, ClusterError> {
+        let mut names = std::collections::HashSet::new();
+        for api in self.secret_apis() {
+            self.list_paged(
+                "listing Secrets",
+                ListParams::default(),
+                |params| {
+                    let api = &api;
+                    async move { api.list_metadata(&params).await }
+                },
+                |meta: kube::core::PartialObjectMeta<Secret>| {
+                    if let (Some(namespace), Some(name)) =
+                        (meta.metadata.namespace, meta.metadata.name)
+                    {
+                        names.insert(SecretRef::new(namespace, name));
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(names)
+    }
+
     /// Whether credsync can list the Secrets it manages (one small list
     /// per API it reads), which is what readiness from a snapshot needs.
     pub async fn can_list_secrets(&self) -> Result<(), ClusterError> {
@@ -381,12 +407,18 @@ impl Cluster {
         }
         // Desired Secrets not managed yet: to create (404) or to adopt.
         // Bounded, so a first sync of thousands of Secrets does not flood the API.
-        let unmanaged: Vec<SecretRef> = manifest
+        let mut unmanaged: Vec<SecretRef> = manifest
             .secrets
             .keys()
             .filter(|secret| !state.secrets.contains_key(*secret))
             .cloned()
             .collect();
+        // Many of them (a first sync): one paged list of names says which
+        // exist at all, instead of a GET each (50,000 GETs took 21 s).
+        if unmanaged.len() > LIST_INSTEAD_OF_GETS {
+            let existing = self.existing_secrets().await?;
+            unmanaged.retain(|secret| existing.contains(secret));
+        }
         let fetched: Vec<Result<Option<LiveSecret>, ClusterError>> =
             futures::stream::iter(unmanaged)
                 .map(|secret| async move { self.get(&secret).await })
