@@ -381,9 +381,12 @@ impl<I: SourceItem> Selection<I> {
                 selection.skip(item.id().name.clone(), reason);
                 continue;
             }
+            // Almost every key has one claimant: a Vec sized for one, not
+            // the four a first push reserves (heaptrack: 5.8 MB of 13 MB at
+            // 10,000 items went to those spare slots).
             claims
                 .entry((target.secret, target.key))
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(1))
                 .push(item);
         }
         for ((secret, key), mut claimants) in claims {
