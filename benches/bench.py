@@ -855,7 +855,7 @@ def write_reports(b: Bench, rows: list[dict]) -> None:
     md.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         result = {True: "PASS", False: "**FAIL**", None: "-"}[r["pass"]]
-        md.append(f"| {r['id']} | {r['measure']} | {r['n']} | {cell(r['value'], r['unit'])} | {r['baseline']} | "
+        md.append(f"| {r['id']} | {r['measure']} | {r['n'] if r['n'] is not None else '-'} | {cell(r['value'], r['unit'])} | {r['baseline']} | "
                   f"{cell(r['baseline_value'], r['unit'])} | {r['ratio_text']} | {r['target'] or '-'} | {result} |")
     md.append("")
     md.append(f"Targets missed: {', '.join(r['id'] for r in failing) if failing else 'none'}.")
