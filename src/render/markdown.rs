@@ -366,18 +366,11 @@ fn result(b: &mut Budget, outcome: &ApplyOutcome, dry_run: bool) {
         "Applied"
     };
     let _ = writeln!(b.out, "\n{verb} {} Secret(s).", outcome.written.len());
-    let failed = outcome
+    let not_written = outcome
         .failed
         .iter()
-        .map(|f| {
-            format!(
-                "- not written {}: {}\n",
-                md_code(&f.secret.to_string()),
-                md_escape(&f.reason.to_string())
-            )
-        })
-        .collect();
-    b.table("", failed, "", false);
+        .map(|f| (f.secret.to_string(), f.reason.to_string()));
+    b.table("", bullets("not written", not_written), "", false);
     if !outcome.restarted.is_empty() {
         let verb = if dry_run {
             "Would restart"
@@ -386,18 +379,20 @@ fn result(b: &mut Budget, outcome: &ApplyOutcome, dry_run: bool) {
         };
         let _ = writeln!(b.out, "\n{verb} {} workload(s).", outcome.restarted.len());
     }
-    let failed = outcome
+    let not_restarted = outcome
         .restart_failures
         .iter()
-        .map(|f| {
-            format!(
-                "- not restarted {}: {}\n",
-                md_code(&f.workload.to_string()),
-                md_escape(&f.reason)
-            )
+        .map(|f| (f.workload.to_string(), f.reason.clone()));
+    b.table("", bullets("not restarted", not_restarted), "", false);
+}
+
+/// `- WHAT `subject`: reason` lines.
+fn bullets(what: &str, items: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    items
+        .map(|(subject, reason)| {
+            format!("- {what} {}: {}\n", md_code(&subject), md_escape(&reason))
         })
-        .collect();
-    b.table("", failed, "", false);
+        .collect()
 }
 
 #[cfg(test)]
