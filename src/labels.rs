@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 /// Marks the Secrets credsync manages.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "credsync";
+/// The label selector of the Secrets credsync manages.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=credsync";
 /// Comma-separated data keys credsync owns in the Secret.
 pub const MANAGED_KEYS_ANNOTATION: &str = "credsync.io/managed-keys";
 /// When credsync last wrote the Secret (RFC 3339, UTC).
@@ -43,4 +45,15 @@ pub fn parse_sources(value: Option<&String>) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_managed_selector_is_the_managed_label() {
+        assert_eq!(
+            super::MANAGED_SELECTOR,
+            format!("{}={}", super::MANAGED_BY_LABEL, super::MANAGED_BY_VALUE)
+        );
+    }
 }

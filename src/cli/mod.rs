@@ -112,11 +112,13 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
     }
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
     let store = snapshot_store(common, needs_recipients)?;
-    let mut reconciler = build(common, store.clone()).await?;
-    if terminal.progress {
-        let shown = progress::TerminalProgress::start(reconciler.metrics().clone());
-        reconciler = reconciler.with_progress(shown as Arc<dyn crate::progress::Progress>);
-    }
+    let reconciler = build(common, store.clone()).await?;
+    let shown: Arc<dyn crate::progress::Progress> = if terminal.progress {
+        progress::TerminalProgress::start(reconciler.metrics().clone())
+    } else {
+        Arc::new(crate::progress::Silent)
+    };
+    let reconciler = reconciler.with_progress(shown.clone());
     let reads_table = matches!(
         cli.command,
         Command::Sync { .. }
@@ -147,6 +149,7 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
             },
         },
         color: terminal.color_stdout,
+        progress: shown,
     };
     let code = match cli.command {
         Command::Plan {
@@ -192,7 +195,6 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
         | Command::Completions { .. }
         | Command::Man => 0,
     };
-    reconciler.finish_progress();
     tracing::info!(calls = %reconciler.metrics().call_summary(), "done");
     Ok(ExitCode::from(code))
 }

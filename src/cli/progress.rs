@@ -75,6 +75,14 @@ impl TerminalProgress {
     }
 }
 
+/// A command that ends in an error clears the line too: the error message
+/// must not land in the middle of it.
+impl Drop for TerminalProgress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Progress for TerminalProgress {
     fn step(&self, step: Step) {
         if self.finished.load(Ordering::Relaxed) {

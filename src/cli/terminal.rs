@@ -25,16 +25,13 @@ impl Terminal {
             ColorChoice::Auto => is_terminal && !no_color && !dumb,
         };
         let stderr_terminal = std::io::stderr().is_terminal();
+        let color_stderr = allowed(stderr_terminal);
         Self {
             color_stdout: allowed(std::io::stdout().is_terminal()),
-            color_stderr: allowed(stderr_terminal),
-            // Redrawn in place with escape codes: only where colour may go,
-            // and never into a CI log or beside JSON logs.
-            progress: stderr_terminal
-                && allowed(true)
-                && choice != ColorChoice::Never
-                && log_format == LogFormat::Text
-                && !dumb,
+            color_stderr,
+            // Redrawn in place with escape codes: only on a terminal where
+            // colour may go, and never beside JSON logs.
+            progress: stderr_terminal && color_stderr && !dumb && log_format == LogFormat::Text,
         }
     }
 }

@@ -19,7 +19,7 @@ use kube::api::{Api, ListParams};
 
 use crate::labels::{
     CREATED_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_VALUE, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, PINNED_ANNOTATION,
+    MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, MANAGED_SELECTOR, PINNED_ANNOTATION,
 };
 use crate::manifest::{Manifest, SecretRef};
 use crate::metrics::Metrics;
@@ -374,10 +374,9 @@ impl Cluster {
     /// Whether credsync can list the Secrets it manages (one small list
     /// per API it reads), which is what readiness from a snapshot needs.
     pub async fn can_list_secrets(&self) -> Result<(), ClusterError> {
-        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
         for api in self.secret_apis() {
             self.count("list");
-            api.list_metadata(&ListParams::default().labels(&selector).limit(1))
+            api.list_metadata(&ListParams::default().labels(MANAGED_SELECTOR).limit(1))
                 .await
                 .map_err(|e| api_error("listing managed Secrets", e))?;
         }
@@ -388,11 +387,10 @@ impl Cluster {
     /// not managed yet (to create or adopt).
     pub async fn live_state(&self, manifest: &Manifest) -> Result<LiveState, ClusterError> {
         let mut state = LiveState::default();
-        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
         for api in self.secret_apis() {
             self.list_paged(
                 "listing managed Secrets",
-                ListParams::default().labels(&selector),
+                ListParams::default().labels(MANAGED_SELECTOR),
                 |params| {
                     let api = &api;
                     async move { api.list(&params).await }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::cluster::Author;
-use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::labels::MANAGED_SELECTOR;
 use crate::manifest::SecretRef;
 use crate::reconcile::{Reconciler, ScopeNames};
 use crate::worker::{Request, Trigger};
@@ -24,8 +24,7 @@ pub async fn run(
     requests: mpsc::Sender<Request>,
     shutdown: CancellationToken,
 ) {
-    let config =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let config = watcher::Config::default().labels(MANAGED_SELECTOR);
     let own_writes = reconciler.cluster().track_own_writes();
     // One watch per included namespace, or one across the cluster
     // (Cluster::watch_apis); events count once every watch has listed.

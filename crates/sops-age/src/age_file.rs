@@ -71,6 +71,8 @@ mod tests {
             open_bytes(&sealed, &other),
             Err(SopsError::NoMatchingIdentity { .. })
         ));
+        let refused = open_bytes(&sealed, &other).unwrap_err().to_string();
+        assert!(!refused.contains("encrypted for"), "{refused}");
         let mut flipped = sealed.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;

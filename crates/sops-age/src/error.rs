@@ -13,8 +13,8 @@ pub enum SopsError {
     )]
     BadCiphertext { path: String },
     #[error(
-        "none of the given age identities can decrypt this file; it is encrypted for: {}; pass an identity (--age-identity) for one of them",
-        recipients.join(", ")
+        "none of the given age identities can decrypt this file{}; pass an identity (--age-identity) for one of them",
+        encrypted_for(recipients)
     )]
     NoMatchingIdentity { recipients: Vec<String> },
     #[error(
@@ -33,4 +33,14 @@ pub enum SopsError {
     Unsupported(String),
     #[error("encryption failed: {0}")]
     Crypto(String),
+}
+
+/// "; it is encrypted for: R1, R2", or nothing for a plain age file, which
+/// does not name its recipients.
+fn encrypted_for(recipients: &[String]) -> String {
+    if recipients.is_empty() {
+        String::new()
+    } else {
+        format!("; it is encrypted for: {}", recipients.join(", "))
+    }
 }

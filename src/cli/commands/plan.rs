@@ -38,7 +38,6 @@ pub(in crate::cli) async fn execute(
         }
         None => reconciler.plan().await?,
     };
-    reconciler.finish_progress();
     let plan = &planned.plan;
     let sized = |max_bytes| match options.format {
         Format::Markdown => markdown::render(plan, None, &out.heading, max_bytes),
@@ -50,7 +49,7 @@ pub(in crate::cli) async fn execute(
             out.color && max_bytes != usize::MAX,
         ),
     };
-    print!("{}", sized(options.max_bytes));
+    out.print(&sized(options.max_bytes));
     if let Some(path) = &options.output {
         std::fs::write(path, sized(usize::MAX))
             .with_context(|| format!("writing the whole plan to {}", path.display()))?;

@@ -379,6 +379,9 @@ impl SnapshotStore {
                     .and_then(|old| self.sources_of(repo, old))
                     .map(|sources| parse_sources(Some(&sources)));
                 deltas.extend(delta(secret, old_sources.as_ref(), Some(&new_sources)));
+                if let Some(old) = &old {
+                    tree.index.forget(&old.oid);
+                }
                 let old_text = match old.filter(|old| old.fingerprint.is_some()) {
                     Some(old) => Some(
                         repo.find_blob(old.oid)
@@ -406,12 +409,13 @@ impl SnapshotStore {
             self.write_sealed(repo, &mut jobs, recipients, &mut tree)?;
             let NewTree {
                 mut update,
-                index,
+                mut index,
                 mut changed,
                 written,
             } = tree;
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
+                index.forget(&gone.oid);
                 update.remove(gone.path.as_str());
                 changed.push(gone.path.clone());
                 let old_sources = parse_sources(self.sources_of(repo, gone).as_ref());
@@ -420,11 +424,9 @@ impl SnapshotStore {
             let tree_id = update
                 .create_updated(repo, &base_tree)
                 .map_err(|e| self.err("building the tree", e))?;
-            let live = repo
-                .find_tree(tree_id)
-                .map_err(|e| self.err("reading the new tree", e))
-                .and_then(|tree| self.cluster_files(repo, &tree))?;
-            index.save(&live.iter().map(|f| f.oid).collect());
+            // What the commit replaced or removed is forgotten, what it wrote
+            // added: no walk of the new tree is needed.
+            index.save();
             if tree_id == base_tree.id() {
                 return Ok(None);
             }

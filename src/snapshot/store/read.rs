@@ -268,7 +268,7 @@ impl SnapshotStore {
                 unreadable.push(UnreadableFile {
                     secret: file.secret,
                     path: file.path,
-                    reason: "it is a symbolic link, not a SOPS file".to_owned(),
+                    reason: LINK_REASON.to_owned(),
                 });
                 continue;
             }
@@ -404,6 +404,12 @@ pub struct WarmValues {
     pub files: usize,
     pub from_cache: usize,
 }
+
+/// Why a committed link is never read as a snapshot file.
+pub(super) const LINK_REASON: &str = "it is a symbolic link, not a SOPS file";
+/// What `record` does with a file it cannot read.
+pub(super) const REWRITTEN: &str =
+    "it is rewritten from the desired state (or removed if the Secret is no longer desired)";
 
 /// What a read of a revision does with a file it cannot read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

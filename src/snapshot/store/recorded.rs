@@ -7,12 +7,13 @@
 //! so an entry can never go stale; the index holds no value, only what the
 //! files show in clear (labels, annotations, recipients) in digested form.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 use sops_age as sops;
 
+use super::read::{LINK_REASON, REWRITTEN, UnreadableFile};
 use super::{SnapshotError, SnapshotStore, file_fingerprint};
 use crate::labels::SOURCES_ANNOTATION;
 use crate::manifest::SecretRef;
@@ -73,13 +74,17 @@ impl FingerprintIndex {
         }
     }
 
-    /// Keeps the entries of `live` blobs and writes the file if anything
-    /// changed (whole, then renamed). A failure only costs the next commit
-    /// the parse of the files it lacks.
-    pub(super) fn save(mut self, live: &HashSet<Oid>) {
-        let before = self.entries.len();
-        self.entries.retain(|oid, _| live.contains(oid));
-        if !self.changed && self.entries.len() == before {
+    /// Drops the entry of a blob the new commit no longer holds at its path.
+    pub(super) fn forget(&mut self, oid: &Oid) {
+        if self.entries.remove(oid).is_some() {
+            self.changed = true;
+        }
+    }
+
+    /// Writes the file if anything changed (whole, then renamed). A failure
+    /// only costs the next commit the parse of the files it lacks.
+    pub(super) fn save(self) {
+        if !self.changed {
             return;
         }
         let mut bytes = Vec::with_capacity(self.entries.len() * RECORD);
@@ -123,26 +128,32 @@ impl SnapshotStore {
                 sources: None,
                 fingerprint: None,
             };
-            if file.link {
-                tracing::warn!(file = %recorded.path, reason = "it is a symbolic link, not a SOPS file", "snapshot file cannot be read; it is rewritten from the desired state (or removed if the Secret is no longer desired)");
+            let outline = if file.link {
+                Err(LINK_REASON.to_owned())
             } else if let Some(fingerprint) = index.get(&file.oid) {
                 recorded.fingerprint = Some(fingerprint);
+                Ok(None)
             } else {
-                match self.outline_of(repo, file.oid) {
-                    Ok(outline) => {
-                        let fingerprint = file_fingerprint(
-                            &outline.labels,
-                            &outline.annotations,
-                            &outline.recipients,
-                        );
-                        index.insert(file.oid, fingerprint);
-                        recorded.fingerprint = Some(fingerprint);
-                        recorded.sources = Some(sources_text(&outline));
-                    }
-                    Err(reason) => {
-                        tracing::warn!(file = %recorded.path, %reason, "snapshot file cannot be read; it is rewritten from the desired state (or removed if the Secret is no longer desired)");
-                    }
+                self.outline_of(repo, file.oid).map(Some)
+            };
+            match outline {
+                Ok(Some(outline)) => {
+                    let fingerprint = file_fingerprint(
+                        &outline.labels,
+                        &outline.annotations,
+                        &outline.recipients,
+                    );
+                    index.insert(file.oid, fingerprint);
+                    recorded.fingerprint = Some(fingerprint);
+                    recorded.sources = Some(sources_text(&outline));
                 }
+                Ok(None) => {}
+                Err(reason) => UnreadableFile {
+                    secret: file.secret.clone(),
+                    path: recorded.path.clone(),
+                    reason,
+                }
+                .warn(REWRITTEN),
             }
             out.insert(file.secret, recorded);
         }
