@@ -18,6 +18,9 @@ pub const LAST_SYNC_ANNOTATION: &str = "credsync.io/last-sync";
 pub const FINGERPRINT_ANNOTATION: &str = "credsync.io/fingerprint";
 /// Set by `rollback` to the snapshot commit restored; sync leaves the Secret alone until `unpin`.
 pub const PINNED_ANNOTATION: &str = "credsync.io/pinned";
+/// Beside the pin when a reviewed rollback request set it: the request's
+/// `path@commit`. Removing that request unpins the Secret.
+pub const PINNED_BY_REQUEST_ANNOTATION: &str = "credsync.io/pinned-by-request";
 /// Present when credsync created the Secret, so it may delete it when empty.
 pub const CREATED_ANNOTATION: &str = "credsync.io/created";
 /// Annotation listing where every key came from: `KEY=name@version` lines.

@@ -13,7 +13,8 @@
 //!   Secrets, applies, restarts workloads, reviews callers and holds the
 //!   Lease, [`snapshot`] records desired state in git as SOPS files (the
 //!   format is the `sops-age` crate);
-//! - application: [`reconcile`] (one reconcile, top to bottom), [`render`],
+//! - application: [`reconcile`] (one reconcile, top to bottom), [`requests`]
+//!   (reviewed rollback requests), [`render`],
 //!   [`cli`], and the `run` daemon: [`run`], [`worker`], [`trigger`],
 //!   [`server`], [`telemetry`].
 
@@ -29,6 +30,7 @@ pub mod plan;
 pub mod progress;
 pub mod reconcile;
 pub mod render;
+pub mod requests;
 pub mod rollout;
 pub mod run;
 pub mod secret;

@@ -93,6 +93,12 @@ pub struct Metrics {
     /// Secrets pinned by a rollback, and those the table now disagrees with.
     pub secrets_pinned: IntGauge,
     pub secrets_pinned_differing: IntGauge,
+    /// Reviewed rollback requests, by outcome (applied, refused, released).
+    pub rollback_requests: IntCounterVec,
+    /// Requests on the followed branch that are refused right now.
+    pub rollback_requests_refused: IntGauge,
+    /// 1 while the snapshot remote answers the request follower's fetches.
+    pub snapshot_remote_up: IntGauge,
 }
 
 /// Labels of `credsync_settings_info`: settings, never secrets.
@@ -292,6 +298,19 @@ impl Metrics {
             secrets_pinned_differing: gauge(
                 "secrets_pinned_differing",
                 "Pinned Secrets whose table state differs from the pinned state.",
+            )?,
+            rollback_requests: counter(
+                "rollback_requests_total",
+                "Reviewed rollback requests by outcome: applied, refused, released (file removed, Secrets unpinned).",
+                "outcome",
+            )?,
+            rollback_requests_refused: gauge(
+                "rollback_requests_refused",
+                "Rollback requests on the followed branch that are refused (see the log, Events and /plan).",
+            )?,
+            snapshot_remote_up: gauge(
+                "snapshot_remote_up",
+                "1 when the last fetch of the snapshot remote succeeded (with --request-poll-interval).",
             )?,
             registry,
         })

@@ -23,6 +23,8 @@ pub struct LiveSecret {
     pub created_by_credsync: bool,
     /// The snapshot commit a rollback pinned this Secret to.
     pub pinned: Option<String>,
+    /// The rollback request (`path@commit`) that pinned it, if one did.
+    pub pinned_by_request: Option<String>,
     pub resource_version: Option<String>,
     /// Annotated `managedBy: kubestashV2`: written by Kubestash-V2.
     pub kubestash_v2: bool,
@@ -103,6 +105,48 @@ pub struct Plan {
     pub kubestash_v2: Vec<KubestashV2Secret>,
     /// Keys added beside another spelling of themselves: warnings.
     pub respelled: Vec<Respelled>,
+    /// Reviewed rollback requests in the snapshot repository.
+    pub requests: Vec<RequestView>,
+}
+
+/// A rollback request file, and what it does, did, or why it cannot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestView {
+    /// Its path in the snapshot repository.
+    pub file: String,
+    /// The commit that wrote it, and that commit's author.
+    pub commit: String,
+    pub author: String,
+    /// The snapshot revision it restores (None when the file is unreadable).
+    pub revision: Option<String>,
+    pub secrets: Vec<SecretRef>,
+    pub reason: String,
+    pub state: RequestState,
+    /// Why it is refused, for a refused request.
+    pub refusal: Option<String>,
+    /// What applying it writes, for a pending one (every Secret it names is pinned).
+    pub changes: Vec<SecretChange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    /// Not applied yet: merged, the loop restores and pins its Secrets.
+    Pending,
+    /// Applied by the loop: its Secrets stay pinned while the file is there.
+    Applied,
+    /// Cannot be honoured: nothing of it is applied.
+    Refused,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+        }
+    }
 }
 
 /// A Secret a rollback pinned: left alone until `unpin`.
@@ -412,6 +456,7 @@ mod tests {
             pinned: None,
             resource_version: Some("7".into()),
             kubestash_v2: false,
+            pinned_by_request: None,
         }
     }
 

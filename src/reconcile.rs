@@ -8,18 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
-use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
+use crate::cluster::apply::{ApplyOptions, ApplyOutcome, Pin};
 use crate::cluster::rollout::listing_failure;
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{DesiredSecret, KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
 use crate::metrics::{Metrics, ReconcileOutcome};
-use crate::plan::{self, LiveState, Plan};
+use crate::plan::{self, LiveState, Plan, RequestView};
 use crate::progress::{Progress, Silent, Step};
 use crate::rollout;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::remote::PushOutcome;
-use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
+use crate::snapshot::store::{CommitInfo, RequestOrigin, SnapshotError, SnapshotStore};
 use crate::source::{ItemFailure, ItemId};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,12 @@ pub struct Reconciler {
     mapping: KeyMapping,
     /// Where the steps of a long reconcile are shown (a terminal's bar).
     progress: Arc<dyn Progress>,
+    /// Held by each reconcile of `run` and by the request follower's
+    /// writes, so a rollback's pins are never raced by a reconcile that
+    /// read the Secrets before they were pinned.
+    writing: tokio::sync::Mutex<()>,
+    /// The rollback requests the follower last saw, for every plan.
+    requests: Mutex<Vec<RequestView>>,
 }
 
 /// Who wrote an item through the self-service API, until a snapshot commit names them.
@@ -154,6 +160,26 @@ impl Reconciler {
             warm_commit: std::sync::OnceLock::new(),
             mapping: KeyMapping::Credsync,
             progress: Arc::new(Silent),
+            writing: tokio::sync::Mutex::new(()),
+            requests: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits until no other writer (reconcile or request follower) runs.
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writing.lock().await
+    }
+
+    /// The snapshot repository, when there is one.
+    pub fn snapshots(&self) -> Option<&Arc<SnapshotStore>> {
+        self.snapshot.as_ref()
+    }
+
+    /// What the request follower found on its last read: every later
+    /// plan shows it (refusals too).
+    pub fn set_requests(&self, views: Vec<RequestView>) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests = views;
         }
     }
 
@@ -299,6 +325,10 @@ impl Reconciler {
         self.filter.reason_to_skip(namespace)
     }
 
+    pub fn namespace_filter(&self) -> &NamespaceFilter {
+        &self.filter
+    }
+
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }
@@ -370,6 +400,9 @@ impl Reconciler {
         );
         let mut plan = plan::plan(&manifest, &live, self.apply.diff);
         self.plan_restarts(&mut plan).await;
+        if let Ok(requests) = self.requests.lock() {
+            plan.requests = requests.clone();
+        }
         self.record(&manifest, &plan);
         log_findings(&plan);
         Ok(Planned {
@@ -642,14 +675,12 @@ impl Reconciler {
         })
     }
 
-    /// Applies the Secrets of snapshot `commit` and pins them to it, then
-    /// records a rollback commit (unless `dry_run`).
-    pub async fn rollback(
+    /// What restoring `restored` writes: the snapshot's plan, plus an
+    /// update of every restored Secret already in step (it gets pinned).
+    pub async fn plan_rollback(
         &self,
         restored: BTreeMap<SecretRef, DesiredSecret>,
-        commit: &CommitInfo,
-        dry_run: bool,
-    ) -> Result<SyncReport, ReconcileError> {
+    ) -> Result<Planned, ReconcileError> {
         let secrets: Vec<SecretRef> = restored.keys().cloned().collect();
         let mut planned = self.plan_snapshot(restored).await?;
         // Every rolled-back Secret is pinned, even one already in step.
@@ -669,9 +700,26 @@ impl Reconciler {
                 planned.plan.unchanged = planned.plan.unchanged.saturating_sub(1);
             }
         }
+        Ok(planned)
+    }
+
+    /// Applies the Secrets of snapshot `commit` and pins them to it, then
+    /// records a rollback commit (unless `dry_run`). With `request`, the
+    /// pins and the commit name the reviewed request that asked for it.
+    pub async fn rollback(
+        &self,
+        restored: BTreeMap<SecretRef, DesiredSecret>,
+        commit: &CommitInfo,
+        dry_run: bool,
+        request: Option<&RequestOrigin>,
+    ) -> Result<SyncReport, ReconcileError> {
+        let planned = self.plan_rollback(restored).await?;
         let options = ApplyOptions {
             dry_run,
-            pin: Some(commit.id.clone()),
+            pin: Some(Pin {
+                commit: commit.id.clone(),
+                request: request.map(RequestOrigin::key),
+            }),
             ..self.apply.clone()
         };
         self.progress.step(Step::Writing {
@@ -684,12 +732,13 @@ impl Reconciler {
         let mut snapshot = None;
         if !dry_run && let Some(store) = &self.snapshot {
             let id = commit.id.clone();
+            let origin = request.cloned();
             let restored: Vec<SecretRef> =
                 outcome.written.iter().map(|c| c.secret.clone()).collect();
             if !restored.is_empty() {
                 let metrics = self.metrics.clone();
                 snapshot = record_blocking(store.clone(), move |store| {
-                    let commit = store.record_rollback(&id, &restored)?;
+                    let commit = store.record_rollback(&id, &restored, origin.as_ref())?;
                     share(store, &metrics);
                     Ok(commit)
                 })
@@ -788,7 +837,7 @@ fn log_findings(plan: &Plan) {
 }
 
 /// Runs a git operation off the async runtime's worker threads.
-async fn record_blocking<T: Send + 'static>(
+pub(crate) async fn record_blocking<T: Send + 'static>(
     store: Arc<SnapshotStore>,
     op: impl FnOnce(&SnapshotStore) -> Result<T, SnapshotError> + Send + 'static,
 ) -> Result<T, SnapshotError> {

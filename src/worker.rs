@@ -28,6 +28,8 @@ pub enum Trigger {
     Queue,
     Drift,
     Http,
+    /// A rollback request was removed: its Secrets go back to the table.
+    Request,
     Retry,
 }
 
@@ -40,6 +42,7 @@ impl Trigger {
             Trigger::Queue => "queue",
             Trigger::Drift => "drift",
             Trigger::Http => "http",
+            Trigger::Request => "request",
             Trigger::Retry => "retry",
         }
     }
@@ -209,6 +212,7 @@ pub async fn run(
         };
         let started = Instant::now();
         let work = async {
+            let _writing = reconciler.exclusive().await;
             match &request.names {
                 Some(names) => reconciler.sync_names(names, config.dry_run).await,
                 None => reconciler.sync(config.dry_run).await,

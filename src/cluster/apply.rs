@@ -20,7 +20,7 @@ use super::{Cluster, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
 use crate::labels::{
     CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_CHANGED_AT,
     LAST_SYNC_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
-    PINNED_ANNOTATION,
+    PINNED_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION,
 };
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_after};
@@ -38,10 +38,20 @@ pub struct ApplyOptions {
     /// Tries per Secret when the API server reports a concurrent change.
     pub max_attempts: u32,
     pub diff: DiffOptions,
-    /// Pin written Secrets to this snapshot commit (rollback).
-    pub pin: Option<String>,
+    /// Pin written Secrets to a snapshot commit (rollback).
+    pub pin: Option<Pin>,
     /// Plan and make restarts of the workloads that opted in (`--rollouts`).
     pub rollouts: bool,
+}
+
+/// What a rollback pins the Secrets it writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The snapshot commit restored.
+    pub commit: String,
+    /// The reviewed request (`path@commit`) that asked for it; None for a
+    /// `credsync rollback` run by hand, which takes any request's pin over.
+    pub request: Option<String>,
 }
 
 impl Default for ApplyOptions {
@@ -326,6 +336,31 @@ impl Cluster {
         secret: &SecretRef,
         reason: &str,
         action: &str,
+        note: String,
+    ) -> Result<(), String> {
+        self.event_on_secret(secret, "Normal", reason, action, note)
+            .await
+    }
+
+    /// A Warning Event about `secret`: something asked of credsync for it
+    /// was refused. The same rules as [`Cluster::note_on_secret`].
+    pub async fn warn_on_secret(
+        &self,
+        secret: &SecretRef,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<(), String> {
+        self.event_on_secret(secret, "Warning", reason, action, note)
+            .await
+    }
+
+    async fn event_on_secret(
+        &self,
+        secret: &SecretRef,
+        type_: &str,
+        reason: &str,
+        action: &str,
         mut note: String,
     ) -> Result<(), String> {
         use k8s_openapi::api::core::v1::ObjectReference;
@@ -349,7 +384,7 @@ impl Cluster {
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(now)),
-            type_: Some("Normal".to_owned()),
+            type_: Some(type_.to_owned()),
             reason: Some(reason.to_owned()),
             action: Some(action.to_owned()),
             note: Some(note),
@@ -381,7 +416,7 @@ impl Cluster {
         live: Option<&LiveSecret>,
         options: &ApplyOptions,
     ) -> Result<Attempt, WriteError> {
-        let (dry_run, pin) = (options.dry_run, options.pin.as_deref());
+        let (dry_run, pin) = (options.dry_run, options.pin.as_ref());
         let secret = &change.secret;
         let api = self.secrets(&secret.namespace);
         if !dry_run {
@@ -485,7 +520,7 @@ fn annotations(
     desired: &DesiredSecret,
     live: Option<&LiveSecret>,
     removed: &[String],
-    pin: Option<&str>,
+    pin: Option<&Pin>,
 ) -> BTreeMap<String, String> {
     let owned = match live {
         Some(live) => owned_after(desired, live, removed),
@@ -502,13 +537,16 @@ fn annotations(
         ),
         (FINGERPRINT_ANNOTATION.to_owned(), desired.fingerprint()),
     ]);
-    if let Some(commit) = pin {
-        annotations.insert(PINNED_ANNOTATION.to_owned(), commit.to_owned());
+    if let Some(pin) = pin {
+        annotations.insert(PINNED_ANNOTATION.to_owned(), pin.commit.clone());
+        if let Some(request) = &pin.request {
+            annotations.insert(PINNED_BY_REQUEST_ANNOTATION.to_owned(), request.clone());
+        }
     }
     annotations
 }
 
-fn new_secret(change: &SecretChange, desired: &DesiredSecret, pin: Option<&str>) -> Secret {
+fn new_secret(change: &SecretChange, desired: &DesiredSecret, pin: Option<&Pin>) -> Secret {
     let mut annotations = annotations(desired, None, &[], pin);
     annotations.insert(CREATED_ANNOTATION.to_owned(), "true".to_owned());
     Secret {
@@ -539,7 +577,7 @@ fn update_patch(
     change: &SecretChange,
     desired: &DesiredSecret,
     live: &LiveSecret,
-    pin: Option<&str>,
+    pin: Option<&Pin>,
 ) -> Value {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut data = Map::new();
@@ -563,6 +601,10 @@ fn update_patch(
         // Taken over: Kubestash-V2's marks give way to credsync's.
         annotations[KUBESTASH_V2_ANNOTATION] = Value::Null;
         annotations[KUBESTASH_V2_CHANGED_AT] = Value::Null;
+    }
+    if pin.is_some_and(|p| p.request.is_none()) && live.pinned_by_request.is_some() {
+        // A rollback by hand: the pin is no longer the request's to lift.
+        annotations[PINNED_BY_REQUEST_ANNOTATION] = Value::Null;
     }
     let mut patch = json!({
         "metadata": {

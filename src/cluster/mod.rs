@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod lease;
+mod pins;
 pub mod review;
 pub mod rollout;
 
@@ -20,6 +21,7 @@ use kube::api::{Api, ListParams};
 use crate::labels::{
     CREATED_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_VALUE, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, MANAGED_SELECTOR, PINNED_ANNOTATION,
+    PINNED_BY_REQUEST_ANNOTATION,
 };
 use crate::manifest::{Manifest, SecretRef};
 use crate::metrics::Metrics;
@@ -64,6 +66,10 @@ impl LiveSecret {
             created_by_credsync: managed && annotations.contains_key(CREATED_ANNOTATION),
             pinned: annotations
                 .get(PINNED_ANNOTATION)
+                .filter(|_| managed)
+                .cloned(),
+            pinned_by_request: annotations
+                .get(PINNED_BY_REQUEST_ANNOTATION)
                 .filter(|_| managed)
                 .cloned(),
             resource_version: meta.resource_version,
@@ -443,7 +449,7 @@ impl Cluster {
             let patch = serde_json::json!({
                 "metadata": {
                     "resourceVersion": live.resource_version,
-                    "annotations": { PINNED_ANNOTATION: null },
+                    "annotations": { PINNED_ANNOTATION: null, PINNED_BY_REQUEST_ANNOTATION: null },
                 }
             });
             self.count("patch");

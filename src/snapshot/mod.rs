@@ -9,6 +9,7 @@
 pub const BRANCH: &str = "main";
 
 pub mod remote;
+pub mod request;
 pub mod store;
 mod worktree;
 

@@ -15,6 +15,7 @@ use git2::{
 };
 
 use super::BRANCH;
+use super::request::REQUESTS_DIR;
 
 /// Where to push, and how to authenticate.
 #[derive(Clone)]
@@ -176,6 +177,16 @@ pub(super) fn fetch(repo: &Repository, config: &RemoteConfig) -> Result<Option<O
 
 /// Pushes the branch; Ok(false) when the remote refused it (it moved).
 pub(super) fn push(repo: &Repository, config: &RemoteConfig) -> Result<bool, git2::Error> {
+    push_branch(repo, config, BRANCH)
+}
+
+/// Pushes local `branch` to the remote's branch of that name; Ok(false)
+/// when the remote refused it.
+pub(super) fn push_branch(
+    repo: &Repository,
+    config: &RemoteConfig,
+    branch: &str,
+) -> Result<bool, git2::Error> {
     let mut remote = repo.find_remote(REMOTE)?;
     let rejected = std::cell::Cell::new(false);
     let mut callbacks = callbacks(config);
@@ -187,7 +198,7 @@ pub(super) fn push(repo: &Repository, config: &RemoteConfig) -> Result<bool, git
     });
     let mut options = PushOptions::new();
     options.remote_callbacks(callbacks);
-    let refspec = format!("refs/heads/{BRANCH}:refs/heads/{BRANCH}");
+    let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
     match remote.push(&[refspec.as_str()], Some(&mut options)) {
         Ok(()) => Ok(!rejected.get()),
         // Local and some smart transports report a non-fast-forward as an error.
@@ -210,13 +221,24 @@ pub(super) fn replay(
     remote_head: Oid,
 ) -> Result<Option<Oid>, git2::Error> {
     let base = repo.merge_base(local_head, remote_head)?;
+    // Rollback requests arrive in the cluster's directory by pull request:
+    // they are the remote's to change, so they neither conflict nor get
+    // replayed over.
     let cluster_at = |commit: Oid| -> Result<Option<(Oid, i32)>, git2::Error> {
         let tree = repo.find_commit(commit)?.tree()?;
-        Ok(tree.get_name(cluster).map(|e| (e.id(), e.filemode())))
+        tree.get_name(cluster)
+            .map(|e| Ok((with_requests(repo, e.id(), None)?, e.filemode())))
+            .transpose()
     };
     if cluster_at(remote_head)? != cluster_at(base)? {
         return Ok(None);
     }
+    let remote_requests = repo
+        .find_commit(remote_head)?
+        .tree()?
+        .get_path(Path::new(cluster).join(REQUESTS_DIR).as_path())
+        .ok()
+        .map(|e| e.id());
     let mut walk = repo.revwalk()?;
     walk.push(local_head)?;
     walk.hide(base)?;
@@ -227,7 +249,8 @@ pub(super) fn replay(
         let mut tree = repo.treebuilder(Some(&parent.tree()?))?;
         match commit.tree()?.get_name(cluster) {
             Some(entry) => {
-                tree.insert(cluster, entry.id(), entry.filemode())?;
+                let merged = with_requests(repo, entry.id(), remote_requests)?;
+                tree.insert(cluster, merged, entry.filemode())?;
             }
             None => {
                 if tree.get(cluster)?.is_some() {
@@ -248,6 +271,26 @@ pub(super) fn replay(
         parent = repo.find_commit(new)?;
     }
     Ok(Some(parent.id()))
+}
+
+/// The cluster directory `dir` with its requests directory replaced by
+/// `requests` (removed when None).
+fn with_requests(repo: &Repository, dir: Oid, requests: Option<Oid>) -> Result<Oid, git2::Error> {
+    let Ok(tree) = repo.find_tree(dir) else {
+        return Ok(dir);
+    };
+    let mut builder = repo.treebuilder(Some(&tree))?;
+    match requests {
+        Some(requests) => {
+            builder.insert(REQUESTS_DIR, requests, i32::from(git2::FileMode::Tree))?;
+        }
+        None => {
+            if builder.get(REQUESTS_DIR)?.is_some() {
+                builder.remove(REQUESTS_DIR)?;
+            }
+        }
+    }
+    builder.write()
 }
 
 #[cfg(test)]

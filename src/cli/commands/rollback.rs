@@ -23,7 +23,9 @@ pub(in crate::cli) async fn execute(
     let commit = store.resolve(rev)?;
     // Decrypt (and check every MAC) before touching the cluster.
     let restored = store.desired(&commit.id, secrets, &required_identities(common)?)?;
-    let report = reconciler.rollback(restored, &commit, dry_run).await?;
+    let report = reconciler
+        .rollback(restored, &commit, dry_run, None)
+        .await?;
     out.report(&report, dry_run, format);
     Ok(u8::from(!report.outcome.failed.is_empty()))
 }

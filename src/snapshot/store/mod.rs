@@ -18,6 +18,7 @@ use super::remote::{self, PushOutcome, RemoteConfig};
 mod error;
 mod read;
 mod recorded;
+mod requests;
 mod seal;
 mod warm;
 
@@ -28,6 +29,7 @@ pub use error::SnapshotError;
 use error::{GitCause, git_error};
 pub use read::WarmValues;
 use recorded::FingerprintIndex;
+pub use requests::{FoundRequest, Proposal, REQUEST_TRAILER, RequestOrigin};
 use seal::SealJob;
 use sops_age::{Identities, Outline, Recipients};
 pub use warm::WarmError;
@@ -525,10 +527,13 @@ impl SnapshotStore {
     }
 
     /// Records a rollback: the files of `secrets` as they were at `rev`.
+    /// With `origin`, the commit names the request that asked for it, its
+    /// commit and author, and ends with the trailers that mark it applied.
     pub fn record_rollback(
         &self,
         rev: &str,
         secrets: &[SecretRef],
+        origin: Option<&RequestOrigin>,
     ) -> Result<Option<CommitInfo>, SnapshotError> {
         self.with_repo(|repo| {
             self.check_lock(repo)?;
@@ -550,8 +555,18 @@ impl SnapshotStore {
             let tree_id = update.create_updated(repo, &base_tree).map_err(|e| self.err("building the tree", e))?;
             let short = source.id().to_string()[..12].to_owned();
             let names: Vec<String> = secrets.iter().map(|s| format!("  {s}")).collect();
+            let until = match origin {
+                Some(origin) => format!(
+                    "Requested in {} by {}\n(request commit {}).\nPinned until that file is removed.\n\n{}",
+                    origin.path,
+                    origin.author,
+                    origin.commit,
+                    requests::request_trailers(origin)
+                ),
+                None => "Pinned until `credsync unpin`.\n".to_owned(),
+            };
             let message = format!(
-                "credsync: roll back {} Secret(s) in cluster {} to {short}\n\n{}\n\nPinned until `credsync unpin`.\n",
+                "credsync: roll back {} Secret(s) in cluster {} to {short}\n\n{}\n\n{until}",
                 secrets.len(),
                 self.config.cluster,
                 names.join("\n")

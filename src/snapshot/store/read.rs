@@ -310,10 +310,11 @@ impl SnapshotStore {
         let cluster = repo
             .find_tree(cluster.id())
             .map_err(|e| self.err("reading the cluster directory", e))?;
-        for ns in cluster
-            .iter()
-            .filter(|e| e.kind() == Some(ObjectType::Tree))
-        {
+        // No namespace starts with '.': such directories hold other things
+        // (rollback requests), never Secrets.
+        for ns in cluster.iter().filter(|e| {
+            e.kind() == Some(ObjectType::Tree) && !e.name().unwrap_or(".").starts_with('.')
+        }) {
             let namespace = ns.name().unwrap_or_default().to_owned();
             let ns_tree = repo
                 .find_tree(ns.id())

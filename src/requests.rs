@@ -1,0 +1,460 @@
+//! Reviewed rollback requests: judging the request files of a snapshot
+//! revision, showing them in plans, and, in `run`, following the remote
+//! and applying those merged into the branch it follows.
+//!
+//! A request is applied once: the rollback commit it leads to carries its
+//! key (`path@commit`) in a trailer, and the pins it sets carry it in an
+//! annotation, so neither a restart nor a new leader applies it again.
+//! Removing the file releases the pins; the next reconcile brings the
+//! table's values back.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sops_age::Identities;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::lease::Leadership;
+use crate::manifest::{DesiredSecret, NamespaceFilter, SecretRef};
+use crate::plan::{RequestState, RequestView};
+use crate::reconcile::{ReconcileError, Reconciler, record_blocking};
+use crate::snapshot::store::{CommitInfo, FoundRequest, RequestOrigin, SnapshotStore};
+use crate::worker::{Request, Trigger};
+
+/// A request that passed every check, ready to apply.
+pub struct Approved {
+    pub origin: RequestOrigin,
+    pub commit: CommitInfo,
+    pub restored: BTreeMap<SecretRef, DesiredSecret>,
+}
+
+/// Every request of a revision, judged.
+pub struct Assessment {
+    pub views: Vec<RequestView>,
+    /// The pending requests that can be applied, by index into `views`.
+    pub approved: Vec<(usize, Approved)>,
+}
+
+/// What is known of the requests besides their files.
+#[derive(Default)]
+pub struct Known {
+    /// Keys rollback commits name as applied.
+    pub applied: HashSet<String>,
+    /// Secret -> the request key its pin carries.
+    pub pins: BTreeMap<SecretRef, String>,
+}
+
+impl Known {
+    /// Applied: a rollback commit names it, or it pins every Secret it names.
+    fn is_applied(&self, key: &str, secrets: &[SecretRef]) -> bool {
+        self.applied.contains(key)
+            || secrets
+                .iter()
+                .all(|s| self.pins.get(s).map(String::as_str) == Some(key))
+    }
+}
+
+/// Judges the requests in `found` (blocking: it reads and decrypts
+/// snapshot files, checking every MAC). Without `identities` a pending
+/// request is listed but not checked.
+pub fn assess(
+    store: &SnapshotStore,
+    filter: &NamespaceFilter,
+    found: Vec<FoundRequest>,
+    known: &Known,
+    identities: Option<&Identities>,
+) -> Assessment {
+    let conflicts = conflicts(&found, known);
+    let mut views = Vec::new();
+    let mut approved = Vec::new();
+    for (index, found) in found.into_iter().enumerate() {
+        let origin = found.origin;
+        let mut view = RequestView {
+            file: origin.path.clone(),
+            commit: origin.commit.clone(),
+            author: origin.author.clone(),
+            revision: None,
+            secrets: Vec::new(),
+            reason: String::new(),
+            state: RequestState::Pending,
+            refusal: None,
+            changes: Vec::new(),
+        };
+        let request = match found.request {
+            Ok(request) => request,
+            Err(malformed) => {
+                view.state = RequestState::Refused;
+                view.refusal = Some(malformed.to_string());
+                views.push(view);
+                continue;
+            }
+        };
+        view.revision = Some(request.revision.clone());
+        view.secrets = request.secrets.clone();
+        view.reason = request.reason.clone();
+        let refusal = if known.is_applied(&origin.key(), &request.secrets) {
+            view.state = RequestState::Applied;
+            None
+        } else if let Some(conflict) = conflicts.get(index).cloned().flatten() {
+            Some(conflict)
+        } else if let Some((secret, why)) = request
+            .secrets
+            .iter()
+            .find_map(|s| Some((s, filter.reason_to_skip(&s.namespace)?)))
+        {
+            Some(format!(
+                "{secret} is outside the namespaces credsync writes ({why})"
+            ))
+        } else {
+            match identities {
+                None => None,
+                Some(identities) => match store.resolve(&request.revision).and_then(|commit| {
+                    let restored = store.desired(&commit.id, &request.secrets, identities)?;
+                    Ok((commit, restored))
+                }) {
+                    Ok((commit, restored)) => {
+                        approved.push((
+                            views.len(),
+                            Approved {
+                                origin,
+                                commit,
+                                restored,
+                            },
+                        ));
+                        None
+                    }
+                    Err(err) => Some(err.to_string()),
+                },
+            }
+        };
+        if let Some(refusal) = refusal {
+            view.state = RequestState::Refused;
+            view.refusal = Some(refusal);
+        }
+        views.push(view);
+    }
+    Assessment { views, approved }
+}
+
+/// Why each not-yet-applied request clashes with another, by index: two
+/// requests naming one Secret are both refused (which one wins is for the
+/// reviewers to say), and a Secret another request pins stays its own.
+fn conflicts(found: &[FoundRequest], known: &Known) -> Vec<Option<String>> {
+    let parsed: Vec<Option<(String, &[SecretRef])>> = found
+        .iter()
+        .map(|f| {
+            f.request
+                .as_ref()
+                .ok()
+                .map(|r| (f.origin.key(), r.secrets.as_slice()))
+        })
+        .collect();
+    parsed
+        .iter()
+        .enumerate()
+        .map(|(index, this)| {
+            let (key, secrets) = this.as_ref()?;
+            if known.is_applied(key, secrets) {
+                return None;
+            }
+            secrets.iter().find_map(|secret| {
+                if let Some(pinned_by) = known.pins.get(secret).filter(|p| *p != key) {
+                    return Some(format!(
+                        "{secret} is pinned by request {pinned_by}: remove that file first"
+                    ));
+                }
+                let other = parsed.iter().enumerate().find_map(|(i, other)| {
+                    let (_, theirs) = other.as_ref()?;
+                    (i != index && theirs.contains(secret)).then(|| &found[i].origin.path)
+                })?;
+                Some(format!(
+                    "{secret} is also named by {other}: one request per Secret"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The requests at `rev` (HEAD when None) with what applying each would
+/// write, for `plan` and `rollback --propose`.
+pub async fn plan_requests(
+    reconciler: &Reconciler,
+    store: Arc<SnapshotStore>,
+    rev: Option<String>,
+    identities: Option<Identities>,
+) -> Result<Vec<RequestView>, ReconcileError> {
+    let pins = reconciler.cluster().request_pins().await?;
+    let filter = reconciler.namespace_filter().clone();
+    let assessment = record_blocking(store, move |store| {
+        let found = store.requests(rev.as_deref())?;
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let (applied, _) = store.applied_requests(None)?;
+        let known = Known { applied, pins };
+        Ok(Some(assess(
+            store,
+            &filter,
+            found,
+            &known,
+            identities.as_ref(),
+        )))
+    })
+    .await?;
+    let Some(assessment) = assessment else {
+        return Ok(Vec::new());
+    };
+    let mut views = assessment.views;
+    for (index, approved) in assessment.approved {
+        let planned = reconciler.plan_rollback(approved.restored).await?;
+        views[index].changes = planned.plan.changes;
+    }
+    Ok(views)
+}
+
+/// How `run` follows the snapshot remote for requests.
+pub struct FollowConfig {
+    /// How often the remote is fetched (`--request-poll-interval`).
+    pub interval: Duration,
+    /// To check every MAC of what a request restores.
+    pub identities: Identities,
+}
+
+/// What the follower remembers between polls.
+#[derive(Default)]
+struct Follower {
+    known: Known,
+    /// HEAD when `known.applied` was last brought up to date.
+    applied_head: Option<String>,
+    /// HEAD at the last complete poll: an unchanged HEAD costs nothing.
+    seen_head: Option<String>,
+    /// Refusals already reported (`key: reason`): one Event each, not one per poll.
+    reported: HashSet<String>,
+    /// Whether the last fetch worked (None before the first).
+    remote_up: Option<bool>,
+}
+
+/// Follows the remote until `shutdown`: every `interval`, while leading,
+/// fetches the followed branch, releases the pins of removed requests,
+/// applies new ones and reports those it refuses.
+pub async fn follow(
+    reconciler: Arc<Reconciler>,
+    config: FollowConfig,
+    requests: mpsc::Sender<Request>,
+    leadership: watch::Receiver<Leadership>,
+    shutdown: CancellationToken,
+) {
+    let Some(store) = reconciler.snapshots().cloned() else {
+        return;
+    };
+    let mut state = Follower::default();
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if *leadership.borrow() != Leadership::Leading {
+            // A new leader reads everything afresh.
+            state.seen_head = None;
+            continue;
+        }
+        if let Err(err) = state.poll(&reconciler, &store, &config, &requests).await {
+            state.seen_head = None;
+            tracing::warn!(error = %err, "rollback requests not handled; retried at the next poll");
+        }
+    }
+}
+
+impl Follower {
+    async fn poll(
+        &mut self,
+        reconciler: &Reconciler,
+        store: &Arc<SnapshotStore>,
+        config: &FollowConfig,
+        requests: &mpsc::Sender<Request>,
+    ) -> Result<(), ReconcileError> {
+        let fetched = record_blocking(store.clone(), |store| store.share()).await;
+        self.note_remote(reconciler, fetched.as_ref().err());
+        let since = self.applied_head.clone();
+        let (applied, head) = record_blocking(store.clone(), move |store| {
+            store.applied_requests(since.as_deref())
+        })
+        .await?;
+        self.known.applied.extend(applied);
+        self.applied_head = head.clone();
+        if head.is_some() && head == self.seen_head {
+            return Ok(());
+        }
+        let _writing = reconciler.exclusive().await;
+        self.known.pins = reconciler.cluster().request_pins().await?;
+        let found = record_blocking(store.clone(), |store| store.requests(None)).await?;
+        let active: HashSet<String> = found.iter().map(|f| f.origin.key()).collect();
+        self.release(reconciler, &active, requests).await?;
+        let filter = reconciler.namespace_filter().clone();
+        let identities = config.identities.clone();
+        let known = std::mem::take(&mut self.known);
+        let (assessment, known) = record_blocking(store.clone(), move |store| {
+            let assessment = assess(store, &filter, found, &known, Some(&identities));
+            Ok((assessment, known))
+        })
+        .await?;
+        self.known = known;
+        let mut views = assessment.views;
+        let mut retry = false;
+        for (index, approved) in assessment.approved {
+            retry |= !self.apply(reconciler, approved, &mut views[index]).await;
+        }
+        self.report_refusals(reconciler, &views).await;
+        reconciler.set_requests(views);
+        // Our own rollback commits moved HEAD: the next poll reads them.
+        self.seen_head = if retry { None } else { head };
+        Ok(())
+    }
+
+    /// Reports the remote's state when it changes: a remote that cannot
+    /// be reached stops nothing but the requests.
+    fn note_remote(
+        &mut self,
+        reconciler: &Reconciler,
+        error: Option<&crate::snapshot::store::SnapshotError>,
+    ) {
+        let up = error.is_none();
+        reconciler.metrics().snapshot_remote_up.set(i64::from(up));
+        match (error, self.remote_up) {
+            (Some(err), Some(true) | None) => tracing::warn!(
+                error = %err,
+                "the snapshot remote cannot be read: requests wait, the loop goes on reconciling from the table"
+            ),
+            (None, Some(false)) => tracing::info!("the snapshot remote answers again"),
+            _ => {}
+        }
+        self.remote_up = Some(up);
+    }
+
+    /// Unpins the Secrets of requests whose file is gone, and asks for a
+    /// reconcile so the table's values come back.
+    async fn release(
+        &mut self,
+        reconciler: &Reconciler,
+        active: &HashSet<String>,
+        requests: &mpsc::Sender<Request>,
+    ) -> Result<(), ReconcileError> {
+        let released = reconciler.cluster().unpin_released(active).await?;
+        for (secret, request) in &released {
+            self.known.pins.remove(secret);
+            reconciler
+                .metrics()
+                .rollback_requests
+                .with_label_values(&["released"])
+                .inc();
+            tracing::info!(%secret, %request, "rollback request removed: Secret unpinned, the table's state returns");
+            let note = format!("rollback request {request} was removed: back to the table");
+            if let Err(err) = reconciler
+                .cluster()
+                .note_on_secret(secret, "Unpinned", "Unpin", note)
+                .await
+            {
+                tracing::warn!(%secret, error = %err, "Event not recorded");
+            }
+        }
+        if !released.is_empty() {
+            let _ = requests.send(Request::full(Trigger::Request)).await;
+        }
+        Ok(())
+    }
+
+    /// Applies one approved request; false when it should be tried again.
+    async fn apply(
+        &mut self,
+        reconciler: &Reconciler,
+        approved: Approved,
+        view: &mut RequestView,
+    ) -> bool {
+        let key = approved.origin.key();
+        let secrets: Vec<String> = approved.restored.keys().map(ToString::to_string).collect();
+        match reconciler
+            .rollback(
+                approved.restored,
+                &approved.commit,
+                false,
+                Some(&approved.origin),
+            )
+            .await
+        {
+            Ok(report) => {
+                self.known.applied.insert(key);
+                reconciler
+                    .metrics()
+                    .rollback_requests
+                    .with_label_values(&["applied"])
+                    .inc();
+                tracing::info!(
+                    request = %approved.origin.path,
+                    commit = %approved.origin.commit,
+                    author = %approved.origin.author,
+                    revision = %approved.commit.id,
+                    secrets = %secrets.join(","),
+                    written = report.outcome.written.len(),
+                    "applied rollback request: Secrets restored and pinned"
+                );
+                for failure in &report.outcome.failed {
+                    tracing::error!(secret = %failure.secret, reason = %failure.reason, "Secret of a rollback request not written");
+                }
+                view.state = RequestState::Applied;
+                view.changes = report.plan.changes;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(request = %approved.origin.path, error = %err, "rollback request not applied; retried at the next poll");
+                false
+            }
+        }
+    }
+
+    /// Log, metric and Warning Event for each refusal, once per request
+    /// and reason; the gauge counts the refusals standing now.
+    async fn report_refusals(&mut self, reconciler: &Reconciler, views: &[RequestView]) {
+        let metrics = reconciler.metrics();
+        let refused: Vec<&RequestView> = views
+            .iter()
+            .filter(|v| v.state == RequestState::Refused)
+            .collect();
+        metrics.rollback_requests_refused.set(refused.len() as i64);
+        let standing: HashSet<String> = refused.iter().map(|v| refusal_id(v)).collect();
+        self.reported.retain(|id| standing.contains(id));
+        for view in refused {
+            if !self.reported.insert(refusal_id(view)) {
+                continue;
+            }
+            let reason = view.refusal.as_deref().unwrap_or_default();
+            metrics
+                .rollback_requests
+                .with_label_values(&["refused"])
+                .inc();
+            tracing::warn!(request = %view.file, commit = %view.commit, author = %view.author, %reason, "rollback request refused: nothing of it applied");
+            let note = format!("rollback request {} refused: {reason}", view.file);
+            for secret in &view.secrets {
+                if let Err(err) = reconciler
+                    .cluster()
+                    .warn_on_secret(secret, "RollbackRefused", "Rollback", note.clone())
+                    .await
+                {
+                    tracing::warn!(%secret, error = %err, "Event not recorded");
+                }
+            }
+        }
+    }
+}
+
+fn refusal_id(view: &RequestView) -> String {
+    format!(
+        "{}@{}: {}",
+        view.file,
+        view.commit,
+        view.refusal.as_deref().unwrap_or_default()
+    )
+}

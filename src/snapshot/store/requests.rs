@@ -1,0 +1,299 @@
+//! Rollback requests in the repository: proposing one on a branch, finding
+//! those on a revision with the commit that brought each, and knowing
+//! which ones a rollback commit already applied.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use git2::build::TreeUpdateBuilder;
+use git2::{FileMode, ObjectType, Oid, Repository, Signature};
+
+use super::error::SnapshotError;
+use super::{BRANCH, SnapshotStore, find_rev, head_commit, remote};
+use crate::snapshot::request::{MalformedRequest, REQUESTS_DIR, RollbackRequest};
+
+/// The trailers a rollback commit carries when a request asked for it:
+/// how the loop knows, after a restart or on another replica, that a
+/// request was applied once already.
+pub const REQUEST_TRAILER: &str = "Credsync-Request";
+
+/// How far back the commit that brought a request is looked for.
+const ORIGIN_SEARCH_LIMIT: usize = 20_000;
+
+/// Where a request came from: its file and the commit that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestOrigin {
+    pub path: String,
+    /// The commit that last wrote this file's content (not the merge).
+    pub commit: String,
+    /// That commit's author, `Name <email>`.
+    pub author: String,
+}
+
+impl RequestOrigin {
+    /// Names one request for good: the same file written again (after a
+    /// revert, say) is a new request.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.path, self.commit)
+    }
+}
+
+/// A request file at a revision.
+#[derive(Debug, Clone)]
+pub struct FoundRequest {
+    pub origin: RequestOrigin,
+    pub request: Result<RollbackRequest, MalformedRequest>,
+}
+
+/// A proposed request, pushed on its own branch.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    pub branch: String,
+    pub path: String,
+    pub commit: String,
+    /// The branch the request was built on (the remote's, when there is one).
+    pub base: String,
+}
+
+impl SnapshotStore {
+    /// The request files of this cluster at `rev` (HEAD when None).
+    pub fn requests(&self, rev: Option<&str>) -> Result<Vec<FoundRequest>, SnapshotError> {
+        self.with_repo(|repo| {
+            let commit = match rev {
+                Some(rev) => find_rev(repo, rev)?,
+                None => match head_commit(repo).map_err(|e| self.err("reading HEAD", e))? {
+                    Some(commit) => commit,
+                    None => return Ok(Vec::new()),
+                },
+            };
+            let tree = commit.tree().map_err(|e| self.err("reading a tree", e))?;
+            let dir = format!("{}/{REQUESTS_DIR}", self.config.cluster);
+            let Ok(entry) = tree.get_path(Path::new(&dir)) else {
+                return Ok(Vec::new());
+            };
+            if entry.kind() != Some(ObjectType::Tree) {
+                return Ok(Vec::new());
+            }
+            let files = repo
+                .find_tree(entry.id())
+                .map_err(|e| self.err("reading the requests directory", e))?;
+            let mut out = Vec::new();
+            for file in files.iter() {
+                let name = file.name().unwrap_or_default();
+                let path = format!("{dir}/{name}");
+                let request = if file.kind() != Some(ObjectType::Blob)
+                    || file.filemode() == i32::from(FileMode::Link)
+                {
+                    Err(MalformedRequest::new("not a regular file"))
+                } else if !name.ends_with(".yaml") {
+                    Err(MalformedRequest::new("the file name must end in .yaml"))
+                } else {
+                    let blob = repo
+                        .find_blob(file.id())
+                        .map_err(|e| self.err(&format!("reading {path}"), e))?;
+                    match std::str::from_utf8(blob.content()) {
+                        Ok(text) => RollbackRequest::parse(text),
+                        Err(_) => Err(MalformedRequest::new("not UTF-8 text")),
+                    }
+                };
+                let origin = origin(repo, commit.id(), &path, file.id())
+                    .map_err(|e| self.err(&format!("finding the commit that wrote {path}"), e))?;
+                out.push(FoundRequest { origin, request });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The keys ([`RequestOrigin::key`]) of the requests rollback commits
+    /// applied, in HEAD's history back to `since` (exclusive; the whole
+    /// history when None), and the HEAD they were read at.
+    pub fn applied_requests(
+        &self,
+        since: Option<&str>,
+    ) -> Result<(HashSet<String>, Option<String>), SnapshotError> {
+        self.with_repo(|repo| {
+            let Some(head) = head_commit(repo).map_err(|e| self.err("reading HEAD", e))? else {
+                return Ok((HashSet::new(), None));
+            };
+            let walking = |e| self.err("walking history", e);
+            let mut walk = repo.revwalk().map_err(walking)?;
+            walk.push(head.id()).map_err(walking)?;
+            if let Some(since) = since.and_then(|s| Oid::from_str(s).ok())
+                && repo.find_commit(since).is_ok()
+            {
+                walk.hide(since).map_err(walking)?;
+            }
+            let mut applied = HashSet::new();
+            for oid in walk {
+                let commit = repo
+                    .find_commit(oid.map_err(walking)?)
+                    .map_err(|e| self.err("reading a commit", e))?;
+                if let Some(key) = commit.message().ok().and_then(request_key_of) {
+                    applied.insert(key);
+                }
+            }
+            Ok((applied, Some(head.id().to_string())))
+        })
+    }
+
+    /// Writes `request` as a new file on a new branch built on the
+    /// followed branch (the remote's, fetched first, when there is a
+    /// remote) and pushes that branch. Nothing else moves.
+    pub fn propose(
+        &self,
+        request: &RollbackRequest,
+        branch: &str,
+        file_name: &str,
+    ) -> Result<Proposal, SnapshotError> {
+        self.with_repo(|repo| {
+            if git2::Branch::name_is_valid(branch) != Ok(true) || branch == BRANCH {
+                return Err(self.err(
+                    &format!("creating branch {branch:?}"),
+                    format!("not a branch name a proposal can use (and not {BRANCH}, which the loop follows)"),
+                ));
+            }
+            let base = match &self.config.remote {
+                Some(config) => remote::fetch(repo, config)
+                    .map_err(|e| self.err(&format!("fetching {}", config.url), e))?,
+                None => None,
+            };
+            let base = match base {
+                Some(oid) => repo.find_commit(oid).map_err(|e| self.err("reading the remote's head", e))?,
+                None => head_commit(repo)
+                    .map_err(|e| self.err("reading HEAD", e))?
+                    .ok_or_else(|| self.err("proposing a rollback", "the repository has no snapshot yet"))?,
+            };
+            let path = format!("{}/{REQUESTS_DIR}/{file_name}", self.config.cluster);
+            let base_tree = base.tree().map_err(|e| self.err("reading a tree", e))?;
+            if base_tree.get_path(Path::new(&path)).is_ok() {
+                return Err(self.err(&format!("writing {path}"), "a request of that name exists: give another --branch"));
+            }
+            let blob = repo
+                .blob(request.render().as_bytes())
+                .map_err(|e| self.err("writing the request", e))?;
+            let mut update = TreeUpdateBuilder::new();
+            update.upsert(path.as_str(), blob, FileMode::Blob);
+            let tree_id = update
+                .create_updated(repo, &base_tree)
+                .map_err(|e| self.err("building the tree", e))?;
+            let tree = repo.find_tree(tree_id).map_err(|e| self.err("reading the new tree", e))?;
+            let signature = repo
+                .signature()
+                .or_else(|_| Signature::now("credsync", "credsync@localhost"))
+                .map_err(|e| self.err("making a signature", e))?;
+            let names: Vec<String> = request.secrets.iter().map(|s| format!("  {s}")).collect();
+            let why = if request.reason.is_empty() { String::new() } else { format!("\n\nWhy: {}", request.reason) };
+            let message = format!(
+                "credsync: propose rolling back {} Secret(s) in cluster {} to {}\n\n{}{why}\n",
+                request.secrets.len(),
+                self.config.cluster,
+                &request.revision[..12],
+                names.join("\n"),
+            );
+            let oid = repo
+                .commit(None, &signature, &signature, &message, &tree, &[&base])
+                .map_err(|e| self.err("writing the commit", e))?;
+            let refname = format!("refs/heads/{branch}");
+            repo.reference(&refname, oid, false, "credsync: propose a rollback")
+                .map_err(|e| self.err(&format!("creating branch {branch}"), e))?;
+            if let Some(config) = &self.config.remote {
+                let pushed = remote::push_branch(repo, config, branch)
+                    .map_err(|e| self.err(&format!("pushing {branch} to {}", config.url), e))?;
+                if !pushed {
+                    return Err(self.err(&format!("pushing {branch} to {}", config.url), "the remote refused it (a branch of that name exists there?)"));
+                }
+            }
+            Ok(Proposal {
+                branch: branch.to_owned(),
+                path,
+                commit: oid.to_string(),
+                base: base.id().to_string(),
+            })
+        })
+    }
+}
+
+/// The request key a rollback commit's message names, if any.
+fn request_key_of(message: &str) -> Option<String> {
+    let value = |name: &str| {
+        message.lines().find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(": "))
+                .map(str::trim)
+        })
+    };
+    let path = value(REQUEST_TRAILER)?;
+    let commit = value(&format!("{REQUEST_TRAILER}-Commit"))?;
+    Some(format!("{path}@{commit}"))
+}
+
+/// The trailer lines a rollback commit for `origin` ends with.
+pub(super) fn request_trailers(origin: &RequestOrigin) -> String {
+    format!(
+        "{REQUEST_TRAILER}: {}\n{REQUEST_TRAILER}-Commit: {}\n",
+        origin.path, origin.commit
+    )
+}
+
+/// The commit that wrote `blob` at `path`, walking back from `start`: the
+/// first whose parents all hold something else there (for a merge, that is
+/// the commit on the merged branch, with its author).
+fn origin(
+    repo: &Repository,
+    start: Oid,
+    path: &str,
+    blob: Oid,
+) -> Result<RequestOrigin, git2::Error> {
+    let at = |commit: &git2::Commit<'_>| -> Option<Oid> {
+        commit
+            .tree()
+            .ok()?
+            .get_path(Path::new(path))
+            .ok()
+            .map(|e| e.id())
+    };
+    let mut walk = repo.revwalk()?;
+    walk.push(start)?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL)?;
+    let mut found = repo.find_commit(start)?;
+    for oid in walk.take(ORIGIN_SEARCH_LIMIT) {
+        let commit = repo.find_commit(oid?)?;
+        if at(&commit) != Some(blob) {
+            continue;
+        }
+        if commit.parents().all(|parent| at(&parent) != Some(blob)) {
+            found = commit;
+            break;
+        }
+    }
+    let author = found.author();
+    Ok(RequestOrigin {
+        path: path.to_owned(),
+        commit: found.id().to_string(),
+        author: format!(
+            "{} <{}>",
+            author.name().unwrap_or("unknown"),
+            author.email().unwrap_or("unknown")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_commit_names_its_request_in_trailers() {
+        let origin = RequestOrigin {
+            path: "prod/.requests/r.yaml".to_owned(),
+            commit: "ab".repeat(20),
+            author: "A <a@x>".to_owned(),
+        };
+        let message = format!(
+            "credsync: roll back\n\nbody\n\n{}",
+            request_trailers(&origin)
+        );
+        assert_eq!(request_key_of(&message), Some(origin.key()));
+        assert_eq!(request_key_of("credsync: roll back 1 Secret(s)\n"), None);
+    }
+}
