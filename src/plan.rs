@@ -196,8 +196,13 @@ impl Plan {
             .collect()
     }
 
+    /// Changes to the table's Secrets, or a rollback request to apply.
     pub fn has_changes(&self) -> bool {
-        !self.changes.is_empty()
+        !self.changes.is_empty() || self.requests_in(RequestState::Pending) > 0
+    }
+
+    pub fn requests_in(&self, state: RequestState) -> usize {
+        self.requests.iter().filter(|r| r.state == state).count()
     }
 
     pub fn count(&self, action: Action) -> usize {

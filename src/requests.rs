@@ -458,3 +458,82 @@ fn refusal_id(view: &RequestView) -> String {
         view.refusal.as_deref().unwrap_or_default()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::request::{MalformedRequest, RollbackRequest};
+
+    fn found(file: &str, secrets: &[&str]) -> FoundRequest {
+        FoundRequest {
+            origin: RequestOrigin {
+                path: format!("prod/.requests/{file}"),
+                commit: "c".repeat(40),
+                author: "A <a@x>".to_owned(),
+            },
+            request: Ok(RollbackRequest {
+                revision: "a".repeat(40),
+                secrets: secrets.iter().map(|s| s.parse().unwrap()).collect(),
+                reason: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn two_requests_for_one_secret_are_both_refused_and_named() {
+        let all = [
+            found("one.yaml", &["app/db"]),
+            found("two.yaml", &["app/api", "app/db"]),
+            found("three.yaml", &["app/web"]),
+        ];
+        let out = conflicts(&all, &Known::default());
+        assert_eq!(
+            out[0].as_deref(),
+            Some("app/db is also named by prod/.requests/two.yaml: one request per Secret")
+        );
+        assert_eq!(
+            out[1].as_deref(),
+            Some("app/db is also named by prod/.requests/one.yaml: one request per Secret")
+        );
+        assert_eq!(out[2], None);
+    }
+
+    #[test]
+    fn a_secret_another_request_pins_is_refused_and_the_applied_one_stands() {
+        let applied = found("old.yaml", &["app/db"]);
+        let newer = found("new.yaml", &["app/db"]);
+        let known = Known {
+            applied: HashSet::from([applied.origin.key()]),
+            pins: BTreeMap::from([("app/db".parse().unwrap(), applied.origin.key())]),
+        };
+        let out = conflicts(&[applied.clone(), newer], &known);
+        assert_eq!(out[0], None, "the applied request is not in conflict");
+        assert!(
+            out[1].as_deref().is_some_and(
+                |r| r.starts_with("app/db is pinned by request prod/.requests/old.yaml@")
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_request_clashes_with_nothing() {
+        let mut bad = found("bad.yaml", &["app/db"]);
+        bad.request = Err(MalformedRequest::new("nope"));
+        let out = conflicts(&[bad, found("ok.yaml", &["app/db"])], &Known::default());
+        assert_eq!(out, vec![None, None]);
+    }
+
+    #[test]
+    fn applied_means_named_in_a_commit_or_pinning_every_secret() {
+        let secrets: Vec<SecretRef> = vec!["a/x".parse().unwrap(), "a/y".parse().unwrap()];
+        let mut known = Known::default();
+        known.pins.insert(secrets[0].clone(), "k".to_owned());
+        assert!(!known.is_applied("k", &secrets), "one pin of two: not yet");
+        known.pins.insert(secrets[1].clone(), "k".to_owned());
+        assert!(known.is_applied("k", &secrets));
+        assert!(!known.is_applied("other", &secrets));
+        known.applied.insert("other".to_owned());
+        assert!(known.is_applied("other", &secrets));
+    }
+}

@@ -42,6 +42,8 @@ pub struct RunConfig {
     pub queues: Vec<crate::trigger::queue::QueueConfig>,
     /// None: the self-service API answers 404.
     pub self_service: Option<crate::server::credentials::SelfService>,
+    /// Following the snapshot remote for reviewed rollback requests.
+    pub requests: Option<crate::requests::FollowConfig>,
 }
 
 /// Runs until SIGTERM/SIGINT, then stops taking triggers, lets the
@@ -199,13 +201,23 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         worker::WorkerLinks {
             requests: queue,
             retry: requests.clone(),
-            leadership,
+            leadership: leadership.clone(),
             finished: finished_tx,
             shutdown: shutdown.clone(),
         },
     ));
     if let Some(schedule) = config.schedule {
         tasks.spawn(schedule::run(schedule, requests.clone(), shutdown.clone()));
+    }
+    if let Some(follow) = config.requests {
+        tracing::info!(every = ?follow.interval, "following the snapshot remote for rollback requests");
+        tasks.spawn(crate::requests::follow(
+            reconciler.clone(),
+            follow,
+            requests.clone(),
+            leadership.clone(),
+            shutdown.clone(),
+        ));
     }
     if config.drift_repair {
         tasks.spawn(drift::run(

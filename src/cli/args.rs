@@ -249,13 +249,25 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: ListFormat,
     },
-    /// Apply a snapshot's Secrets and pin them until `unpin`.
+    /// Apply a snapshot's Secrets and pin them until `unpin`; or, with
+    /// --propose, push a rollback request for review instead.
     Rollback {
         rev: String,
         #[arg(long = "secret", value_name = "NS/NAME")]
         secrets: Vec<SecretRef>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "propose")]
         dry_run: bool,
+        /// Apply nothing: write a rollback request on a new branch, push it
+        /// to --snapshot-remote and print its plan (markdown) for the pull
+        /// request. Merged, the loop (`run`) applies it.
+        #[arg(long)]
+        propose: bool,
+        /// The new branch (default: credsync/rollback-<revision>-<time>).
+        #[arg(long, requires = "propose")]
+        branch: Option<String>,
+        /// Why, in one line: kept in the request, its commit and the rollback commit.
+        #[arg(long, requires = "propose", default_value = "")]
+        reason: String,
         #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
         format: Format,
     },
@@ -395,6 +407,10 @@ pub struct RunArgs {
     /// This replica's name in the Lease (default: POD_NAME, else HOSTNAME).
     #[arg(long, env = "CREDSYNC_IDENTITY")]
     pub identity: Option<String>,
+    /// How often the snapshot remote is fetched for reviewed rollback
+    /// requests (with --snapshot-remote and --age-identity); 0s: never.
+    #[arg(long, env = "CREDSYNC_REQUEST_POLL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub request_poll_interval: Duration,
     /// Do not watch managed Secrets to undo hand edits.
     #[arg(long, env = "CREDSYNC_NO_DRIFT_REPAIR")]
     pub no_drift_repair: bool,

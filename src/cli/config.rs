@@ -63,7 +63,11 @@ pub(super) fn sync_access(args: &RunArgs, env: impl Fn(&str) -> Option<String>) 
     }
 }
 
-pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run::RunConfig> {
+pub(super) fn run_config(
+    args: RunArgs,
+    settings: Settings,
+    identities: Option<sops_age::Identities>,
+) -> Result<crate::run::RunConfig> {
     use crate::cluster::lease::LeaseConfig;
     use crate::trigger::schedule::Schedule;
     let schedule = match (&args.schedule, args.interval) {
@@ -134,6 +138,13 @@ pub(super) fn run_config(args: RunArgs, settings: Settings) -> Result<crate::run
                 key_id: args.key_id.clone(),
                 max_value_bytes: args.self_service_max_bytes,
             }),
+        requests: settings
+            .request_poll_interval
+            .zip(identities)
+            .map(|(interval, identities)| crate::requests::FollowConfig {
+                interval,
+                identities,
+            }),
     })
 }
 
@@ -195,6 +206,9 @@ pub(super) struct Settings {
     self_service_max_bytes: usize,
     #[serde(serialize_with = "as_debug")]
     grace: Duration,
+    /// How often the remote is read for rollback requests; None: not followed.
+    #[serde(serialize_with = "as_debug_opt")]
+    request_poll_interval: Option<Duration>,
     /// Who may call /sync and /plan; never printed.
     #[serde(skip)]
     access: Access,
@@ -277,6 +291,11 @@ impl Settings {
             key_id: args.key_id.clone(),
             self_service_max_bytes: args.self_service_max_bytes,
             grace: args.grace,
+            request_poll_interval: (common.snapshot_remote.is_some()
+                && common.snapshot_repo.is_some()
+                && common.age_identity.is_some()
+                && !args.request_poll_interval.is_zero())
+            .then_some(args.request_poll_interval),
             access,
         })
     }

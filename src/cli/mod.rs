@@ -174,8 +174,25 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
         Command::Rollback {
             rev,
             secrets,
+            propose: true,
+            branch,
+            reason,
+            ..
+        } => {
+            let proposal = commands::rollback::Proposal {
+                rev,
+                secrets,
+                branch,
+                reason,
+            };
+            commands::rollback::propose(common, &reconciler, &out, proposal).await?
+        }
+        Command::Rollback {
+            rev,
+            secrets,
             dry_run,
             format,
+            ..
         } => {
             commands::rollback::execute(common, &reconciler, &out, &rev, &secrets, dry_run, format)
                 .await?

@@ -173,8 +173,13 @@ pub fn render(
     );
     if !plan.has_changes() && plan.failures.is_empty() && plan.conflicts.is_empty() {
         let _ = writeln!(b.out, "**No changes.** {}.", summary(plan));
+        if !plan.requests.is_empty() {
+            b.out.push('\n');
+            requests(&mut b, plan);
+        }
     } else {
         let _ = write!(b.out, "**{}**\n\n", summary(plan));
+        requests(&mut b, plan);
         changes(&mut b, plan);
     }
     findings(&mut b, plan);
@@ -195,6 +200,56 @@ pub fn render(
         );
     }
     b.out
+}
+
+/// Rollback requests first: in a pull request that adds one, they are
+/// what the reviewers are asked about.
+fn requests(b: &mut Budget, plan: &Plan) {
+    let rows = plan
+        .requests
+        .iter()
+        .map(|r| {
+            let secrets: Vec<String> = r.secrets.iter().map(|s| md_code(&s.to_string())).collect();
+            let state = match (&r.refusal, r.state) {
+                (Some(refusal), _) => format!("**refused**: {}", md_escape(refusal)),
+                (None, state) => state.as_str().to_owned(),
+            };
+            row(&[
+                md_code(&r.file),
+                state,
+                secrets.join(", "),
+                r.revision
+                    .as_deref()
+                    .map(|rev| md_code(&rev[..rev.len().min(12)]))
+                    .unwrap_or_default(),
+                format!(
+                    "{} in {}",
+                    md_escape(&r.author),
+                    md_code(&r.commit[..r.commit.len().min(12)])
+                ),
+                md_escape(&r.reason),
+            ])
+        })
+        .collect();
+    b.table(
+        "**Rollback requests** (restored from a snapshot and pinned while the file stays):\n\n| Request | State | Secrets | Revision | Requested by | Why |\n|---|---|---|---|---|---|\n",
+        rows,
+        "\n",
+        false,
+    );
+    for r in plan.requests.iter().filter(|r| !r.changes.is_empty()) {
+        let open = format!(
+            "<details><summary>What <code>{}</code> writes: {}</summary>\n\n| Action | Secret | Added | Changed | Removed |\n|---|---|---|---|---|\n",
+            html_escape(&r.file),
+            counts(&r.changes.iter().collect::<Vec<_>>())
+        );
+        b.table(
+            &open,
+            r.changes.iter().map(change_row).collect(),
+            "\n</details>\n\n",
+            true,
+        );
+    }
 }
 
 /// The counts per namespace, then each namespace's changes folded.

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use crate::cluster::apply::ApplyOutcome;
-use crate::plan::{Action, Plan, SecretChange};
+use crate::plan::{Action, Plan, RequestState, RequestView, SecretChange};
 use crate::rollout::Restart;
 
 /// Output of listings (`history`, `show`, `diff`).
@@ -94,6 +94,18 @@ fn summary(plan: &Plan) -> String {
         (plan.restarts.len(), "restart(s)"),
         (plan.kubestash_v2.len(), "Kubestash-V2 Secret(s)"),
         (plan.respelled.len(), "respelled key warning(s)"),
+        (
+            plan.requests_in(RequestState::Pending),
+            "rollback request(s) to apply",
+        ),
+        (
+            plan.requests_in(RequestState::Applied),
+            "rollback request(s) applied",
+        ),
+        (
+            plan.requests_in(RequestState::Refused),
+            "rollback request(s) refused",
+        ),
     ] {
         if n > 0 {
             let _ = write!(s, "; {n} {what}");
@@ -212,6 +224,29 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             respelled_note(r),
         );
     }
+    for r in &plan.requests {
+        let (mark, code) = match r.state {
+            RequestState::Pending => ("< request", "36"),
+            RequestState::Applied => ("= request", "36"),
+            RequestState::Refused => ("x request", "31;1"),
+        };
+        let _ = writeln!(
+            out,
+            "  {} {}  {}",
+            paint(code, mark),
+            r.file,
+            request_note(r)
+        );
+        for c in &r.changes {
+            let _ = writeln!(
+                out,
+                "      {} {}  {} (pinned)",
+                paint("33", c.action.as_str()),
+                c.secret,
+                key_list(c)
+            );
+        }
+    }
     for f in &plan.failures {
         let _ = writeln!(
             out,
@@ -261,6 +296,39 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
         }
     }
     out
+}
+
+/// A rollback request in one line: its state, what it restores, who asked and why.
+pub(crate) fn request_note(r: &RequestView) -> String {
+    let secrets: Vec<String> = r.secrets.iter().map(ToString::to_string).collect();
+    let revision = r
+        .revision
+        .as_deref()
+        .map(|rev| &rev[..rev.len().min(12)])
+        .unwrap_or("?");
+    let who = format!(
+        "requested by {} in {}",
+        r.author,
+        &r.commit[..r.commit.len().min(12)]
+    );
+    let why = if r.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", r.reason)
+    };
+    match (r.state, &r.refusal) {
+        (RequestState::Refused, Some(refusal)) => {
+            format!("refused, nothing applied: {refusal}; {who}")
+        }
+        (RequestState::Applied, _) => format!(
+            "applied: {} pinned to {revision} until this file is removed; {who}{why}",
+            secrets.join(", ")
+        ),
+        _ => format!(
+            "to apply: restores {} from {revision} and pins them; {who}{why}",
+            secrets.join(", ")
+        ),
+    }
 }
 
 /// What happens to a Secret Kubestash-V2 wrote, in one line.
@@ -331,6 +399,7 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "restarts": plan.restarts.len(),
             "kubestash_v2": plan.kubestash_v2.len(),
             "respelled": plan.respelled.len(),
+            "requests": plan.requests.len(),
             "has_changes": plan.has_changes(),
         },
         "changes": plan.changes.iter().map(change_json).collect::<Vec<_>>(),
@@ -360,6 +429,17 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "name": r.secret.name,
             "key": r.key,
             "existing": r.existing,
+        })).collect::<Vec<_>>(),
+        "requests": plan.requests.iter().map(|r| json!({
+            "file": r.file,
+            "commit": r.commit,
+            "author": r.author,
+            "revision": r.revision,
+            "secrets": r.secrets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "reason": r.reason,
+            "state": r.state,
+            "refusal": r.refusal,
+            "changes": r.changes.iter().map(change_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -434,6 +514,38 @@ mod tests {
                 key: "DB_PASSWORD".into(),
                 existing: "DB.PASSWORD".into(),
             }],
+            requests: vec![
+                RequestView {
+                    file: "demo/.requests/r1.yaml".into(),
+                    commit: "feedface".repeat(5),
+                    author: "Ada <ada@example.com>".into(),
+                    revision: Some("0123456789abcdef".repeat(2) + "01234567"),
+                    secrets: vec![SecretRef::new("team-c", "db")],
+                    reason: "bad rotation".into(),
+                    state: RequestState::Pending,
+                    refusal: None,
+                    changes: vec![SecretChange {
+                        secret: SecretRef::new("team-c", "db"),
+                        action: Action::Update,
+                        adopt: false,
+                        added: vec![],
+                        changed: vec!["PASSWORD".into()],
+                        removed: vec![],
+                        merge_only: false,
+                    }],
+                },
+                RequestView {
+                    file: "demo/.requests/r2.yaml".into(),
+                    commit: "c0ffee00".repeat(5),
+                    author: "Bob <bob@example.com>".into(),
+                    revision: None,
+                    secrets: vec![],
+                    reason: String::new(),
+                    state: RequestState::Refused,
+                    refusal: Some("malformed rollback request: it names no Secret".into()),
+                    changes: vec![],
+                },
+            ],
         }
     }
 
@@ -463,7 +575,19 @@ mod tests {
             squeezed.contains("= pinned ns/rolled rolled back to 0123456789ab; table differs"),
             "{out}"
         );
-        assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s); 1 pinned; 1 Kubestash-V2 Secret(s); 1 respelled key warning(s)."), "{out}");
+        assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s); 1 pinned; 1 Kubestash-V2 Secret(s); 1 respelled key warning(s); 1 rollback request(s) to apply; 1 rollback request(s) refused."), "{out}");
+        assert!(
+            squeezed.contains("< request demo/.requests/r1.yaml to apply: restores team-c/db from 0123456789ab and pins them; requested by Ada <ada@example.com> in feedfacefeed (bad rotation)"),
+            "{out}"
+        );
+        assert!(
+            squeezed.contains("update team-c/db ~PASSWORD (pinned)"),
+            "{out}"
+        );
+        assert!(
+            squeezed.contains("x request demo/.requests/r2.yaml refused, nothing applied: malformed rollback request: it names no Secret"),
+            "{out}"
+        );
         assert!(
             squeezed.contains("! spelling ns/legacy DB_PASSWORD would be added beside DB.PASSWORD"),
             "{out}"
@@ -487,6 +611,20 @@ mod tests {
         );
         assert!(out.contains("`a\\|b'c`"), "{out}");
         assert!(
+            out.contains("| `demo/.requests/r1.yaml` | pending | `team-c/db` | `0123456789ab` | Ada &lt;ada@example.com> in `feedfacefeed` | bad rotation |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| `demo/.requests/r2.yaml` | **refused**: malformed rollback request: it names no Secret |"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "<summary>What <code>demo/.requests/r1.yaml</code> writes: 1 to update</summary>"
+            ),
+            "{out}"
+        );
+        assert!(
             out.contains("| `ns/legacy` | `DB_PASSWORD` | `DB.PASSWORD` |"),
             "{out}"
         );
@@ -502,6 +640,17 @@ mod tests {
         assert_eq!(v["conflicts"][0]["sources"][1]["name"], "ns/app/DB_PASS");
         assert_eq!(v["respelled"][0]["existing"], "DB.PASSWORD");
         assert_eq!(v["kubestash_v2"][0]["taken_over"], false);
+        assert_eq!(v["requests"][0]["state"], "pending");
+        assert_eq!(v["requests"][0]["secrets"][0], "team-c/db");
+        assert_eq!(
+            v["requests"][0]["changes"][0]["keys"]["changed"][0],
+            "PASSWORD"
+        );
+        assert_eq!(
+            v["requests"][1]["refusal"],
+            "malformed rollback request: it names no Secret"
+        );
+        assert_eq!(v["summary"]["requests"], 2);
         let schema: Value = serde_json::from_str(PLAN_SCHEMA).unwrap();
         assert_eq!(schema["properties"]["schema"]["const"], PLAN_SCHEMA_ID);
     }

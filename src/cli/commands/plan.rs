@@ -9,10 +9,11 @@ use anyhow::{Context, Result};
 
 use super::Output;
 use crate::cli::args::Common;
-use crate::cli::setup::{required_identities, required_store};
+use crate::cli::setup::{identities, required_identities, required_store};
 use crate::plan::{Action, Plan};
 use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, markdown};
+use crate::requests::plan_requests;
 
 /// The `plan` command's own flags.
 pub(in crate::cli) struct PlanOptions {
@@ -36,7 +37,15 @@ pub(in crate::cli) async fn execute(
             let secrets = store.desired(&commit.id, &[], &required_identities(common)?)?;
             reconciler.plan_snapshot(secrets).await?
         }
-        None => reconciler.plan().await?,
+        None => {
+            let mut planned = reconciler.plan().await?;
+            // A checkout holding rollback requests: what merging them does.
+            if let Some(store) = reconciler.snapshots() {
+                planned.plan.requests =
+                    plan_requests(reconciler, store.clone(), None, identities(common)?).await?;
+            }
+            planned
+        }
     };
     let plan = &planned.plan;
     let sized = |max_bytes| match options.format {

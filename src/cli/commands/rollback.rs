@@ -7,8 +7,12 @@ use super::Output;
 use crate::cli::args::Common;
 use crate::cli::setup::{required_identities, required_store};
 use crate::manifest::SecretRef;
+use crate::plan::Plan;
 use crate::reconcile::Reconciler;
-use crate::render::Format;
+use crate::render::{self, Format};
+use crate::requests::plan_requests;
+use crate::snapshot::remote::RemoteUrl;
+use crate::snapshot::request::RollbackRequest;
 
 pub(in crate::cli) async fn execute(
     common: &Common,
@@ -46,5 +50,96 @@ pub(in crate::cli) async fn unpin(reconciler: &Reconciler, secrets: &[SecretRef]
             missing.join(", ")
         );
     }
+    Ok(0)
+}
+
+/// `rollback --propose`'s request.
+pub(in crate::cli) struct Proposal {
+    pub rev: String,
+    pub secrets: Vec<SecretRef>,
+    pub branch: Option<String>,
+    pub reason: String,
+}
+
+/// Writes a rollback request on a new branch, pushes it, and prints what
+/// merging it would change (markdown, for the pull request). Every file it
+/// restores is decrypted and its MAC checked first: a request that the
+/// loop would refuse is not proposed.
+pub(in crate::cli) async fn propose(
+    common: &Common,
+    reconciler: &Reconciler,
+    out: &Output,
+    proposal: Proposal,
+) -> Result<u8> {
+    if common.snapshot_remote.is_none() {
+        bail!(
+            "--propose pushes a branch for review: give --snapshot-remote (or CREDSYNC_SNAPSHOT_REMOTE)"
+        );
+    }
+    let store = required_store(common)?;
+    let identities = required_identities(common)?;
+    store.fetch()?;
+    let commit = store.resolve(&proposal.rev)?;
+    let restored = store.desired(&commit.id, &proposal.secrets, &identities)?;
+    let request = RollbackRequest {
+        revision: commit.id.clone(),
+        secrets: restored.keys().cloned().collect(),
+        reason: proposal.reason.trim().to_owned(),
+    };
+    // The same checks the loop makes on the file it will read.
+    let request = RollbackRequest::parse(&request.render())?;
+    for secret in &request.secrets {
+        if let Some(why) = reconciler.namespace_refusal(&secret.namespace) {
+            bail!(
+                "{secret} is outside the namespaces credsync writes ({why}): the loop would refuse this request"
+            );
+        }
+    }
+    let now = chrono::Utc::now();
+    let branch = proposal.branch.unwrap_or_else(|| {
+        format!(
+            "credsync/rollback-{}-{}",
+            &request.revision[..12],
+            now.format("%Y%m%d%H%M%S")
+        )
+    });
+    let proposed = store.propose(&request, &branch, &request.file_name(now))?;
+    let views = plan_requests(
+        reconciler,
+        store.clone(),
+        Some(proposed.commit.clone()),
+        Some(identities),
+    )
+    .await?;
+    let plan = Plan {
+        requests: views
+            .into_iter()
+            .filter(|v| v.file == proposed.path)
+            .collect(),
+        ..Plan::default()
+    };
+    if let Some(refused) = plan.requests.iter().find_map(|v| v.refusal.as_deref()) {
+        eprintln!("warning: the loop would refuse this request: {refused}");
+    }
+    eprintln!(
+        "pushed branch {} (request {}, commit {}) to {}; open a pull request into {}: once merged, the loop applies it",
+        proposed.branch,
+        proposed.path,
+        &proposed.commit[..12],
+        common
+            .snapshot_remote
+            .as_deref()
+            .map(RemoteUrl::parse)
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        crate::snapshot::BRANCH,
+    );
+    out.print(&render::render(
+        &plan,
+        None,
+        &out.heading,
+        Format::Markdown,
+        false,
+    ));
     Ok(0)
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use super::Output;
 use crate::cli::args::{Common, RunArgs};
 use crate::cli::config::{Settings, run_config};
+use crate::cli::setup::identities;
 use crate::reconcile::Reconciler;
 
 /// `--print-config`: the settings `run` would use, without building anything.
@@ -21,7 +22,12 @@ pub(in crate::cli) async fn execute(
     out: Output,
 ) -> Result<u8> {
     let settings = Settings::resolve(common, &args)?;
-    let config = run_config(args, settings)?;
+    if common.snapshot_remote.is_some() && common.age_identity.is_none() {
+        tracing::warn!(
+            "rollback requests are not followed: give --age-identity so their snapshot files can be checked"
+        );
+    }
+    let config = run_config(args, settings, identities(common)?)?;
     crate::run::run(reconciler, config, out.heading).await?;
     Ok(0)
 }

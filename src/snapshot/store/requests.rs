@@ -136,6 +136,19 @@ impl SnapshotStore {
         })
     }
 
+    /// Fetches the followed branch from the remote, so revisions pushed by
+    /// others resolve; nothing local moves. Without a remote, nothing.
+    pub fn fetch(&self) -> Result<(), SnapshotError> {
+        let Some(config) = &self.config.remote else {
+            return Ok(());
+        };
+        self.with_repo(|repo| {
+            remote::fetch(repo, config)
+                .map(|_| ())
+                .map_err(|e| self.err(&format!("fetching {}", config.url), e))
+        })
+    }
+
     /// Writes `request` as a new file on a new branch built on the
     /// followed branch (the remote's, fetched first, when there is a
     /// remote) and pushes that branch. Nothing else moves.
