@@ -157,6 +157,9 @@ pub struct Pinned {
     pub commit: String,
     /// Whether the table now wants something else for it.
     pub differs_from_table: bool,
+    /// The rollback request (`path@commit`) that pinned it: removing that
+    /// file, not `credsync unpin`, hands it back.
+    pub request: Option<String>,
 }
 
 /// A failed item as the plan shows it.
@@ -257,6 +260,7 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
                 secret: secret.clone(),
                 commit,
                 differs_from_table: differs,
+                request: live_secret.and_then(|l| l.pinned_by_request.clone()),
             });
             continue;
         }
@@ -631,7 +635,8 @@ mod tests {
             [Pinned {
                 secret: sref(),
                 commit: "abc123".into(),
-                differs_from_table: true
+                differs_from_table: true,
+                request: None,
             }]
         );
     }

@@ -308,8 +308,8 @@ impl Follower {
         for (index, approved) in assessment.approved {
             retry |= !self.apply(reconciler, approved, &mut views[index]).await;
         }
+        reconciler.set_requests(views.clone());
         self.report_refusals(reconciler, &views).await;
-        reconciler.set_requests(views);
         // Our own rollback commits moved HEAD: the next poll reads them.
         self.seen_head = if retry { None } else { head };
         Ok(())

@@ -359,7 +359,7 @@ fn findings(b: &mut Budget, plan: &Plan) {
         })
         .collect();
     b.table(
-        "**Pinned by a rollback** (left alone until `credsync unpin`):\n\n| Secret | Snapshot | Table |\n|---|---|---|\n",
+        "**Pinned by a rollback** (left alone until `credsync unpin`, or until the rollback request that pinned it is removed):\n\n| Secret | Snapshot | Table |\n|---|---|---|\n",
         pinned,
         "\n",
         false,

@@ -190,13 +190,21 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
         } else {
             "table agrees"
         };
+        let resume = match &p.request {
+            Some(request) => format!(
+                "remove {} (or revert its merge) to resume",
+                request
+                    .split_once('@')
+                    .map_or(request.as_str(), |(file, _)| file)
+            ),
+            None => format!("`credsync unpin {}` to resume", p.secret),
+        };
         let _ = writeln!(
             out,
-            "  {} {:width$}  rolled back to {}; {state}; `credsync unpin {}` to resume",
+            "  {} {:width$}  rolled back to {}; {state}; {resume}",
             paint("36", "= pinned "),
             p.secret.to_string(),
             &p.commit[..p.commit.len().min(12)],
-            p.secret
         );
     }
     // One line per finding: its mark, what it is about, what it means.
@@ -416,6 +424,7 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "name": p.secret.name,
             "commit": p.commit,
             "differs_from_table": p.differs_from_table,
+            "request": p.request,
         })).collect::<Vec<_>>(),
         "restarts": plan.restarts,
         "kubestash_v2": plan.kubestash_v2.iter().map(|k| json!({
@@ -502,6 +511,7 @@ mod tests {
                 secret: SecretRef::new("ns", "rolled"),
                 commit: "0123456789abcdef".into(),
                 differs_from_table: true,
+                request: None,
             }],
             restarts: vec![],
             kubestash_v2: vec![crate::plan::KubestashV2Secret {

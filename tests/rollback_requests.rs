@@ -1,0 +1,502 @@
+//! Rollbacks by pull request, end to end on the real API server with a bare
+//! git remote and the real git CLI: `rollback --propose` pushes a request
+//! and prints its plan, `plan` on the branch shows it, a merge makes the
+//! running loop restore and pin the Secret (a commit naming the request's
+//! author), a revert unpins it and the table's value returns, and tampered
+//! or malformed requests are refused and reported.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::daemon::{Daemon, eventually, http, metric, reconciled};
+use support::path_str;
+use support::snap::Snap;
+
+const PINNED: &str = "credsync.io/pinned";
+const PINNED_BY_REQUEST: &str = "credsync.io/pinned-by-request";
+
+struct Flow {
+    s: Snap,
+    remote: PathBuf,
+    /// A clone people review and merge in, with the real git CLI.
+    review: PathBuf,
+}
+
+impl Flow {
+    fn with_remote(&self, command: &[&str]) -> support::Run {
+        let mut args = vec!["--snapshot-remote", path_str(&self.remote)];
+        args.extend_from_slice(command);
+        self.s.run(&args)
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        self.s.env.git(&self.review, args)
+    }
+
+    /// git as a person with a name, as a merge on a forge records it.
+    fn git_as(&self, who: &str, args: &[&str]) -> String {
+        let name = format!("user.name={who}");
+        let email = format!("user.email={}@example.com", who.to_lowercase());
+        let mut all = vec!["-c", name.as_str(), "-c", email.as_str()];
+        all.extend_from_slice(args);
+        self.git(&all)
+    }
+
+    fn daemon(&self, loop_repo: &Path) -> Daemon {
+        self.s.env.daemon(
+            &[
+                "--cluster-name",
+                "test",
+                "--snapshot-repo",
+                path_str(loop_repo),
+                "--snapshot-remote",
+                path_str(&self.remote),
+                "--age-recipient",
+                &self.s.recipient,
+                "--age-identity",
+                path_str(&self.s.identity),
+                "--request-poll-interval",
+                "1s",
+                "--no-stream",
+                "--insecure-no-auth",
+                // /plan is cached this long: the test reads it fresh.
+                "--sync-rate-limit",
+                "1ms",
+            ],
+            &[],
+        )
+    }
+
+    fn metrics(&self, daemon: &Daemon) -> String {
+        http(daemon.port, "GET", "/metrics", None).1
+    }
+
+    fn remote_log(&self) -> String {
+        self.s
+            .env
+            .git(&self.remote, &["log", "--format=%H %an%n%B%n--", "main"])
+    }
+}
+
+async fn annotations(s: &Snap) -> std::collections::BTreeMap<String, String> {
+    annotations_of(s, "api").await
+}
+
+async fn annotations_of(s: &Snap, name: &str) -> std::collections::BTreeMap<String, String> {
+    s.env
+        .secret("app", name)
+        .await
+        .and_then(|secret| secret.metadata.annotations)
+        .unwrap_or_default()
+}
+
+async fn token(s: &Snap) -> Vec<u8> {
+    s.env.secret_data("app", "api").await.unwrap()["TOKEN"].clone()
+}
+
+#[tokio::test]
+async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
+    let s = Snap::start(&["app"]).await;
+    let dir = s.env.dir.path().to_owned();
+    let remote = dir.join("remote.git");
+    s.env.git(
+        &dir,
+        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
+    );
+    let flow = Flow {
+        s,
+        remote,
+        review: dir.join("review"),
+    };
+    let s = &flow.s;
+    let with_remote = |command: &[&str]| flow.with_remote(command);
+    s.env.put("app/api/token", "token-version-one");
+    s.env.put("app/web/key", "web-value-one");
+    assert_eq!(with_remote(&["sync"]).code, 0);
+    let v1 = s.head();
+    s.env.put("app/api/token", "token-version-two");
+    assert_eq!(with_remote(&["sync"]).code, 0);
+    s.env.git(
+        &dir,
+        &[
+            "clone",
+            "-q",
+            path_str(&flow.remote),
+            path_str(&flow.review),
+        ],
+    );
+
+    // The loop runs in its own clone, as a pod would.
+    let loop_repo = dir.join("loop");
+    let daemon = flow.daemon(&loop_repo);
+    assert!(
+        reconciled(daemon.port).await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    assert_eq!(token(s).await, b"token-version-two");
+
+    // 1. Propose: a request on a new branch, pushed, and its plan in markdown.
+    s.git(&["config", "user.name", "Ada Lovelace"]);
+    s.git(&["config", "user.email", "ada@example.com"]);
+    let proposed = with_remote(&[
+        "rollback",
+        &v1,
+        "--secret",
+        "app/api",
+        "--propose",
+        "--branch",
+        "rollback-api",
+        "--reason",
+        "token two broke the logins",
+    ]);
+    assert_eq!(proposed.code, 0, "{}", proposed.stderr);
+    assert!(
+        proposed.stderr.contains("pushed branch rollback-api"),
+        "{}",
+        proposed.stderr
+    );
+    let body = &proposed.stdout;
+    assert!(
+        body.starts_with("<!-- credsync-plan cluster=\"test\" -->"),
+        "{body}"
+    );
+    assert!(body.contains("1 rollback request(s) to apply"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "| pending | `app/api` | `{}` | Ada Lovelace &lt;ada@example.com>",
+            &v1[..12]
+        )),
+        "{body}"
+    );
+    assert!(body.contains("token two broke the logins"), "{body}");
+    assert!(
+        body.contains("| update | `app/api` |  | `TOKEN` |  |"),
+        "the details name the changed key: {body}"
+    );
+    s.env.assert_no_value_in(body, "the proposed plan");
+    // Nothing applied, nothing on main.
+    assert_eq!(token(s).await, b"token-version-two");
+    let request_files = s.env.git(
+        &flow.remote,
+        &["ls-tree", "-r", "--name-only", "rollback-api"],
+    );
+    let request_file = request_files
+        .lines()
+        .find(|f| f.starts_with("test/.requests/"))
+        .unwrap_or_else(|| panic!("{request_files}"))
+        .to_owned();
+    let main_files = s
+        .env
+        .git(&flow.remote, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(!main_files.contains(".requests"), "{main_files}");
+    let request_text = s.env.git(
+        &flow.remote,
+        &["show", &format!("rollback-api:{request_file}")],
+    );
+    assert!(
+        request_text.contains(&v1) && request_text.contains("app/api"),
+        "{request_text}"
+    );
+    let request_commit = s
+        .env
+        .git(&flow.remote, &["rev-parse", "rollback-api"])
+        .trim()
+        .to_owned();
+
+    // A request on a branch the loop does not follow counts for nothing.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metric(&flow.metrics(&daemon), "credsync_snapshot_remote_up") == 1.0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(token(s).await, b"token-version-two");
+
+    // 2. `plan` on a checkout of the branch (as CI runs it) shows the request.
+    flow.git(&["fetch", "-q", "origin"]);
+    flow.git(&["checkout", "-q", "rollback-api"]);
+    let review_args = |format: &str| {
+        vec![
+            "--cluster-name".to_owned(),
+            "test".to_owned(),
+            "--snapshot-repo".to_owned(),
+            path_str(&flow.review).to_owned(),
+            "--age-identity".to_owned(),
+            path_str(&s.identity).to_owned(),
+            "plan".to_owned(),
+            "--format".to_owned(),
+            format.to_owned(),
+        ]
+    };
+    let run = |format: &str| {
+        let args = review_args(format);
+        s.env
+            .credsync(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let json = run("json");
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(plan["summary"]["has_changes"], true, "{}", json.stdout);
+    let request = &plan["requests"][0];
+    assert_eq!(request["state"], "pending", "{}", json.stdout);
+    assert_eq!(request["file"], request_file.as_str());
+    assert_eq!(request["author"], "Ada Lovelace <ada@example.com>");
+    assert_eq!(request["changes"][0]["keys"]["changed"][0], "TOKEN");
+    let text = run("text");
+    let squeezed = text.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        squeezed.contains(&format!("to apply: restores app/api from {}", &v1[..12])),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        squeezed.contains("update app/api ~TOKEN (pinned)"),
+        "{}",
+        text.stdout
+    );
+    let markdown = run("markdown");
+    assert!(
+        markdown.stdout.contains("**Rollback requests**"),
+        "{}",
+        markdown.stdout
+    );
+
+    // 3. Merge it with git, as a forge's merge button does.
+    flow.git(&["checkout", "-q", "main"]);
+    flow.git(&["pull", "-q", "origin", "main"]);
+    flow.git_as(
+        "Grace",
+        &[
+            "merge",
+            "-q",
+            "--no-ff",
+            "rollback-api",
+            "-m",
+            "Merge pull request #1",
+        ],
+    );
+    flow.git(&["push", "-q", "origin", "main"]);
+    let merge = flow.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            token(s).await == b"token-version-one"
+        })
+        .await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    let pins = annotations(s).await;
+    assert_eq!(pins.get(PINNED), Some(&v1), "{pins:?}");
+    assert_eq!(
+        pins.get(PINNED_BY_REQUEST),
+        Some(&format!("{request_file}@{request_commit}")),
+        "{pins:?}"
+    );
+    // The rollback commit, pushed, names the request's commit and author.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            flow.remote_log()
+                .contains("credsync: roll back 1 Secret(s)")
+        })
+        .await,
+        "{}",
+        flow.remote_log()
+    );
+    let log = flow.remote_log();
+    assert!(log.contains("by Ada Lovelace <ada@example.com>"), "{log}");
+    assert!(
+        log.contains(&format!("Credsync-Request-Commit: {request_commit}")),
+        "{log}"
+    );
+    assert_eq!(
+        metric(
+            &flow.metrics(&daemon),
+            "credsync_rollback_requests_total{outcome=\"applied\"}"
+        ),
+        1.0
+    );
+
+    // Applied once: a restart (a new leader, say) does not apply it again.
+    let rollbacks = log.matches("credsync: roll back").count();
+    drop(daemon);
+    let daemon = flow.daemon(&dir.join("loop-after-restart"));
+    assert!(
+        reconciled(daemon.port).await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metric(&flow.metrics(&daemon), "credsync_snapshot_remote_up") == 1.0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = flow.metrics(&daemon);
+    assert_eq!(
+        metric(
+            &metrics,
+            "credsync_rollback_requests_total{outcome=\"applied\"}"
+        ),
+        0.0,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    assert_eq!(
+        flow.remote_log().matches("credsync: roll back").count(),
+        rollbacks
+    );
+    assert_eq!(
+        token(s).await,
+        b"token-version-one",
+        "the pin holds through the restart's reconcile"
+    );
+    let (code, plan) = http(daemon.port, "GET", "/plan?format=json", None);
+    assert_eq!(code, 200, "{plan}");
+    let plan = &plan[plan.find('{').unwrap()..];
+    let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
+    assert_eq!(plan["requests"][0]["state"], "applied", "{plan}");
+
+    // 4. A tampered snapshot file and a malformed request: both refused,
+    // reported, nothing applied; the loop goes on.
+    flow.git(&["pull", "-q", "origin", "main"]);
+    let file = flow.review.join("test/app/web.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    // One character of the ciphertext: the MAC no longer matches.
+    let enc = "ENC[AES256_GCM,data:";
+    let at = original.find(enc).unwrap() + enc.len();
+    let flipped = if &original[at..at + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    std::fs::write(
+        &file,
+        format!("{}{flipped}{}", &original[..at], &original[at + 1..]),
+    )
+    .unwrap();
+    flow.git_as("Mallory", &["commit", "-qam", "an innocent-looking edit"]);
+    let tampered = flow.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    flow.git_as("Mallory", &["revert", "--no-edit", "HEAD"]);
+    std::fs::write(
+        flow.review.join("test/.requests/tampered.yaml"),
+        format!(
+            "kind: RollbackRequest\nrevision: {tampered}\nsecrets: [app/web]\nreason: looks fine\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        flow.review.join("test/.requests/broken.yaml"),
+        "kind: RollbackRequest\nrevision: main\nsecrets: [app/web]\n",
+    )
+    .unwrap();
+    flow.git(&["add", "-A"]);
+    flow.git_as("Mallory", &["commit", "-qm", "two more rollbacks"]);
+    flow.git(&["push", "-q", "origin", "main"]);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            metric(&flow.metrics(&daemon), "credsync_rollback_requests_refused") == 2.0
+        })
+        .await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    let metrics = flow.metrics(&daemon);
+    assert_eq!(
+        metric(
+            &metrics,
+            "credsync_rollback_requests_total{outcome=\"refused\"}"
+        ),
+        2.0
+    );
+    let log = s.env.daemon_log(&daemon);
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rollback request refused"))
+        .collect();
+    assert_eq!(refused.len(), 2, "each refusal is logged once: {log}");
+    assert!(
+        refused.iter().any(|l| l.contains("tampered.yaml")
+            && l.contains("test/app/web.yaml")
+            && l.contains("MAC")),
+        "{log}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("broken.yaml") && l.contains("not a full commit id")),
+        "{log}"
+    );
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(s.env.kube().await, "app");
+    let warnings: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RollbackRefused"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        warnings.iter().any(|n| n.contains("tampered.yaml")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        s.env.secret_data("app", "web").await.unwrap()["KEY"],
+        b"web-value-one",
+        "nothing of it applied"
+    );
+    assert!(annotations_of(s, "web").await.get(PINNED).is_none());
+    let (_, plan) = http(daemon.port, "GET", "/plan?format=text", None);
+    assert!(
+        plan.contains("x request test/.requests/tampered.yaml"),
+        "{plan}\n{}",
+        s.env.daemon_log(&daemon)
+    );
+    assert!(
+        plan.contains("x request test/.requests/broken.yaml"),
+        "{plan}"
+    );
+
+    // 5. Revert the merge: the loop unpins and the table's value returns.
+    flow.git(&["pull", "-q", "origin", "main"]);
+    flow.git(&[
+        "rm",
+        "-q",
+        "test/.requests/tampered.yaml",
+        "test/.requests/broken.yaml",
+    ]);
+    flow.git_as("Grace", &["commit", "-qm", "drop the refused requests"]);
+    flow.git_as("Grace", &["revert", "--no-edit", "-m", "1", &merge]);
+    flow.git(&["push", "-q", "origin", "main"]);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            token(s).await == b"token-version-two"
+        })
+        .await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    let pins = annotations(s).await;
+    assert!(
+        !pins.contains_key(PINNED) && !pins.contains_key(PINNED_BY_REQUEST),
+        "{pins:?}"
+    );
+    let metrics = flow.metrics(&daemon);
+    assert_eq!(
+        metric(
+            &metrics,
+            "credsync_rollback_requests_total{outcome=\"released\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "credsync_rollback_requests_refused"), 0.0);
+    s.env
+        .assert_no_value_in(&flow.remote_log(), "the remote's commit messages");
+    s.env.daemon_log(&daemon);
+}
