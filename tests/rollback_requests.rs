@@ -361,8 +361,10 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
     assert_eq!(plan["requests"][0]["state"], "applied", "{plan}");
 
-    // 4. A tampered snapshot file and a malformed request: both refused,
-    // reported, nothing applied; the loop goes on.
+    // 4. Requests that cannot be honoured (a tampered snapshot file, a
+    // malformed file, an unknown revision, a namespace credsync does not
+    // write, a Secret another request pins, two requests for one Secret):
+    // each refused and reported, nothing applied; the loop goes on.
     flow.git(&["pull", "-q", "origin", "main"]);
     let file = flow.review.join("test/app/web.yaml");
     let original = std::fs::read_to_string(&file).unwrap();
@@ -382,54 +384,103 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     flow.git_as("Mallory", &["commit", "-qam", "an innocent-looking edit"]);
     let tampered = flow.git(&["rev-parse", "HEAD"]).trim().to_owned();
     flow.git_as("Mallory", &["revert", "--no-edit", "HEAD"]);
-    std::fs::write(
-        flow.review.join("test/.requests/tampered.yaml"),
-        format!(
-            "kind: RollbackRequest\nrevision: {tampered}\nsecrets: [app/web]\nreason: looks fine\n"
+    // Every kind of request the loop must refuse, each with the words its
+    // refusal must say.
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    let refusals = [
+        (
+            "tampered.yaml",
+            format!("revision: {tampered}\nsecrets: [app/web]"),
+            "MAC",
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        flow.review.join("test/.requests/broken.yaml"),
-        "kind: RollbackRequest\nrevision: main\nsecrets: [app/web]\n",
-    )
-    .unwrap();
+        (
+            "broken.yaml",
+            "revision: main\nsecrets: [app/web]".to_owned(),
+            "not a full commit id",
+        ),
+        (
+            "unknown.yaml",
+            format!("revision: {unknown}\nsecrets: [app/old]"),
+            "unknown revision",
+        ),
+        (
+            "outside.yaml",
+            format!("revision: {v1}\nsecrets: [kube-system/web]"),
+            "outside the namespaces",
+        ),
+        (
+            "again.yaml",
+            format!("revision: {v1}\nsecrets: [app/api]"),
+            "is pinned by request",
+        ),
+        (
+            "dup-1.yaml",
+            format!("revision: {v1}\nsecrets: [app/cache]"),
+            "also named by test/.requests/dup-2.yaml",
+        ),
+        (
+            "dup-2.yaml",
+            format!("revision: {v1}\nsecrets: [app/cache]"),
+            "also named by test/.requests/dup-1.yaml",
+        ),
+    ];
+    for (file, body, _) in &refusals {
+        std::fs::write(
+            flow.review.join("test/.requests").join(file),
+            format!("kind: RollbackRequest\n{body}\nreason: looks fine\n"),
+        )
+        .unwrap();
+    }
     flow.git(&["add", "-A"]);
-    flow.git_as("Mallory", &["commit", "-qm", "two more rollbacks"]);
+    flow.git_as("Mallory", &["commit", "-qm", "more rollbacks"]);
     flow.git(&["push", "-q", "origin", "main"]);
+    let count = refusals.len() as f64;
     assert!(
         eventually(Duration::from_secs(30), || async {
-            metric(&flow.metrics(&daemon), "credsync_rollback_requests_refused") == 2.0
+            metric(&flow.metrics(&daemon), "credsync_rollback_requests_refused") == count
         })
         .await,
         "{}",
         s.env.daemon_log(&daemon)
     );
+    // The loop went on: more polls, and still one refusal counted each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = flow.metrics(&daemon);
     assert_eq!(
         metric(
             &metrics,
             "credsync_rollback_requests_total{outcome=\"refused\"}"
         ),
-        2.0
+        count
     );
     let log = s.env.daemon_log(&daemon);
     let refused: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("rollback request refused"))
         .collect();
-    assert_eq!(refused.len(), 2, "each refusal is logged once: {log}");
-    assert!(
-        refused.iter().any(|l| l.contains("tampered.yaml")
-            && l.contains("test/app/web.yaml")
-            && l.contains("MAC")),
-        "{log}"
+    assert_eq!(
+        refused.len(),
+        refusals.len(),
+        "each refusal is logged once: {log}"
     );
+    let (_, plan) = http(daemon.port, "GET", "/plan?format=text", None);
+    for (file, _, words) in &refusals {
+        assert!(
+            refused
+                .iter()
+                .any(|l| l.contains(*file) && l.contains(words)),
+            "{file}: {words}\n{log}"
+        );
+        assert!(
+            plan.contains(&format!(
+                "x request test/.requests/{file}  refused, nothing applied:"
+            )),
+            "{file}\n{plan}"
+        );
+    }
     assert!(
-        refused
-            .iter()
-            .any(|l| l.contains("broken.yaml") && l.contains("not a full commit id")),
-        "{log}"
+        refused.iter().any(|l| l.contains("test/app/web.yaml")),
+        "the tampered file is named: {log}"
     );
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(s.env.kube().await, "app");
@@ -452,25 +503,12 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         "nothing of it applied"
     );
     assert!(annotations_of(s, "web").await.get(PINNED).is_none());
-    let (_, plan) = http(daemon.port, "GET", "/plan?format=text", None);
-    assert!(
-        plan.contains("x request test/.requests/tampered.yaml"),
-        "{plan}\n{}",
-        s.env.daemon_log(&daemon)
-    );
-    assert!(
-        plan.contains("x request test/.requests/broken.yaml"),
-        "{plan}"
-    );
 
     // 5. Revert the merge: the loop unpins and the table's value returns.
     flow.git(&["pull", "-q", "origin", "main"]);
-    flow.git(&[
-        "rm",
-        "-q",
-        "test/.requests/tampered.yaml",
-        "test/.requests/broken.yaml",
-    ]);
+    for (file, _, _) in &refusals {
+        flow.git(&["rm", "-q", &format!("test/.requests/{file}")]);
+    }
     flow.git_as("Grace", &["commit", "-qm", "drop the refused requests"]);
     flow.git_as("Grace", &["revert", "--no-edit", "-m", "1", &merge]);
     flow.git(&["push", "-q", "origin", "main"]);
