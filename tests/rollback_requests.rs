@@ -538,3 +538,144 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         .assert_no_value_in(&flow.remote_log(), "the remote's commit messages");
     s.env.daemon_log(&daemon);
 }
+
+#[tokio::test]
+async fn an_unreachable_remote_stops_only_the_requests() {
+    let s = Snap::start(&["app"]).await;
+    let dir = s.env.dir.path().to_owned();
+    let remote = dir.join("remote.git");
+    s.env.git(
+        &dir,
+        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
+    );
+    let flow = Flow {
+        s,
+        remote,
+        review: dir.join("review"),
+    };
+    let s = &flow.s;
+    s.env.put("app/api/token", "token-before-outage");
+    assert_eq!(flow.with_remote(&["sync"]).code, 0);
+    let daemon = flow.daemon(&dir.join("loop"));
+    assert!(
+        reconciled(daemon.port).await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    let up = |value: f64| {
+        let flow = &flow;
+        let daemon = &daemon;
+        async move {
+            eventually(Duration::from_secs(20), || async {
+                metric(&flow.metrics(daemon), "credsync_snapshot_remote_up") == value
+            })
+            .await
+        }
+    };
+    assert!(up(1.0).await);
+
+    // The remote goes away: reported once, and the table still reaches the cluster.
+    let moved = dir.join("remote-moved.git");
+    std::fs::rename(&flow.remote, &moved).unwrap();
+    assert!(up(0.0).await, "{}", s.env.daemon_log(&daemon));
+    s.env.put("app/api/token", "token-during-outage");
+    assert_eq!(http(daemon.port, "POST", "/sync", None).0, 202);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            token(s).await == b"token-during-outage"
+        })
+        .await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = s.env.daemon_log(&daemon);
+    assert_eq!(
+        log.matches("the snapshot remote cannot be read").count(),
+        1,
+        "reported when it starts, not at every poll: {log}"
+    );
+
+    // Back: reported, and the snapshot made meanwhile is pushed.
+    std::fs::rename(&moved, &flow.remote).unwrap();
+    assert!(up(1.0).await, "{}", s.env.daemon_log(&daemon));
+    assert!(
+        s.env
+            .daemon_log(&daemon)
+            .contains("the snapshot remote answers again")
+    );
+    let pushed = s.env.git(&flow.remote, &["show", "main:test/app/api.yaml"]);
+    assert!(
+        pushed.contains("TOKEN=app/api/token@0000000000000000002"),
+        "{pushed}"
+    );
+}
+
+#[tokio::test]
+async fn a_proposal_that_cannot_work_is_refused_before_anything_is_pushed() {
+    let s = Snap::start(&["app"]).await;
+    let dir = s.env.dir.path().to_owned();
+    let remote = dir.join("remote.git");
+    s.env.git(
+        &dir,
+        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
+    );
+    let flow = Flow {
+        s,
+        remote,
+        review: dir.join("review"),
+    };
+    let s = &flow.s;
+    s.env.put("app/api/token", "token-version-one");
+    assert_eq!(flow.with_remote(&["sync"]).code, 0);
+    let v1 = s.head();
+    let branches = || s.env.git(&flow.remote, &["branch", "--list"]);
+    let before = branches();
+
+    let cases: [(Vec<&str>, &str, bool); 5] = [
+        (
+            vec!["rollback", &v1, "--propose"],
+            "--propose pushes a branch for review: give --snapshot-remote",
+            false,
+        ),
+        (
+            vec!["rollback", "no-such-rev", "--propose"],
+            "unknown revision 'no-such-rev'",
+            true,
+        ),
+        (
+            vec!["rollback", &v1, "--propose", "--branch", "main"],
+            "not a branch name a proposal can use",
+            true,
+        ),
+        (
+            vec!["rollback", &v1, "--propose", "--secret", "app/nothing"],
+            "app/nothing",
+            true,
+        ),
+        (
+            vec!["rollback", &v1, "--propose", "--dry-run"],
+            "cannot be used with",
+            true,
+        ),
+    ];
+    for (args, expected, with_remote) in cases {
+        let run = if with_remote {
+            flow.with_remote(&args)
+        } else {
+            s.run(&args)
+        };
+        assert_ne!(run.code, 0, "{args:?}");
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+        assert_eq!(branches(), before, "{args:?} pushed nothing");
+    }
+
+    // A branch that exists already is not overwritten.
+    let first = flow.with_remote(&["rollback", &v1, "--propose", "--branch", "roll"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let pushed = s.env.git(&flow.remote, &["rev-parse", "roll"]);
+    let again = flow.with_remote(&["rollback", &v1, "--propose", "--branch", "roll"]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("roll"), "{}", again.stderr);
+    assert_eq!(s.env.git(&flow.remote, &["rev-parse", "roll"]), pushed);
+}
