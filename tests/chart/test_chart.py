@@ -448,6 +448,11 @@ def test_credsync_accepts_the_rendered_environment(variant, tmp_path):
     assert printed["age_recipients"] == (snapshot["ageRecipients"] if snapshot["enabled"] else [])
     assert printed["snapshot_remote"] == (snapshot["remote"] or None if snapshot["enabled"] else None)
     assert printed["age_identity"] == ("set" if snapshot["enabled"] and snapshot["ageIdentitySecret"]["name"] else "unset")
+    # Rollback requests are followed with a remote and an identity to check them with.
+    follows = snapshot["enabled"] and snapshot["remote"] and snapshot["ageIdentitySecret"]["name"]
+    assert (printed["request_poll_interval"] is not None) == bool(follows)
+    if follows:
+        assert seconds(printed["request_poll_interval"]) == seconds(snapshot["requestPollInterval"])
     # The pod's terminationGracePeriodSeconds leaves credsync its --grace.
     grace_period = only(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace_period > seconds(cfg["grace"])

@@ -240,6 +240,8 @@ app.kubernetes.io/component: controller
 {{- with .Values.snapshot.remote }}
 - name: CREDSYNC_SNAPSHOT_REMOTE
   value: {{ . | quote }}
+- name: CREDSYNC_REQUEST_POLL_INTERVAL
+  value: {{ $.Values.snapshot.requestPollInterval | quote }}
 {{- end }}
 {{- if .Values.snapshot.sshKeySecret.name }}
 - name: CREDSYNC_SNAPSHOT_SSH_KEY
