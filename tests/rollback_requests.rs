@@ -237,8 +237,20 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         s.env
             .credsync(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    let json = run("json");
+    let outputs = dir.join("github-output");
+    let json = {
+        let args = review_args("json");
+        s.env.credsync_env(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[("GITHUB_OUTPUT", path_str(&outputs))],
+        )
+    };
     assert_eq!(json.code, 0, "{}", json.stderr);
+    let outputs = std::fs::read_to_string(&outputs).unwrap();
+    assert!(
+        outputs.contains("has_changes=true\n") && outputs.contains("requests_pending=1\n"),
+        "{outputs}"
+    );
     let plan: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(plan["summary"]["has_changes"], true, "{}", json.stdout);
     let request = &plan["requests"][0];

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use super::Output;
 use crate::cli::args::Common;
 use crate::cli::setup::{identities, required_identities, required_store};
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, Plan, RequestState};
 use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, markdown};
 use crate::requests::plan_requests;
@@ -75,7 +75,8 @@ pub(in crate::cli) async fn execute(
 
 /// GitHub Actions' conventions: the markdown plan appended to the job's
 /// summary (`GITHUB_STEP_SUMMARY`), and `has_changes`, `plan_id` and the
-/// counts as step outputs (`GITHUB_OUTPUT`). Nothing outside Actions.
+/// counts (rollback requests too) as step outputs (`GITHUB_OUTPUT`).
+/// Nothing outside Actions.
 fn github(plan: &Plan, heading: &Heading, max_bytes: usize) -> Result<()> {
     if let Some(path) = env_path("GITHUB_STEP_SUMMARY") {
         let text = markdown::render(plan, None, heading, max_bytes);
@@ -83,7 +84,7 @@ fn github(plan: &Plan, heading: &Heading, max_bytes: usize) -> Result<()> {
     }
     if let Some(path) = env_path("GITHUB_OUTPUT") {
         let outputs = format!(
-            "has_changes={}\nplan_id={}\ncreate={}\nupdate={}\ndelete={}\nunchanged={}\nfailed={}\n",
+            "has_changes={}\nplan_id={}\ncreate={}\nupdate={}\ndelete={}\nunchanged={}\nfailed={}\nrequests_pending={}\nrequests_refused={}\n",
             plan.has_changes(),
             render::plan_id(plan, heading),
             plan.count(Action::Create),
@@ -91,6 +92,8 @@ fn github(plan: &Plan, heading: &Heading, max_bytes: usize) -> Result<()> {
             plan.count(Action::Delete),
             plan.unchanged,
             plan.failures.len(),
+            plan.requests_in(RequestState::Pending),
+            plan.requests_in(RequestState::Refused),
         );
         append(&path, &outputs)?;
     }
