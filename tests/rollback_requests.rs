@@ -514,7 +514,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         b"web-value-one",
         "nothing of it applied"
     );
-    assert!(annotations_of(s, "web").await.get(PINNED).is_none());
+    assert!(!annotations_of(s, "web").await.contains_key(PINNED));
 
     // 5. Revert the merge: the loop unpins and the table's value returns.
     flow.git(&["pull", "-q", "origin", "main"]);
