@@ -641,10 +641,30 @@ async fn a_proposal_that_cannot_work_is_refused_before_anything_is_pushed() {
     s.env.put("app/api/token", "token-version-one");
     assert_eq!(flow.with_remote(&["sync"]).code, 0);
     let v1 = s.head();
+    // A revision on a branch the loop does not read.
+    s.git(&["checkout", "-q", "-b", "side"]);
+    s.git(&[
+        "-c",
+        "user.name=o",
+        "-c",
+        "user.email=o@o",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "elsewhere",
+    ]);
+    let side = s.head();
+    s.git(&["checkout", "-q", "main"]);
     let branches = || s.env.git(&flow.remote, &["branch", "--list"]);
     let before = branches();
 
-    let cases: [(Vec<&str>, &str, bool); 5] = [
+    let cases: [(Vec<&str>, &str, bool); 6] = [
+        (
+            vec!["rollback", &side, "--propose"],
+            "that revision is not in main's history",
+            true,
+        ),
         (
             vec!["rollback", &v1, "--propose"],
             "--propose pushes a branch for review: give --snapshot-remote",

@@ -176,6 +176,19 @@ impl SnapshotStore {
                     .map_err(|e| self.err("reading HEAD", e))?
                     .ok_or_else(|| self.err("proposing a rollback", "the repository has no snapshot yet"))?,
             };
+            // The loop reads only its branch: a revision elsewhere would be unknown to it.
+            let revision = Oid::from_str(&request.revision)
+                .map_err(|e| self.err(&format!("reading revision {}", request.revision), e))?;
+            if revision != base.id()
+                && !repo
+                    .graph_descendant_of(base.id(), revision)
+                    .map_err(|e| self.err("walking history", e))?
+            {
+                return Err(self.err(
+                    &format!("proposing a rollback to {}", &request.revision[..12]),
+                    format!("that revision is not in {BRANCH}'s history, the only branch the loop reads: pick one `credsync history` lists"),
+                ));
+            }
             let path = format!("{}/{REQUESTS_DIR}/{file_name}", self.config.cluster);
             let base_tree = base.tree().map_err(|e| self.err("reading a tree", e))?;
             if base_tree.get_path(Path::new(&path)).is_ok() {
