@@ -16,6 +16,7 @@ use sops_age::Identities;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::apply::EventType;
 use crate::cluster::lease::Leadership;
 use crate::manifest::{DesiredSecret, NamespaceFilter, SecretRef};
 use crate::plan::{RequestState, RequestView};
@@ -355,7 +356,7 @@ impl Follower {
             let note = format!("rollback request {request} was removed: back to the table");
             if let Err(err) = reconciler
                 .cluster()
-                .note_on_secret(secret, "Unpinned", "Unpin", note)
+                .event_on_secret(secret, EventType::Normal, "Unpinned", "Unpin", note)
                 .await
             {
                 tracing::warn!(%secret, error = %err, "Event not recorded");
@@ -440,7 +441,13 @@ impl Follower {
             for secret in &view.secrets {
                 if let Err(err) = reconciler
                     .cluster()
-                    .warn_on_secret(secret, "RollbackRefused", "Rollback", note.clone())
+                    .event_on_secret(
+                        secret,
+                        EventType::Warning,
+                        "RollbackRefused",
+                        "Rollback",
+                        note.clone(),
+                    )
                     .await
                 {
                     tracing::warn!(%secret, error = %err, "Event not recorded");

@@ -25,6 +25,26 @@ struct Flow {
 }
 
 impl Flow {
+    /// Stand-ins with a namespace `app`, a snapshot repository and an empty bare remote.
+    async fn start() -> Self {
+        let s = Snap::start(&["app"]).await;
+        let dir = s.env.dir.path().to_owned();
+        let remote = dir.join("remote.git");
+        s.env.git(
+            &dir,
+            &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
+        );
+        Flow {
+            s,
+            remote,
+            review: dir.join("review"),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.s.env.dir.path().to_owned()
+    }
+
     fn with_remote(&self, command: &[&str]) -> support::Run {
         let mut args = vec!["--snapshot-remote", path_str(&self.remote)];
         args.extend_from_slice(command);
@@ -98,19 +118,8 @@ async fn token(s: &Snap) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
-    let s = Snap::start(&["app"]).await;
-    let dir = s.env.dir.path().to_owned();
-    let remote = dir.join("remote.git");
-    s.env.git(
-        &dir,
-        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
-    );
-    let flow = Flow {
-        s,
-        remote,
-        review: dir.join("review"),
-    };
-    let s = &flow.s;
+    let flow = Flow::start().await;
+    let (s, dir) = (&flow.s, flow.dir());
     let with_remote = |command: &[&str]| flow.with_remote(command);
     s.env.put("app/api/token", "token-version-one");
     s.env.put("app/web/key", "web-value-one");
@@ -553,19 +562,8 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
 
 #[tokio::test]
 async fn an_unreachable_remote_stops_only_the_requests() {
-    let s = Snap::start(&["app"]).await;
-    let dir = s.env.dir.path().to_owned();
-    let remote = dir.join("remote.git");
-    s.env.git(
-        &dir,
-        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
-    );
-    let flow = Flow {
-        s,
-        remote,
-        review: dir.join("review"),
-    };
-    let s = &flow.s;
+    let flow = Flow::start().await;
+    let (s, dir) = (&flow.s, flow.dir());
     s.env.put("app/api/token", "token-before-outage");
     assert_eq!(flow.with_remote(&["sync"]).code, 0);
     let daemon = flow.daemon(&dir.join("loop"));
@@ -625,18 +623,7 @@ async fn an_unreachable_remote_stops_only_the_requests() {
 
 #[tokio::test]
 async fn a_proposal_that_cannot_work_is_refused_before_anything_is_pushed() {
-    let s = Snap::start(&["app"]).await;
-    let dir = s.env.dir.path().to_owned();
-    let remote = dir.join("remote.git");
-    s.env.git(
-        &dir,
-        &["init", "-q", "--bare", "-b", "main", path_str(&remote)],
-    );
-    let flow = Flow {
-        s,
-        remote,
-        review: dir.join("review"),
-    };
+    let flow = Flow::start().await;
     let s = &flow.s;
     s.env.put("app/api/token", "token-version-one");
     assert_eq!(flow.with_remote(&["sync"]).code, 0);

@@ -44,6 +44,22 @@ pub struct ApplyOptions {
     pub rollouts: bool,
 }
 
+/// An Event's type: Normal for what credsync did, Warning for what it refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
 /// What a rollback pins the Secrets it writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
@@ -325,40 +341,22 @@ impl Cluster {
             Action::Update => ("Synced", "Update"),
             Action::Delete => ("Deleted", "Delete"),
         };
-        self.note_on_secret(&change.secret, reason, action, event_note(change))
-            .await
+        self.event_on_secret(
+            &change.secret,
+            EventType::Normal,
+            reason,
+            action,
+            event_note(change),
+        )
+        .await
     }
 
-    /// A Normal Event about `secret` (which need not exist yet). `note`
-    /// must hold names only, never a value; it is cut to the API's limit.
-    pub async fn note_on_secret(
+    /// An Event about `secret` (which need not exist yet). `note` must
+    /// hold names only, never a value; it is cut to the API's limit.
+    pub async fn event_on_secret(
         &self,
         secret: &SecretRef,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) -> Result<(), String> {
-        self.event_on_secret(secret, "Normal", reason, action, note)
-            .await
-    }
-
-    /// A Warning Event about `secret`: something asked of credsync for it
-    /// was refused. The same rules as [`Cluster::note_on_secret`].
-    pub async fn warn_on_secret(
-        &self,
-        secret: &SecretRef,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) -> Result<(), String> {
-        self.event_on_secret(secret, "Warning", reason, action, note)
-            .await
-    }
-
-    async fn event_on_secret(
-        &self,
-        secret: &SecretRef,
-        type_: &str,
+        type_: EventType,
         reason: &str,
         action: &str,
         mut note: String,
@@ -384,7 +382,7 @@ impl Cluster {
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(now)),
-            type_: Some(type_.to_owned()),
+            type_: Some(type_.as_str().to_owned()),
             reason: Some(reason.to_owned()),
             action: Some(action.to_owned()),
             note: Some(note),

@@ -353,27 +353,38 @@ impl Cluster {
         }
     }
 
-    /// The names of every Secret credsync may read (metadata only, page by page).
-    async fn existing_secrets(&self) -> Result<std::collections::HashSet<SecretRef>, ClusterError> {
-        let mut names = std::collections::HashSet::new();
+    /// The metadata of every Secret credsync may read that `params`
+    /// selects, page by page, without their data.
+    pub(super) async fn each_secret_metadata(
+        &self,
+        doing: &str,
+        params: ListParams,
+        mut each: impl FnMut(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta),
+    ) -> Result<(), ClusterError> {
         for api in self.secret_apis() {
             self.list_paged(
-                "listing Secrets",
-                ListParams::default(),
+                doing,
+                params.clone(),
                 |params| {
                     let api = &api;
                     async move { api.list_metadata(&params).await }
                 },
-                |meta: kube::core::PartialObjectMeta<Secret>| {
-                    if let (Some(namespace), Some(name)) =
-                        (meta.metadata.namespace, meta.metadata.name)
-                    {
-                        names.insert(SecretRef::new(namespace, name));
-                    }
-                },
+                |meta: kube::core::PartialObjectMeta<Secret>| each(meta.metadata),
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// The names of every Secret credsync may read (metadata only, page by page).
+    async fn existing_secrets(&self) -> Result<std::collections::HashSet<SecretRef>, ClusterError> {
+        let mut names = std::collections::HashSet::new();
+        self.each_secret_metadata("listing Secrets", ListParams::default(), |meta| {
+            if let (Some(namespace), Some(name)) = (meta.namespace, meta.name) {
+                names.insert(SecretRef::new(namespace, name));
+            }
+        })
+        .await?;
         Ok(names)
     }
 
@@ -435,35 +446,6 @@ impl Cluster {
             }
         }
         Ok(state)
-    }
-
-    /// Removes rollback pins: from `only`, or from every pinned Secret when
-    /// `only` is empty. Returns the Secrets unpinned.
-    pub async fn unpin(&self, only: &[SecretRef]) -> Result<Vec<SecretRef>, ClusterError> {
-        let managed = self.live_state(&Manifest::default()).await?;
-        let mut unpinned = Vec::new();
-        for live in managed.secrets.values().filter(|l| l.pinned.is_some()) {
-            if !only.is_empty() && !only.contains(&live.secret) {
-                continue;
-            }
-            let patch = serde_json::json!({
-                "metadata": {
-                    "resourceVersion": live.resource_version,
-                    "annotations": { PINNED_ANNOTATION: null, PINNED_BY_REQUEST_ANNOTATION: null },
-                }
-            });
-            self.count("patch");
-            self.secrets(&live.secret.namespace)
-                .patch(
-                    &live.secret.name,
-                    &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(&patch),
-                )
-                .await
-                .map_err(|e| api_error(&format!("unpinning Secret {}", live.secret), e))?;
-            unpinned.push(live.secret.clone());
-        }
-        Ok(unpinned)
     }
 
     /// One Secret, or `None` if it does not exist.

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{ServerState, bearer_token, error};
+use crate::cluster::apply::EventType;
 use crate::cluster::review::{Caller, TokenVerdict};
 use crate::credstash::{NewItem, PutVersion, WriteItemError, padded_version};
 use crate::manifest::is_dns1123_label;
@@ -215,7 +216,7 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
         if let Err(err) = state
             .reconciler
             .cluster()
-            .note_on_secret(&target.secret, reason, verb, note)
+            .event_on_secret(&target.secret, EventType::Normal, reason, verb, note)
             .await
         {
             tracing::warn!(error = %err, "the Event about a self-service write was refused");
