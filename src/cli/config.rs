@@ -291,9 +291,11 @@ impl Settings {
             key_id: args.key_id.clone(),
             self_service_max_bytes: args.self_service_max_bytes,
             grace: args.grace,
+            // A dry run writes nothing, so it applies no request either.
             request_poll_interval: (common.snapshot_remote.is_some()
                 && common.snapshot_repo.is_some()
                 && common.age_identity.is_some()
+                && !args.dry_run
                 && !args.request_poll_interval.is_zero())
             .then_some(args.request_poll_interval),
             access,

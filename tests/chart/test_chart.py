@@ -449,7 +449,8 @@ def test_credsync_accepts_the_rendered_environment(variant, tmp_path):
     assert printed["snapshot_remote"] == (snapshot["remote"] or None if snapshot["enabled"] else None)
     assert printed["age_identity"] == ("set" if snapshot["enabled"] and snapshot["ageIdentitySecret"]["name"] else "unset")
     # Rollback requests are followed with a remote and an identity to check them with.
-    follows = snapshot["enabled"] and snapshot["remote"] and snapshot["ageIdentitySecret"]["name"]
+    follows = (snapshot["enabled"] and snapshot["remote"] and snapshot["ageIdentitySecret"]["name"]
+               and not cfg["dryRun"])
     assert (printed["request_poll_interval"] is not None) == bool(follows)
     if follows:
         assert seconds(printed["request_poll_interval"]) == seconds(snapshot["requestPollInterval"])
