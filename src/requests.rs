@@ -86,6 +86,7 @@ pub fn assess(
         let request = match found.request {
             Ok(request) => request,
             Err(malformed) => {
+                view.secrets = found.named;
                 view.state = RequestState::Refused;
                 view.refusal = Some(malformed.to_string());
                 views.push(view);
@@ -483,6 +484,7 @@ mod tests {
                 secrets: secrets.iter().map(|s| s.parse().unwrap()).collect(),
                 reason: String::new(),
             }),
+            named: Vec::new(),
         }
     }
 

@@ -514,10 +514,12 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         .filter(|e| e.reason.as_deref() == Some("RollbackRefused"))
         .filter_map(|e| e.note)
         .collect();
-    assert!(
-        warnings.iter().any(|n| n.contains("tampered.yaml")),
-        "{warnings:?}"
-    );
+    for file in ["tampered.yaml", "broken.yaml"] {
+        assert!(
+            warnings.iter().any(|n| n.contains(file)),
+            "a Warning Event on the Secret {file} names: {warnings:?}"
+        );
+    }
     assert_eq!(
         s.env.secret_data("app", "web").await.unwrap()["KEY"],
         b"web-value-one",

@@ -95,6 +95,24 @@ impl RollbackRequest {
         })
     }
 
+    /// The Secrets a file that cannot be read as a request still names, if
+    /// any: a refusal is then reported on them too.
+    pub fn named_in(text: &str) -> Vec<SecretRef> {
+        let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+            return Vec::new();
+        };
+        let Some(secrets) = value.get("secrets").and_then(|s| s.as_sequence()) else {
+            return Vec::new();
+        };
+        let mut named: Vec<SecretRef> = secrets
+            .iter()
+            .filter_map(|s| s.as_str()?.parse().ok())
+            .collect();
+        named.sort();
+        named.dedup();
+        named
+    }
+
     /// The file's text: a comment saying what merging it does, then the fields.
     pub fn render(&self) -> String {
         let secrets: Vec<String> = self.secrets.iter().map(|s| s.to_string()).collect();
@@ -186,6 +204,18 @@ mod tests {
             assert!(err.contains(expected), "{text:?}: {err}");
             assert!(err.starts_with("malformed rollback request"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_malformed_file_still_says_which_secrets_it_names() {
+        let text = "kind: RollbackRequest\nrevision: main\nsecrets: [a/b, nope, a/b, c/d]\n";
+        assert!(RollbackRequest::parse(text).is_err());
+        assert_eq!(
+            RollbackRequest::named_in(text),
+            vec![SecretRef::new("a", "b"), SecretRef::new("c", "d")]
+        );
+        assert!(RollbackRequest::named_in("[").is_empty());
+        assert!(RollbackRequest::named_in("secrets: 3").is_empty());
     }
 
     #[test]

@@ -43,6 +43,8 @@ impl RequestOrigin {
 pub struct FoundRequest {
     pub origin: RequestOrigin,
     pub request: Result<RollbackRequest, MalformedRequest>,
+    /// For a malformed file, the Secrets it still names (where to report).
+    pub named: Vec<crate::manifest::SecretRef>,
 }
 
 /// A proposed request, pushed on its own branch.
@@ -81,6 +83,7 @@ impl SnapshotStore {
             for file in files.iter() {
                 let name = file.name().unwrap_or_default();
                 let path = format!("{dir}/{name}");
+                let mut named = Vec::new();
                 let request = if file.kind() != Some(ObjectType::Blob)
                     || file.filemode() == i32::from(FileMode::Link)
                 {
@@ -92,13 +95,19 @@ impl SnapshotStore {
                         .find_blob(file.id())
                         .map_err(|e| self.err(&format!("reading {path}"), e))?;
                     match std::str::from_utf8(blob.content()) {
-                        Ok(text) => RollbackRequest::parse(text),
+                        Ok(text) => RollbackRequest::parse(text).inspect_err(|_| {
+                            named = RollbackRequest::named_in(text);
+                        }),
                         Err(_) => Err(MalformedRequest::new("not UTF-8 text")),
                     }
                 };
                 let origin = origin(repo, commit.id(), &path, file.id())
                     .map_err(|e| self.err(&format!("finding the commit that wrote {path}"), e))?;
-                out.push(FoundRequest { origin, request });
+                out.push(FoundRequest {
+                    origin,
+                    request,
+                    named,
+                });
             }
             Ok(out)
         })
