@@ -735,7 +735,10 @@ impl Reconciler {
             let origin = request.cloned();
             let restored: Vec<SecretRef> =
                 outcome.written.iter().map(|c| c.secret.clone()).collect();
-            if !restored.is_empty() {
+            // A request's rollback is recorded once all of it is written:
+            // its commit marks the request applied.
+            let partial = request.is_some() && !outcome.failed.is_empty();
+            if !restored.is_empty() && !partial {
                 let metrics = self.metrics.clone();
                 snapshot = record_blocking(store.clone(), move |store| {
                     let commit = store.record_rollback(&id, &restored, origin.as_ref())?;

@@ -21,7 +21,11 @@ use crate::cluster::lease::Leadership;
 use crate::manifest::{DesiredSecret, NamespaceFilter, SecretRef};
 use crate::plan::{RequestState, RequestView};
 use crate::reconcile::{ReconcileError, Reconciler, record_blocking};
-use crate::snapshot::store::{CommitInfo, FoundRequest, RequestOrigin, SnapshotStore};
+use crate::snapshot::remote::PushOutcome;
+use crate::snapshot::request::RollbackRequest;
+use crate::snapshot::store::{
+    CommitInfo, FoundRequest, RequestOrigin, SnapshotError, SnapshotStore,
+};
 use crate::worker::{Request, Trigger};
 
 /// A request that passed every check, ready to apply.
@@ -39,12 +43,12 @@ pub struct Assessment {
 }
 
 /// What is known of the requests besides their files.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Known {
     /// Keys rollback commits name as applied.
     pub applied: HashSet<String>,
-    /// Secret -> the request key its pin carries.
-    pub pins: BTreeMap<SecretRef, String>,
+    /// Pinned Secret -> the request key its pin carries (None: pinned by hand).
+    pub pins: BTreeMap<SecretRef, Option<String>>,
 }
 
 impl Known {
@@ -53,20 +57,23 @@ impl Known {
         self.applied.contains(key)
             || secrets
                 .iter()
-                .all(|s| self.pins.get(s).map(String::as_str) == Some(key))
+                .all(|s| self.pins.get(s).and_then(Option::as_deref) == Some(key))
     }
 }
 
 /// Judges the requests in `found` (blocking: it reads and decrypts
 /// snapshot files, checking every MAC). Without `identities` a pending
-/// request is listed but not checked.
+/// request is listed but not checked. A failure of the repository itself
+/// (a lock, a libgit2 error) is an error, to retry: only what is wrong
+/// with a request refuses it.
 pub fn assess(
     store: &SnapshotStore,
     filter: &NamespaceFilter,
     found: Vec<FoundRequest>,
     known: &Known,
     identities: Option<&Identities>,
-) -> Assessment {
+    tip: Option<&str>,
+) -> Result<Assessment, SnapshotError> {
     let conflicts = conflicts(&found, known);
     let mut views = Vec::new();
     let mut approved = Vec::new();
@@ -110,25 +117,22 @@ pub fn assess(
                 "{secret} is outside the namespaces credsync writes ({why})"
             ))
         } else {
-            match identities {
+            match identities.map(|ids| restore(store, &request, ids, tip)) {
                 None => None,
-                Some(identities) => match store.resolve(&request.revision).and_then(|commit| {
-                    let restored = store.desired(&commit.id, &request.secrets, identities)?;
-                    Ok((commit, restored))
-                }) {
-                    Ok((commit, restored)) => {
-                        approved.push((
-                            views.len(),
-                            Approved {
-                                origin,
-                                commit,
-                                restored,
-                            },
-                        ));
-                        None
-                    }
-                    Err(err) => Some(err.to_string()),
-                },
+                Some(Ok(Ok((commit, restored)))) => {
+                    approved.push((
+                        views.len(),
+                        Approved {
+                            origin,
+                            commit,
+                            restored,
+                        },
+                    ));
+                    None
+                }
+                Some(Ok(Err(refusal))) => Some(refusal),
+                Some(Err(err)) if err.is_transient() => return Err(err),
+                Some(Err(err)) => Some(err.to_string()),
             }
         };
         if let Some(refusal) = refusal {
@@ -137,7 +141,27 @@ pub fn assess(
         }
         views.push(view);
     }
-    Assessment { views, approved }
+    Ok(Assessment { views, approved })
+}
+
+/// What `request` restores, decrypted with every MAC checked; a refusal
+/// when its revision is not in the followed branch's history.
+#[allow(clippy::type_complexity)]
+fn restore(
+    store: &SnapshotStore,
+    request: &RollbackRequest,
+    identities: &Identities,
+    tip: Option<&str>,
+) -> Result<Result<(CommitInfo, BTreeMap<SecretRef, DesiredSecret>), String>, SnapshotError> {
+    let commit = store.resolve(&request.revision)?;
+    if !store.in_history(&commit.id, tip)? {
+        return Ok(Err(format!(
+            "revision {} is not in the history of the branch credsync follows: pick one `credsync history` lists",
+            &commit.id[..commit.id.len().min(12)]
+        )));
+    }
+    let restored = store.desired(&commit.id, &request.secrets, identities)?;
+    Ok(Ok((commit, restored)))
 }
 
 /// Why each not-yet-applied request clashes with another, by index: two
@@ -162,10 +186,18 @@ fn conflicts(found: &[FoundRequest], known: &Known) -> Vec<Option<String>> {
                 return None;
             }
             secrets.iter().find_map(|secret| {
-                if let Some(pinned_by) = known.pins.get(secret).filter(|p| *p != key) {
-                    return Some(format!(
-                        "{secret} is pinned by request {pinned_by}: remove that file first"
-                    ));
+                match known.pins.get(secret) {
+                    Some(None) => {
+                        return Some(format!(
+                            "{secret} is pinned by a `credsync rollback` run by hand: `credsync unpin {secret}` first"
+                        ));
+                    }
+                    Some(Some(pinned_by)) if pinned_by != key => {
+                        return Some(format!(
+                            "{secret} is pinned by request {pinned_by}: remove that file first"
+                        ));
+                    }
+                    _ => {}
                 }
                 let other = parsed.iter().enumerate().find_map(|(i, other)| {
                     let (_, theirs) = other.as_ref()?;
@@ -187,7 +219,7 @@ pub async fn plan_requests(
     rev: Option<String>,
     identities: Option<Identities>,
 ) -> Result<Vec<RequestView>, ReconcileError> {
-    let pins = reconciler.cluster().request_pins().await?;
+    let pins = reconciler.cluster().pins().await?;
     let filter = reconciler.namespace_filter().clone();
     let assessment = record_blocking(store, move |store| {
         let found = store.requests(rev.as_deref())?;
@@ -196,13 +228,15 @@ pub async fn plan_requests(
         }
         let (applied, _) = store.applied_requests(None)?;
         let known = Known { applied, pins };
-        Ok(Some(assess(
+        assess(
             store,
             &filter,
             found,
             &known,
             identities.as_ref(),
-        )))
+            rev.as_deref(),
+        )
+        .map(Some)
     })
     .await?;
     let Some(assessment) = assessment else {
@@ -281,6 +315,13 @@ impl Follower {
     ) -> Result<(), ReconcileError> {
         let fetched = record_blocking(store.clone(), |store| store.share()).await;
         self.note_remote(reconciler, fetched.as_ref().err());
+        // Only a clone that holds the remote's head may release or apply:
+        // a stale one (a standby that took over while the remote is down)
+        // would release the pins of every request merged since it last read.
+        if !matches!(fetched, Ok(PushOutcome::UpToDate)) {
+            self.seen_head = None;
+            return Ok(());
+        }
         let since = self.applied_head.clone();
         let (applied, head) = record_blocking(store.clone(), move |store| {
             store.applied_requests(since.as_deref())
@@ -291,26 +332,33 @@ impl Follower {
         if head.is_some() && head == self.seen_head {
             return Ok(());
         }
-        let _writing = reconciler.exclusive().await;
-        self.known.pins = reconciler.cluster().request_pins().await?;
-        let found = record_blocking(store.clone(), |store| store.requests(None)).await?;
-        let active: HashSet<String> = found.iter().map(|f| f.origin.key()).collect();
-        self.release(reconciler, &active, requests).await?;
+        self.known.pins = reconciler.cluster().pins().await?;
         let filter = reconciler.namespace_filter().clone();
         let identities = config.identities.clone();
-        let known = std::mem::take(&mut self.known);
-        let (assessment, known) = record_blocking(store.clone(), move |store| {
-            let assessment = assess(store, &filter, found, &known, Some(&identities));
-            Ok((assessment, known))
+        let known = self.known.clone();
+        let (found, assessment) = record_blocking(store.clone(), move |store| {
+            let found = store.requests(None)?;
+            let keys: HashSet<String> = found.iter().map(|f| f.origin.key()).collect();
+            let assessment = assess(store, &filter, found, &known, Some(&identities), None)?;
+            Ok((keys, assessment))
         })
         .await?;
-        self.known = known;
         let mut views = assessment.views;
         let mut retry = false;
-        for (index, approved) in assessment.approved {
-            retry |= !self.apply(reconciler, approved, &mut views[index]).await;
-        }
+        let released = {
+            // Writes only: reconciles wait for these, not for the reads above.
+            let _writing = reconciler.exclusive().await;
+            let released = reconciler.cluster().unpin_released(&found).await?;
+            for (index, approved) in assessment.approved {
+                retry |= !self.apply(reconciler, approved, &mut views[index]).await;
+            }
+            released
+        };
         reconciler.set_requests(views.clone());
+        self.report_released(reconciler, &released).await;
+        if !released.is_empty() {
+            let _ = requests.send(Request::full(Trigger::Request)).await;
+        }
         self.report_refusals(reconciler, &views).await;
         // Our own rollback commits moved HEAD: the next poll reads them.
         self.seen_head = if retry { None } else { head };
@@ -337,16 +385,9 @@ impl Follower {
         self.remote_up = Some(up);
     }
 
-    /// Unpins the Secrets of requests whose file is gone, and asks for a
-    /// reconcile so the table's values come back.
-    async fn release(
-        &mut self,
-        reconciler: &Reconciler,
-        active: &HashSet<String>,
-        requests: &mpsc::Sender<Request>,
-    ) -> Result<(), ReconcileError> {
-        let released = reconciler.cluster().unpin_released(active).await?;
-        for (secret, request) in &released {
+    /// Log, metric and Event for each Secret whose request was removed.
+    async fn report_released(&mut self, reconciler: &Reconciler, released: &[(SecretRef, String)]) {
+        for (secret, request) in released {
             self.known.pins.remove(secret);
             reconciler
                 .metrics()
@@ -363,10 +404,6 @@ impl Follower {
                 tracing::warn!(%secret, error = %err, "Event not recorded");
             }
         }
-        if !released.is_empty() {
-            let _ = requests.send(Request::full(Trigger::Request)).await;
-        }
-        Ok(())
     }
 
     /// Applies one approved request; false when it should be tried again.
@@ -387,6 +424,14 @@ impl Follower {
             )
             .await
         {
+            Ok(report) if !report.outcome.failed.is_empty() => {
+                // Not applied until every Secret is: no rollback commit yet,
+                // and the next poll writes what is missing.
+                for failure in &report.outcome.failed {
+                    tracing::warn!(request = %approved.origin.path, secret = %failure.secret, reason = %failure.reason, "Secret of a rollback request not written; retried at the next poll");
+                }
+                false
+            }
             Ok(report) => {
                 self.known.applied.insert(key);
                 reconciler
@@ -403,9 +448,6 @@ impl Follower {
                     written = report.outcome.written.len(),
                     "applied rollback request: Secrets restored and pinned"
                 );
-                for failure in &report.outcome.failed {
-                    tracing::error!(secret = %failure.secret, reason = %failure.reason, "Secret of a rollback request not written");
-                }
                 view.state = RequestState::Applied;
                 view.changes = report.plan.changes;
                 true
@@ -439,7 +481,12 @@ impl Follower {
                 .inc();
             tracing::warn!(request = %view.file, commit = %view.commit, author = %view.author, %reason, "rollback request refused: nothing of it applied");
             let note = format!("rollback request {} refused: {reason}", view.file);
-            for secret in &view.secrets {
+            // No Event where credsync does not write.
+            let reachable = view
+                .secrets
+                .iter()
+                .filter(|s| reconciler.namespace_refusal(&s.namespace).is_none());
+            for secret in reachable {
                 if let Err(err) = reconciler
                     .cluster()
                     .event_on_secret(
@@ -470,7 +517,7 @@ fn refusal_id(view: &RequestView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::request::{MalformedRequest, RollbackRequest};
+    use crate::snapshot::request::MalformedRequest;
 
     fn found(file: &str, secrets: &[&str]) -> FoundRequest {
         FoundRequest {
@@ -513,7 +560,7 @@ mod tests {
         let newer = found("new.yaml", &["app/db"]);
         let known = Known {
             applied: HashSet::from([applied.origin.key()]),
-            pins: BTreeMap::from([("app/db".parse().unwrap(), applied.origin.key())]),
+            pins: BTreeMap::from([("app/db".parse().unwrap(), Some(applied.origin.key()))]),
         };
         let out = conflicts(&[applied.clone(), newer], &known);
         assert_eq!(out[0], None, "the applied request is not in conflict");
@@ -522,6 +569,21 @@ mod tests {
                 |r| r.starts_with("app/db is pinned by request prod/.requests/old.yaml@")
             ),
             "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_pinned_by_hand_is_not_taken_over() {
+        let known = Known {
+            pins: BTreeMap::from([("app/db".parse().unwrap(), None)]),
+            ..Known::default()
+        };
+        let out = conflicts(&[found("new.yaml", &["app/db"])], &known);
+        assert_eq!(
+            out[0].as_deref(),
+            Some(
+                "app/db is pinned by a `credsync rollback` run by hand: `credsync unpin app/db` first"
+            )
         );
     }
 
@@ -537,9 +599,9 @@ mod tests {
     fn applied_means_named_in_a_commit_or_pinning_every_secret() {
         let secrets: Vec<SecretRef> = vec!["a/x".parse().unwrap(), "a/y".parse().unwrap()];
         let mut known = Known::default();
-        known.pins.insert(secrets[0].clone(), "k".to_owned());
+        known.pins.insert(secrets[0].clone(), Some("k".to_owned()));
         assert!(!known.is_applied("k", &secrets), "one pin of two: not yet");
-        known.pins.insert(secrets[1].clone(), "k".to_owned());
+        known.pins.insert(secrets[1].clone(), Some("k".to_owned()));
         assert!(known.is_applied("k", &secrets));
         assert!(!known.is_applied("other", &secrets));
         known.applied.insert("other".to_owned());

@@ -210,9 +210,13 @@ pub async fn run(
                     .inc();
             }
         };
+        // Waiting for the request follower's writes is not the reconcile's time.
+        let _writing = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            writing = reconciler.exclusive() => writing,
+        };
         let started = Instant::now();
         let work = async {
-            let _writing = reconciler.exclusive().await;
             match &request.names {
                 Some(names) => reconciler.sync_names(names, config.dry_run).await,
                 None => reconciler.sync(config.dry_run).await,

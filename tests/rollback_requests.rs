@@ -697,6 +697,28 @@ async fn a_proposal_that_cannot_work_is_refused_before_anything_is_pushed() {
     let pushed = s.env.git(&flow.remote, &["rev-parse", "roll"]);
     let again = flow.with_remote(&["rollback", &v1, "--propose", "--branch", "roll"]);
     assert_ne!(again.code, 0);
-    assert!(again.stderr.contains("roll"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("creating branch roll") && again.stderr.contains("already exists"),
+        "{}",
+        again.stderr
+    );
     assert_eq!(s.env.git(&flow.remote, &["rev-parse", "roll"]), pushed);
+
+    // One the loop would refuse (the Secret is pinned by hand) is not pushed.
+    assert_eq!(s.run(&["rollback", &v1, "--secret", "app/api"]).code, 0);
+    let before = branches();
+    let refused = flow.with_remote(&["rollback", &v1, "--propose", "--branch", "pinned"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains(
+            "the loop would refuse this request, so it is not proposed: app/api is pinned by a `credsync rollback` run by hand"
+        ),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(branches(), before);
+    assert!(
+        s.git(&["branch", "--list", "pinned"]).trim().is_empty(),
+        "no local branch left"
+    );
 }

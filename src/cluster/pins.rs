@@ -1,69 +1,45 @@
-//! Rollback pins: lifting them (`unpin`, a removed request), and the pins
-//! reviewed rollback requests set, read from metadata alone: the request
-//! follower looks at them whenever the requests change, and a list without
-//! data stays cheap with thousands of managed Secrets.
+//! Rollback pins: lifting them (`unpin`, a removed request) and reading
+//! them from metadata alone. The request follower reads them whenever the
+//! requests change; a list without data stays cheap with thousands of
+//! managed Secrets.
 
 use std::collections::{BTreeMap, HashSet};
 
 use kube::api::ListParams;
 
-use super::{Cluster, ClusterError, api_error};
+use super::{Cluster, ClusterError, OwnWrite, api_error};
 use crate::labels::{MANAGED_SELECTOR, PINNED_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION};
-use crate::manifest::{Manifest, SecretRef};
+use crate::manifest::SecretRef;
 
-/// A Secret a request pinned, as its metadata says.
-struct RequestPin {
+/// A pinned Secret, as its metadata says.
+struct LivePin {
     secret: SecretRef,
-    request: String,
+    /// The rollback request (`path@commit`) that set it; None: set by hand.
+    request: Option<String>,
     resource_version: Option<String>,
 }
 
 impl Cluster {
-    /// Removes rollback pins: from `only`, or from every pinned Secret when
-    /// `only` is empty. Returns the Secrets unpinned.
+    /// Removes the pins `credsync rollback` set: from `only`, or from every
+    /// such Secret when `only` is empty. A pin a reviewed request set is
+    /// its file's to lift and stays. Returns the Secrets unpinned.
     pub async fn unpin(&self, only: &[SecretRef]) -> Result<Vec<SecretRef>, ClusterError> {
-        let managed = self.live_state(&Manifest::default()).await?;
         let mut unpinned = Vec::new();
-        for live in managed.secrets.values().filter(|l| l.pinned.is_some()) {
-            if !only.is_empty() && !only.contains(&live.secret) {
+        for pin in self.list_pins().await? {
+            if pin.request.is_some() || (!only.is_empty() && !only.contains(&pin.secret)) {
                 continue;
             }
-            self.remove_pin(&live.secret, live.resource_version.as_deref())
-                .await?;
-            unpinned.push(live.secret.clone());
+            self.remove_pin(&pin).await?;
+            unpinned.push(pin.secret);
         }
         Ok(unpinned)
     }
 
-    /// Takes the pin (and the request that set it) off one Secret, guarded
-    /// by the resourceVersion it was read at.
-    async fn remove_pin(
-        &self,
-        secret: &SecretRef,
-        resource_version: Option<&str>,
-    ) -> Result<(), ClusterError> {
-        let patch = serde_json::json!({
-            "metadata": {
-                "resourceVersion": resource_version,
-                "annotations": { PINNED_ANNOTATION: null, PINNED_BY_REQUEST_ANNOTATION: null },
-            }
-        });
-        self.count("patch");
-        self.secrets(&secret.namespace)
-            .patch(
-                &secret.name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|e| api_error(&format!("unpinning Secret {secret}"), e))?;
-        Ok(())
-    }
-
-    /// The Secrets rollback requests pin: Secret -> request `path@commit`.
-    pub async fn request_pins(&self) -> Result<BTreeMap<SecretRef, String>, ClusterError> {
+    /// Every pinned Secret -> the request (`path@commit`) that pinned it,
+    /// or None for a pin set by hand.
+    pub async fn pins(&self) -> Result<BTreeMap<SecretRef, Option<String>>, ClusterError> {
         Ok(self
-            .list_request_pins()
+            .list_pins()
             .await?
             .into_iter()
             .map(|pin| (pin.secret, pin.request))
@@ -78,32 +54,62 @@ impl Cluster {
         active: &HashSet<String>,
     ) -> Result<Vec<(SecretRef, String)>, ClusterError> {
         let mut released = Vec::new();
-        for pin in self.list_request_pins().await? {
-            if active.contains(&pin.request) {
+        for pin in self.list_pins().await? {
+            let Some(request) = pin.request.clone() else {
+                continue;
+            };
+            if active.contains(&request) {
                 continue;
             }
-            self.remove_pin(&pin.secret, pin.resource_version.as_deref())
-                .await?;
-            released.push((pin.secret, pin.request));
+            self.remove_pin(&pin).await?;
+            released.push((pin.secret, request));
         }
         Ok(released)
     }
 
-    async fn list_request_pins(&self) -> Result<Vec<RequestPin>, ClusterError> {
+    /// Takes the pin (and the request that set it) off one Secret, guarded
+    /// by the resourceVersion it was read at; the drift watch knows the
+    /// write for credsync's own.
+    async fn remove_pin(&self, pin: &LivePin) -> Result<(), ClusterError> {
+        let secret = &pin.secret;
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": pin.resource_version,
+                "annotations": { PINNED_ANNOTATION: null, PINNED_BY_REQUEST_ANNOTATION: null },
+            }
+        });
+        self.count("patch");
+        self.own_writes.note(secret, Some(OwnWrite::InFlight));
+        let result = self
+            .secrets(&secret.namespace)
+            .patch(
+                &secret.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await;
+        let written = result
+            .as_ref()
+            .ok()
+            .map(|s| OwnWrite::Version(s.metadata.resource_version.clone().unwrap_or_default()));
+        self.own_writes.note(secret, written);
+        result
+            .map(|_| ())
+            .map_err(|e| api_error(&format!("unpinning Secret {secret}"), e))
+    }
+
+    async fn list_pins(&self) -> Result<Vec<LivePin>, ClusterError> {
         let mut pins = Vec::new();
         let managed = ListParams::default().labels(MANAGED_SELECTOR);
         self.each_secret_metadata("listing managed Secrets", managed, |meta| {
-            let request = meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(PINNED_BY_REQUEST_ANNOTATION))
-                .cloned();
-            if let (Some(namespace), Some(name), Some(request)) =
-                (meta.namespace, meta.name, request)
-            {
-                pins.push(RequestPin {
+            let annotations = meta.annotations.unwrap_or_default();
+            if !annotations.contains_key(PINNED_ANNOTATION) {
+                return;
+            }
+            if let (Some(namespace), Some(name)) = (meta.namespace, meta.name) {
+                pins.push(LivePin {
                     secret: SecretRef::new(namespace, name),
-                    request,
+                    request: annotations.get(PINNED_BY_REQUEST_ANNOTATION).cloned(),
                     resource_version: meta.resource_version,
                 });
             }

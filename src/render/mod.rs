@@ -194,7 +194,7 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             Some(request) => format!(
                 "remove {} (or revert its merge) to resume",
                 request
-                    .split_once('@')
+                    .rsplit_once('@')
                     .map_or(request.as_str(), |(file, _)| file)
             ),
             None => format!("`credsync unpin {}` to resume", p.secret),

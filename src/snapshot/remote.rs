@@ -252,11 +252,19 @@ pub(super) fn replay(
                 let merged = with_requests(repo, entry.id(), remote_requests)?;
                 tree.insert(cluster, merged, entry.filemode())?;
             }
-            None => {
-                if tree.get(cluster)?.is_some() {
-                    tree.remove(cluster)?;
+            // No Secret left here: the remote's requests stay all the same.
+            None => match remote_requests {
+                Some(requests) => {
+                    let mut only = repo.treebuilder(None)?;
+                    only.insert(REQUESTS_DIR, requests, i32::from(git2::FileMode::Tree))?;
+                    tree.insert(cluster, only.write()?, i32::from(git2::FileMode::Tree))?;
                 }
-            }
+                None => {
+                    if tree.get(cluster)?.is_some() {
+                        tree.remove(cluster)?;
+                    }
+                }
+            },
         }
         let tree = repo.find_tree(tree.write()?)?;
         let message = commit.message().unwrap_or_default();
@@ -295,7 +303,94 @@ fn with_requests(repo: &Repository, dir: Oid, requests: Option<Oid>) -> Result<O
 
 #[cfg(test)]
 mod tests {
-    use super::RemoteUrl;
+    use super::{RemoteUrl, replay};
+    use git2::{Oid, Repository, Signature};
+
+    /// A commit of `files` (path -> text) on top of `parent`.
+    fn commit(repo: &Repository, parent: Option<Oid>, files: &[(&str, &str)]) -> Oid {
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        for (path, text) in files {
+            let blob = repo.blob(text.as_bytes()).unwrap();
+            update.upsert(*path, blob, git2::FileMode::Blob);
+        }
+        let empty = repo.treebuilder(None).unwrap().write().unwrap();
+        let base = match parent {
+            Some(p) => repo.find_commit(p).unwrap().tree().unwrap(),
+            None => repo.find_tree(empty).unwrap(),
+        };
+        let tree = repo
+            .find_tree(update.create_updated(repo, &base).unwrap())
+            .unwrap();
+        let sig = Signature::now("t", "t@t").unwrap();
+        let parents: Vec<git2::Commit<'_>> = parent
+            .map(|p| repo.find_commit(p).unwrap())
+            .into_iter()
+            .collect();
+        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        repo.commit(None, &sig, &sig, "c", &tree, &parents).unwrap()
+    }
+
+    /// A commit of `parent`'s tree without `path`.
+    fn remove(repo: &Repository, parent: Oid, path: &str) -> Oid {
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        update.remove(path);
+        let base = repo.find_commit(parent).unwrap().tree().unwrap();
+        let tree = repo
+            .find_tree(update.create_updated(repo, &base).unwrap())
+            .unwrap();
+        let sig = Signature::now("t", "t@t").unwrap();
+        let parent = repo.find_commit(parent).unwrap();
+        repo.commit(None, &sig, &sig, "r", &tree, &[&parent])
+            .unwrap()
+    }
+
+    fn text(repo: &Repository, commit: Oid, path: &str) -> Option<String> {
+        let tree = repo.find_commit(commit).unwrap().tree().unwrap();
+        let entry = tree.get_path(std::path::Path::new(path)).ok()?;
+        let blob = repo.find_blob(entry.id()).unwrap();
+        Some(String::from_utf8_lossy(blob.content()).into_owned())
+    }
+
+    #[test]
+    fn replay_keeps_the_remotes_requests_and_never_brings_back_a_removed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let base = commit(
+            &repo,
+            None,
+            &[("c/ns/a.yaml", "a1"), ("c/.requests/old.yaml", "old")],
+        );
+        // The remote merged a new request and removed the old one; locally a
+        // snapshot changed a Secret meanwhile.
+        let theirs = commit(&repo, Some(base), &[("c/.requests/new.yaml", "new")]);
+        let theirs = remove(&repo, theirs, "c/.requests/old.yaml");
+        let ours = commit(&repo, Some(base), &[("c/ns/a.yaml", "a2")]);
+        let replayed = replay(&repo, "c", ours, theirs)
+            .unwrap()
+            .expect("no conflict");
+        assert_eq!(text(&repo, replayed, "c/ns/a.yaml").as_deref(), Some("a2"));
+        assert_eq!(
+            text(&repo, replayed, "c/.requests/new.yaml").as_deref(),
+            Some("new")
+        );
+        assert_eq!(text(&repo, replayed, "c/.requests/old.yaml"), None);
+
+        // A local commit that leaves no Secret keeps the remote's requests.
+        let emptied = remove(&repo, ours, "c/ns/a.yaml");
+        let emptied = remove(&repo, emptied, "c/.requests/old.yaml");
+        let replayed = replay(&repo, "c", emptied, theirs)
+            .unwrap()
+            .expect("no conflict");
+        assert_eq!(text(&repo, replayed, "c/ns/a.yaml"), None);
+        assert_eq!(
+            text(&repo, replayed, "c/.requests/new.yaml").as_deref(),
+            Some("new")
+        );
+
+        // The remote changing a Secret's file is still a conflict.
+        let edited = commit(&repo, Some(base), &[("c/ns/a.yaml", "edited")]);
+        assert_eq!(replay(&repo, "c", ours, edited).unwrap(), None);
+    }
 
     #[test]
     fn https_credentials_leave_the_url_and_never_print() {

@@ -56,7 +56,7 @@ impl RollbackRequest {
     pub fn parse(text: &str) -> Result<Self, MalformedRequest> {
         let bad = MalformedRequest::new;
         let file: RequestFile = serde_yaml::from_str(text).map_err(|e| {
-            // serde_yaml's messages name fields and positions, never the file's text.
+            // The messages may quote the file: it holds no value.
             bad(e.to_string())
         })?;
         if file.kind != KIND {

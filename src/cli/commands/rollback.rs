@@ -46,7 +46,7 @@ pub(in crate::cli) async fn unpin(reconciler: &Reconciler, secrets: &[SecretRef]
         .collect();
     if !missing.is_empty() {
         bail!(
-            "not pinned (or not managed by credsync): {}",
+            "not unpinned: {} (not pinned, not managed by credsync, or pinned by a reviewed rollback request: remove its file, or revert its merge, instead)",
             missing.join(", ")
         );
     }
@@ -104,23 +104,45 @@ pub(in crate::cli) async fn propose(
         )
     });
     let proposed = store.propose(&request, &branch, &request.file_name(now))?;
-    let views = plan_requests(
+    // Judged as the loop will judge it once merged, before anything is pushed.
+    let judged = plan_requests(
         reconciler,
         store.clone(),
         Some(proposed.commit.clone()),
         Some(identities),
     )
-    .await?;
-    let plan = Plan {
-        requests: views
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|views| {
+        let mine: Vec<_> = views
             .into_iter()
             .filter(|v| v.file == proposed.path)
-            .collect(),
+            .collect();
+        match mine.iter().find_map(|v| v.refusal.clone()) {
+            Some(refusal) => {
+                bail!("the loop would refuse this request, so it is not proposed: {refusal}")
+            }
+            None => Ok(mine),
+        }
+    });
+    let published = judged.and_then(|views| {
+        store.publish(&proposed)?;
+        Ok(views)
+    });
+    let views = match published {
+        Ok(views) => views,
+        Err(err) => {
+            // Nothing was pushed: leave no branch behind to trip the next try.
+            if let Err(discard) = store.discard(&proposed) {
+                tracing::warn!(error = %discard, "the proposal's local branch was not deleted");
+            }
+            return Err(err);
+        }
+    };
+    let plan = Plan {
+        requests: views,
         ..Plan::default()
     };
-    if let Some(refused) = plan.requests.iter().find_map(|v| v.refusal.as_deref()) {
-        eprintln!("warning: the loop would refuse this request: {refused}");
-    }
     eprintln!(
         "pushed branch {} (request {}, commit {}) to {}; open a pull request into {}: once merged, the loop applies it",
         proposed.branch,

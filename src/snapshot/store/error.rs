@@ -38,6 +38,18 @@ pub enum SnapshotError {
     Internal(String),
 }
 
+impl SnapshotError {
+    /// A failure of the repository itself (a lock, a libgit2 error, a bug)
+    /// that may pass, rather than something wrong with what was asked for
+    /// (an unknown revision, a tampered or unreadable file).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Locked { .. } | Self::Internal(_) | Self::Git { git: Some(_), .. }
+        )
+    }
+}
+
 /// Why a repository operation failed: libgit2's error, kept as is, or
 /// credsync's own words.
 pub(super) enum GitCause {

@@ -89,6 +89,9 @@ pub struct SnapshotStore {
     config: StoreConfig,
     /// Set while a work-tree refresh has not completed: the next one is whole.
     work_tree_behind: std::sync::atomic::AtomicBool,
+    /// The commit that wrote each request file seen, and the HEAD it was
+    /// checked at: later reads walk only the commits since.
+    origins: Mutex<requests::OriginCache>,
 }
 
 impl SnapshotStore {
@@ -149,6 +152,7 @@ impl SnapshotStore {
             config,
             // Trusted at start: only changed paths are written (and checked for links).
             work_tree_behind: std::sync::atomic::AtomicBool::new(false),
+            origins: Mutex::new(Default::default()),
         })
     }
 

@@ -2,7 +2,7 @@
 //! those on a revision with the commit that brought each, and knowing
 //! which ones a rollback commit already applied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use git2::build::TreeUpdateBuilder;
@@ -16,9 +16,6 @@ use crate::snapshot::request::{MalformedRequest, REQUESTS_DIR, RollbackRequest};
 /// how the loop knows, after a restart or on another replica, that a
 /// request was applied once already.
 pub const REQUEST_TRAILER: &str = "Credsync-Request";
-
-/// How far back the commit that brought a request is looked for.
-const ORIGIN_SEARCH_LIMIT: usize = 20_000;
 
 /// Where a request came from: its file and the commit that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,8 +98,13 @@ impl SnapshotStore {
                         Err(_) => Err(MalformedRequest::new("not UTF-8 text")),
                     }
                 };
-                let origin = origin(repo, commit.id(), &path, file.id())
+                let cache_key = (path.clone(), file.id());
+                let known = self.cached_origin(&cache_key);
+                let origin = origin(repo, commit.id(), &path, file.id(), known.as_ref())
                     .map_err(|e| self.err(&format!("finding the commit that wrote {path}"), e))?;
+                if let Ok(mut cache) = self.origins.lock() {
+                    cache.insert(cache_key, (origin.clone(), commit.id()));
+                }
                 out.push(FoundRequest {
                     origin,
                     request,
@@ -110,6 +112,29 @@ impl SnapshotStore {
                 });
             }
             Ok(out)
+        })
+    }
+
+    fn cached_origin(&self, key: &(String, Oid)) -> Option<(RequestOrigin, Oid)> {
+        self.origins.lock().ok()?.get(key).cloned()
+    }
+
+    /// Whether `revision` is `tip` (HEAD when None) or one of its
+    /// ancestors: a request may only restore what its branch recorded.
+    pub fn in_history(&self, revision: &str, tip: Option<&str>) -> Result<bool, SnapshotError> {
+        self.with_repo(|repo| {
+            let head = match tip {
+                Some(tip) => find_rev(repo, tip)?,
+                None => match head_commit(repo).map_err(|e| self.err("reading HEAD", e))? {
+                    Some(head) => head,
+                    None => return Ok(false),
+                },
+            };
+            let revision = find_rev(repo, revision)?.id();
+            Ok(revision == head.id()
+                || repo
+                    .graph_descendant_of(head.id(), revision)
+                    .map_err(|e| self.err("walking history", e))?)
         })
     }
 
@@ -158,9 +183,9 @@ impl SnapshotStore {
         })
     }
 
-    /// Writes `request` as a new file on a new branch built on the
+    /// Writes `request` as a new file on a new local branch built on the
     /// followed branch (the remote's, fetched first, when there is a
-    /// remote) and pushes that branch. Nothing else moves.
+    /// remote); [`SnapshotStore::publish`] pushes it. Nothing else moves.
     pub fn propose(
         &self,
         request: &RollbackRequest,
@@ -231,19 +256,40 @@ impl SnapshotStore {
             let refname = format!("refs/heads/{branch}");
             repo.reference(&refname, oid, false, "credsync: propose a rollback")
                 .map_err(|e| self.err(&format!("creating branch {branch}"), e))?;
-            if let Some(config) = &self.config.remote {
-                let pushed = remote::push_branch(repo, config, branch)
-                    .map_err(|e| self.err(&format!("pushing {branch} to {}", config.url), e))?;
-                if !pushed {
-                    return Err(self.err(&format!("pushing {branch} to {}", config.url), "the remote refused it (a branch of that name exists there?)"));
-                }
-            }
             Ok(Proposal {
                 branch: branch.to_owned(),
                 path,
                 commit: oid.to_string(),
                 base: base.id().to_string(),
             })
+        })
+    }
+}
+
+impl SnapshotStore {
+    /// Pushes a proposal's branch to the remote (nothing without one).
+    pub fn publish(&self, proposal: &Proposal) -> Result<(), SnapshotError> {
+        let Some(config) = &self.config.remote else {
+            return Ok(());
+        };
+        let branch = &proposal.branch;
+        self.with_repo(|repo| {
+            let doing = format!("pushing {branch} to {}", config.url);
+            let pushed = remote::push_branch(repo, config, branch).map_err(|e| self.err(&doing, e))?;
+            if pushed {
+                Ok(())
+            } else {
+                Err(self.err(&doing, "the remote refused it (a branch of that name exists there?): give another --branch"))
+            }
+        })
+    }
+
+    /// Deletes a proposal's local branch: it will not be pushed.
+    pub fn discard(&self, proposal: &Proposal) -> Result<(), SnapshotError> {
+        self.with_repo(|repo| {
+            repo.find_reference(&format!("refs/heads/{}", proposal.branch))
+                .and_then(|mut r| r.delete())
+                .map_err(|e| self.err(&format!("deleting branch {}", proposal.branch), e))
         })
     }
 }
@@ -270,14 +316,20 @@ pub(super) fn request_trailers(origin: &RequestOrigin) -> String {
     )
 }
 
-/// The commit that wrote `blob` at `path`, walking back from `start`: the
-/// first whose parents all hold something else there (for a merge, that is
-/// the commit on the merged branch, with its author).
+/// For each request file seen (path, blob): the commit that wrote it and
+/// the HEAD that was checked up to.
+pub(super) type OriginCache = HashMap<(String, Oid), (RequestOrigin, Oid)>;
+
+/// The commit that wrote `blob` at `path` in `start`'s history: the newest
+/// whose parents all hold something else there (for a merge, the commit on
+/// the merged branch, with its author). With a `known` answer checked up
+/// to some commit, only the commits since are walked.
 fn origin(
     repo: &Repository,
     start: Oid,
     path: &str,
     blob: Oid,
+    known: Option<&(RequestOrigin, Oid)>,
 ) -> Result<RequestOrigin, git2::Error> {
     let at = |commit: &git2::Commit<'_>| -> Option<Oid> {
         commit
@@ -287,30 +339,37 @@ fn origin(
             .ok()
             .map(|e| e.id())
     };
+    let reaches = |from: Oid, to: Oid| -> Result<bool, git2::Error> {
+        Ok(from == to || repo.graph_descendant_of(from, to)?)
+    };
     let mut walk = repo.revwalk()?;
     walk.push(start)?;
     walk.set_sorting(git2::Sort::TOPOLOGICAL)?;
-    let mut found = repo.find_commit(start)?;
-    for oid in walk.take(ORIGIN_SEARCH_LIMIT) {
+    let mut fallback = None;
+    if let Some((origin, checked)) = known
+        && let Ok(origin_id) = Oid::from_str(&origin.commit)
+        && reaches(start, origin_id)?
+        && reaches(start, *checked)?
+    {
+        walk.hide(*checked)?;
+        fallback = Some(origin.clone());
+    }
+    for oid in walk {
         let commit = repo.find_commit(oid?)?;
-        if at(&commit) != Some(blob) {
-            continue;
-        }
-        if commit.parents().all(|parent| at(&parent) != Some(blob)) {
-            found = commit;
-            break;
+        if at(&commit) == Some(blob) && commit.parents().all(|parent| at(&parent) != Some(blob)) {
+            let author = commit.author();
+            return Ok(RequestOrigin {
+                path: path.to_owned(),
+                commit: commit.id().to_string(),
+                author: format!(
+                    "{} <{}>",
+                    author.name().unwrap_or("unknown"),
+                    author.email().unwrap_or("unknown")
+                ),
+            });
         }
     }
-    let author = found.author();
-    Ok(RequestOrigin {
-        path: path.to_owned(),
-        commit: found.id().to_string(),
-        author: format!(
-            "{} <{}>",
-            author.name().unwrap_or("unknown"),
-            author.email().unwrap_or("unknown")
-        ),
-    })
+    fallback.ok_or_else(|| git2::Error::from_str("no commit in its history wrote this file"))
 }
 
 #[cfg(test)]
