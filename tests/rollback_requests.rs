@@ -381,6 +381,17 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     let plan = &plan[plan.find('{').unwrap()..];
     let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
     assert_eq!(plan["requests"][0]["state"], "applied", "{plan}");
+    // A request's pin is lifted by removing the request, not by hand.
+    let unpin = s.run(&["unpin", "app/api"]);
+    assert_ne!(unpin.code, 0);
+    assert!(
+        unpin
+            .stderr
+            .contains("pinned by a reviewed rollback request"),
+        "{}",
+        unpin.stderr
+    );
+    assert_eq!(annotations(s).await.get(PINNED), Some(&v1));
 
     // 4. Requests that cannot be honoured (a tampered snapshot file, a
     // malformed file, an unknown revision, a namespace credsync does not
