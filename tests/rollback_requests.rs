@@ -286,6 +286,13 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         markdown.stdout
     );
 
+    // A standby's clone, made before the merge (its pod started earlier).
+    let standby = dir.join("standby");
+    s.env.git(
+        &dir,
+        &["clone", "-q", path_str(&flow.remote), path_str(&standby)],
+    );
+
     // 3. Merge it with git, as a forge's merge button does.
     flow.git(&["checkout", "-q", "main"]);
     flow.git(&["pull", "-q", "origin", "main"]);
@@ -341,21 +348,39 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         1.0
     );
 
-    // Applied once: a restart (a new leader, say) does not apply it again.
+    // Applied once. The standby takes over while the remote is down: its
+    // clone predates the merge, so it must release nothing; once the remote
+    // answers, it must not apply the request again.
     let rollbacks = log.matches("credsync: roll back").count();
     drop(daemon);
-    let daemon = flow.daemon(&dir.join("loop-after-restart"));
+    let away = dir.join("remote-away.git");
+    std::fs::rename(&flow.remote, &away).unwrap();
+    let daemon = flow.daemon(&standby);
     assert!(
         reconciled(daemon.port).await,
         "{}",
         s.env.daemon_log(&daemon)
     );
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            metric(&flow.metrics(&daemon), "credsync_snapshot_remote_up") == 1.0
-        })
-        .await
+    let remote_up = |value: f64| {
+        let (flow, daemon) = (&flow, &daemon);
+        async move {
+            eventually(Duration::from_secs(20), || async {
+                metric(&flow.metrics(daemon), "credsync_snapshot_remote_up") == value
+            })
+            .await
+        }
+    };
+    assert!(remote_up(0.0).await, "{}", s.env.daemon_log(&daemon));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pins = annotations(s).await;
+    assert_eq!(
+        pins.get(PINNED),
+        Some(&v1),
+        "nothing released from a stale clone: {pins:?}"
     );
+    assert_eq!(token(s).await, b"token-version-one");
+    std::fs::rename(&away, &flow.remote).unwrap();
+    assert!(remote_up(1.0).await, "{}", s.env.daemon_log(&daemon));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let metrics = flow.metrics(&daemon);
     assert_eq!(
@@ -374,7 +399,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     assert_eq!(
         token(s).await,
         b"token-version-one",
-        "the pin holds through the restart's reconcile"
+        "the pin holds through the new leader's reconciles"
     );
     let (code, plan) = http(daemon.port, "GET", "/plan?format=json", None);
     assert_eq!(code, 200, "{plan}");
