@@ -758,3 +758,90 @@ async fn a_proposal_that_cannot_work_is_refused_before_anything_is_pushed() {
         "no local branch left"
     );
 }
+
+#[tokio::test]
+async fn a_request_written_in_part_is_finished_at_the_next_poll() {
+    let flow = Flow::start().await;
+    let (s, dir) = (&flow.s, flow.dir());
+    s.env.put("app/api/token", "token-version-one");
+    s.env.put("app/web/key", "web-value-one");
+    assert_eq!(flow.with_remote(&["sync"]).code, 0);
+    let v1 = s.head();
+    s.env.put("app/api/token", "token-version-two");
+    s.env.put("app/web/key", "web-value-two");
+    assert_eq!(flow.with_remote(&["sync"]).code, 0);
+    // Every credsync from here on talks to the API server through the proxy.
+    let faults = s.env.faults().await;
+    let daemon = flow.daemon(&dir.join("loop"));
+    assert!(
+        reconciled(daemon.port).await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    let proposed = flow.with_remote(&["rollback", &v1, "--propose", "--branch", "both"]);
+    assert_eq!(proposed.code, 0, "{}", proposed.stderr);
+
+    // The first of the two Secret writes fails; the request is not applied
+    // (no rollback commit) until the next poll writes the other one too.
+    faults.inject_json(
+        serde_json::json!({"verb": "patch", "resource": "secrets", "status": 500, "times": 1}),
+    );
+    s.env.git(
+        &dir,
+        &[
+            "clone",
+            "-q",
+            path_str(&flow.remote),
+            path_str(&flow.review),
+        ],
+    );
+    flow.git(&["fetch", "-q", "origin"]);
+    flow.git_as(
+        "Grace",
+        &["merge", "-q", "--no-ff", "origin/both", "-m", "Merge both"],
+    );
+    flow.git(&["push", "-q", "origin", "main"]);
+    let restored = || async {
+        s.env.secret_data("app", "api").await.unwrap()["TOKEN"] == b"token-version-one"
+            && s.env.secret_data("app", "web").await.unwrap()["KEY"] == b"web-value-one"
+    };
+    assert!(
+        eventually(Duration::from_secs(30), restored).await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            flow.remote_log()
+                .contains("credsync: roll back 2 Secret(s)")
+        })
+        .await,
+        "{}",
+        flow.remote_log()
+    );
+    let log = s.env.daemon_log(&daemon);
+    assert!(
+        log.contains("Secret of a rollback request not written; retried at the next poll"),
+        "{log}"
+    );
+    assert_eq!(
+        flow.remote_log().matches("credsync: roll back").count(),
+        1,
+        "one rollback commit, written once all of it was: {}",
+        flow.remote_log()
+    );
+    assert_eq!(
+        metric(
+            &flow.metrics(&daemon),
+            "credsync_rollback_requests_total{outcome=\"applied\"}"
+        ),
+        1.0
+    );
+    for name in ["api", "web"] {
+        assert_eq!(
+            annotations_of(s, name).await.get(PINNED),
+            Some(&v1),
+            "{name}"
+        );
+    }
+}
