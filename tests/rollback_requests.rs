@@ -260,6 +260,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         outputs.contains("has_changes=true\n") && outputs.contains("requests_pending=1\n"),
         "{outputs}"
     );
+    support::validate_against_schema(&json.stdout);
     let plan: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(plan["summary"]["has_changes"], true, "{}", json.stdout);
     let request = &plan["requests"][0];
@@ -404,8 +405,13 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     let (code, plan) = http(daemon.port, "GET", "/plan?format=json", None);
     assert_eq!(code, 200, "{plan}");
     let plan = &plan[plan.find('{').unwrap()..];
+    support::validate_against_schema(plan);
     let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
     assert_eq!(plan["requests"][0]["state"], "applied", "{plan}");
+    assert_eq!(
+        plan["pinned"][0]["request"],
+        format!("{request_file}@{request_commit}").as_str()
+    );
     // A request's pin is lifted by removing the request, not by hand.
     let unpin = s.run(&["unpin", "app/api"]);
     assert_ne!(unpin.code, 0);

@@ -616,6 +616,36 @@ impl StandIns {
     }
 }
 
+/// Validates `document` against the schema shipped in src/render with the
+/// reference Python implementation of JSON Schema.
+pub fn validate_against_schema(document: &str) {
+    let schema = project_dir().join("src/render/plan.schema.json");
+    let out = Command::new(venv_tool("python"))
+        .args([
+            "-c",
+            "import json, sys, jsonschema\n\
+             schema = json.load(open(sys.argv[1]))\n\
+             jsonschema.Draft202012Validator.check_schema(schema)\n\
+             jsonschema.Draft202012Validator(schema).validate(json.loads(sys.stdin.read()))",
+        ])
+        .arg(&schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(document.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "schema validation failed:\n{}\n{document}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
