@@ -45,6 +45,32 @@ impl Flow {
         self.s.env.dir.path().to_owned()
     }
 
+    /// Waits until app/api's TOKEN is `value`; the daemon's log if it never is.
+    async fn token_becomes(&self, daemon: &Daemon, value: &[u8]) {
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                token(&self.s).await == value
+            })
+            .await,
+            "{}",
+            self.s.env.daemon_log(daemon)
+        );
+    }
+
+    /// Two snapshots pushed: app/api and app/web at version one, then at
+    /// version two. Returns the first one's commit.
+    fn two_snapshots(&self) -> String {
+        let env = &self.s.env;
+        env.put("app/api/token", "token-version-one");
+        env.put("app/web/key", "web-value-one");
+        assert_eq!(self.with_remote(&["sync"]).code, 0);
+        let v1 = self.s.head();
+        env.put("app/api/token", "token-version-two");
+        env.put("app/web/key", "web-value-two");
+        assert_eq!(self.with_remote(&["sync"]).code, 0);
+        v1
+    }
+
     fn with_remote(&self, command: &[&str]) -> support::Run {
         let mut args = vec!["--snapshot-remote", path_str(&self.remote)];
         args.extend_from_slice(command);
@@ -121,12 +147,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     let flow = Flow::start().await;
     let (s, dir) = (&flow.s, flow.dir());
     let with_remote = |command: &[&str]| flow.with_remote(command);
-    s.env.put("app/api/token", "token-version-one");
-    s.env.put("app/web/key", "web-value-one");
-    assert_eq!(with_remote(&["sync"]).code, 0);
-    let v1 = s.head();
-    s.env.put("app/api/token", "token-version-two");
-    assert_eq!(with_remote(&["sync"]).code, 0);
+    let v1 = flow.two_snapshots();
     s.env.git(
         &dir,
         &[
@@ -310,14 +331,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     );
     flow.git(&["push", "-q", "origin", "main"]);
     let merge = flow.git(&["rev-parse", "HEAD"]).trim().to_owned();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            token(s).await == b"token-version-one"
-        })
-        .await,
-        "{}",
-        s.env.daemon_log(&daemon)
-    );
+    flow.token_becomes(&daemon, b"token-version-one").await;
     let pins = annotations(s).await;
     assert_eq!(pins.get(PINNED), Some(&v1), "{pins:?}");
     assert_eq!(
@@ -564,7 +578,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     }
     assert_eq!(
         s.env.secret_data("app", "web").await.unwrap()["KEY"],
-        b"web-value-one",
+        b"web-value-two",
         "nothing of it applied"
     );
     assert!(!annotations_of(s, "web").await.contains_key(PINNED));
@@ -577,14 +591,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     flow.git_as("Grace", &["commit", "-qm", "drop the refused requests"]);
     flow.git_as("Grace", &["revert", "--no-edit", "-m", "1", &merge]);
     flow.git(&["push", "-q", "origin", "main"]);
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            token(s).await == b"token-version-two"
-        })
-        .await,
-        "{}",
-        s.env.daemon_log(&daemon)
-    );
+    flow.token_becomes(&daemon, b"token-version-two").await;
     let pins = annotations(s).await;
     assert!(
         !pins.contains_key(PINNED) && !pins.contains_key(PINNED_BY_REQUEST),
@@ -634,14 +641,7 @@ async fn an_unreachable_remote_stops_only_the_requests() {
     assert!(up(0.0).await, "{}", s.env.daemon_log(&daemon));
     s.env.put("app/api/token", "token-during-outage");
     assert_eq!(http(daemon.port, "POST", "/sync", None).0, 202);
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            token(s).await == b"token-during-outage"
-        })
-        .await,
-        "{}",
-        s.env.daemon_log(&daemon)
-    );
+    flow.token_becomes(&daemon, b"token-during-outage").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = s.env.daemon_log(&daemon);
     assert_eq!(
@@ -769,13 +769,7 @@ async fn a_proposal_that_cannot_work_is_refused_before_anything_is_pushed() {
 async fn a_request_written_in_part_is_finished_at_the_next_poll() {
     let flow = Flow::start().await;
     let (s, dir) = (&flow.s, flow.dir());
-    s.env.put("app/api/token", "token-version-one");
-    s.env.put("app/web/key", "web-value-one");
-    assert_eq!(flow.with_remote(&["sync"]).code, 0);
-    let v1 = s.head();
-    s.env.put("app/api/token", "token-version-two");
-    s.env.put("app/web/key", "web-value-two");
-    assert_eq!(flow.with_remote(&["sync"]).code, 0);
+    let v1 = flow.two_snapshots();
     // Every credsync from here on talks to the API server through the proxy.
     let faults = s.env.faults().await;
     let daemon = flow.daemon(&dir.join("loop"));
