@@ -119,6 +119,32 @@ impl Flow {
         http(daemon.port, "GET", "/metrics", None).1
     }
 
+    /// Waits until the daemon counts `n` requests applied: the count comes
+    /// once the rollback, its push included, has returned.
+    async fn applied_becomes(&self, daemon: &Daemon, n: f64) {
+        let sample = "credsync_rollback_requests_total{outcome=\"applied\"}";
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                metric(&self.metrics(daemon), sample) == n
+            })
+            .await,
+            "{}",
+            self.s.env.daemon_log(daemon)
+        );
+    }
+
+    /// Waits until the remote's `main` has a commit saying `text`.
+    async fn remote_log_shows(&self, text: &str) {
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                self.remote_log().contains(text)
+            })
+            .await,
+            "{}",
+            self.remote_log()
+        );
+    }
+
     fn remote_log(&self) -> String {
         self.s
             .env
@@ -340,28 +366,15 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         "{pins:?}"
     );
     // The rollback commit, pushed, names the request's commit and author.
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            flow.remote_log()
-                .contains("credsync: roll back 1 Secret(s)")
-        })
-        .await,
-        "{}",
-        flow.remote_log()
-    );
+    flow.remote_log_shows("credsync: roll back 1 Secret(s)")
+        .await;
     let log = flow.remote_log();
     assert!(log.contains("by Ada Lovelace <ada@example.com>"), "{log}");
     assert!(
         log.contains(&format!("Credsync-Request-Commit: {request_commit}")),
         "{log}"
     );
-    assert_eq!(
-        metric(
-            &flow.metrics(&daemon),
-            "credsync_rollback_requests_total{outcome=\"applied\"}"
-        ),
-        1.0
-    );
+    flow.applied_becomes(&daemon, 1.0).await;
 
     // Applied once. The standby takes over while the remote is down: its
     // clone predates the merge, so it must release nothing; once the remote
@@ -605,7 +618,13 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         ),
         1.0
     );
-    assert_eq!(metric(&metrics, "credsync_rollback_requests_refused"), 0.0);
+    // Reported after the unpins, so possibly just after the table's value is back.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&flow.metrics(&daemon), "credsync_rollback_requests_refused") == 0.0
+        })
+        .await
+    );
     s.env
         .assert_no_value_in(&flow.remote_log(), "the remote's commit messages");
     s.env.daemon_log(&daemon);
@@ -654,9 +673,12 @@ async fn an_unreachable_remote_stops_only_the_requests() {
     std::fs::rename(&moved, &flow.remote).unwrap();
     assert!(up(1.0).await, "{}", s.env.daemon_log(&daemon));
     assert!(
-        s.env
-            .daemon_log(&daemon)
-            .contains("the snapshot remote answers again")
+        eventually(Duration::from_secs(10), || async {
+            s.env
+                .daemon_log(&daemon)
+                .contains("the snapshot remote answers again")
+        })
+        .await
     );
     let pushed = s.env.git(&flow.remote, &["show", "main:test/app/api.yaml"]);
     assert!(
@@ -810,15 +832,8 @@ async fn a_request_written_in_part_is_finished_at_the_next_poll() {
         "{}",
         s.env.daemon_log(&daemon)
     );
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            flow.remote_log()
-                .contains("credsync: roll back 2 Secret(s)")
-        })
-        .await,
-        "{}",
-        flow.remote_log()
-    );
+    flow.remote_log_shows("credsync: roll back 2 Secret(s)")
+        .await;
     let log = s.env.daemon_log(&daemon);
     assert!(
         log.contains("Secret of a rollback request not written; retried at the next poll"),
@@ -830,13 +845,7 @@ async fn a_request_written_in_part_is_finished_at_the_next_poll() {
         "one rollback commit, written once all of it was: {}",
         flow.remote_log()
     );
-    assert_eq!(
-        metric(
-            &flow.metrics(&daemon),
-            "credsync_rollback_requests_total{outcome=\"applied\"}"
-        ),
-        1.0
-    );
+    flow.applied_becomes(&daemon, 1.0).await;
     for name in ["api", "web"] {
         assert_eq!(
             annotations_of(s, name).await.get(PINNED),
