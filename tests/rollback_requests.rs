@@ -77,6 +77,14 @@ impl Flow {
         self.s.run(&args)
     }
 
+    /// The reviewers' clone of the remote.
+    fn clone_review(&self) {
+        let (remote, review) = (path_str(&self.remote), path_str(&self.review));
+        self.s
+            .env
+            .git(&self.dir(), &["clone", "-q", remote, review]);
+    }
+
     fn git(&self, args: &[&str]) -> String {
         self.s.env.git(&self.review, args)
     }
@@ -174,15 +182,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     let (s, dir) = (&flow.s, flow.dir());
     let with_remote = |command: &[&str]| flow.with_remote(command);
     let v1 = flow.two_snapshots();
-    s.env.git(
-        &dir,
-        &[
-            "clone",
-            "-q",
-            path_str(&flow.remote),
-            path_str(&flow.review),
-        ],
-    );
+    flow.clone_review();
 
     // The loop runs in its own clone, as a pod would.
     let loop_repo = dir.join("loop");
@@ -808,15 +808,7 @@ async fn a_request_written_in_part_is_finished_at_the_next_poll() {
     faults.inject_json(
         serde_json::json!({"verb": "patch", "resource": "secrets", "status": 500, "times": 1}),
     );
-    s.env.git(
-        &dir,
-        &[
-            "clone",
-            "-q",
-            path_str(&flow.remote),
-            path_str(&flow.review),
-        ],
-    );
+    flow.clone_review();
     flow.git(&["fetch", "-q", "origin"]);
     flow.git_as(
         "Grace",
