@@ -219,29 +219,21 @@ pub async fn plan_requests(
     rev: Option<String>,
     identities: Option<Identities>,
 ) -> Result<Vec<RequestView>, ReconcileError> {
-    let pins = reconciler.cluster().pins().await?;
+    // Most plans find no request: the cluster's pins are read only for one.
+    let at = rev.clone();
+    let found = record_blocking(store.clone(), move |store| store.requests(at.as_deref())).await?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pins = reconciler.cluster().pins().await?.by_secret();
     let filter = reconciler.namespace_filter().clone();
     let assessment = record_blocking(store, move |store| {
-        let found = store.requests(rev.as_deref())?;
-        if found.is_empty() {
-            return Ok(None);
-        }
         let (applied, _) = store.applied_requests(None)?;
         let known = Known { applied, pins };
-        assess(
-            store,
-            &filter,
-            found,
-            &known,
-            identities.as_ref(),
-            rev.as_deref(),
-        )
-        .map(Some)
+        let tip = rev.as_deref();
+        assess(store, &filter, found, &known, identities.as_ref(), tip)
     })
     .await?;
-    let Some(assessment) = assessment else {
-        return Ok(Vec::new());
-    };
     let mut views = assessment.views;
     for (index, approved) in assessment.approved {
         let planned = reconciler.plan_rollback(approved.restored).await?;
@@ -332,7 +324,8 @@ impl Follower {
         if head.is_some() && head == self.seen_head {
             return Ok(());
         }
-        self.known.pins = reconciler.cluster().pins().await?;
+        let pins = reconciler.cluster().pins().await?;
+        self.known.pins = pins.by_secret();
         let filter = reconciler.namespace_filter().clone();
         let identities = config.identities.clone();
         let known = self.known.clone();
@@ -348,7 +341,7 @@ impl Follower {
         let released = {
             // Writes only: reconciles wait for these, not for the reads above.
             let _writing = reconciler.exclusive().await;
-            let released = reconciler.cluster().unpin_released(&found).await?;
+            let released = reconciler.cluster().unpin_released(pins, &found).await?;
             for (index, approved) in assessment.approved {
                 retry |= !self.apply(reconciler, approved, &mut views[index]).await;
             }
@@ -396,13 +389,7 @@ impl Follower {
                 .inc();
             tracing::info!(%secret, %request, "rollback request removed: Secret unpinned, the table's state returns");
             let note = format!("rollback request {request} was removed: back to the table");
-            if let Err(err) = reconciler
-                .cluster()
-                .event_on_secret(secret, EventType::Normal, "Unpinned", "Unpin", note)
-                .await
-            {
-                tracing::warn!(%secret, error = %err, "Event not recorded");
-            }
+            event(reconciler, secret, EventType::Normal, "Unpinned", note).await;
         }
     }
 
@@ -487,21 +474,35 @@ impl Follower {
                 .iter()
                 .filter(|s| reconciler.namespace_refusal(&s.namespace).is_none());
             for secret in reachable {
-                if let Err(err) = reconciler
-                    .cluster()
-                    .event_on_secret(
-                        secret,
-                        EventType::Warning,
-                        "RollbackRefused",
-                        "Rollback",
-                        note.clone(),
-                    )
-                    .await
-                {
-                    tracing::warn!(%secret, error = %err, "Event not recorded");
-                }
+                let note = note.clone();
+                event(
+                    reconciler,
+                    secret,
+                    EventType::Warning,
+                    "RollbackRefused",
+                    note,
+                )
+                .await;
             }
         }
+    }
+}
+
+/// An Event about a request on one of its Secrets; one that cannot be
+/// recorded is logged, never fatal.
+async fn event(
+    reconciler: &Reconciler,
+    secret: &SecretRef,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let recorded = reconciler
+        .cluster()
+        .event_on_secret(secret, type_, reason, "Rollback", note)
+        .await;
+    if let Err(err) = recorded {
+        tracing::warn!(%secret, error = %err, "Event not recorded");
     }
 }
 

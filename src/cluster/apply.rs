@@ -483,7 +483,7 @@ impl Cluster {
     }
 }
 
-fn written_version(secret: Secret) -> OwnWrite {
+pub(super) fn written_version(secret: Secret) -> OwnWrite {
     OwnWrite::Version(secret.metadata.resource_version.unwrap_or_default())
 }
 

@@ -7,9 +7,24 @@ use std::collections::{BTreeMap, HashSet};
 
 use kube::api::ListParams;
 
+use super::apply::written_version;
 use super::{Cluster, ClusterError, OwnWrite, api_error};
 use crate::labels::{MANAGED_SELECTOR, PINNED_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION};
 use crate::manifest::SecretRef;
+
+/// The pinned Secrets, as one list of their metadata said.
+pub struct Pins(Vec<LivePin>);
+
+impl Pins {
+    /// Pinned Secret -> the request (`path@commit`) that pinned it, or
+    /// None for a pin set by hand.
+    pub fn by_secret(&self) -> BTreeMap<SecretRef, Option<String>> {
+        self.0
+            .iter()
+            .map(|pin| (pin.secret.clone(), pin.request.clone()))
+            .collect()
+    }
+}
 
 /// A pinned Secret, as its metadata says.
 struct LivePin {
@@ -25,7 +40,7 @@ impl Cluster {
     /// its file's to lift and stays. Returns the Secrets unpinned.
     pub async fn unpin(&self, only: &[SecretRef]) -> Result<Vec<SecretRef>, ClusterError> {
         let mut unpinned = Vec::new();
-        for pin in self.list_pins().await? {
+        for pin in self.pins().await?.0 {
             if pin.request.is_some() || (!only.is_empty() && !only.contains(&pin.secret)) {
                 continue;
             }
@@ -35,26 +50,18 @@ impl Cluster {
         Ok(unpinned)
     }
 
-    /// Every pinned Secret -> the request (`path@commit`) that pinned it,
-    /// or None for a pin set by hand.
-    pub async fn pins(&self) -> Result<BTreeMap<SecretRef, Option<String>>, ClusterError> {
-        Ok(self
-            .list_pins()
-            .await?
-            .into_iter()
-            .map(|pin| (pin.secret, pin.request))
-            .collect())
-    }
-
-    /// Removes the pins of requests no longer in `active` (keys
-    /// `path@commit`): the request was removed, so the Secret goes back to
-    /// the table. Pins set by `credsync rollback` are left alone.
+    /// Removes the pins (as `pins` read them) of requests no longer in
+    /// `active` (keys `path@commit`): the request was removed, so the
+    /// Secret goes back to the table. Pins set by `credsync rollback` are
+    /// left alone. A pin changed since it was read fails its
+    /// resourceVersion guard rather than being lifted blind.
     pub async fn unpin_released(
         &self,
+        pins: Pins,
         active: &HashSet<String>,
     ) -> Result<Vec<(SecretRef, String)>, ClusterError> {
         let mut released = Vec::new();
-        for pin in self.list_pins().await? {
+        for pin in pins.0 {
             let Some(request) = pin.request.clone() else {
                 continue;
             };
@@ -88,17 +95,20 @@ impl Cluster {
                 &kube::api::Patch::Merge(&patch),
             )
             .await;
-        let written = result
-            .as_ref()
-            .ok()
-            .map(|s| OwnWrite::Version(s.metadata.resource_version.clone().unwrap_or_default()));
-        self.own_writes.note(secret, written);
-        result
-            .map(|_| ())
-            .map_err(|e| api_error(&format!("unpinning Secret {secret}"), e))
+        match result {
+            Ok(written) => {
+                self.own_writes.note(secret, Some(written_version(written)));
+                Ok(())
+            }
+            Err(e) => {
+                self.own_writes.note(secret, None);
+                Err(api_error(&format!("unpinning Secret {secret}"), e))
+            }
+        }
     }
 
-    async fn list_pins(&self) -> Result<Vec<LivePin>, ClusterError> {
+    /// Every pinned Secret (one paged list of metadata).
+    pub async fn pins(&self) -> Result<Pins, ClusterError> {
         let mut pins = Vec::new();
         let managed = ListParams::default().labels(MANAGED_SELECTOR);
         self.each_secret_metadata("listing managed Secrets", managed, |meta| {
@@ -115,6 +125,6 @@ impl Cluster {
             }
         })
         .await?;
-        Ok(pins)
+        Ok(Pins(pins))
     }
 }

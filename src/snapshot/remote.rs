@@ -168,6 +168,11 @@ pub(super) fn fetch(repo: &Repository, config: &RemoteConfig) -> Result<Option<O
         Some(&mut options),
         None,
     )?;
+    tracking_head(repo)
+}
+
+/// The remote's head as the last fetch saw it, if the branch exists there.
+pub(super) fn tracking_head(repo: &Repository) -> Result<Option<Oid>, git2::Error> {
     match repo.find_branch(&format!("{REMOTE}/{BRANCH}"), BranchType::Remote) {
         Ok(branch) => Ok(branch.get().target()),
         Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
@@ -306,42 +311,38 @@ mod tests {
     use super::{RemoteUrl, replay};
     use git2::{Oid, Repository, Signature};
 
-    /// A commit of `files` (path -> text) on top of `parent`.
-    fn commit(repo: &Repository, parent: Option<Oid>, files: &[(&str, &str)]) -> Oid {
+    /// A commit on top of `parent` that writes `files` (path -> text) and
+    /// removes the paths in `gone`.
+    fn commit(
+        repo: &Repository,
+        parent: Option<Oid>,
+        files: &[(&str, &str)],
+        gone: &[&str],
+    ) -> Oid {
         let mut update = git2::build::TreeUpdateBuilder::new();
         for (path, text) in files {
-            let blob = repo.blob(text.as_bytes()).unwrap();
-            update.upsert(*path, blob, git2::FileMode::Blob);
+            update.upsert(
+                *path,
+                repo.blob(text.as_bytes()).unwrap(),
+                git2::FileMode::Blob,
+            );
         }
-        let empty = repo.treebuilder(None).unwrap().write().unwrap();
-        let base = match parent {
-            Some(p) => repo.find_commit(p).unwrap().tree().unwrap(),
-            None => repo.find_tree(empty).unwrap(),
+        for path in gone {
+            update.remove(*path);
+        }
+        let parent = parent.map(|p| repo.find_commit(p).unwrap());
+        let base = match &parent {
+            Some(p) => p.tree().unwrap(),
+            None => repo
+                .find_tree(repo.treebuilder(None).unwrap().write().unwrap())
+                .unwrap(),
         };
         let tree = repo
             .find_tree(update.create_updated(repo, &base).unwrap())
             .unwrap();
         let sig = Signature::now("t", "t@t").unwrap();
-        let parents: Vec<git2::Commit<'_>> = parent
-            .map(|p| repo.find_commit(p).unwrap())
-            .into_iter()
-            .collect();
-        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
         repo.commit(None, &sig, &sig, "c", &tree, &parents).unwrap()
-    }
-
-    /// A commit of `parent`'s tree without `path`.
-    fn remove(repo: &Repository, parent: Oid, path: &str) -> Oid {
-        let mut update = git2::build::TreeUpdateBuilder::new();
-        update.remove(path);
-        let base = repo.find_commit(parent).unwrap().tree().unwrap();
-        let tree = repo
-            .find_tree(update.create_updated(repo, &base).unwrap())
-            .unwrap();
-        let sig = Signature::now("t", "t@t").unwrap();
-        let parent = repo.find_commit(parent).unwrap();
-        repo.commit(None, &sig, &sig, "r", &tree, &[&parent])
-            .unwrap()
     }
 
     fn text(repo: &Repository, commit: Oid, path: &str) -> Option<String> {
@@ -359,12 +360,13 @@ mod tests {
             &repo,
             None,
             &[("c/ns/a.yaml", "a1"), ("c/.requests/old.yaml", "old")],
+            &[],
         );
         // The remote merged a new request and removed the old one; locally a
         // snapshot changed a Secret meanwhile.
-        let theirs = commit(&repo, Some(base), &[("c/.requests/new.yaml", "new")]);
-        let theirs = remove(&repo, theirs, "c/.requests/old.yaml");
-        let ours = commit(&repo, Some(base), &[("c/ns/a.yaml", "a2")]);
+        let new = [("c/.requests/new.yaml", "new")];
+        let theirs = commit(&repo, Some(base), &new, &["c/.requests/old.yaml"]);
+        let ours = commit(&repo, Some(base), &[("c/ns/a.yaml", "a2")], &[]);
         let replayed = replay(&repo, "c", ours, theirs)
             .unwrap()
             .expect("no conflict");
@@ -376,8 +378,8 @@ mod tests {
         assert_eq!(text(&repo, replayed, "c/.requests/old.yaml"), None);
 
         // A local commit that leaves no Secret keeps the remote's requests.
-        let emptied = remove(&repo, ours, "c/ns/a.yaml");
-        let emptied = remove(&repo, emptied, "c/.requests/old.yaml");
+        let gone = ["c/ns/a.yaml", "c/.requests/old.yaml"];
+        let emptied = commit(&repo, Some(ours), &[], &gone);
         let replayed = replay(&repo, "c", emptied, theirs)
             .unwrap()
             .expect("no conflict");
@@ -388,7 +390,7 @@ mod tests {
         );
 
         // The remote changing a Secret's file is still a conflict.
-        let edited = commit(&repo, Some(base), &[("c/ns/a.yaml", "edited")]);
+        let edited = commit(&repo, Some(base), &[("c/ns/a.yaml", "edited")], &[]);
         assert_eq!(replay(&repo, "c", ours, edited).unwrap(), None);
     }
 

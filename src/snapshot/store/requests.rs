@@ -131,10 +131,7 @@ impl SnapshotStore {
                 },
             };
             let revision = find_rev(repo, revision)?.id();
-            Ok(revision == head.id()
-                || repo
-                    .graph_descendant_of(head.id(), revision)
-                    .map_err(|e| self.err("walking history", e))?)
+            reaches(repo, head.id(), revision).map_err(|e| self.err("walking history", e))
         })
     }
 
@@ -184,8 +181,9 @@ impl SnapshotStore {
     }
 
     /// Writes `request` as a new file on a new local branch built on the
-    /// followed branch (the remote's, fetched first, when there is a
-    /// remote); [`SnapshotStore::publish`] pushes it. Nothing else moves.
+    /// followed branch (the remote's as [`SnapshotStore::fetch`] last saw
+    /// it, when there is a remote); [`SnapshotStore::publish`] pushes it.
+    /// Nothing else moves.
     pub fn propose(
         &self,
         request: &RollbackRequest,
@@ -200,8 +198,8 @@ impl SnapshotStore {
                 ));
             }
             let base = match &self.config.remote {
-                Some(config) => remote::fetch(repo, config)
-                    .map_err(|e| self.err(&format!("fetching {}", config.url), e))?,
+                Some(_) => remote::tracking_head(repo)
+                    .map_err(|e| self.err("reading the remote's head", e))?,
                 None => None,
             };
             let base = match base {
@@ -213,11 +211,7 @@ impl SnapshotStore {
             // The loop reads only its branch: a revision elsewhere would be unknown to it.
             let revision = Oid::from_str(&request.revision)
                 .map_err(|e| self.err(&format!("reading revision {}", request.revision), e))?;
-            if revision != base.id()
-                && !repo
-                    .graph_descendant_of(base.id(), revision)
-                    .map_err(|e| self.err("walking history", e))?
-            {
+            if !reaches(repo, base.id(), revision).map_err(|e| self.err("walking history", e))? {
                 return Err(self.err(
                     &format!("proposing a rollback to {}", &request.revision[..12]),
                     format!("that revision is not in {BRANCH}'s history, the only branch the loop reads: pick one `credsync history` lists"),
@@ -316,6 +310,11 @@ pub(super) fn request_trailers(origin: &RequestOrigin) -> String {
     )
 }
 
+/// Whether `to` is `from` or one of its ancestors.
+fn reaches(repo: &Repository, from: Oid, to: Oid) -> Result<bool, git2::Error> {
+    Ok(from == to || repo.graph_descendant_of(from, to)?)
+}
+
 /// For each request file seen (path, blob): the commit that wrote it and
 /// the HEAD that was checked up to.
 pub(super) type OriginCache = HashMap<(String, Oid), (RequestOrigin, Oid)>;
@@ -339,17 +338,14 @@ fn origin(
             .ok()
             .map(|e| e.id())
     };
-    let reaches = |from: Oid, to: Oid| -> Result<bool, git2::Error> {
-        Ok(from == to || repo.graph_descendant_of(from, to)?)
-    };
     let mut walk = repo.revwalk()?;
     walk.push(start)?;
     walk.set_sorting(git2::Sort::TOPOLOGICAL)?;
     let mut fallback = None;
     if let Some((origin, checked)) = known
         && let Ok(origin_id) = Oid::from_str(&origin.commit)
-        && reaches(start, origin_id)?
-        && reaches(start, *checked)?
+        && reaches(repo, start, origin_id)?
+        && reaches(repo, start, *checked)?
     {
         walk.hide(*checked)?;
         fallback = Some(origin.clone());
