@@ -16,6 +16,7 @@ use crate::manifest::{DesiredSecret, KeyMapping, Manifest, NamespaceFilter, Secr
 use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan, RequestView};
 use crate::progress::{Progress, Silent, Step};
+use crate::restore::Verified;
 use crate::rollout;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::remote::PushOutcome;
@@ -30,10 +31,16 @@ pub enum ReconcileError {
     SecretsManager(#[from] SmError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
     /// The cause is part of the message, not a `source`: printed as a
     /// chain it would otherwise appear twice.
     #[error("snapshot not written, so nothing was applied: {0}")]
     Snapshot(SnapshotError),
+    /// What was asked for is not allowed (a rollback outside the namespaces
+    /// credsync writes); the message says why.
+    #[error("{0}")]
+    Refused(String),
     /// A bug in credsync, not a Kubernetes, AWS or git problem.
     #[error("internal error: {0}; this is a bug in credsync, please report it")]
     Internal(String),
@@ -260,6 +267,7 @@ impl Reconciler {
             values = remembered,
             files = warm.files,
             from_cache = warm.from_cache,
+            untrusted = warm.untrusted,
             commit = warm.commit.as_deref().unwrap_or("none"),
             "warm start from the last snapshot"
         );
@@ -335,6 +343,21 @@ impl Reconciler {
 
     pub fn source(&self) -> &CredstashSource {
         &self.source
+    }
+
+    pub fn secrets_manager(&self) -> Option<&SecretsManagerSource> {
+        self.secrets_manager.as_ref()
+    }
+
+    /// Whether the Credstash table is a source (not with `--source secretsmanager` alone).
+    pub fn reads_table(&self) -> bool {
+        self.read_table
+    }
+
+    /// Where `secret`'s snapshot file lives, for messages.
+    pub fn snapshot_path(&self, secret: &SecretRef) -> String {
+        let cluster = self.snapshot.as_ref().map_or("", |s| s.cluster());
+        format!("{cluster}/{}/{}.yaml", secret.namespace, secret.name)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -708,12 +731,22 @@ impl Reconciler {
     /// pins and the commit name the reviewed request that asked for it.
     pub async fn rollback(
         &self,
-        restored: BTreeMap<SecretRef, DesiredSecret>,
+        restored: Verified,
         commit: &CommitInfo,
         dry_run: bool,
         request: Option<&RequestOrigin>,
     ) -> Result<SyncReport, ReconcileError> {
-        let planned = self.plan_rollback(restored).await?;
+        // The namespace filter again, on what is about to be written.
+        if let Some((secret, why)) = restored
+            .secrets()
+            .keys()
+            .find_map(|s| Some((s, self.filter.reason_to_skip(&s.namespace)?)))
+        {
+            return Err(ReconcileError::Refused(format!(
+                "{secret} is outside the namespaces credsync writes ({why}): nothing was restored"
+            )));
+        }
+        let planned = self.plan_rollback(restored.into_secrets()).await?;
         let options = ApplyOptions {
             dry_run,
             pin: Some(Pin {

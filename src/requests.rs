@@ -21,6 +21,7 @@ use crate::cluster::lease::Leadership;
 use crate::manifest::{DesiredSecret, NamespaceFilter, SecretRef};
 use crate::plan::{RequestState, RequestView};
 use crate::reconcile::{ReconcileError, Reconciler, record_blocking};
+use crate::restore::{self, Verified};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::request::RollbackRequest;
 use crate::snapshot::store::{
@@ -160,8 +161,51 @@ fn restore(
             &commit.id[..commit.id.len().min(12)]
         )));
     }
+    if !store.authenticated(&commit.id)? {
+        return Ok(Err(format!(
+            "revision {} is not a snapshot commit credsync signed: a request may only restore what credsync itself recorded (pick one `credsync history` marks as signed)",
+            &commit.id[..commit.id.len().min(12)]
+        )));
+    }
     let restored = store.desired(&commit.id, &request.secrets, identities)?;
     Ok(Ok((commit, restored)))
+}
+
+/// A request whose files were checked against the sources too.
+pub struct Checked {
+    pub origin: RequestOrigin,
+    pub commit: CommitInfo,
+    pub restored: Verified,
+}
+
+/// Checks every approved request's files against the sources (see
+/// [`crate::restore`]): one whose content the sources do not vouch for is
+/// refused in its view; a source that cannot be read is an error, to retry.
+pub async fn check_sources(
+    reconciler: &Reconciler,
+    assessment: Assessment,
+) -> Result<(Vec<RequestView>, Vec<(usize, Checked)>), ReconcileError> {
+    let mut views = assessment.views;
+    let mut checked = Vec::new();
+    for (index, approved) in assessment.approved {
+        // The revision is signed: assess refuses any other.
+        match restore::verify(reconciler, approved.restored, true).await {
+            Ok(restored) => checked.push((
+                index,
+                Checked {
+                    origin: approved.origin,
+                    commit: approved.commit,
+                    restored,
+                },
+            )),
+            Err(err) if err.is_transient() => return Err(ReconcileError::Restore(err)),
+            Err(err) => {
+                views[index].state = RequestState::Refused;
+                views[index].refusal = Some(err.to_string());
+            }
+        }
+    }
+    Ok((views, checked))
 }
 
 /// Why each not-yet-applied request clashes with another, by index: two
@@ -234,9 +278,11 @@ pub async fn plan_requests(
         assess(store, &filter, found, &known, identities.as_ref(), tip)
     })
     .await?;
-    let mut views = assessment.views;
-    for (index, approved) in assessment.approved {
-        let planned = reconciler.plan_rollback(approved.restored).await?;
+    let (mut views, checked) = check_sources(reconciler, assessment).await?;
+    for (index, checked) in checked {
+        let planned = reconciler
+            .plan_rollback(checked.restored.into_secrets())
+            .await?;
         views[index].changes = planned.plan.changes;
     }
     Ok(views)
@@ -336,14 +382,14 @@ impl Follower {
             Ok((keys, assessment))
         })
         .await?;
-        let mut views = assessment.views;
+        let (mut views, checked) = check_sources(reconciler, assessment).await?;
         let mut retry = false;
         let released = {
             // Writes only: reconciles wait for these, not for the reads above.
             let _writing = reconciler.exclusive().await;
             let released = reconciler.cluster().unpin_released(pins, &found).await?;
-            for (index, approved) in assessment.approved {
-                retry |= !self.apply(reconciler, approved, &mut views[index]).await;
+            for (index, checked) in checked {
+                retry |= !self.apply(reconciler, checked, &mut views[index]).await;
             }
             released
         };
@@ -397,11 +443,16 @@ impl Follower {
     async fn apply(
         &mut self,
         reconciler: &Reconciler,
-        approved: Approved,
+        approved: Checked,
         view: &mut RequestView,
     ) -> bool {
         let key = approved.origin.key();
-        let secrets: Vec<String> = approved.restored.keys().map(ToString::to_string).collect();
+        let secrets: Vec<String> = approved
+            .restored
+            .secrets()
+            .keys()
+            .map(ToString::to_string)
+            .collect();
         match reconciler
             .rollback(
                 approved.restored,
@@ -429,7 +480,7 @@ impl Follower {
                 tracing::info!(
                     request = %approved.origin.path,
                     commit = %approved.origin.commit,
-                    author = %approved.origin.author,
+                    claimed_author = %approved.origin.author,
                     revision = %approved.commit.id,
                     secrets = %secrets.join(","),
                     written = report.outcome.written.len(),
@@ -466,7 +517,7 @@ impl Follower {
                 .rollback_requests
                 .with_label_values(&["refused"])
                 .inc();
-            tracing::warn!(request = %view.file, commit = %view.commit, author = %view.author, %reason, "rollback request refused: nothing of it applied");
+            tracing::warn!(request = %view.file, commit = %view.commit, claimed_author = %view.author, %reason, "rollback request refused: nothing of it applied");
             let note = format!("rollback request {} refused: {reason}", view.file);
             // No Event where credsync does not write.
             let reachable = view

@@ -176,6 +176,20 @@ pub struct Common {
     /// age identity file: for `show --reveal`, `rollback`, and minimal snapshot diffs.
     #[arg(long, global = true, env = "CREDSYNC_AGE_IDENTITY")]
     pub age_identity: Option<PathBuf>,
+    /// ed25519 ssh private key (unencrypted) that signs every snapshot commit;
+    /// only files of signed commits are trusted as values (warm starts,
+    /// rollback requests, versions the source no longer holds).
+    #[arg(long, global = true, env = "CREDSYNC_SNAPSHOT_SIGNING_KEY")]
+    pub snapshot_signing_key: Option<PathBuf>,
+    /// ssh public key file(s) whose snapshot commits are trusted too (a key
+    /// being rotated out; a reader that verifies without signing), repeatable.
+    #[arg(
+        long = "snapshot-trusted-key",
+        global = true,
+        env = "CREDSYNC_SNAPSHOT_TRUSTED_KEY",
+        value_delimiter = ','
+    )]
+    pub snapshot_trusted_keys: Vec<PathBuf>,
 }
 
 /// A source of desired state.

@@ -175,6 +175,8 @@ pub(super) struct Settings {
     snapshot_remote: Option<String>,
     age_recipients: Vec<String>,
     age_identity: &'static str,
+    snapshot_signing_key: &'static str,
+    snapshot_trusted_keys: Vec<std::path::PathBuf>,
     #[serde(serialize_with = "as_debug")]
     request_timeout: Duration,
     listen: String,
@@ -263,6 +265,8 @@ impl Settings {
                 .map(|url| RemoteUrl::parse(url).to_string()),
             age_recipients: common.age_recipients.clone(),
             age_identity: set(common.age_identity.is_some()),
+            snapshot_signing_key: set(common.snapshot_signing_key.is_some()),
+            snapshot_trusted_keys: common.snapshot_trusted_keys.clone(),
             request_timeout: common.request_timeout,
             listen: args.listen.to_string(),
             interval: args.interval,
@@ -291,10 +295,12 @@ impl Settings {
             key_id: args.key_id.clone(),
             self_service_max_bytes: args.self_service_max_bytes,
             grace: args.grace,
-            // A dry run writes nothing, so it applies no request either.
+            // A dry run writes nothing, so it applies no request either;
+            // without a signing key no revision can be authenticated.
             request_poll_interval: (common.snapshot_remote.is_some()
                 && common.snapshot_repo.is_some()
                 && common.age_identity.is_some()
+                && common.snapshot_signing_key.is_some()
                 && !args.dry_run
                 && !args.request_poll_interval.is_zero())
             .then_some(args.request_poll_interval),

@@ -18,6 +18,7 @@ use crate::plan::DiffOptions;
 use crate::reconcile::Reconciler;
 use crate::secretsmanager::{SecretsManagerSource, SmConfig};
 use crate::snapshot::remote::{RemoteConfig, RemoteUrl};
+use crate::snapshot::signing::{CommitSigner, Signing, TrustedKeys};
 use crate::snapshot::store::{SnapshotStore, StoreConfig};
 use sops_age::{Identities, Recipients};
 
@@ -30,6 +31,21 @@ pub(super) fn identities(common: &Common) -> Result<Option<Identities>> {
                 .with_context(|| format!("reading age identity {}", path.display()))
         })
         .transpose()
+}
+
+/// The snapshot signing key and the trusted keys; a key that cannot be
+/// read stops the command here, before any work.
+fn signing(common: &Common) -> Result<Signing> {
+    let signer = common
+        .snapshot_signing_key
+        .as_deref()
+        .map(CommitSigner::from_file)
+        .transpose()?;
+    let mut trusted = Vec::new();
+    for path in &common.snapshot_trusted_keys {
+        trusted.extend(TrustedKeys::from_file(path)?);
+    }
+    Ok(Signing::new(signer, trusted))
 }
 
 /// Opens the snapshot repository; recipients are checked here, before any work.
@@ -69,6 +85,7 @@ pub(super) fn snapshot_store(
         recipients,
         identities: identities(common)?,
         remote,
+        signing: signing(common)?,
     })?;
     Ok(Some(Arc::new(store)))
 }

@@ -161,6 +161,23 @@ impl CredstashSource {
             .map_err(|cause| self.source_error(cause))
     }
 
+    /// One stored version of an item, decrypted (HMAC checked): what a
+    /// rollback compares a snapshot's value with. None: the table no longer
+    /// holds that version.
+    pub async fn read_version(
+        &self,
+        id: &ItemId,
+    ) -> Result<Option<Result<Credential, ItemFailure>>, SourceError> {
+        let stored = table::get_version(&self.dynamodb, &self.config.table, id, &self.metrics)
+            .await
+            .map_err(|cause| self.source_error(cause))?;
+        Ok(match stored {
+            None => None,
+            Some(Err(failure)) => Some(Err(failure)),
+            Some(Ok(item)) => self.kms.open_all(vec![item]).await.pop(),
+        })
+    }
+
     /// Keeps every decrypted value for later reads (a long-lived process).
     pub fn keep_values(&self) {
         self.kms.keep_values();

@@ -105,6 +105,35 @@ pub(super) async fn query_latest(
         .map(RawItem::from_attributes))
 }
 
+/// One stored version of `name`: a consistent GetItem (None: not stored).
+pub(super) async fn get_version(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    id: &ItemId,
+    metrics: &Metrics,
+) -> Result<Option<Result<RawItem, ItemFailure>>, TableReadError> {
+    metrics
+        .dynamodb_requests
+        .with_label_values(&["GetItem"])
+        .inc();
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key("name", AttributeValue::S(id.name.clone()))
+        .key("version", AttributeValue::S(id.version.clone()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|err| {
+            describe_table_error(
+                &AwsError::from_sdk(&err),
+                "access denied (restoring needs dynamodb:GetItem on the table)",
+                "DynamoDB GetItem failed",
+            )
+        })?;
+    Ok(out.item.as_ref().map(RawItem::from_attributes))
+}
+
 async fn scan_segment(
     client: &aws_sdk_dynamodb::Client,
     table: &str,

@@ -19,17 +19,35 @@ pub const DEFAULT_MAX_BYTES: usize = 60_000;
 /// Room always kept for the closing tags and the "not shown" line.
 const RESERVE: usize = 400;
 
+/// Text for a markdown table cell: one line, and no link, image, HTML or
+/// cell break of its own (a git author or a request's reason could
+/// otherwise add them to a pull-request comment).
 pub(super) fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|").replace('`', "'").replace('<', "&lt;")
+    let mut out = String::with_capacity(s.len());
+    for c in crate::text::one_line(s, 2000).chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' => out.push('\''),
+            '\\' | '|' | '[' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub(super) fn md_code(s: &str) -> String {
-    format!("`{}`", s.replace('|', "\\|").replace('`', "'"))
+    let one = crate::text::one_line(s, 2000);
+    format!("`{}`", one.replace('|', "\\|").replace('`', "'"))
 }
 
 /// Text inside an HTML tag such as `<summary>`, where markdown is not read.
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
+    crate::text::one_line(s, 2000)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
@@ -232,7 +250,7 @@ fn requests(b: &mut Budget, plan: &Plan) {
         })
         .collect();
     b.table(
-        "**Rollback requests** (restored from a snapshot and pinned while the file stays):\n\n| Request | State | Secrets | Revision | Requested by | Why |\n|---|---|---|---|---|---|\n",
+        "**Rollback requests** (restored from a snapshot and pinned while the file stays):\n\n| Request | State | Secrets | Revision | Requested by (git author, unverified) | Why |\n|---|---|---|---|---|---|\n",
         rows,
         "\n",
         false,

@@ -315,7 +315,7 @@ pub(crate) fn request_note(r: &RequestView) -> String {
         .map(|rev| &rev[..rev.len().min(12)])
         .unwrap_or("?");
     let who = format!(
-        "requested by {} in {}",
+        "requested by {} (as git claims) in {}",
         r.author,
         &r.commit[..r.commit.len().min(12)]
     );
@@ -587,7 +587,7 @@ mod tests {
         );
         assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete, 3 unchanged; 1 skipped; 1 conflict(s); 1 failed item(s); 1 pinned; 1 Kubestash-V2 Secret(s); 1 respelled key warning(s); 1 rollback request(s) to apply; 1 rollback request(s) refused."), "{out}");
         assert!(
-            squeezed.contains("< request demo/.requests/r1.yaml to apply: restores team-c/db from 0123456789ab and pins them; requested by Ada <ada@example.com> in feedfacefeed (bad rotation)"),
+            squeezed.contains("< request demo/.requests/r1.yaml to apply: restores team-c/db from 0123456789ab and pins them; requested by Ada <ada@example.com> (as git claims) in feedfacefeed (bad rotation)"),
             "{out}"
         );
         assert!(
@@ -621,9 +621,24 @@ mod tests {
         );
         assert!(out.contains("`a\\|b'c`"), "{out}");
         assert!(
-            out.contains("| `demo/.requests/r1.yaml` | pending | `team-c/db` | `0123456789ab` | Ada &lt;ada@example.com> in `feedfacefeed` | bad rotation |"),
+            out.contains("| `demo/.requests/r1.yaml` | pending | `team-c/db` | `0123456789ab` | Ada &lt;ada@example.com&gt; in `feedfacefeed` | bad rotation |"),
             "{out}"
         );
+        // What a pull request's author writes cannot add a link, an image,
+        // a line or a cell to the comment.
+        let mut hostile = sample();
+        hostile.requests[0].author = "Eve [click](https://evil.example) ![x](https://evil.example/x.png) <img src=x>\n| injected |".into();
+        hostile.requests[0].reason = "why\r\n**row** | cell".into();
+        let out = render(&hostile, None, &heading(), Format::Markdown, false);
+        let row = out
+            .lines()
+            .find(|l| l.contains("demo/.requests/r1.yaml") && l.contains("pending"))
+            .unwrap_or_default();
+        assert!(row.contains("Eve \\[click\\](https://evil.example)"), "{row}");
+        assert!(row.contains("&lt;img src=x&gt;"), "{row}");
+        assert!(!row.contains("](https") || row.contains("\\](https"), "{row}");
+        assert!(!out.contains("| injected |") && !out.contains("\n**row**"), "{out}");
+        assert_eq!(row.matches(" | ").count(), 5, "one row of six cells: {row}");
         assert!(
             out.contains("| `demo/.requests/r2.yaml` | **refused**: malformed rollback request: it names no Secret |"),
             "{out}"

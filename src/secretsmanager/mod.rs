@@ -264,6 +264,57 @@ impl SecretsManagerSource {
         Ok(read)
     }
 
+    /// The keys one version of a secret yields today (its name mapped as
+    /// the configuration says), each recorded as `ARN[#member]@VersionId`:
+    /// what a rollback compares a snapshot's values with. None: Secrets
+    /// Manager no longer holds that version (or the secret).
+    pub async fn read_version(&self, arn: &str, version: &str) -> Result<Option<Vec<Ready>>, SmError> {
+        self.count("GetSecretValue");
+        let answer = self
+            .client
+            .get_secret_value()
+            .secret_id(arn)
+            .version_id(version)
+            .send()
+            .await;
+        let out = match answer {
+            Ok(out) => out,
+            Err(err) => {
+                let aws = AwsError::from_sdk(&err);
+                if aws.class == FailureClass::NotFound || aws.is("InvalidRequestException") {
+                    return Ok(None);
+                }
+                return Err(SmError {
+                    region: self.region.clone(),
+                    cause: aws.line(fetch_hint(&aws)),
+                    aws: Some(aws),
+                });
+            }
+        };
+        let (Some(name), Some(found_arn), Some(found_version)) = (out.name, out.arn, out.version_id) else {
+            return Ok(None);
+        };
+        if found_arn != arn || found_version != version {
+            return Ok(None);
+        }
+        let stored = match (out.secret_string, out.secret_binary) {
+            (Some(text), _) => Stored::Text(SecretValue::new(text.into_bytes())),
+            (None, Some(blob)) => Stored::Binary(SecretValue::new(blob.into_inner())),
+            (None, None) => return Ok(None),
+        };
+        let Ok(shape) = shape(self.config.names, &self.config.prefix, &name) else {
+            return Ok(Some(Vec::new()));
+        };
+        let expanded = expand(&shape, stored);
+        let held = Held {
+            version: version.to_owned(),
+            parts: expanded.parts.into_iter().map(|p| (p.member, p.value)).collect(),
+            skipped: Vec::new(),
+            shape: None,
+        };
+        Ok(Some(held.ready(arn, &shape).collect()))
+    }
+
     async fn list(&self) -> Result<Vec<Listed>, SmError> {
         let prefix = match self.config.names {
             NameScheme::Path => self.config.prefix.clone(),

@@ -10,6 +10,7 @@ pub const BRANCH: &str = "main";
 
 pub mod remote;
 pub mod request;
+pub mod signing;
 pub mod store;
 mod worktree;
 

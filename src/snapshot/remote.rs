@@ -224,6 +224,7 @@ pub(super) fn replay(
     cluster: &str,
     local_head: Oid,
     remote_head: Oid,
+    write: &dyn Fn(&git2::Commit<'_>, &git2::Tree<'_>, &git2::Commit<'_>) -> Result<Oid, git2::Error>,
 ) -> Result<Option<Oid>, git2::Error> {
     let base = repo.merge_base(local_head, remote_head)?;
     // Rollback requests arrive in the cluster's directory by pull request:
@@ -272,15 +273,7 @@ pub(super) fn replay(
             },
         }
         let tree = repo.find_tree(tree.write()?)?;
-        let message = commit.message().unwrap_or_default();
-        let new = repo.commit(
-            None,
-            &commit.author(),
-            &commit.committer(),
-            message,
-            &tree,
-            &[&parent],
-        )?;
+        let new = write(&commit, &tree, &parent)?;
         parent = repo.find_commit(new)?;
     }
     Ok(Some(parent.id()))
@@ -309,6 +302,7 @@ fn with_requests(repo: &Repository, dir: Oid, requests: Option<Oid>) -> Result<O
 #[cfg(test)]
 mod tests {
     use super::{RemoteUrl, replay};
+
     use git2::{Oid, Repository, Signature};
 
     /// A commit on top of `parent` that writes `files` (path -> text) and
@@ -345,6 +339,15 @@ mod tests {
         repo.commit(None, &sig, &sig, "c", &tree, &parents).unwrap()
     }
 
+    /// Replays as the store does without a signing key: a plain copy.
+    fn replay_plain(repo: &Repository, ours: Oid, theirs: Oid) -> Option<Oid> {
+        let write = |old: &git2::Commit<'_>, tree: &git2::Tree<'_>, parent: &git2::Commit<'_>| {
+            let message = old.message().unwrap_or_default();
+            repo.commit(None, &old.author(), &old.committer(), message, tree, &[parent])
+        };
+        replay(repo, "c", ours, theirs, &write).unwrap()
+    }
+
     fn text(repo: &Repository, commit: Oid, path: &str) -> Option<String> {
         let tree = repo.find_commit(commit).unwrap().tree().unwrap();
         let entry = tree.get_path(std::path::Path::new(path)).ok()?;
@@ -367,9 +370,7 @@ mod tests {
         let new = [("c/.requests/new.yaml", "new")];
         let theirs = commit(&repo, Some(base), &new, &["c/.requests/old.yaml"]);
         let ours = commit(&repo, Some(base), &[("c/ns/a.yaml", "a2")], &[]);
-        let replayed = replay(&repo, "c", ours, theirs)
-            .unwrap()
-            .expect("no conflict");
+        let replayed = replay_plain(&repo, ours, theirs).expect("no conflict");
         assert_eq!(text(&repo, replayed, "c/ns/a.yaml").as_deref(), Some("a2"));
         assert_eq!(
             text(&repo, replayed, "c/.requests/new.yaml").as_deref(),
@@ -380,9 +381,7 @@ mod tests {
         // A local commit that leaves no Secret keeps the remote's requests.
         let gone = ["c/ns/a.yaml", "c/.requests/old.yaml"];
         let emptied = commit(&repo, Some(ours), &[], &gone);
-        let replayed = replay(&repo, "c", emptied, theirs)
-            .unwrap()
-            .expect("no conflict");
+        let replayed = replay_plain(&repo, emptied, theirs).expect("no conflict");
         assert_eq!(text(&repo, replayed, "c/ns/a.yaml"), None);
         assert_eq!(
             text(&repo, replayed, "c/.requests/new.yaml").as_deref(),
@@ -391,7 +390,7 @@ mod tests {
 
         // The remote changing a Secret's file is still a conflict.
         let edited = commit(&repo, Some(base), &[("c/ns/a.yaml", "edited")], &[]);
-        assert_eq!(replay(&repo, "c", ours, edited).unwrap(), None);
+        assert_eq!(replay_plain(&repo, ours, edited), None);
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub struct RollbackRequest {
 pub struct MalformedRequest(String);
 
 impl MalformedRequest {
+    /// The reason may quote the file: it is kept to one escaped line.
     pub fn new(why: impl Into<String>) -> Self {
-        Self(why.into())
+        Self(crate::text::one_line(&why.into(), 500))
     }
 }
 
@@ -76,7 +77,12 @@ impl RollbackRequest {
         for name in &file.secrets {
             let secret: SecretRef = name
                 .parse()
-                .map_err(|_| bad(format!("{name:?} is not namespace/name")))?;
+                .ok()
+                .filter(|s: &SecretRef| {
+                    crate::manifest::is_dns1123_label(&s.namespace)
+                        && crate::manifest::is_dns1123_subdomain(&s.name)
+                })
+                .ok_or_else(|| bad(format!("{name:?} is not namespace/name of a Secret")))?;
             if !seen.insert(secret.clone()) {
                 return Err(bad(format!("{secret} is named twice")));
             }
@@ -136,7 +142,7 @@ impl RollbackRequest {
         format!(
             "rollback-{}-{}.yaml",
             &self.revision[..12],
-            now.format("%Y%m%dT%H%M%SZ")
+            now.format("%Y%m%d-%H%M%S")
         )
     }
 }
@@ -223,7 +229,10 @@ mod tests {
         let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         assert_eq!(
             request().file_name(now),
-            "rollback-0123456789ab-20270115T080000Z.yaml"
+            "rollback-0123456789ab-20270115-080000.yaml"
         );
+        assert!(crate::snapshot::store::is_request_file_name(
+            &request().file_name(now)
+        ));
     }
 }

@@ -35,7 +35,10 @@ pub(in crate::cli) async fn execute(
             let store = required_store(common)?;
             let commit = store.resolve(rev)?;
             let secrets = store.desired(&commit.id, &[], &required_identities(common)?)?;
-            reconciler.plan_snapshot(secrets).await?
+            // What `rollback REV` would refuse is refused here too.
+            let signed = store.authenticated(&commit.id)?;
+            let verified = crate::restore::verify(reconciler, secrets, signed).await?;
+            reconciler.plan_snapshot(verified.into_secrets()).await?
         }
         None => {
             let mut planned = reconciler.plan().await?;

@@ -25,10 +25,13 @@ pub(in crate::cli) async fn execute(
 ) -> Result<u8> {
     let store = required_store(common)?;
     let commit = store.resolve(rev)?;
-    // Decrypt (and check every MAC) before touching the cluster.
+    // Decrypt (and check every MAC), then check every value against the
+    // sources, before touching the cluster.
     let restored = store.desired(&commit.id, secrets, &required_identities(common)?)?;
+    let signed = store.authenticated(&commit.id)?;
+    let verified = crate::restore::verify(reconciler, restored, signed).await?;
     let report = reconciler
-        .rollback(restored, &commit, dry_run, None)
+        .rollback(verified, &commit, dry_run, None)
         .await?;
     out.report(&report, dry_run, format);
     Ok(u8::from(!report.outcome.failed.is_empty()))

@@ -27,6 +27,16 @@ pub(in crate::cli) async fn execute(
             "rollback requests are not followed: give --age-identity so their snapshot files can be checked"
         );
     }
+    if common.snapshot_remote.is_some() && common.snapshot_signing_key.is_none() {
+        tracing::warn!(
+            "rollback requests are not followed: give --snapshot-signing-key, so credsync can tell its own snapshot commits from pushed ones"
+        );
+    }
+    if common.snapshot_repo.is_some() && common.snapshot_signing_key.is_none() {
+        tracing::info!(
+            "snapshot commits are not signed (no --snapshot-signing-key): a restart trusts only this clone's own cache, and a rollback only versions the source still holds"
+        );
+    }
     let config = run_config(args, settings, identities(common)?)?;
     crate::run::run(reconciler, config, out.heading).await?;
     Ok(0)

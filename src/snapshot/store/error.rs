@@ -28,6 +28,10 @@ pub enum SnapshotError {
         cause: sops::SopsError,
     },
     #[error(
+        "snapshot file {file} names the Secret {says} in its metadata, not the one its path names: refused (it was not written by credsync; pick a revision whose file is credsync's)"
+    )]
+    NameMismatch { file: String, says: String },
+    #[error(
         "snapshot repository {path} is locked by another git process ({lock} is recent); retry, or remove it if no git process is running"
     )]
     Locked { path: String, lock: String },

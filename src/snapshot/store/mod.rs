@@ -20,6 +20,7 @@ mod read;
 mod recorded;
 mod requests;
 mod seal;
+mod trust;
 mod warm;
 
 use super::{BRANCH, worktree};
@@ -29,7 +30,7 @@ pub use error::SnapshotError;
 use error::{GitCause, git_error};
 pub use read::WarmValues;
 use recorded::FingerprintIndex;
-pub use requests::{FoundRequest, Proposal, REQUEST_TRAILER, RequestOrigin};
+pub use requests::{FoundRequest, Proposal, REQUEST_TRAILER, RequestOrigin, is_request_file_name};
 use seal::SealJob;
 use sops_age::{Identities, Outline, Recipients};
 pub use warm::WarmError;
@@ -52,6 +53,9 @@ pub struct StoreConfig {
     pub identities: Option<Identities>,
     /// A remote to clone from and push to.
     pub remote: Option<RemoteConfig>,
+    /// The key commits are signed with, and the keys whose commits are
+    /// trusted: only files of signed commits are ever read as values.
+    pub signing: crate::snapshot::signing::Signing,
 }
 
 /// One commit, as `history` lists it.
@@ -92,6 +96,8 @@ pub struct SnapshotStore {
     /// The commit that wrote each request file seen, and the HEAD it was
     /// checked at: later reads walk only the commits since.
     origins: Mutex<requests::OriginCache>,
+    /// Commits whose signature was checked, and the answer.
+    verified: Mutex<std::collections::HashMap<Oid, bool>>,
 }
 
 impl SnapshotStore {
@@ -153,6 +159,7 @@ impl SnapshotStore {
             // Trusted at start: only changed paths are written (and checked for links).
             work_tree_behind: std::sync::atomic::AtomicBool::new(false),
             origins: Mutex::new(Default::default()),
+            verified: Mutex::new(Default::default()),
         })
     }
 
@@ -184,7 +191,15 @@ impl SnapshotStore {
                                 return Ok(PushOutcome::UpToDate);
                             }
                             (_, 0) => true,
-                            _ => match remote::replay(repo, &self.config.cluster, ours, theirs)
+                            _ => match remote::replay(repo, &self.config.cluster, ours, theirs, &|old, tree, parent| {
+                                // Signed again only if credsync signed it: a replay vouches for nothing new.
+                                let message = old.message().unwrap_or_default();
+                                if self.is_signed(repo, old.id()) {
+                                    self.write_commit(repo, &old.author(), &old.committer(), message, tree, &[parent])
+                                } else {
+                                    repo.commit(None, &old.author(), &old.committer(), message, tree, &[parent])
+                                }
+                            })
                                 .map_err(|e| self.err("replaying local snapshots on the remote's", e))?
                             {
                                 Some(replayed) => {
@@ -346,6 +361,11 @@ impl SnapshotStore {
                     .map_err(|e| self.err("reading HEAD's tree", e))?,
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
+            let head_tree = base_tree.id();
+            // Files someone else changed are put back first: a signed
+            // commit vouches only for what credsync wrote.
+            let (base_tree, foreign) =
+                self.restore_signed(repo, head.as_ref().map(git2::Commit::id), base_tree)?;
             // Pinned Secrets keep their files as they are; outside `scope`,
             // every file does, and is not even read.
             let mut index = FingerprintIndex::load(repo.path(), &self.config.cluster);
@@ -433,11 +453,12 @@ impl SnapshotStore {
             // What the commit replaced or removed is forgotten, what it wrote
             // added: no walk of the new tree is needed.
             index.save();
-            if tree_id == base_tree.id() {
+            if tree_id == head_tree {
                 return Ok(None);
             }
             deltas.sort_by(|a, b| a.secret.cmp(&b.secret));
-            let message = commit_message(heading, &deltas);
+            let message = commit_message(heading, &deltas, &foreign);
+            changed.extend(foreign.into_keys());
             let commit = self.commit(repo, head.as_ref(), tree_id, &message, Some(&changed))?;
             self.remember_written(repo, tree_id, &written);
             Ok(Some(commit))
@@ -485,8 +506,8 @@ impl SnapshotStore {
             .or_else(|_| Signature::now("credsync", "credsync@localhost"))
             .map_err(|e| self.err("making a signature", e))?;
         let parents: Vec<&git2::Commit<'_>> = parent.into_iter().collect();
-        let oid = repo
-            .commit(None, &signature, &signature, message, &tree, &parents)
+        let oid = self
+            .write_commit(repo, &signature, &signature, message, &tree, &parents)
             .map_err(|e| self.err("writing the commit", e))?;
         // Publish by compare-and-swap on the branch: a concurrent writer makes this fail, not overwrite.
         let refname = format!("refs/heads/{BRANCH}");
@@ -548,6 +569,8 @@ impl SnapshotStore {
                 Some(commit) => commit.tree().map_err(|e| self.err("reading HEAD's tree", e))?,
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
+            let (base_tree, foreign) =
+                self.restore_signed(repo, head.as_ref().map(git2::Commit::id), base_tree)?;
             let mut update = TreeUpdateBuilder::new();
             for secret in secrets {
                 let path = self.file_path(secret);
@@ -561,7 +584,7 @@ impl SnapshotStore {
             let names: Vec<String> = secrets.iter().map(|s| format!("  {s}")).collect();
             let until = match origin {
                 Some(origin) => format!(
-                    "Requested in {} by {}\n(request commit {}).\nPinned until that file is removed.\n\n{}",
+                    "Requested in {} by {} (the git author: claimed, not verified)\n(request commit {}).\nPinned until that file is removed.\n\n{}",
                     origin.path,
                     origin.author,
                     origin.commit,
@@ -570,10 +593,11 @@ impl SnapshotStore {
                 None => "Pinned until `credsync unpin`.\n".to_owned(),
             };
             let message = format!(
-                "credsync: roll back {} Secret(s) in cluster {} to {short}\n\n{}\n\n{until}",
+                "credsync: roll back {} Secret(s) in cluster {} to {short}\n\n{}\n\n{}{until}",
                 secrets.len(),
                 self.config.cluster,
-                names.join("\n")
+                names.join("\n"),
+                trust::restored_paragraph(&foreign),
             );
             // Recorded even when the files already match: the rollback happened.
             self.commit(repo, head.as_ref(), tree_id, &message, None).map(Some)
@@ -669,7 +693,7 @@ fn delta(
 }
 
 /// The commit message: what changed, by Secret and key name, never a value.
-fn commit_message(heading: &str, deltas: &[SecretDelta]) -> String {
+fn commit_message(heading: &str, deltas: &[SecretDelta], foreign: &trust::ForeignFiles) -> String {
     let count = |a: &str| deltas.iter().filter(|d| d.action == a).count();
     let mut msg = format!(
         "credsync: {} created, {} updated, {} deleted\n\n",
@@ -687,6 +711,7 @@ fn commit_message(heading: &str, deltas: &[SecretDelta]) -> String {
         msg.push_str(&format!("{mark} {}: {keys}\n", d.secret));
     }
     msg.push('\n');
+    msg.push_str(&trust::restored_paragraph(foreign));
     msg.push_str(heading);
     msg.push('\n');
     msg

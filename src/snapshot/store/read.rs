@@ -185,9 +185,27 @@ impl SnapshotStore {
                     file: paths[index].to_owned(),
                     cause,
                 })?;
+                self.check_names(paths[index], &doc)?;
                 out.push((index, doc));
             }
         }
+    }
+
+    /// Refuses a file whose metadata names another Secret than its path:
+    /// the path is what the namespace filter and every reader checked, so
+    /// it is the only name a file is ever applied as.
+    fn check_names(&self, path: &str, doc: &SecretDocument) -> Result<(), SnapshotError> {
+        let by_path = path
+            .strip_prefix(&format!("{}/", self.config.cluster))
+            .and_then(|rest| rest.strip_suffix(".yaml"))
+            .and_then(|rest| rest.split_once('/'));
+        if by_path == Some((doc.namespace.as_str(), doc.name.as_str())) {
+            return Ok(());
+        }
+        Err(SnapshotError::NameMismatch {
+            file: path.to_owned(),
+            says: crate::text::one_line(&format!("{}/{}", doc.namespace, doc.name), 300),
+        })
     }
 
     /// The Secrets at REV as desired state (decrypted, every MAC checked):
@@ -337,10 +355,14 @@ impl SnapshotStore {
         Ok(out)
     }
 
-    /// The values of the last snapshot (HEAD), for a warm start: from the
-    /// warm-start cache where it holds a file's blob, by opening the file
-    /// (MAC checked) where not. The cache is then brought up to date.
-    /// Any file that cannot be opened is an error: nothing is used then.
+    /// The values of the last snapshot (HEAD), for a warm start, from what
+    /// credsync wrote itself only: the warm-start cache where it holds a
+    /// file's blob (it holds only files credsync sealed or authenticated),
+    /// else the file if credsync's last signed commit holds it as it is
+    /// (opened with its MAC checked). Any other file is left out: its items
+    /// cost a source read, never a value someone else wrote. The cache is
+    /// then brought up to date. A trusted file that cannot be opened is an
+    /// error: nothing is used then.
     pub fn warm_values(&self, identities: &Identities) -> Result<WarmValues, SnapshotError> {
         let head = self.with_repo(|repo| {
             let Some(head) = head_commit(repo).map_err(|e| self.err("reading HEAD", e))? else {
@@ -350,17 +372,29 @@ impl SnapshotStore {
                 .tree()
                 .map_err(|e| self.err("reading HEAD's tree", e))?;
             let files = self.cluster_files(repo, &tree)?;
-            Ok(Some((head.id().to_string(), files, self.warm_cache(repo))))
+            let foreign = self.foreign_files(repo, Some(head.id()), &tree)?;
+            Ok(Some((
+                head.id().to_string(),
+                files,
+                foreign,
+                self.warm_cache(repo),
+            )))
         })?;
-        let Some((commit, files, cache)) = head else {
+        let Some((commit, files, foreign, cache)) = head else {
             return Ok(WarmValues::default());
         };
         let live: HashSet<Oid> = files.iter().map(|f| f.oid).collect();
         let mut read = cache.read(&live, identities);
-        let missing: Vec<&TreeFile> = files
+        let (missing, untrusted): (Vec<&TreeFile>, Vec<&TreeFile>) = files
             .iter()
             .filter(|f| !read.entries.contains_key(&f.oid))
-            .collect();
+            .partition(|f| !foreign.contains_key(&f.path));
+        if !untrusted.is_empty() {
+            tracing::info!(
+                files = untrusted.len(),
+                "snapshot files not written by credsync here nor in a commit it signed: their items are read from the source"
+            );
+        }
         let paths: Vec<&str> = missing.iter().map(|f| f.path.as_str()).collect();
         let opened = self.open_files(&commit, &paths, identities)?;
         for (file, doc) in missing.iter().zip(opened) {
@@ -380,7 +414,8 @@ impl SnapshotStore {
         Ok(WarmValues {
             commit: Some(commit),
             files: files.len(),
-            from_cache: files.len() - missing.len(),
+            from_cache: files.len() - missing.len() - untrusted.len(),
+            untrusted: untrusted.len(),
             values: read.entries.into_values().flatten().collect(),
         })
     }
@@ -404,6 +439,8 @@ pub struct WarmValues {
     /// Files in the snapshot, and how many of them the cache answered for.
     pub files: usize,
     pub from_cache: usize,
+    /// Files left out: neither in the cache nor as credsync signed them.
+    pub untrusted: usize,
 }
 
 /// Why a committed link is never read as a snapshot file.

@@ -23,7 +23,8 @@ pub struct RequestOrigin {
     pub path: String,
     /// The commit that last wrote this file's content (not the merge).
     pub commit: String,
-    /// That commit's author, `Name <email>`.
+    /// That commit's author, `Name <email>`, as git records it: anyone can
+    /// set it, so it is shown as claimed, never as verified (and escaped).
     pub author: String,
 }
 
@@ -79,14 +80,17 @@ impl SnapshotStore {
             let mut out = Vec::new();
             for file in files.iter() {
                 let name = file.name().unwrap_or_default();
-                let path = format!("{dir}/{name}");
+                // Whatever the name holds is shown only escaped.
+                let path = format!("{dir}/{}", crate::text::one_line(name, 120));
                 let mut named = Vec::new();
                 let request = if file.kind() != Some(ObjectType::Blob)
                     || file.filemode() == i32::from(FileMode::Link)
                 {
                     Err(MalformedRequest::new("not a regular file"))
-                } else if !name.ends_with(".yaml") {
-                    Err(MalformedRequest::new("the file name must end in .yaml"))
+                } else if !is_request_file_name(name) {
+                    Err(MalformedRequest::new(
+                        "the file name must be lower-case letters, digits and '-', ending in .yaml",
+                    ))
                 } else {
                     let blob = repo
                         .find_blob(file.id())
@@ -156,10 +160,15 @@ impl SnapshotStore {
             }
             let mut applied = HashSet::new();
             for oid in walk {
+                let oid = oid.map_err(walking)?;
                 let commit = repo
-                    .find_commit(oid.map_err(walking)?)
+                    .find_commit(oid)
                     .map_err(|e| self.err("reading a commit", e))?;
-                if let Some(key) = commit.message().ok().and_then(request_key_of) {
+                // Only credsync's own commits say what it applied: a
+                // trailer anyone can write would silence a request.
+                if let Some(key) = commit.message().ok().and_then(request_key_of)
+                    && self.is_signed(repo, oid)
+                {
                     applied.insert(key);
                 }
             }
@@ -288,6 +297,18 @@ impl SnapshotStore {
     }
 }
 
+/// Whether `name` is a request file's name: `[a-z0-9-]+.yaml`, so it is
+/// safe in a path, a commit message, a log line and markdown as it is.
+pub fn is_request_file_name(name: &str) -> bool {
+    name.strip_suffix(".yaml").is_some_and(|stem| {
+        !stem.is_empty()
+            && stem.len() <= 100
+            && stem
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    })
+}
+
 /// The request key a rollback commit's message names, if any.
 fn request_key_of(message: &str) -> Option<String> {
     let value = |name: &str| {
@@ -354,14 +375,15 @@ fn origin(
         let commit = repo.find_commit(oid?)?;
         if at(&commit) == Some(blob) && commit.parents().all(|parent| at(&parent) != Some(blob)) {
             let author = commit.author();
+            let author = format!(
+                "{} <{}>",
+                String::from_utf8_lossy(author.name_bytes()),
+                String::from_utf8_lossy(author.email_bytes())
+            );
             return Ok(RequestOrigin {
                 path: path.to_owned(),
                 commit: commit.id().to_string(),
-                author: format!(
-                    "{} <{}>",
-                    author.name().unwrap_or("unknown"),
-                    author.email().unwrap_or("unknown")
-                ),
+                author: crate::text::one_line(&author, 200),
             });
         }
     }
@@ -385,5 +407,15 @@ mod tests {
         );
         assert_eq!(request_key_of(&message), Some(origin.key()));
         assert_eq!(request_key_of("credsync: roll back 1 Secret(s)\n"), None);
+    }
+
+    #[test]
+    fn request_file_names_are_plain() {
+        for good in ["r.yaml", "rollback-2842c84d34d4-20261207.yaml", "a-1.yaml"] {
+            assert!(is_request_file_name(good), "{good}");
+        }
+        for bad in [".yaml", "R.yaml", "a b.yaml", "a\nb.yaml", "a.yml", "a_b.yaml", "../a.yaml", "a.yaml.txt"] {
+            assert!(!is_request_file_name(bad), "{bad:?}");
+        }
     }
 }
