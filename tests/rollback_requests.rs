@@ -111,6 +111,8 @@ impl Flow {
                 &self.s.recipient,
                 "--age-identity",
                 path_str(&self.s.identity),
+                "--snapshot-signing-key",
+                path_str(&self.s.signing_key),
                 "--request-poll-interval",
                 "1s",
                 "--no-stream",
@@ -222,7 +224,7 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
     assert!(body.contains("1 rollback request(s) to apply"), "{body}");
     assert!(
         body.contains(&format!(
-            "| pending | `app/api` | `{}` | Ada Lovelace &lt;ada@example.com>",
+            "| pending | `app/api` | `{}` | Ada Lovelace &lt;ada@example.com&gt;",
             &v1[..12]
         )),
         "{body}"
@@ -283,6 +285,9 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
             path_str(&flow.review).to_owned(),
             "--age-identity".to_owned(),
             path_str(&s.identity).to_owned(),
+            // The plan job verifies credsync's signatures with the public key only.
+            "--snapshot-trusted-key".to_owned(),
+            path_str(&s.trusted_key()).to_owned(),
             "plan".to_owned(),
             "--format".to_owned(),
             format.to_owned(),
@@ -481,7 +486,8 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         (
             "tampered.yaml",
             format!("revision: {tampered}\nsecrets: [app/web]"),
-            "MAC",
+            // A commit in main's history, but not one credsync signed.
+            "not a snapshot commit credsync signed",
         ),
         (
             "broken.yaml",
@@ -569,8 +575,10 @@ async fn a_rollback_proposed_reviewed_merged_and_reverted_by_pull_request() {
         );
     }
     assert!(
-        refused.iter().any(|l| l.contains("test/app/web.yaml")),
-        "the tampered file is named: {log}"
+        refused
+            .iter()
+            .any(|l| l.contains("tampered.yaml") && l.contains(&tampered[..12])),
+        "the forging commit is named: {log}"
     );
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(s.env.kube().await, "app");

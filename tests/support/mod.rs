@@ -565,6 +565,22 @@ impl StandIns {
         (recipient, path)
     }
 
+    /// A snapshot signing key made by the real `ssh-keygen` (ed25519, no
+    /// passphrase): the private key's path and the public key's line.
+    pub fn signing_key(&self, name: &str) -> (PathBuf, String) {
+        let path = self.dir.path().join(format!("{name}.sshkey"));
+        if !path.exists() {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ssh-keygen: {out:?}");
+        }
+        let public = std::fs::read_to_string(path.with_extension("sshkey.pub")).unwrap();
+        (path, public.trim().to_owned())
+    }
+
     /// Runs git in `repo` and returns stdout.
     pub fn git(&self, repo: &Path, args: &[&str]) -> String {
         let out = Command::new("git")

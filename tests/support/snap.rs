@@ -12,6 +12,8 @@ pub struct Snap {
     pub repo: PathBuf,
     pub recipient: String,
     pub identity: PathBuf,
+    /// The key every snapshot command signs commits with (ssh-keygen's).
+    pub signing_key: PathBuf,
 }
 
 impl Snap {
@@ -19,11 +21,13 @@ impl Snap {
         let env = StandIns::start(namespaces).await;
         let (recipient, identity) = env.age_identity("reader");
         let repo = env.dir.path().join("snapshots");
+        let (signing_key, _) = env.signing_key("credsync");
         Snap {
             env,
             repo,
             recipient,
             identity,
+            signing_key,
         }
     }
 
@@ -37,6 +41,8 @@ impl Snap {
             &self.recipient,
             "--age-identity",
             path_str(&self.identity),
+            "--snapshot-signing-key",
+            path_str(&self.signing_key),
         ];
         args.extend_from_slice(command);
         args
@@ -44,6 +50,12 @@ impl Snap {
 
     pub fn run(&self, command: &[&str]) -> super::Run {
         self.env.credsync(&self.args(command))
+    }
+
+    /// The signing key's public half (`ssh-keygen`'s `.pub`): what a
+    /// reader that only verifies is given.
+    pub fn trusted_key(&self) -> PathBuf {
+        self.signing_key.with_extension("sshkey.pub")
     }
 
     pub fn git(&self, args: &[&str]) -> String {
