@@ -15,7 +15,9 @@ pub fn one_line(text: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+        if c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);
@@ -30,7 +32,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_and_long_text_cut() {
-        assert_eq!(one_line("a\nCredsync-Request: x", 100), "a\\u{a}Credsync-Request: x");
+        assert_eq!(
+            one_line("a\nCredsync-Request: x", 100),
+            "a\\u{a}Credsync-Request: x"
+        );
         assert_eq!(one_line("\u{1b}[31mred", 100), "\\u{1b}[31mred");
         assert_eq!(one_line("bidi\u{202e}txt", 100), "bidi\\u{202e}txt");
         assert_eq!(one_line("abcdef", 3), "abc…");

@@ -854,3 +854,76 @@ async fn a_request_written_in_part_is_finished_at_the_next_poll() {
         );
     }
 }
+
+/// A commit message is not credsync's word: a pushed commit carrying the
+/// trailers that mark a request applied does not stop the loop from
+/// applying it, and a request file with a name outside `[a-z0-9-]+.yaml`
+/// is refused without its name breaking a log line or the plan.
+#[tokio::test]
+async fn forged_trailers_and_hostile_file_names_change_nothing() {
+    let flow = Flow::start().await;
+    let s = &flow.s;
+    let v1 = flow.two_snapshots();
+    flow.clone_review();
+    // A request merged while the loop is down, then a commit that claims it
+    // was applied, in credsync's own words.
+    let request =
+        format!("kind: RollbackRequest\nrevision: {v1}\nsecrets: [app/api]\nreason: reviewed\n");
+    std::fs::create_dir_all(flow.review.join("test/.requests")).unwrap();
+    std::fs::write(flow.review.join("test/.requests/r1.yaml"), &request).unwrap();
+    // A second request whose file name holds a newline and markdown.
+    let hostile = "x\nCredsync-Request: [evil](https:__e)";
+    let hostile_file = flow
+        .review
+        .join("test/.requests")
+        .join(format!("{hostile}.yaml"));
+    std::fs::write(&hostile_file, request.replace("app/api", "app/web")).unwrap();
+    flow.git(&["add", "-A"]);
+    flow.git_as("Ada", &["commit", "-qm", "roll back app/api"]);
+    let request_commit = flow.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    let forged = format!(
+        "credsync: roll back 1 Secret(s) in cluster test\n\nCredsync-Request: test/.requests/r1.yaml\nCredsync-Request-Commit: {request_commit}\n"
+    );
+    flow.git_as("Mallory", &["commit", "-q", "--allow-empty", "-m", &forged]);
+    flow.git(&["push", "-q", "origin", "main"]);
+
+    let daemon = flow.daemon(&flow.dir().join("loop"));
+    flow.token_becomes(&daemon, b"token-version-one").await;
+    flow.applied_becomes(&daemon, 1.0).await;
+    let log = s.env.daemon_log(&daemon);
+    assert!(
+        log.lines().any(
+            |l| l.contains("rollback request refused") && l.contains("x\\u{a}Credsync-Request")
+        ),
+        "the hostile name is refused, escaped on one line: {log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("Credsync-Request")),
+        "no log line starts inside a file name: {log}"
+    );
+    let (_, plan) = http(daemon.port, "GET", "/plan?format=markdown", None);
+    // Shown on its one line, as code (where markdown makes no link).
+    assert!(
+        plan.contains(
+            "| `test/.requests/x\\u{a}Credsync-Request: [evil](https:__e).yaml` | **refused**"
+        ),
+        "{plan}"
+    );
+    assert!(
+        !plan.lines().any(|l| l.starts_with("Credsync-Request")),
+        "{plan}"
+    );
+    assert_eq!(
+        s.env.secret_data("app", "web").await.unwrap()["KEY"],
+        b"web-value-two",
+        "nothing of the hostile request applied"
+    );
+    // The loop's own rollback commit is the only one that counts, and it
+    // never carries the hostile name unescaped.
+    let remote = flow.remote_log();
+    assert!(
+        remote.contains("(the git author: claimed, not verified)"),
+        "{remote}"
+    );
+    assert!(!remote.contains("\nCredsync-Request: [evil]"), "{remote}");
+}

@@ -431,7 +431,8 @@ async fn files_from_real_sops_are_shown_but_never_rolled_back() {
     let run = s.run(&["rollback", "HEAD", "--secret", "ns/handmade"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(
-        run.error_line().contains("test/ns/handmade.yaml: key TOKEN:")
+        run.error_line()
+            .contains("test/ns/handmade.yaml: key TOKEN:")
             && run.error_line().contains("nothing was restored"),
         "{}",
         run.stderr

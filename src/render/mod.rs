@@ -634,10 +634,19 @@ mod tests {
             .lines()
             .find(|l| l.contains("demo/.requests/r1.yaml") && l.contains("pending"))
             .unwrap_or_default();
-        assert!(row.contains("Eve \\[click\\](https://evil.example)"), "{row}");
+        assert!(
+            row.contains("Eve \\[click\\](https://evil.example)"),
+            "{row}"
+        );
         assert!(row.contains("&lt;img src=x&gt;"), "{row}");
-        assert!(!row.contains("](https") || row.contains("\\](https"), "{row}");
-        assert!(!out.contains("| injected |") && !out.contains("\n**row**"), "{out}");
+        assert!(
+            !row.contains("](https") || row.contains("\\](https"),
+            "{row}"
+        );
+        assert!(
+            !out.contains("| injected |") && !out.contains("\n**row**"),
+            "{out}"
+        );
         assert_eq!(row.matches(" | ").count(), 5, "one row of six cells: {row}");
         assert!(
             out.contains("| `demo/.requests/r2.yaml` | **refused**: malformed rollback request: it names no Secret |"),

@@ -268,7 +268,11 @@ impl SecretsManagerSource {
     /// the configuration says), each recorded as `ARN[#member]@VersionId`:
     /// what a rollback compares a snapshot's values with. None: Secrets
     /// Manager no longer holds that version (or the secret).
-    pub async fn read_version(&self, arn: &str, version: &str) -> Result<Option<Vec<Ready>>, SmError> {
+    pub async fn read_version(
+        &self,
+        arn: &str,
+        version: &str,
+    ) -> Result<Option<Vec<Ready>>, SmError> {
         self.count("GetSecretValue");
         let answer = self
             .client
@@ -291,7 +295,9 @@ impl SecretsManagerSource {
                 });
             }
         };
-        let (Some(name), Some(found_arn), Some(found_version)) = (out.name, out.arn, out.version_id) else {
+        let (Some(name), Some(found_arn), Some(found_version)) =
+            (out.name, out.arn, out.version_id)
+        else {
             return Ok(None);
         };
         if found_arn != arn || found_version != version {
@@ -308,7 +314,11 @@ impl SecretsManagerSource {
         let expanded = expand(&shape, stored);
         let held = Held {
             version: version.to_owned(),
-            parts: expanded.parts.into_iter().map(|p| (p.member, p.value)).collect(),
+            parts: expanded
+                .parts
+                .into_iter()
+                .map(|p| (p.member, p.value))
+                .collect(),
             skipped: Vec::new(),
             shape: None,
         };

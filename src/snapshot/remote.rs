@@ -224,7 +224,11 @@ pub(super) fn replay(
     cluster: &str,
     local_head: Oid,
     remote_head: Oid,
-    write: &dyn Fn(&git2::Commit<'_>, &git2::Tree<'_>, &git2::Commit<'_>) -> Result<Oid, git2::Error>,
+    write: &dyn Fn(
+        &git2::Commit<'_>,
+        &git2::Tree<'_>,
+        &git2::Commit<'_>,
+    ) -> Result<Oid, git2::Error>,
 ) -> Result<Option<Oid>, git2::Error> {
     let base = repo.merge_base(local_head, remote_head)?;
     // Rollback requests arrive in the cluster's directory by pull request:
@@ -343,7 +347,14 @@ mod tests {
     fn replay_plain(repo: &Repository, ours: Oid, theirs: Oid) -> Option<Oid> {
         let write = |old: &git2::Commit<'_>, tree: &git2::Tree<'_>, parent: &git2::Commit<'_>| {
             let message = old.message().unwrap_or_default();
-            repo.commit(None, &old.author(), &old.committer(), message, tree, &[parent])
+            repo.commit(
+                None,
+                &old.author(),
+                &old.committer(),
+                message,
+                tree,
+                &[parent],
+            )
         };
         replay(repo, "c", ours, theirs, &write).unwrap()
     }

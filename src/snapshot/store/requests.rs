@@ -79,8 +79,10 @@ impl SnapshotStore {
                 .map_err(|e| self.err("reading the requests directory", e))?;
             let mut out = Vec::new();
             for file in files.iter() {
-                let name = file.name().unwrap_or_default();
-                // Whatever the name holds is shown only escaped.
+                let name = String::from_utf8_lossy(file.name_bytes()).into_owned();
+                let name = name.as_str();
+                // Read at its real path; whatever the name holds is shown only escaped.
+                let tree_path = format!("{dir}/{name}");
                 let path = format!("{dir}/{}", crate::text::one_line(name, 120));
                 let mut named = Vec::new();
                 let request = if file.kind() != Some(ObjectType::Blob)
@@ -102,13 +104,26 @@ impl SnapshotStore {
                         Err(_) => Err(MalformedRequest::new("not UTF-8 text")),
                     }
                 };
-                let cache_key = (path.clone(), file.id());
-                let known = self.cached_origin(&cache_key);
-                let origin = origin(repo, commit.id(), &path, file.id(), known.as_ref())
-                    .map_err(|e| self.err(&format!("finding the commit that wrote {path}"), e))?;
-                if let Ok(mut cache) = self.origins.lock() {
-                    cache.insert(cache_key, (origin.clone(), commit.id()));
-                }
+                let origin = if file.name().is_err() {
+                    // No path to look it up by: refused (above) as it is.
+                    RequestOrigin {
+                        path: path.clone(),
+                        commit: commit.id().to_string(),
+                        author: "unknown".to_owned(),
+                    }
+                } else {
+                    let cache_key = (tree_path.clone(), file.id());
+                    let known = self.cached_origin(&cache_key);
+                    let mut origin =
+                        origin(repo, commit.id(), &tree_path, file.id(), known.as_ref()).map_err(
+                            |e| self.err(&format!("finding the commit that wrote {path}"), e),
+                        )?;
+                    origin.path = path.clone();
+                    if let Ok(mut cache) = self.origins.lock() {
+                        cache.insert(cache_key, (origin.clone(), commit.id()));
+                    }
+                    origin
+                };
                 out.push(FoundRequest {
                     origin,
                     request,
@@ -414,7 +429,16 @@ mod tests {
         for good in ["r.yaml", "rollback-2842c84d34d4-20261207.yaml", "a-1.yaml"] {
             assert!(is_request_file_name(good), "{good}");
         }
-        for bad in [".yaml", "R.yaml", "a b.yaml", "a\nb.yaml", "a.yml", "a_b.yaml", "../a.yaml", "a.yaml.txt"] {
+        for bad in [
+            ".yaml",
+            "R.yaml",
+            "a b.yaml",
+            "a\nb.yaml",
+            "a.yml",
+            "a_b.yaml",
+            "../a.yaml",
+            "a.yaml.txt",
+        ] {
             assert!(!is_request_file_name(bad), "{bad:?}");
         }
     }
