@@ -133,9 +133,10 @@ impl Health {
     }
 }
 
-/// A reconcile that ended: when it started, and whether every write
-/// landed. Whoever queued a request before `started` knows it was covered
-/// (requests queued meanwhile are merged into the next reconcile).
+/// A reconcile that ended: when its requests were taken from the queue,
+/// and whether every write landed. Whoever queued a request before
+/// `started` knows it was covered (requests queued later, even while it
+/// waited for the write lock, go into the next reconcile).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finished {
     pub started: Instant,
@@ -189,6 +190,10 @@ pub async fn run(
         while let Ok(more) = requests.try_recv() {
             request.merge(more);
         }
+        // What this reconcile covers is fixed now: a request queued from
+        // here on (while it waits to lead or for the request follower's
+        // writes) is not in it, so it must not count as covered by it.
+        let started = Instant::now();
         // Followers do not write: wait to lead, then do a full reconcile.
         if *leadership.borrow() != Leadership::Leading {
             tokio::select! {
@@ -215,7 +220,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             writing = reconciler.exclusive() => writing,
         };
-        let started = Instant::now();
+        let began = Instant::now();
         let work = async {
             match &request.names {
                 Some(names) => reconciler.sync_names(names, config.dry_run).await,
@@ -231,7 +236,7 @@ pub async fn run(
         metrics
             .reconcile_duration
             .with_label_values(&[trigger])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(began.elapsed().as_secs_f64());
         let mut retry_partial = false;
         let failed = match outcome {
             Ok(Ok(report)) => {

@@ -300,3 +300,154 @@ async fn a_secret_with_3000_keys_gets_an_event_the_api_server_accepts() {
     assert_eq!(warnings, 1, "{}", run.stderr);
     assert!(run.stderr.contains("refused=5"), "{}", run.stderr);
 }
+
+/// Sends a request's headers, promising a body it never sends.
+fn withhold_body(port: u16, path: &str, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 10\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+/// `/healthz` on a fresh connection: its status, and how long it took.
+fn probe(port: u16) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let answer = (|| -> std::io::Result<String> {
+        let mut probe = TcpStream::connect(("127.0.0.1", port))?;
+        probe.set_read_timeout(Some(Duration::from_secs(3)))?;
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        probe.read_to_string(&mut answer)?;
+        Ok(answer)
+    })()
+    .unwrap_or_default();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn withheld_bodies_hold_no_connection_and_probes_keep_answering() {
+    let env = StandIns::start(&["app"]).await;
+    env.put("app/svc/key", "withheld-body-value");
+    // A hard limit of 256 open files, below the default connection cap:
+    // credsync must lower its cap rather than let accept fail.
+    let daemon = env.daemon_with_file_limits(
+        &[
+            "--no-stream",
+            "--no-drift-repair",
+            "--self-service",
+            "--self-service-namespaces",
+            "app",
+            "--http-header-timeout",
+            "5s",
+        ],
+        &[],
+        Some(256),
+        Some(256),
+    );
+    let port = daemon.port;
+    assert!(ready(port).await, "{}", env.daemon_log(&daemon));
+    env.mark_requests();
+    let log = env.daemon_log(&daemon);
+    assert!(
+        log.contains("--max-connections lowered to what the open-file limit allows")
+            && log.contains("file_limit=256"),
+        "{log}"
+    );
+    // 600 callers with made-up tokens (60 distinct) and 100 with a real
+    // one, all withholding the value they announced.
+    let admin = env.control_plane().admin().token.clone();
+    let path = "/v1/secrets/app/svc/KEY";
+    let mut held: Vec<TcpStream> = (0..600)
+        .map(|i| withhold_body(port, path, &format!("made-up-token-{}", i % 60)))
+        .collect();
+    held.extend((0..100).map(|_| withhold_body(port, path, &admin)));
+    // The probe answers within a second, again and again, while they wait.
+    for _ in 0..10 {
+        let (status, took) = probe(port);
+        assert!(
+            status.starts_with("HTTP/1.1 200") && took < Duration::from_secs(1),
+            "probe: {status:?} after {took:?}\n{}",
+            env.daemon_log(&daemon)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // No made-up token holds its connection: each was answered (401, or
+    // 503 past the cap) and closed, or closed unanswered when even the
+    // overflow was full; none is left waiting for its body.
+    let waiting = held[..600]
+        .iter()
+        .filter(|stream| {
+            let mut stream: &TcpStream = stream;
+            stream
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(n) => assert!(
+                        buf[..n].starts_with(b"HTTP/1.1 401")
+                            || buf[..n].starts_with(b"HTTP/1.1 503")
+                            || !buf[..n].starts_with(b"HTTP/"),
+                        "{:?}",
+                        String::from_utf8_lossy(&buf[..n])
+                    ),
+                    Err(e) => {
+                        return matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        );
+                    }
+                }
+            }
+        })
+        .count();
+    assert_eq!(waiting, 0, "{}", env.daemon_log(&daemon));
+    let reviews = env
+        .credsync_requests()
+        .iter()
+        .filter(|e| e.resource() == "tokenreviews")
+        .count();
+    // One per distinct token (the answer is kept a few seconds).
+    assert!(
+        (1..=61).contains(&reviews),
+        "TokenReviews are cached by token, not made per call: {reviews}"
+    );
+    // The real token's bodies are given up after the deadline: answered 408.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(probe(port).0, "HTTP/1.1 200 OK");
+    drop(held);
+    env.daemon_log(&daemon);
+}
+
+#[tokio::test]
+async fn without_self_service_nothing_under_v1_reads_a_body() {
+    let env = StandIns::start(&["app"]).await;
+    let daemon = env.daemon(&["--no-stream", "--no-drift-repair"], &[]);
+    let port = daemon.port;
+    assert!(ready(port).await, "{}", env.daemon_log(&daemon));
+    let mut stream = withhold_body(port, "/v1/secrets/app/svc/KEY", "any");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 404"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    // --self-service without the namespaces it is the authority for: refused.
+    let run = env.credsync(&["run", "--self-service", "--print-config"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.error_line()
+            .contains("--self-service needs --self-service-namespaces"),
+        "{}",
+        run.stderr
+    );
+}

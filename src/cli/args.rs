@@ -355,6 +355,11 @@ pub struct ThroughServer {
     /// with the current kubeconfig context's token: no AWS credentials needed.
     #[arg(long, value_name = "URL", env = "CREDSYNC_SERVER")]
     pub server: Option<String>,
+    /// Do not verify --server's TLS certificate (whoever sits between could
+    /// read your token). Only on the command line: a kubeconfig's
+    /// `insecure-skip-tls-verify` is never carried over to --server.
+    #[arg(long, requires = "server")]
+    pub insecure_skip_tls_verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -439,6 +444,17 @@ pub struct RunArgs {
     /// their own Kubernetes token, checked by TokenReview and RBAC.
     #[arg(long, env = "CREDSYNC_SELF_SERVICE")]
     pub self_service: bool,
+    /// The namespaces this cluster's self-service API writes for, and no
+    /// other (required with --self-service): with one table for many
+    /// clusters, a grant in this cluster is a grant in every cluster on the
+    /// table, so list only the namespaces this cluster is the authority for.
+    #[arg(
+        long = "self-service-namespaces",
+        env = "CREDSYNC_SELF_SERVICE_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NS"
+    )]
+    pub self_service_namespaces: Vec<String>,
     /// KMS key of the data keys the self-service API writes with.
     #[arg(long, env = "CREDSYNC_KEY_ID", default_value = crate::credstash::DEFAULT_KEY_ID)]
     pub key_id: String,

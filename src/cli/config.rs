@@ -137,6 +137,8 @@ pub(super) fn run_config(
             .then(|| crate::server::credentials::SelfService {
                 key_id: args.key_id.clone(),
                 max_value_bytes: args.self_service_max_bytes,
+                namespaces: settings.self_service_namespaces.iter().cloned().collect(),
+                memory: Default::default(),
             }),
         requests: settings
             .request_poll_interval
@@ -204,6 +206,7 @@ pub(super) struct Settings {
     drift_repair: bool,
     dry_run: bool,
     self_service: bool,
+    self_service_namespaces: Vec<String>,
     key_id: String,
     self_service_max_bytes: usize,
     #[serde(serialize_with = "as_debug")]
@@ -214,6 +217,31 @@ pub(super) struct Settings {
     /// Who may call /sync and /plan; never printed.
     #[serde(skip)]
     access: Access,
+}
+
+/// `--self-service-namespaces`, checked: required with `--self-service`
+/// (secure by default: no list, no API), each a namespace name.
+fn self_service_namespaces(args: &RunArgs) -> Result<Vec<String>> {
+    let mut namespaces: Vec<String> = args
+        .self_service_namespaces
+        .iter()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    if let Some(bad) = namespaces
+        .iter()
+        .find(|ns| !crate::manifest::is_dns1123_label(ns))
+    {
+        bail!("--self-service-namespaces: '{bad}' is not a namespace name (a DNS-1123 label)");
+    }
+    if args.self_service && namespaces.is_empty() {
+        bail!(
+            "--self-service needs --self-service-namespaces (or CREDSYNC_SELF_SERVICE_NAMESPACES):              the namespaces this cluster is the authority for. With one table for many clusters,              a grant in this cluster would otherwise be a grant in all of them"
+        );
+    }
+    namespaces.sort();
+    namespaces.dedup();
+    Ok(namespaces)
 }
 
 fn as_debug<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -292,6 +320,7 @@ impl Settings {
             drift_repair: !args.no_drift_repair,
             dry_run: args.dry_run,
             self_service: args.self_service,
+            self_service_namespaces: self_service_namespaces(args)?,
             key_id: args.key_id.clone(),
             self_service_max_bytes: args.self_service_max_bytes,
             grace: args.grace,

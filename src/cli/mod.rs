@@ -99,7 +99,7 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
     match &cli.command {
         Command::Put(args) => return commands::put::put(common, args).await.map(ExitCode::from),
         Command::Delete { name, through } => {
-            return commands::put::delete(common, name, through.server.as_deref())
+            return commands::put::delete(common, name, through)
                 .await
                 .map(ExitCode::from);
         }

@@ -327,6 +327,19 @@ impl Cluster {
         Ok(names)
     }
 
+    /// Whether `namespace` exists (a list by name: the same right as
+    /// [`Cluster::namespaces`], no `get` needed).
+    pub async fn namespace_exists(&self, namespace: &str) -> Result<bool, ClusterError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        self.count("list");
+        let params = ListParams::default().fields(&format!("metadata.name={namespace}"));
+        let found = api
+            .list_metadata(&params)
+            .await
+            .map_err(|e| api_error(&format!("looking up namespace {namespace}"), e))?;
+        Ok(!found.items.is_empty())
+    }
+
     /// Hands every item of a list to `each`, page by page (500 per page,
     /// each page counted as a `list` call), so only one page is held at once.
     async fn list_paged<T: Clone, Page>(

@@ -14,16 +14,18 @@
 //! wrote what is recorded without the value: an audit log line, an Event on
 //! the Secret, and the snapshot commit that carries the change.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use super::{ServerState, bearer_token, error};
 use crate::cluster::apply::EventType;
@@ -41,6 +43,61 @@ pub struct SelfService {
     pub key_id: String,
     /// Largest value accepted; larger bodies get 413.
     pub max_value_bytes: usize,
+    /// The namespaces this cluster is the authority for
+    /// (`--self-service-namespaces`): every other one is refused, however
+    /// RBAC answers, because the table's names carry no cluster.
+    pub namespaces: BTreeSet<String>,
+    /// What the API remembers between calls.
+    pub memory: Arc<Memory>,
+}
+
+/// How long a value may take to arrive once its headers have: a value of
+/// 64 KiB takes milliseconds; a body that never comes must not hold a
+/// connection.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// Values being received at once; past this, 503 at once (the connection
+/// slots stay free for everyone else, probes included).
+const BODY_READS: usize = 64;
+/// How long a TokenReview's answer (a refusal too) is reused.
+const REVIEW_TTL: Duration = Duration::from_secs(10);
+/// Answers remembered at most; past this, nothing new is cached.
+const MAX_REVIEWS: usize = 4096;
+/// TokenReviews in flight at once: a flood of made-up tokens waits here
+/// rather than hammering the API server.
+const REVIEWS_IN_FLIGHT: usize = 16;
+/// One listing (a Scan of the table) per caller per this long.
+const LIST_WINDOW: Duration = Duration::from_secs(2);
+
+/// Reviews, listings and bodies in flight, shared by every call.
+#[derive(Debug)]
+pub struct Memory {
+    /// SHA-256 of a token -> when it was reviewed and the verdict.
+    reviews: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+    reviewing: Semaphore,
+    /// Tokens being reviewed now, so a burst of one token costs one review.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    /// Caller -> when their last listing was served.
+    listings: Mutex<HashMap<String, Instant>>,
+    bodies: Semaphore,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self {
+            reviews: Mutex::new(HashMap::new()),
+            reviewing: Semaphore::new(REVIEWS_IN_FLIGHT),
+            in_flight: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            bodies: Semaphore::new(BODY_READS),
+        }
+    }
+}
+
+/// A TokenReview's answer, as cached.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Caller(Caller),
+    Refused(String),
 }
 
 /// A refusal: the status and a message that says what to do.
@@ -51,8 +108,15 @@ struct Refused {
 }
 
 impl IntoResponse for Refused {
+    /// Closes the connection: a refused request's body is never read, and a
+    /// connection left waiting for it would hold a slot.
     fn into_response(self) -> Response {
-        error(self.status, self.message)
+        let mut response = error(self.status, self.message);
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        response
     }
 }
 
@@ -72,8 +136,15 @@ fn service(state: &ServerState) -> Result<&SelfService, Refused> {
     })
 }
 
-/// The caller behind the bearer token, as a TokenReview reports them.
-async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Refused> {
+/// The caller behind the bearer token, as a TokenReview reports them. An
+/// answer (a refusal too) is reused for a few seconds, keyed by the
+/// token's hash: a client retrying, or a flood of one bad token, costs one
+/// review. A review that failed is not kept.
+async fn authenticate(
+    state: &ServerState,
+    service: &SelfService,
+    headers: &HeaderMap,
+) -> Result<Caller, Refused> {
     let Some(token) = bearer_token(headers) else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
@@ -81,20 +152,180 @@ async fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<Caller
              (the one kubectl uses; credsync put --server sends it for you)",
         ));
     };
-    match state.reconciler.cluster().review_token(token).await {
-        Ok(TokenVerdict::Authenticated(caller)) => Ok(caller),
-        Ok(TokenVerdict::Refused(reason)) => Err(refuse(
+    let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let memory = &service.memory;
+    let cached = || {
+        memory.reviews.lock().ok().and_then(|reviews| {
+            reviews
+                .get(&key)
+                .filter(|(at, _)| at.elapsed() < REVIEW_TTL)
+                .map(|(_, verdict)| verdict.clone())
+        })
+    };
+    let verdict = match cached() {
+        Some(verdict) => verdict,
+        None => {
+            // One review per token at a time: calls with the same token
+            // wait for the first one's answer.
+            let same_token = memory
+                .in_flight
+                .lock()
+                .map(|mut m| m.entry(key).or_default().clone())
+                .unwrap_or_default();
+            let _same = same_token.lock().await;
+            let _slot = memory.reviewing.acquire().await.map_err(|_| {
+                refuse(StatusCode::SERVICE_UNAVAILABLE, "credsync is shutting down")
+            })?;
+            // Answered while this call waited its turn?
+            if let Some(verdict) = cached() {
+                return match verdict {
+                    Verdict::Caller(caller) => Ok(caller),
+                    Verdict::Refused(reason) => Err(refuse(
+                        StatusCode::UNAUTHORIZED,
+                        format!("the API server did not accept the token: {reason}"),
+                    )),
+                };
+            }
+            let verdict = match state.reconciler.cluster().review_token(token).await {
+                Ok(TokenVerdict::Authenticated(caller)) => Verdict::Caller(caller),
+                Ok(TokenVerdict::Refused(reason)) => Verdict::Refused(reason),
+                Err(err) => {
+                    if let Ok(mut in_flight) = memory.in_flight.lock() {
+                        in_flight.remove(&key);
+                    }
+                    tracing::error!(error = %err, "TokenReview failed");
+                    return Err(refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("cannot check the token now: {err}"),
+                    ));
+                }
+            };
+            if let Ok(mut in_flight) = memory.in_flight.lock() {
+                in_flight.remove(&key);
+            }
+            if let Ok(mut reviews) = memory.reviews.lock() {
+                if reviews.len() >= MAX_REVIEWS {
+                    reviews.retain(|_, (at, _)| at.elapsed() < REVIEW_TTL);
+                }
+                if reviews.len() < MAX_REVIEWS {
+                    reviews.insert(key, (Instant::now(), verdict.clone()));
+                }
+            }
+            verdict
+        }
+    };
+    match verdict {
+        Verdict::Caller(caller) => Ok(caller),
+        Verdict::Refused(reason) => Err(refuse(
             StatusCode::UNAUTHORIZED,
             format!("the API server did not accept the token: {reason}"),
         )),
+    }
+}
+
+/// Refuses a namespace this cluster is not the authority for, or one that
+/// does not exist here: RBAC in this cluster says nothing about the same
+/// name in another cluster on the same table.
+async fn authority(
+    state: &ServerState,
+    service: &SelfService,
+    namespace: &str,
+) -> Result<(), Refused> {
+    if !service.namespaces.contains(namespace) {
+        let listed: Vec<&str> = service.namespaces.iter().map(String::as_str).collect();
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this credsync is not the authority for namespace '{namespace}': it writes only \
+                 for {} (--self-service-namespaces); the table is shared by every cluster that \
+                 reads it, so write where that namespace is listed",
+                listed.join(", ")
+            ),
+        ));
+    }
+    match state.reconciler.cluster().namespace_exists(namespace).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("namespace '{namespace}' does not exist in this cluster"),
+        )),
         Err(err) => {
-            tracing::error!(error = %err, "TokenReview failed");
+            tracing::error!(error = %err, "namespace lookup failed");
             Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot check the token now: {err}"),
+                format!("cannot check the namespace now: {err}"),
             ))
         }
     }
+}
+
+/// One listing per caller per [`LIST_WINDOW`]: each is a Scan of the table.
+fn list_rate(service: &SelfService, caller: &Caller) -> Result<(), Refused> {
+    let Ok(mut listings) = service.memory.listings.lock() else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    if let Some(last) = listings.get(&caller.username) {
+        let wait = LIST_WINDOW.saturating_sub(now.duration_since(*last));
+        if !wait.is_zero() {
+            return Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "one listing every {} s per caller: retry in {} ms",
+                    LIST_WINDOW.as_secs(),
+                    wait.as_millis()
+                ),
+            ));
+        }
+    }
+    if listings.len() >= MAX_REVIEWS {
+        listings.retain(|_, at| now.duration_since(*at) < LIST_WINDOW);
+    }
+    if listings.len() < MAX_REVIEWS {
+        listings.insert(caller.username.clone(), now);
+    }
+    Ok(())
+}
+
+/// Reads a value, after the caller was authenticated and authorized: at
+/// most [`BODY_READS`] at once, each within [`BODY_DEADLINE`].
+async fn read_value(service: &SelfService, body: Body) -> Result<SecretValue, Refused> {
+    let Ok(_slot) = service.memory.bodies.try_acquire() else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many values being received at once: retry in a moment",
+        ));
+    };
+    let read = tokio::time::timeout(
+        BODY_DEADLINE,
+        axum::body::to_bytes(body, service.max_value_bytes),
+    )
+    .await
+    .map_err(|_| {
+        refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the value did not arrive within {} s of the headers",
+                BODY_DEADLINE.as_secs()
+            ),
+        )
+    })?;
+    let bytes = read.map_err(|err| {
+        let too_large = std::error::Error::source(&err)
+            .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the value is over the limit of {} bytes",
+                    service.max_value_bytes
+                ),
+            )
+        } else {
+            refuse(StatusCode::BAD_REQUEST, "cannot read the value")
+        }
+    })?;
+    Ok(SecretValue::new(bytes.to_vec()))
 }
 
 /// Which of `verbs` RBAC grants `caller` on credentials in `namespace`;
@@ -247,7 +478,7 @@ pub(super) async fn put(
     State(state): State<Arc<ServerState>>,
     Path((namespace, secret, key)): Path<(String, String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     put_inner(&state, &namespace, &secret, &key, &headers, body)
         .await
@@ -260,11 +491,14 @@ async fn put_inner(
     secret: &str,
     key: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Refused> {
     let service = service(state)?;
-    let caller = authenticate(state, headers).await?;
+    // Who, where and whether, all from the headers: the body is read last,
+    // so no one unauthorized can hold a connection by withholding it.
+    let caller = authenticate(state, service, headers).await?;
     let name = target(state, namespace, secret, key)?;
+    authority(state, service, namespace).await?;
     let granted = authorize(
         state,
         &caller,
@@ -273,23 +507,7 @@ async fn put_inner(
         Some(secret),
     )
     .await?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the value is over the limit of {} bytes",
-                    service.max_value_bytes
-                ),
-            )
-        } else {
-            refuse(
-                rejection.status(),
-                format!("cannot read the value: {rejection}"),
-            )
-        }
-    })?;
-    let value = SecretValue::new(body.to_vec());
+    let value = read_value(service, body).await?;
     if std::str::from_utf8(value.expose()).is_err() {
         return Err(write_failed(&WriteItemError::NotText));
     }
@@ -358,9 +576,10 @@ pub(super) async fn delete(
     headers: HeaderMap,
 ) -> Response {
     let result: Result<Response, Refused> = async {
-        service(&state)?;
-        let caller = authenticate(&state, &headers).await?;
+        let service = service(&state)?;
+        let caller = authenticate(&state, service, &headers).await?;
         let name = target(&state, &namespace, &secret, &key)?;
+        authority(&state, service, &namespace).await?;
         authorize(&state, &caller, &["delete"], &namespace, Some(&secret)).await?;
         let deleted = state
             .reconciler
@@ -390,8 +609,8 @@ pub(super) async fn list(
     headers: HeaderMap,
 ) -> Response {
     let result: Result<Response, Refused> = async {
-        service(&state)?;
-        let caller = authenticate(&state, &headers).await?;
+        let service = service(&state)?;
+        let caller = authenticate(&state, service, &headers).await?;
         if !is_dns1123_label(&namespace) {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
@@ -399,6 +618,8 @@ pub(super) async fn list(
             ));
         }
         namespace_served(&state, &namespace)?;
+        authority(&state, service, &namespace).await?;
+        list_rate(service, &caller)?;
         authorize(&state, &caller, &["list"], &namespace, None).await?;
         let found = state
             .reconciler

@@ -90,15 +90,19 @@ pub fn router(state: Arc<ServerState>) -> Router {
             state.clone(),
             require_access,
         ));
-    // Each caller's own Kubernetes token, reviewed per request.
-    let max_body = state.self_service.as_ref().map_or(0, |s| s.max_value_bytes);
-    let self_service = Router::new()
-        .route(
-            "/v1/secrets/{namespace}/{secret}/{key}",
-            axum::routing::put(credentials::put).delete(credentials::delete),
-        )
-        .route("/v1/secrets/{namespace}", get(credentials::list))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body));
+    // Each caller's own Kubernetes token, reviewed per request; mounted
+    // only with --self-service, so without it nothing there reads a body.
+    let self_service = match &state.self_service {
+        Some(_) => Router::new()
+            .route(
+                "/v1/secrets/{namespace}/{secret}/{key}",
+                axum::routing::put(credentials::put).delete(credentials::delete),
+            )
+            .route("/v1/secrets/{namespace}", get(credentials::list))
+            // The handlers read the value themselves, within their limits.
+            .layer(axum::extract::DefaultBodyLimit::disable()),
+        None => Router::new(),
+    };
     Router::new()
         .merge(guarded)
         .merge(self_service)

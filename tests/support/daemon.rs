@@ -126,6 +126,18 @@ impl StandIns {
         env: &[(&str, &str)],
         open_files: Option<u64>,
     ) -> Daemon {
+        self.daemon_with_file_limits(args, env, open_files, None)
+    }
+
+    /// [`StandIns::daemon`] under a soft and a hard open-file limit (as
+    /// `prlimit --nofile=SOFT:HARD` would start it).
+    pub fn daemon_with_file_limits(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+        hard: Option<u64>,
+    ) -> Daemon {
         let port = free_port();
         let log = self.dir.path().join(format!("run-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credsync"));
@@ -140,7 +152,7 @@ impl StandIns {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if let Some(soft) = open_files {
+        if open_files.is_some() || hard.is_some() {
             unsafe {
                 cmd.pre_exec(move || {
                     let mut limit = libc::rlimit {
@@ -148,7 +160,10 @@ impl StandIns {
                         rlim_max: 0,
                     };
                     libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    if let Some(hard) = hard {
+                        limit.rlim_max = hard.min(limit.rlim_max);
+                    }
+                    limit.rlim_cur = open_files.unwrap_or(limit.rlim_cur).min(limit.rlim_max);
                     libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
                     Ok(())
                 });

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use axum::http::{Method, StatusCode};
 use kube::client::Body;
 
-use crate::cli::args::{Common, PutArgs};
+use crate::cli::args::{Common, PutArgs, ThroughServer};
 use crate::cli::setup;
 use crate::credstash::{NewItem, PutVersion};
 use crate::metrics::Metrics;
@@ -25,7 +25,7 @@ pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
             bail!("--server always writes the next version: leave out -v and -a");
         }
         let path = api_path(&args.name)?;
-        let answer = call(server, Method::PUT, &path, value.expose().to_vec()).await?;
+        let answer = call(&args.through, Method::PUT, &path, value.expose().to_vec()).await?;
         println!(
             "{} version {} stored through {server}",
             args.name,
@@ -54,10 +54,10 @@ pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
 pub(in crate::cli) async fn delete(
     common: &Common,
     name: &str,
-    server: Option<&str>,
+    through: &ThroughServer,
 ) -> Result<u8> {
-    if let Some(server) = server {
-        let answer = call(server, Method::DELETE, &api_path(name)?, Vec::new()).await?;
+    if let Some(server) = &through.server {
+        let answer = call(through, Method::DELETE, &api_path(name)?, Vec::new()).await?;
         let versions = answer["deleted_versions"].as_array().map_or(0, Vec::len);
         println!("{name}: {versions} version(s) deleted through {server}");
         return Ok(0);
@@ -103,11 +103,12 @@ fn api_path(name: &str) -> Result<String> {
 /// kubeconfig context's user (tokens, token files and exec plugins such as
 /// OIDC helpers, as kubectl does).
 async fn call(
-    server: &str,
+    through: &ThroughServer,
     method: Method,
     path: &str,
     body: Vec<u8>,
 ) -> Result<serde_json::Value> {
+    let server = through.server.as_deref().unwrap_or_default();
     let url: axum::http::Uri = server
         .parse()
         .with_context(|| format!("--server '{server}' is not a URL"))?;
@@ -127,9 +128,18 @@ async fn call(
         .await
         .context("reading the kubeconfig for your token (set KUBECONFIG or a current context)")?;
     config.cluster_url = url;
-    // The kubeconfig's CA is the API server's, not credsync's: use the system roots.
+    // The kubeconfig's CA is the API server's, not credsync's: use the system
+    // roots. Its `insecure-skip-tls-verify` is the API server's too: the
+    // token goes over verified TLS unless this command line says otherwise.
     config.root_cert = None;
     config.tls_server_name = None;
+    config.accept_invalid_certs = through.insecure_skip_tls_verify;
+    if through.insecure_skip_tls_verify {
+        tracing::warn!(
+            server,
+            "--insecure-skip-tls-verify: the server's certificate is not checked"
+        );
+    }
     let client = kube::Client::try_from(config).context("building the HTTP client")?;
     let request = axum::http::Request::builder()
         .method(method)

@@ -9,7 +9,7 @@
 //! come back after their visibility timeout (and reach a dead-letter queue
 //! if the queue has one). Duplicates cost a reconcile that writes nothing.
 //! A body that is none of the understood shapes is logged by message id,
-//! counted and deleted. A missing queue or a refusal is counted and
+//! counted, and deleted only after a full reconcile that started after it. A missing queue or a refusal is counted and
 //! logged, and retried with backoff; readiness and the schedule carry on.
 
 pub mod events;
@@ -115,7 +115,11 @@ pub async fn run(client: aws_sdk_sqs::Client, config: QueueConfig, mut links: Qu
                     understood.push(message);
                 }
                 None => {
-                    tracing::warn!(queue = %config.url, message_id = message.message_id().unwrap_or("?"), "events queue: a message of no known shape; deleted");
+                    // Maybe a change in a shape not known yet (a batched
+                    // EventBridge array, an input transformer): a full
+                    // reconcile covers it before it is deleted.
+                    tracing::warn!(queue = %config.url, message_id = message.message_id().unwrap_or("?"), "events queue: a message of no known shape; a full reconcile covers it, then it is deleted");
+                    wanted.full = true;
                     unrecognized.push(message);
                 }
             }
@@ -125,7 +129,8 @@ pub async fn run(client: aws_sdk_sqs::Client, config: QueueConfig, mut links: Qu
             .queue_messages
             .with_label_values(&["unrecognized"])
             .inc_by(unrecognized.len() as u64);
-        delete(&client, &config.url, &unrecognized, &links.metrics).await;
+        let known = understood.len() as u64;
+        understood.extend(unrecognized);
         let Some(request) = wanted.request() else {
             continue;
         };
@@ -137,7 +142,7 @@ pub async fn run(client: aws_sdk_sqs::Client, config: QueueConfig, mut links: Qu
             _ = links.shutdown.cancelled() => return,
             done = links.finished.wait_for(|f| f.is_some_and(|f| f.started > queued)) => done.map(|f| f.is_some_and(|f| f.ok)),
         };
-        let count = understood.len() as u64;
+        let count = known;
         if done.unwrap_or(false) {
             delete(&client, &config.url, &understood, &links.metrics).await;
             links
