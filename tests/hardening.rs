@@ -451,3 +451,47 @@ async fn without_self_service_nothing_under_v1_reads_a_body() {
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn self_service_writes_only_where_this_cluster_is_the_authority() {
+    // `other` exists and credsync writes it, but it is not listed; `ghost`
+    // is listed but does not exist here. The caller is a cluster admin, so
+    // RBAC would allow anything: the refusals are the authority's.
+    let env = StandIns::start(&["app", "other"]).await;
+    let daemon = env.daemon(
+        &[
+            "--no-stream",
+            "--no-drift-repair",
+            "--self-service",
+            "--self-service-namespaces",
+            "app,ghost",
+        ],
+        &[],
+    );
+    let port = daemon.port;
+    assert!(ready(port).await, "{}", env.daemon_log(&daemon));
+    let admin = env.control_plane().admin().token.clone();
+    let bearer = format!("Bearer {admin}");
+    let put = |path: &str, value: &[u8]| {
+        support::daemon::http_request(port, "PUT", path, &[("Authorization", bearer.as_str())], value)
+    };
+    let (status, body) = put("/v1/secrets/other/db/KEY", b"authority-other-value");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("not the authority for namespace 'other'") && body.contains("app, ghost"),
+        "{body}"
+    );
+    let (status, body) = put("/v1/secrets/ghost/db/KEY", b"authority-ghost-value");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("namespace 'ghost' does not exist in this cluster"), "{body}");
+    let (status, body) = put("/v1/secrets/app/db/KEY", b"authority-app-value");
+    assert_eq!(status, 201, "{body}");
+    let out = env.credstash(&["get", "-n", "other/db/KEY"]);
+    assert!(!out.status.success(), "nothing written for 'other'");
+    // Listings are a Scan each: one per caller per window.
+    let (status, body) = http(port, "GET", "/v1/secrets/app", Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(port, "GET", "/v1/secrets/app", Some(&admin));
+    assert_eq!(status, 429, "{body}");
+    env.daemon_log(&daemon);
+}

@@ -387,7 +387,7 @@ async fn self_service_writes_follow_each_callers_rbac() {
         values(json!({
             "rbac": {"namespaces": ["team-a", "team-b"]},
             "rollouts": {"enabled": true},
-            "selfService": {"enabled": true, "maxValueBytes": 1024},
+            "selfService": {"enabled": true, "maxValueBytes": 1024, "namespaces": ["team-a", "team-b"]},
         })),
     )
     .await;

@@ -56,7 +56,8 @@ VARIANTS: dict[str, dict] = {
     "peers-namespaced": {
         "rbac": {"namespaces": ["team-a", "team-b"]},
         "rollouts": {"enabled": True},
-        "selfService": {"enabled": True, "keyId": "alias/team-writes", "maxValueBytes": 4096},
+        "selfService": {"enabled": True, "keyId": "alias/team-writes", "maxValueBytes": 4096,
+                        "namespaces": ["team-a", "team-b"]},
     },
     # No stream, no token: a schedule-only installation with /sync open on purpose.
     "schedule-only": {
@@ -108,6 +109,8 @@ VARIANTS: dict[str, dict] = {
             "sshKeySecret": {"name": "snapshot-deploy-key", "key": "id_ed25519"},
             "sshKnownHosts": "github.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
             "tokenSecret": {"name": "snapshot-https", "key": "token"},
+            "signingKeySecret": {"name": "snapshot-signing", "key": "id_ed25519"},
+            "trustedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl old-key"],
             "ageIdentitySecret": {"name": "snapshot-age", "key": "identity"},
         },
         "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
@@ -330,7 +333,14 @@ def test_snapshot_remote_credentials_are_mounted_from_secrets():
         "secretName": "snapshot-deploy-key", "defaultMode": 0o440, "items": [{"key": "id_ed25519", "path": "key"}]}
     assert only_volume(objects, "snapshot-token")["secret"]["secretName"] == "snapshot-https"
     assert only_volume(objects, "age-identity")["secret"]["secretName"] == "snapshot-age"
-    known_hosts = only(objects, "ConfigMap")
+    assert only_volume(objects, "signing-key")["secret"] == {
+        "secretName": "snapshot-signing", "defaultMode": 0o440, "items": [{"key": "id_ed25519", "path": "key"}]}
+    assert env["CREDSYNC_SNAPSHOT_SIGNING_KEY"]["value"] == "/etc/credsync/signing/key"
+    assert env["CREDSYNC_SNAPSHOT_TRUSTED_KEY"]["value"] == "/etc/credsync/trusted/keys"
+    config_maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    trusted = next(o for name, o in config_maps.items() if name.endswith("-trusted-keys"))
+    assert trusted["data"]["keys"].strip().endswith(" old-key"), trusted
+    known_hosts = next(o for name, o in config_maps.items() if name.endswith("-ssh-known-hosts"))
     assert known_hosts["data"]["known_hosts"].startswith("github.example.com ssh-ed25519 ")
     assert env["HOME"]["value"] == "/home/nonroot"
     policy = only(objects, "NetworkPolicy")
@@ -485,6 +495,11 @@ def test_bad_values_fail_with_a_schema_error(case):
     assert "don't meet the specifications of the schema" in message and where in message, message
     report = helm.lint(CHART, values, namespace=NAMESPACE)
     assert report["errors"], "helm lint must report the same values as errors"
+
+
+def test_self_service_without_its_namespaces_fails_at_render():
+    with pytest.raises(helm.HelmError, match="selfService.namespaces is required"):
+        render({"selfService": {"enabled": True}})
 
 
 def test_include_outside_the_namespaced_rbac_fails_at_render():

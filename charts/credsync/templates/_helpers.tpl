@@ -206,6 +206,11 @@ app.kubernetes.io/component: controller
   value: {{ .Values.selfService.keyId | quote }}
 - name: CREDSYNC_SELF_SERVICE_MAX_BYTES
   value: {{ .Values.selfService.maxValueBytes | int | quote }}
+{{- if not .Values.selfService.namespaces }}
+{{- fail "selfService.namespaces is required with selfService.enabled: the namespaces this cluster is the authority for" }}
+{{- end }}
+- name: CREDSYNC_SELF_SERVICE_NAMESPACES
+  value: {{ join "," .Values.selfService.namespaces | quote }}
 {{- end }}
 - name: CREDSYNC_GRACE
   value: {{ $c.grace | quote }}
@@ -254,6 +259,14 @@ app.kubernetes.io/component: controller
 {{- if .Values.snapshot.ageIdentitySecret.name }}
 - name: CREDSYNC_AGE_IDENTITY
   value: /etc/credsync/age/identity
+{{- end }}
+{{- if .Values.snapshot.signingKeySecret.name }}
+- name: CREDSYNC_SNAPSHOT_SIGNING_KEY
+  value: /etc/credsync/signing/key
+{{- end }}
+{{- if .Values.snapshot.trustedKeys }}
+- name: CREDSYNC_SNAPSHOT_TRUSTED_KEY
+  value: /etc/credsync/trusted/keys
 {{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
