@@ -473,7 +473,13 @@ async fn self_service_writes_only_where_this_cluster_is_the_authority() {
     let admin = env.control_plane().admin().token.clone();
     let bearer = format!("Bearer {admin}");
     let put = |path: &str, value: &[u8]| {
-        support::daemon::http_request(port, "PUT", path, &[("Authorization", bearer.as_str())], value)
+        support::daemon::http_request(
+            port,
+            "PUT",
+            path,
+            &[("Authorization", bearer.as_str())],
+            value,
+        )
     };
     let (status, body) = put("/v1/secrets/other/db/KEY", b"authority-other-value");
     assert_eq!(status, 403, "{body}");
@@ -483,7 +489,10 @@ async fn self_service_writes_only_where_this_cluster_is_the_authority() {
     );
     let (status, body) = put("/v1/secrets/ghost/db/KEY", b"authority-ghost-value");
     assert_eq!(status, 404, "{body}");
-    assert!(body.contains("namespace 'ghost' does not exist in this cluster"), "{body}");
+    assert!(
+        body.contains("namespace 'ghost' does not exist in this cluster"),
+        "{body}"
+    );
     let (status, body) = put("/v1/secrets/app/db/KEY", b"authority-app-value");
     assert_eq!(status, 201, "{body}");
     let out = env.credstash(&["get", "-n", "other/db/KEY"]);

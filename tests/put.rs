@@ -194,3 +194,125 @@ fn put_says_where_the_value_is_safe_from_the_process_list() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `put --server` sends the caller's Kubernetes token: never over TLS that
+/// was not verified, even when the kubeconfig skips verification for the
+/// API server. Only `--insecure-skip-tls-verify` on the command line does.
+#[tokio::test]
+async fn put_through_a_server_verifies_its_certificate_whatever_the_kubeconfig_says() {
+    let env = StandIns::start(&["team-a"]).await;
+    let dir = env.dir.path();
+    let (key, cert) = (dir.join("tls.key"), dir.join("tls.crt"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let token = "put-server-tls-token-7Qx";
+    let kubeconfig = env.write_file(
+        "skip-verify.kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}\nusers:\n- name: u\n  user: {{token: {token}}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+        ),
+    );
+    // A TLS server with a certificate nobody trusts, printing what it receives.
+    let serve = |port: u16| {
+        let server = support::spawn_tied(
+            Command::new("openssl")
+                .args(["s_server", "-quiet", "-accept"])
+                .arg(port.to_string())
+                .arg("-cert")
+                .arg(&cert)
+                .arg("-key")
+                .arg(&key)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        support::wait_for_port(port, "openssl s_server");
+        server
+    };
+    let put = |port: u16, extra: &[&str]| {
+        let server = format!("https://127.0.0.1:{port}");
+        let mut args = vec![
+            "put",
+            "team-a/db/TOKEN",
+            "value-over-tls",
+            "--server",
+            &server,
+        ];
+        args.extend_from_slice(extra);
+        env.credsync_within(
+            &args,
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+            std::time::Duration::from_secs(20),
+        )
+    };
+    let received = |mut server: std::process::Child| {
+        let _ = server.kill();
+        let out = server.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let port = support::free_port();
+    let server = serve(port);
+    let run = put(port, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.error_line().to_lowercase().contains("certificate"),
+        "{}",
+        run.stderr
+    );
+    assert!(!received(server).contains(token), "the token never left");
+
+    // Asked for on the command line: the request (and the token) goes out.
+    let port = support::free_port();
+    let server = serve(port);
+    let handle = std::thread::spawn(move || received_after(server, token));
+    let run = put(port, &["--insecure-skip-tls-verify"]);
+    assert!(
+        run.stderr.contains("--insecure-skip-tls-verify"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        handle.join().unwrap(),
+        "the request went out unverified, as asked"
+    );
+}
+
+/// Reads the server's output until `token` shows (true) or it ends.
+fn received_after(mut server: std::process::Child, token: &str) -> bool {
+    use std::io::Read;
+    let mut out = server.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let found = loop {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&seen).contains(token) {
+                    break true;
+                }
+            }
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    found
+}

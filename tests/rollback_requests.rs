@@ -27,7 +27,12 @@ struct Flow {
 impl Flow {
     /// Stand-ins with a namespace `app`, a snapshot repository and an empty bare remote.
     async fn start() -> Self {
-        let s = Snap::start(&["app"]).await;
+        Self::start_in(&["app"]).await
+    }
+
+    /// [`Flow::start`] with these namespaces.
+    async fn start_in(namespaces: &[&str]) -> Self {
+        let s = Snap::start(namespaces).await;
         let dir = s.env.dir.path().to_owned();
         let remote = dir.join("remote.git");
         s.env.git(
@@ -99,30 +104,34 @@ impl Flow {
     }
 
     fn daemon(&self, loop_repo: &Path) -> Daemon {
-        self.s.env.daemon(
-            &[
-                "--cluster-name",
-                "test",
-                "--snapshot-repo",
-                path_str(loop_repo),
-                "--snapshot-remote",
-                path_str(&self.remote),
-                "--age-recipient",
-                &self.s.recipient,
-                "--age-identity",
-                path_str(&self.s.identity),
-                "--snapshot-signing-key",
-                path_str(&self.s.signing_key),
-                "--request-poll-interval",
-                "1s",
-                "--no-stream",
-                "--insecure-no-auth",
-                // /plan is cached this long: the test reads it fresh.
-                "--sync-rate-limit",
-                "1ms",
-            ],
-            &[],
-        )
+        self.daemon_with(loop_repo, &[])
+    }
+
+    /// [`Flow::daemon`] with more flags.
+    fn daemon_with(&self, loop_repo: &Path, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "--cluster-name",
+            "test",
+            "--snapshot-repo",
+            path_str(loop_repo),
+            "--snapshot-remote",
+            path_str(&self.remote),
+            "--age-recipient",
+            &self.s.recipient,
+            "--age-identity",
+            path_str(&self.s.identity),
+            "--snapshot-signing-key",
+            path_str(&self.s.signing_key),
+            "--request-poll-interval",
+            "1s",
+            "--no-stream",
+            "--insecure-no-auth",
+            // /plan is cached this long: the test reads it fresh.
+            "--sync-rate-limit",
+            "1ms",
+        ];
+        args.extend_from_slice(extra);
+        self.s.env.daemon(&args, &[])
     }
 
     fn metrics(&self, daemon: &Daemon) -> String {
@@ -926,4 +935,133 @@ async fn forged_trailers_and_hostile_file_names_change_nothing() {
         "{remote}"
     );
     assert!(!remote.contains("\nCredsync-Request: [evil]"), "{remote}");
+}
+
+/// The queue's messages, visible or in flight.
+async fn queued(env: &support::StandIns, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config("us-east-1").await);
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| attributes[a].parse::<u64>().unwrap())
+    .sum()
+}
+
+/// An SQS message queued while the worker waits for the write lock (held
+/// by the request follower's slow write) is not covered by the reconcile
+/// that was waiting: it is deleted only after one that started after it
+/// wrote everything, so it survives a crash in between.
+#[tokio::test]
+async fn an_sqs_message_that_arrives_while_a_reconcile_waits_for_the_lock_survives_a_crash() {
+    let flow = Flow::start_in(&["app", "other"]).await;
+    let s = &flow.s;
+    let v1 = flow.two_snapshots();
+    s.env.put("other/svc/key", "other-namespace-value");
+    flow.clone_review();
+    let sqs = aws_sdk_sqs::Client::new(&s.env.sdk_config("us-east-1").await);
+    let url = sqs
+        .create_queue()
+        .queue_name("events")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "2",
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let faults = s.env.faults().await;
+    let queue_args = ["--events-queue", url.as_str(), "--debounce", "100ms"];
+    let loop_repo = flow.dir().join("loop");
+    let mut daemon = flow.daemon_with(&loop_repo, &queue_args);
+    assert!(
+        reconciled(daemon.port).await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+
+    // The follower's write of app/api is slow (4 s, holding the write lock);
+    // every write of app/web fails.
+    faults.inject_json(serde_json::json!({"verb": "patch", "resource": "secrets", "namespace": "app", "name": "api", "delay_ms": 4000, "times": 1}));
+    faults.inject_json(serde_json::json!({"verb": "patch", "resource": "secrets", "namespace": "app", "name": "web", "status": 503}));
+    flow.git(&["pull", "-q", "origin", "main"]);
+    let request =
+        format!("kind: RollbackRequest\nrevision: {v1}\nsecrets: [app/api]\nreason: slow write\n");
+    std::fs::create_dir_all(flow.review.join("test/.requests")).unwrap();
+    std::fs::write(flow.review.join("test/.requests/slow.yaml"), request).unwrap();
+    flow.git(&["add", "-A"]);
+    flow.git_as("Ada", &["commit", "-qm", "roll back app/api"]);
+    flow.git(&["push", "-q", "origin", "main"]);
+    // Within the slow write: a reconcile of another namespace queues and
+    // waits for the lock; then app/web changes and its event arrives.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = http(daemon.port, "POST", "/sync?namespace=other", None);
+    assert!(status == 202 || status == 200, "{status} {body}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.env.put("app/web/key", "web-value-three");
+    let event = serde_json::json!({"eventSource": "aws:dynamodb", "dynamodb": {"Keys": {"name": {"S": "app/web/key"}}}});
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    // The request is applied; the reconcile for app/web fails: the message
+    // is left for the queue, not deleted by the reconcile that waited.
+    flow.token_becomes(&daemon, b"token-version-one").await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metric(
+                &flow.metrics(&daemon),
+                "credsync_queue_messages_total{outcome=\"retried\"}",
+            ) >= 1.0
+        })
+        .await,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    assert!(
+        queued(&s.env, &url).await >= 1,
+        "the message is still queued: {}",
+        s.env.daemon_log(&daemon)
+    );
+    // A crash; the writes work again after it.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGKILL) };
+    let _ = daemon.child.wait();
+    faults.clear_faults();
+    let daemon = flow.daemon_with(&loop_repo, &queue_args);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            queued(&s.env, &url).await == 0
+        })
+        .await,
+        "the message comes back and is handled: {}",
+        s.env.daemon_log(&daemon)
+    );
+    assert!(
+        metric(
+            &flow.metrics(&daemon),
+            "credsync_queue_messages_total{outcome=\"handled\"}"
+        ) >= 1.0,
+        "{}",
+        s.env.daemon_log(&daemon)
+    );
+    assert_eq!(
+        s.env.secret_data("app", "web").await.unwrap()["KEY"],
+        b"web-value-three"
+    );
 }

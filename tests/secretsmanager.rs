@@ -573,3 +573,79 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
     .await;
     assert!(drained, "{}", env.daemon_log(&daemon));
 }
+
+/// A message of a shape credsync does not know (here a batch of events, as
+/// an EventBridge input transformer may send) may still announce a change:
+/// it triggers a full reconcile, and is deleted only after that reconcile
+/// wrote everything.
+#[tokio::test]
+async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_deleted() {
+    let env = StandIns::start(&["team-a"]).await;
+    create(
+        &env,
+        "team-a/app",
+        r#"{"TOKEN":"shape-token-one"}"#,
+        &["shape-token-one"],
+    )
+    .await;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
+    let url = sqs
+        .create_queue()
+        .queue_name("shapes")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "2",
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let daemon = env.daemon(
+        &[
+            "--source",
+            "secretsmanager",
+            "--events-queue",
+            &url,
+            "--debounce",
+            "100ms",
+            "--no-drift-repair",
+        ],
+        &[],
+    );
+    assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
+    // A change no event of a known shape announces; no schedule runs.
+    env.seed("shape-token-two");
+    put_value(&env, "team-a/app", r#"{"TOKEN":"shape-token-two"}"#).await;
+    let batch = format!("[{}]", cloudtrail_event("PutSecretValue", "team-a/app"));
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(batch)
+        .send()
+        .await
+        .unwrap();
+    let arrived = eventually(Duration::from_secs(30), || async {
+        env.secret_data("team-a", "app")
+            .await
+            .is_some_and(|d| d["TOKEN"] == b"shape-token-two")
+    })
+    .await;
+    assert!(arrived, "{}", env.daemon_log(&daemon));
+    let drained = eventually(Duration::from_secs(20), || async {
+        queued(&env, &url).await == 0
+    })
+    .await;
+    assert!(drained, "{}", env.daemon_log(&daemon));
+    let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
+    assert_eq!(
+        metric(
+            &metrics,
+            "credsync_queue_messages_total{outcome=\"unrecognized\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let log = env.daemon_log(&daemon);
+    assert!(log.contains("a full reconcile covers it"), "{log}");
+    env.assert_no_value_in(&log, "the log");
+}

@@ -34,7 +34,9 @@ pub fn history(commits: &[CommitInfo], format: ListFormat, color: bool) -> Strin
             let mut out = String::new();
             for c in commits {
                 let id = paint(color, "33", short(&c.id));
-                let _ = writeln!(out, "{id}  {}  {}", c.time, c.summary);
+                // Only a signed commit vouches for its files (docs/snapshots.md).
+                let mark = if c.signed { "signed  " } else { "unsigned" };
+                let _ = writeln!(out, "{id}  {}  {mark}  {}", c.time, c.summary);
             }
             if commits.is_empty() {
                 out.push_str("no snapshots yet\n");

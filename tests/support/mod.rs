@@ -55,7 +55,7 @@ pub fn venv_tool(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -64,7 +64,7 @@ fn free_port() -> u16 {
 }
 
 /// Spawns a child that gets SIGTERM when this test's thread ends.
-fn spawn_tied(cmd: &mut Command) -> Child {
+pub fn spawn_tied(cmd: &mut Command) -> Child {
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -75,7 +75,7 @@ fn spawn_tied(cmd: &mut Command) -> Child {
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
 
-fn wait_for_port(port: u16, what: &str) {
+pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");

@@ -65,6 +65,9 @@ pub struct CommitInfo {
     pub time: String,
     pub summary: String,
     pub message: String,
+    /// Signed by credsync (a trusted key): only such commits vouch for
+    /// their files. Filled where it matters (`history`, `resolve`).
+    pub signed: bool,
 }
 
 /// Key-level change of one Secret between two snapshots (no values).
@@ -731,6 +734,7 @@ fn commit_info(commit: &git2::Commit<'_>) -> CommitInfo {
             .unwrap_or_default()
             .to_owned(),
         message: commit.message().unwrap_or_default().to_owned(),
+        signed: false,
     }
 }
 

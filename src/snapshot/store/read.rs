@@ -35,7 +35,9 @@ impl SnapshotStore {
                 let commit = repo
                     .find_commit(oid)
                     .map_err(|e| self.err("reading a commit", e))?;
-                out.push(commit_info(&commit));
+                let mut info = commit_info(&commit);
+                info.signed = self.is_signed(repo, oid);
+                out.push(info);
             }
             Ok(out)
         })
@@ -45,7 +47,9 @@ impl SnapshotStore {
     pub fn resolve(&self, rev: &str) -> Result<CommitInfo, SnapshotError> {
         self.with_repo(|repo| {
             let commit = find_rev(repo, rev)?;
-            Ok(commit_info(&commit))
+            let mut info = commit_info(&commit);
+            info.signed = self.is_signed(repo, commit.id());
+            Ok(info)
         })
     }
 

@@ -21,11 +21,18 @@ use crate::target::Target;
 
 /// Fails matching requests: `{"verb": .., "resource": .., "status": 500}`,
 /// the first `times` of them, or every `every`-th; always when neither is set.
+/// `namespace` and `name` narrow the match to one object. With `delay_ms`
+/// a match is held that long first, then failed with `status`, or passed
+/// through when `status` is 0 (a slow API server).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Fault {
     pub verb: Option<String>,
     pub resource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    #[serde(default)]
     pub status: u16,
+    pub delay_ms: Option<u64>,
     pub times: Option<u64>,
     pub every: Option<u64>,
     pub message: Option<String>,
@@ -55,11 +62,17 @@ struct Rules {
 }
 
 impl Rules {
-    fn fault_for(&mut self, target: &Target) -> Option<(u16, Option<String>)> {
+    fn fault_for(&mut self, target: &Target) -> Option<(u16, Option<String>, Option<u64>)> {
         let mut hit = None;
         for f in &mut self.faults {
             let matches = f.verb.as_deref().is_none_or(|v| v == target.verb)
-                && f.resource.as_deref().is_none_or(|r| r == target.resource);
+                && f.resource.as_deref().is_none_or(|r| r == target.resource)
+                && f.namespace
+                    .as_deref()
+                    .is_none_or(|n| Some(n) == target.namespace.as_deref())
+                && f.name
+                    .as_deref()
+                    .is_none_or(|n| Some(n) == target.name.as_deref());
             if !matches || hit.is_some() {
                 continue;
             }
@@ -70,7 +83,7 @@ impl Rules {
                 (None, None) => true,
             };
             if fire {
-                hit = Some((f.status, f.message.clone()));
+                hit = Some((f.status, f.message.clone(), f.delay_ms));
             }
         }
         self.faults
@@ -242,8 +255,13 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> R
             let mut rules = shared.rules.lock().unwrap_or_else(PoisonError::into_inner);
             (rules.fault_for(target), rules.take_edit(target))
         };
-        if let Some((code, message)) = fault {
-            return status_response(code, target, message);
+        if let Some((code, message, delay)) = fault {
+            if let Some(ms) = delay {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            if code != 0 {
+                return status_response(code, target, message);
+            }
         }
         if let Some(edit) = edit
             && let Err(e) = apply_edit(&shared.upstream, &parts.uri, &edit).await
