@@ -47,6 +47,9 @@ age-keygen -o "$work/reader.agekey" 2>/dev/null
 export CREDSYNC_AGE_RECIPIENT="$(age-keygen -y "$work/reader.agekey")"
 export CREDSYNC_AGE_IDENTITY="$work/reader.agekey"
 export CREDSYNC_SNAPSHOT_REPO="$work/snapshots"
+# The key credsync signs its snapshot commits with (only its pod holds it).
+ssh-keygen -q -t ed25519 -N '' -C credsync-demo -f "$work/signing.key"
+export CREDSYNC_SNAPSHOT_SIGNING_KEY="$work/signing.key"
 echo "recipient: $CREDSYNC_AGE_RECIPIENT   repository: $CREDSYNC_SNAPSHOT_REPO"
 
 say "Creating the KMS key alias/credstash and the table (credstash setup)"
@@ -90,6 +93,10 @@ say "credsync history"
 
 say "git show --stat of the last snapshot commit: one file, no values in the message"
 git -C "$CREDSYNC_SNAPSHOT_REPO" show --stat --format='commit %H%n%n%B' HEAD
+
+say "git verify-commit: the real git checks credsync's signature with the public key only"
+echo "credsync $(cat "$work/signing.key.pub")" >"$work/allowed_signers"
+git -C "$CREDSYNC_SNAPSHOT_REPO" -c gpg.format=ssh -c gpg.ssh.allowedSignersFile="$work/allowed_signers" verify-commit HEAD
 
 say "The changed file as git stores it: metadata readable, values encrypted"
 sed -n '1,40p' "$CREDSYNC_SNAPSHOT_REPO/demo/payments/db.yaml"
