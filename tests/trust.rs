@@ -347,3 +347,47 @@ async fn a_version_the_source_lost_is_restored_only_from_a_signed_commit() {
         b"lost-version-one"
     );
 }
+
+#[tokio::test]
+async fn a_fresh_clone_warm_starts_from_signed_commits_only() {
+    let s = Snap::start(&["ns"]).await;
+    for i in 0..3 {
+        s.env
+            .put(&format!("ns/app-{i}/key"), &format!("fresh-clone-value-{i}"));
+    }
+    assert_eq!(s.run(&["sync"]).code, 0);
+    // A new pod: an empty clone of the repository, no warm-start cache.
+    let clone = |name: &str| {
+        let path = s.env.dir.path().join(name);
+        s.env.git(
+            s.env.dir.path(),
+            &["clone", "-q", path_str(&s.repo), path_str(&path)],
+        );
+        path
+    };
+    let fresh = clone("fresh");
+    let with_repo = |repo: &std::path::Path, signed: bool| {
+        let mut args = vec![
+            "--cluster-name",
+            "test",
+            "--snapshot-repo",
+            path_str(repo),
+            "--age-recipient",
+            &s.recipient,
+            "--age-identity",
+            path_str(&s.identity),
+        ];
+        if signed {
+            args.extend(["--snapshot-signing-key", path_str(&s.signing_key)]);
+        }
+        args.push("sync");
+        s.env.credsync(&args)
+    };
+    // Signed: the files are credsync's own, so no KMS call.
+    let run = with_repo(&fresh, true);
+    assert_eq!((run.code, kms_calls(&run)), (0, 0), "{}", run.stderr);
+    // Without a key nothing in the repository counts: every item decrypted.
+    let run = with_repo(&clone("unsigned"), false);
+    assert_eq!((run.code, kms_calls(&run)), (0, 3), "{}", run.stderr);
+    assert!(run.stderr.contains("untrusted=3"), "{}", run.stderr);
+}
