@@ -6,15 +6,17 @@
 //!   source hands over), [`manifest`] (names to desired Secrets), [`plan`]
 //!   (live vs desired, key names only), [`labels`] (what credsync writes on
 //!   a Secret), [`rollout`] (which workloads restart for which Secrets);
-//!   beside them [`metrics`], [`backoff`] and [`aws_error`], used by every
-//!   layer and depending on none;
+//!   beside them [`metrics`], [`backoff`], [`aws_error`] and [`text`]
+//!   (outside text made safe to print), used by every layer and depending
+//!   on none;
 //! - adapters: [`credstash`] reads, decrypts and writes the table,
 //!   [`secretsmanager`] reads AWS Secrets Manager, [`cluster`] reads live
 //!   Secrets, applies, restarts workloads, reviews callers and holds the
 //!   Lease, [`snapshot`] records desired state in git as SOPS files (the
 //!   format is the `sops-age` crate);
-//! - application: [`reconcile`] (one reconcile, top to bottom), [`requests`]
-//!   (reviewed rollback requests), [`render`],
+//! - application: [`reconcile`] (one reconcile, top to bottom), [`restore`]
+//!   (what a rollback may write: snapshot content checked against the
+//!   sources), [`requests`] (reviewed rollback requests), [`render`],
 //!   [`cli`], and the `run` daemon: [`run`], [`worker`], [`trigger`],
 //!   [`server`], [`telemetry`].
 

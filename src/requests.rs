@@ -21,7 +21,7 @@ use crate::cluster::lease::Leadership;
 use crate::manifest::{DesiredSecret, NamespaceFilter, SecretRef};
 use crate::plan::{RequestState, RequestView};
 use crate::reconcile::{ReconcileError, Reconciler, record_blocking};
-use crate::restore::{self, Verified};
+use crate::restore::Verified;
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::request::RollbackRequest;
 use crate::snapshot::store::{
@@ -189,7 +189,7 @@ pub async fn check_sources(
     let mut checked = Vec::new();
     for (index, approved) in assessment.approved {
         // The revision is signed: assess refuses any other.
-        match restore::verify(reconciler, approved.restored, true).await {
+        match reconciler.verify_restore(approved.restored, true).await {
             Ok(restored) => checked.push((
                 index,
                 Checked {

@@ -13,7 +13,7 @@
 //! - a version the source no longer holds is restored only from a commit
 //!   credsync signed, whose files are its own writes.
 //!
-//! Only [`Verified`] content reaches [`crate::reconcile::Reconciler::rollback`].
+//! Only [`Verified`] content reaches a rollback's writes.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +21,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use subtle::ConstantTimeEq;
 
-use crate::credstash::SourceError;
-use crate::manifest::{DesiredSecret, SecretRef};
-use crate::reconcile::Reconciler;
+use crate::credstash::{CredstashSource, SourceError};
+use crate::manifest::{DesiredSecret, KeyMapping, SecretRef};
 use crate::secret::SecretValue;
 use crate::secretsmanager::{SecretsManagerSource, SmError};
 use crate::source::ItemId;
@@ -31,6 +30,22 @@ use crate::source::ItemId;
 /// Checks in flight at once (each a table read and a KMS call, or one
 /// Secrets Manager call).
 const CONCURRENCY: usize = 16;
+
+/// Where restored values are checked, and how names map.
+pub struct Sources<'a> {
+    /// The Credstash table, when it is a source.
+    pub table: Option<&'a CredstashSource>,
+    pub secrets_manager: Option<&'a SecretsManagerSource>,
+    pub mapping: KeyMapping,
+    /// The cluster's directory in the repository, for messages.
+    pub cluster: &'a str,
+}
+
+impl Sources<'_> {
+    fn path(&self, secret: &SecretRef) -> String {
+        format!("{}/{}/{}.yaml", self.cluster, secret.namespace, secret.name)
+    }
+}
 
 /// Snapshot content every key of which was checked against its source.
 pub struct Verified {
@@ -92,7 +107,7 @@ struct Check<'a> {
 /// Checks `restored` (the files of `revision`; `signed`: credsync signed
 /// that commit) key by key against the sources; the first refusal stops it.
 pub async fn verify(
-    reconciler: &Reconciler,
+    sources: &Sources<'_>,
     restored: BTreeMap<SecretRef, DesiredSecret>,
     signed: bool,
 ) -> Result<Verified, RestoreError> {
@@ -113,7 +128,7 @@ pub async fn verify(
         .into_iter()
         .map(|check| {
             Box::pin(async move {
-                let found = find(reconciler, &check).await;
+                let found = find(sources, &check).await;
                 (check, found)
             }) as BoxFuture<'_, _>
         })
@@ -121,7 +136,7 @@ pub async fn verify(
     let mut results = futures::stream::iter(lookups).buffer_unordered(CONCURRENCY);
     while let Some((check, found)) = results.next().await {
         let refuse = |reason: String| RestoreError::Refused {
-            file: reconciler.snapshot_path(check.secret),
+            file: sources.path(check.secret),
             key: check.key.to_owned(),
             // It may quote an item name from the file.
             reason: crate::text::one_line(&reason, 1000),
@@ -150,9 +165,9 @@ pub async fn verify(
 }
 
 /// Reads one key's item version from its source.
-async fn find(reconciler: &Reconciler, check: &Check<'_>) -> Result<Found, RestoreError> {
+async fn find(sources: &Sources<'_>, check: &Check<'_>) -> Result<Found, RestoreError> {
     if SecretsManagerSource::owns(check.item) {
-        let Some(sm) = reconciler.secrets_manager() else {
+        let Some(sm) = sources.secrets_manager else {
             return Ok(Found::Refused(format!(
                 "it comes from Secrets Manager ({}), which is not a source here",
                 check.item
@@ -181,13 +196,13 @@ async fn find(reconciler: &Reconciler, check: &Check<'_>) -> Result<Found, Resto
         }
         return Ok(Found::Value(part.credential.value));
     }
-    if !reconciler.reads_table() {
+    let Some(table) = sources.table else {
         return Ok(Found::Refused(format!(
             "it comes from the Credstash table ({}), which is not a source here",
             check.item
         )));
-    }
-    match reconciler.key_mapping().map(&check.item.name) {
+    };
+    match sources.mapping.map(&check.item.name) {
         Ok(target) if target.secret == *check.secret && target.key == check.key => {}
         Ok(target) => return Ok(Found::Refused(mapped_elsewhere(check, &target))),
         Err(why) => {
@@ -197,8 +212,7 @@ async fn find(reconciler: &Reconciler, check: &Check<'_>) -> Result<Found, Resto
             )));
         }
     }
-    match reconciler
-        .source()
+    match table
         .read_version(check.item)
         .await
         .map_err(RestoreError::Table)?

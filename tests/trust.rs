@@ -352,8 +352,10 @@ async fn a_version_the_source_lost_is_restored_only_from_a_signed_commit() {
 async fn a_fresh_clone_warm_starts_from_signed_commits_only() {
     let s = Snap::start(&["ns"]).await;
     for i in 0..3 {
-        s.env
-            .put(&format!("ns/app-{i}/key"), &format!("fresh-clone-value-{i}"));
+        s.env.put(
+            &format!("ns/app-{i}/key"),
+            &format!("fresh-clone-value-{i}"),
+        );
     }
     assert_eq!(s.run(&["sync"]).code, 0);
     // A new pod: an empty clone of the repository, no warm-start cache.

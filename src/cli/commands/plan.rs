@@ -37,7 +37,7 @@ pub(in crate::cli) async fn execute(
             let secrets = store.desired(&commit.id, &[], &required_identities(common)?)?;
             // What `rollback REV` would refuse is refused here too.
             let signed = store.authenticated(&commit.id)?;
-            let verified = crate::restore::verify(reconciler, secrets, signed).await?;
+            let verified = reconciler.verify_restore(secrets, signed).await?;
             reconciler.plan_snapshot(verified.into_secrets()).await?
         }
         None => {

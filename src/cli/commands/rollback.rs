@@ -29,7 +29,7 @@ pub(in crate::cli) async fn execute(
     // sources, before touching the cluster.
     let restored = store.desired(&commit.id, secrets, &required_identities(common)?)?;
     let signed = store.authenticated(&commit.id)?;
-    let verified = crate::restore::verify(reconciler, restored, signed).await?;
+    let verified = reconciler.verify_restore(restored, signed).await?;
     let report = reconciler
         .rollback(verified, &commit, dry_run, None)
         .await?;

@@ -11,8 +11,8 @@ use sops_age::{self as sops, Identities, SecretDocument};
 use super::error::SnapshotError;
 use super::warm::FileValues;
 use super::{
-    CommitInfo, SecretDelta, SnapshotEntry, SnapshotStore, blob_text, commit_info, compare,
-    find_rev, head_commit,
+    CommitInfo, SecretDelta, SnapshotEntry, SnapshotStore, blob_text, changes::compare,
+    commit_info, find_rev, head_commit,
 };
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::{DesiredSecret, SecretRef};

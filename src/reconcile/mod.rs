@@ -3,25 +3,26 @@
 //! Every trigger (the CLI, and later streams, schedules and HTTP) goes
 //! through [`Reconciler`], so they all share the KMS cache and the counters.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
-use crate::cluster::apply::{ApplyOptions, ApplyOutcome, Pin};
+use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
 use crate::cluster::rollout::listing_failure;
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
-use crate::manifest::{DesiredSecret, KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
+use crate::manifest::{KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
 use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::plan::{self, LiveState, Plan, RequestView};
 use crate::progress::{Progress, Silent, Step};
-use crate::restore::Verified;
 use crate::rollout;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::remote::PushOutcome;
-use crate::snapshot::store::{CommitInfo, RequestOrigin, SnapshotError, SnapshotStore};
+use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
 use crate::source::{ItemFailure, ItemId};
+
+mod rollback;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -345,21 +346,6 @@ impl Reconciler {
         &self.source
     }
 
-    pub fn secrets_manager(&self) -> Option<&SecretsManagerSource> {
-        self.secrets_manager.as_ref()
-    }
-
-    /// Whether the Credstash table is a source (not with `--source secretsmanager` alone).
-    pub fn reads_table(&self) -> bool {
-        self.read_table
-    }
-
-    /// Where `secret`'s snapshot file lives, for messages.
-    pub fn snapshot_path(&self, secret: &SecretRef) -> String {
-        let cluster = self.snapshot.as_ref().map_or("", |s| s.cluster());
-        format!("{cluster}/{}/{}.yaml", secret.namespace, secret.name)
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -675,117 +661,6 @@ impl Reconciler {
             .with_label_values(&[outcome.as_str()])
             .inc();
         Ok(report)
-    }
-
-    /// What the desired state in `docs` (a snapshot) would change in the cluster.
-    /// Pins are ignored: this is what a rollback would do.
-    pub async fn plan_snapshot(
-        &self,
-        secrets: BTreeMap<SecretRef, DesiredSecret>,
-    ) -> Result<Planned, ReconcileError> {
-        let manifest = Manifest::of_secrets(secrets);
-        self.progress.step(Step::ReadingCluster);
-        let mut live = self.cluster.live_state(&manifest).await?;
-        for secret in live.secrets.values_mut() {
-            secret.pinned = None;
-        }
-        let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        self.plan_restarts(&mut plan).await;
-        Ok(Planned {
-            manifest,
-            live,
-            plan,
-        })
-    }
-
-    /// What restoring `restored` writes: the snapshot's plan, plus an
-    /// update of every restored Secret already in step (it gets pinned).
-    pub async fn plan_rollback(
-        &self,
-        restored: BTreeMap<SecretRef, DesiredSecret>,
-    ) -> Result<Planned, ReconcileError> {
-        let secrets: Vec<SecretRef> = restored.keys().cloned().collect();
-        let mut planned = self.plan_snapshot(restored).await?;
-        // Every rolled-back Secret is pinned, even one already in step.
-        for secret in &secrets {
-            let in_plan = planned.plan.changes.iter().any(|c| &c.secret == secret);
-            let live = planned.live.secrets.get(secret);
-            if !in_plan && let Some(live) = live {
-                planned.plan.changes.push(crate::plan::SecretChange {
-                    secret: secret.clone(),
-                    action: crate::plan::Action::Update,
-                    adopt: !live.managed,
-                    added: vec![],
-                    changed: vec![],
-                    removed: vec![],
-                    merge_only: false,
-                });
-                planned.plan.unchanged = planned.plan.unchanged.saturating_sub(1);
-            }
-        }
-        Ok(planned)
-    }
-
-    /// Applies the Secrets of snapshot `commit` and pins them to it, then
-    /// records a rollback commit (unless `dry_run`). With `request`, the
-    /// pins and the commit name the reviewed request that asked for it.
-    pub async fn rollback(
-        &self,
-        restored: Verified,
-        commit: &CommitInfo,
-        dry_run: bool,
-        request: Option<&RequestOrigin>,
-    ) -> Result<SyncReport, ReconcileError> {
-        // The namespace filter again, on what is about to be written.
-        if let Some((secret, why)) = restored
-            .secrets()
-            .keys()
-            .find_map(|s| Some((s, self.filter.reason_to_skip(&s.namespace)?)))
-        {
-            return Err(ReconcileError::Refused(format!(
-                "{secret} is outside the namespaces credsync writes ({why}): nothing was restored"
-            )));
-        }
-        let planned = self.plan_rollback(restored.into_secrets()).await?;
-        let options = ApplyOptions {
-            dry_run,
-            pin: Some(Pin {
-                commit: commit.id.clone(),
-                request: request.map(RequestOrigin::key),
-            }),
-            ..self.apply.clone()
-        };
-        self.progress.step(Step::Writing {
-            secrets: planned.plan.changes.len() as u64,
-        });
-        let outcome = self
-            .cluster
-            .apply(&planned.plan, &planned.manifest, &planned.live, &options)
-            .await;
-        let mut snapshot = None;
-        if !dry_run && let Some(store) = &self.snapshot {
-            let id = commit.id.clone();
-            let origin = request.cloned();
-            let restored: Vec<SecretRef> =
-                outcome.written.iter().map(|c| c.secret.clone()).collect();
-            // A request's rollback is recorded once all of it is written:
-            // its commit marks the request applied.
-            let partial = request.is_some() && !outcome.failed.is_empty();
-            if !restored.is_empty() && !partial {
-                let metrics = self.metrics.clone();
-                snapshot = record_blocking(store.clone(), move |store| {
-                    let commit = store.record_rollback(&id, &restored, origin.as_ref())?;
-                    share(store, &metrics);
-                    Ok(commit)
-                })
-                .await?;
-            }
-        }
-        Ok(SyncReport {
-            plan: planned.plan,
-            outcome,
-            snapshot,
-        })
     }
 
     /// The table's latest items, or nothing when only Secrets Manager is read.
