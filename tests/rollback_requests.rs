@@ -937,29 +937,6 @@ async fn forged_trailers_and_hostile_file_names_change_nothing() {
     assert!(!remote.contains("\nCredsync-Request: [evil]"), "{remote}");
 }
 
-/// The queue's messages, visible or in flight.
-async fn queued(env: &support::StandIns, url: &str) -> u64 {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config("us-east-1").await);
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap();
-    [
-        A::ApproximateNumberOfMessages,
-        A::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|a| attributes[a].parse::<u64>().unwrap())
-    .sum()
-}
-
 /// An SQS message queued while the worker waits for the write lock (held
 /// by the request follower's slow write) is not covered by the reconcile
 /// that was waiting: it is deleted only after one that started after it
@@ -971,19 +948,7 @@ async fn an_sqs_message_that_arrives_while_a_reconcile_waits_for_the_lock_surviv
     let v1 = flow.two_snapshots();
     s.env.put("other/svc/key", "other-namespace-value");
     flow.clone_review();
-    let sqs = aws_sdk_sqs::Client::new(&s.env.sdk_config("us-east-1").await);
-    let url = sqs
-        .create_queue()
-        .queue_name("events")
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-            "2",
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let url = s.env.create_queue("events").await;
     let faults = s.env.faults().await;
     let queue_args = ["--events-queue", url.as_str(), "--debounce", "100ms"];
     let loop_repo = flow.dir().join("loop");
@@ -1014,12 +979,7 @@ async fn an_sqs_message_that_arrives_while_a_reconcile_waits_for_the_lock_surviv
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.env.put("app/web/key", "web-value-three");
     let event = serde_json::json!({"eventSource": "aws:dynamodb", "dynamodb": {"Keys": {"name": {"S": "app/web/key"}}}});
-    sqs.send_message()
-        .queue_url(&url)
-        .message_body(event.to_string())
-        .send()
-        .await
-        .unwrap();
+    s.env.send_to_queue(&url, &event.to_string()).await;
     // The request is applied; the reconcile for app/web fails: the message
     // is left for the queue, not deleted by the reconcile that waited.
     flow.token_becomes(&daemon, b"token-version-one").await;
@@ -1035,7 +995,7 @@ async fn an_sqs_message_that_arrives_while_a_reconcile_waits_for_the_lock_surviv
         s.env.daemon_log(&daemon)
     );
     assert!(
-        queued(&s.env, &url).await >= 1,
+        s.env.queued(&url).await >= 1,
         "the message is still queued: {}",
         s.env.daemon_log(&daemon)
     );
@@ -1046,7 +1006,7 @@ async fn an_sqs_message_that_arrives_while_a_reconcile_waits_for_the_lock_surviv
     let daemon = flow.daemon_with(&loop_repo, &queue_args);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            queued(&s.env, &url).await == 0
+            s.env.queued(&url).await == 0
         })
         .await,
         "the message comes back and is handled: {}",

@@ -179,18 +179,7 @@ async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
 /// A queue subscribed to `topic`, with a short visibility timeout.
 async fn subscribed_queue(env: &StandIns, topic: &str, name: &str) -> String {
     let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-            "2",
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let url = env.create_queue(name).await;
     let arn = sqs
         .get_queue_attributes()
         .queue_url(&url)
@@ -210,29 +199,6 @@ async fn subscribed_queue(env: &StandIns, topic: &str, name: &str) -> String {
         .await
         .unwrap();
     url
-}
-
-/// Messages waiting or in flight.
-async fn queued(env: &StandIns, url: &str) -> u64 {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap();
-    [
-        A::ApproximateNumberOfMessages,
-        A::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|a| attributes[a].parse::<u64>().unwrap())
-    .sum()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -325,7 +291,7 @@ async fn three_processes_on_three_queues_fed_by_one_topic_converge() {
     // all three queues drain.
     for (daemon, url) in daemons.iter().zip(&queues) {
         let drained = eventually(Duration::from_secs(20), || async {
-            queued(&env, url).await == 0
+            env.queued(url).await == 0
         })
         .await;
         let log = env.daemon_log(daemon);
@@ -404,7 +370,7 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
     })
     .await;
     assert!(retried, "{}", env.daemon_log(&daemon));
-    assert!(queued(&env, &url).await >= 1, "the message was not deleted");
+    assert!(env.queued(&url).await >= 1, "the message was not deleted");
 
     // Once writes go through, the message comes back, is handled and deleted.
     faults.clear_faults();
@@ -416,7 +382,7 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
     .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
     let drained = eventually(Duration::from_secs(20), || async {
-        queued(&env, &url).await == 0
+        env.queued(&url).await == 0
     })
     .await;
     assert!(drained, "{}", env.daemon_log(&daemon));
@@ -501,15 +467,7 @@ async fn a_restart_fetches_only_the_secrets_that_changed() {
 #[tokio::test]
 async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
     let env = StandIns::start(&["team-a"]).await;
-    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
-    let url = sqs
-        .create_queue()
-        .queue_name("pipes")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let url = env.create_queue("pipes").await;
     env.put("team-a/app/TOKEN", "pipes-token-one");
     env.put("team-a/other/TOKEN", "pipes-other-token");
     // The same Secret also gets a key from Secrets Manager: a targeted
@@ -547,12 +505,7 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
         "eventSource": "aws:dynamodb",
         "dynamodb": {"Keys": {"name": {"S": "team-a/app/TOKEN"}, "version": {"S": "0000000000000000002"}}},
     });
-    sqs.send_message()
-        .queue_url(&url)
-        .message_body(record.to_string())
-        .send()
-        .await
-        .unwrap();
+    env.send_to_queue(&url, &record.to_string()).await;
     let arrived = eventually(Duration::from_secs(20), || async {
         env.secret_data("team-a", "app")
             .await
@@ -568,7 +521,7 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
     assert_eq!(calls("Scan"), scans, "a targeted reconcile: no table Scan");
     assert!(calls("Query") >= 1.0);
     let drained = eventually(Duration::from_secs(10), || async {
-        queued(&env, &url).await == 0
+        env.queued(&url).await == 0
     })
     .await;
     assert!(drained, "{}", env.daemon_log(&daemon));
@@ -588,19 +541,7 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
         &["shape-token-one"],
     )
     .await;
-    let sqs = aws_sdk_sqs::Client::new(&env.sdk_config(REGION).await);
-    let url = sqs
-        .create_queue()
-        .queue_name("shapes")
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-            "2",
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let url = env.create_queue("shapes").await;
     let daemon = env.daemon(
         &[
             "--source",
@@ -618,12 +559,7 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
     env.seed("shape-token-two");
     put_value(&env, "team-a/app", r#"{"TOKEN":"shape-token-two"}"#).await;
     let batch = format!("[{}]", cloudtrail_event("PutSecretValue", "team-a/app"));
-    sqs.send_message()
-        .queue_url(&url)
-        .message_body(batch)
-        .send()
-        .await
-        .unwrap();
+    env.send_to_queue(&url, &batch).await;
     let arrived = eventually(Duration::from_secs(30), || async {
         env.secret_data("team-a", "app")
             .await
@@ -632,7 +568,7 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
     .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
     let drained = eventually(Duration::from_secs(20), || async {
-        queued(&env, &url).await == 0
+        env.queued(&url).await == 0
     })
     .await;
     assert!(drained, "{}", env.daemon_log(&daemon));

@@ -383,29 +383,11 @@ async fn files_from_real_sops_are_shown_but_never_rolled_back() {
     s.env.put("ns/seed/key", "seed-value-for-repo");
     assert_eq!(s.run(&["sync"]).code, 0);
     // A Secret written by hand with the real sops, committed into the repo.
-    let plain = s.env.write_file(
-        "handmade.yaml",
+    let sealed = s.seal_with_sops(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: handmade\n  namespace: ns\ntype: Opaque\ndata:\n  TOKEN: aGFuZG1hZGUtdG9rZW4tdmFsdWU=\n",
     );
-    let out = s.env.sops(
-        &s.identity,
-        &[
-            "-e",
-            "--age",
-            &s.recipient,
-            "--encrypted-regex",
-            "^(data|stringData)$",
-            path_str(&plain),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "sops -e: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_file(&plain).unwrap();
     let target = s.repo.join("test/ns/handmade.yaml");
-    std::fs::write(&target, &out.stdout).unwrap();
+    std::fs::write(&target, &sealed).unwrap();
     s.git(&["add", "."]);
     s.git(&[
         "-c",

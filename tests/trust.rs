@@ -64,25 +64,10 @@ fn forge(
     doc.insert("metadata".into(), metadata.into());
     doc.insert("type".into(), "Opaque".into());
     doc.insert("data".into(), values.into());
-    let plain = s.env.write_file(
-        "forged.yaml",
-        &serde_yaml::to_string(&serde_yaml::Value::Mapping(doc)).unwrap(),
-    );
-    let out = s.env.sops(
-        &s.identity,
-        &[
-            "-e",
-            "--age",
-            &s.recipient,
-            "--encrypted-regex",
-            "^(data|stringData)$",
-            path_str(&plain),
-        ],
-    );
-    assert!(out.status.success(), "sops -e: {out:?}");
-    std::fs::remove_file(&plain).unwrap();
+    let sealed =
+        s.seal_with_sops(&serde_yaml::to_string(&serde_yaml::Value::Mapping(doc)).unwrap());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, &out.stdout).unwrap();
+    std::fs::write(&path, &sealed).unwrap();
     s.git(&["add", "-A"]);
     s.git(&[
         "-c",
@@ -142,13 +127,16 @@ async fn a_forged_file_at_the_live_version_reaches_no_secret() {
     // The attacker keeps `credsync.io/sources` (TOKEN and USER at their live
     // versions) and seals their own TOKEN, as if pulled from the remote.
     let forged_value = "trust-forged-token";
-    forge(
-        &s,
-        "ns/app.yaml",
-        ("ns", "app"),
-        &[("TOKEN", forged_value), ("USER", "trust-real-user")],
-        str::to_owned,
-    );
+    let forge_token = |sources: fn(&str) -> String| {
+        forge(
+            &s,
+            "ns/app.yaml",
+            ("ns", "app"),
+            &[("TOKEN", forged_value), ("USER", "trust-real-user")],
+            sources,
+        )
+    };
+    forge_token(str::to_owned);
     let forging = s.head();
     assert!(!git_verifies(&s, &forging), "a forged commit is not signed");
 
@@ -188,13 +176,7 @@ async fn a_forged_file_at_the_live_version_reaches_no_secret() {
     assert!(git_verifies(&s, "HEAD"));
 
     // 3. A restart of `run` after another forged push: the same.
-    forge(
-        &s,
-        "ns/app.yaml",
-        ("ns", "app"),
-        &[("TOKEN", forged_value), ("USER", "trust-real-user")],
-        str::to_owned,
-    );
+    forge_token(str::to_owned);
     let mut args = s.args(&["--no-stream", "--no-drift-repair", "--insecure-no-auth"]);
     args.retain(|a| *a != "sync");
     let daemon = s.env.daemon(&args, &[]);
@@ -221,13 +203,7 @@ async fn a_forged_file_at_the_live_version_reaches_no_secret() {
 
     // 4. A file naming another Secret's item (to copy it into a Secret its
     //    author can read) is refused by the mapping, before any read.
-    forge(
-        &s,
-        "ns/app.yaml",
-        ("ns", "app"),
-        &[("TOKEN", forged_value), ("USER", "trust-real-user")],
-        |text| text.replace("TOKEN=ns/app/token@", "TOKEN=ns/other/token@"),
-    );
+    forge_token(|text| text.replace("TOKEN=ns/app/token@", "TOKEN=ns/other/token@"));
     let run = s.run(&["rollback", "HEAD", "--secret", "ns/app"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(

@@ -565,6 +565,57 @@ impl StandIns {
         (recipient, path)
     }
 
+    /// A new SQS queue (visibility timeout 2 s, so a message left
+    /// undeleted comes back quickly); its URL.
+    pub async fn create_queue(&self, name: &str) -> String {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk_config(REGION).await);
+        sqs.create_queue()
+            .queue_name(name)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                "2",
+            )
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap()
+    }
+
+    /// Sends `body` to the queue at `url`, as a rule or a Pipe would.
+    pub async fn send_to_queue(&self, url: &str, body: &str) {
+        aws_sdk_sqs::Client::new(&self.sdk_config(REGION).await)
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Messages of the queue at `url`, waiting or in flight.
+    pub async fn queued(&self, url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk_config(REGION).await);
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .map(|a| attributes[a].parse::<u64>().unwrap())
+        .sum()
+    }
+
     /// A snapshot signing key made by the real `ssh-keygen` (ed25519, no
     /// passphrase): the private key's path and the public key's line.
     pub fn signing_key(&self, name: &str) -> (PathBuf, String) {

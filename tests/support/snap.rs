@@ -58,6 +58,30 @@ impl Snap {
         self.signing_key.with_extension("sshkey.pub")
     }
 
+    /// `manifest` (a Secret's YAML) sealed by the real `sops -e` for the
+    /// public recipient, as anyone holding it can: the file's bytes.
+    pub fn seal_with_sops(&self, manifest: &str) -> Vec<u8> {
+        let plain = self.env.write_file("to-seal.yaml", manifest);
+        let out = self.env.sops(
+            &self.identity,
+            &[
+                "-e",
+                "--age",
+                &self.recipient,
+                "--encrypted-regex",
+                "^(data|stringData)$",
+                path_str(&plain),
+            ],
+        );
+        std::fs::remove_file(&plain).unwrap();
+        assert!(
+            out.status.success(),
+            "sops -e: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     pub fn git(&self, args: &[&str]) -> String {
         self.env.git(&self.repo, args)
     }
