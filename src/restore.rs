@@ -15,7 +15,7 @@
 //!
 //! Only [`Verified`] content reaches a rollback's writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -111,6 +111,35 @@ pub async fn verify(
     restored: BTreeMap<SecretRef, DesiredSecret>,
     signed: bool,
 ) -> Result<Verified, RestoreError> {
+    // A file with no key passes every per-key check, and restoring it would
+    // strip the Secret of the keys credsync owns.
+    if let Some(secret) = restored
+        .iter()
+        .find_map(|(secret, desired)| desired.keys.is_empty().then_some(secret))
+    {
+        return Err(RestoreError::Refused {
+            file: sources.path(secret),
+            key: "(none)".to_owned(),
+            reason: "the file holds no key: restoring it would only empty the Secret".to_owned(),
+        });
+    }
+    // Secrets Manager is asked by ARN: an ARN outside what credsync reads
+    // (another account, another region, a secret out of its prefix or tags)
+    // counts as gone, so only a signed commit can vouch for it.
+    let listed = match sources.secrets_manager {
+        Some(sm)
+            if restored
+                .values()
+                .flat_map(|d| d.keys.values())
+                .any(|k| SecretsManagerSource::owns(&k.source)) =>
+        {
+            sm.listed_arns()
+                .await
+                .map_err(RestoreError::SecretsManager)?
+        }
+        _ => Default::default(),
+    };
+    let listed = &listed;
     let checks: Vec<Check<'_>> = restored
         .iter()
         .flat_map(|(secret, desired)| {
@@ -128,7 +157,7 @@ pub async fn verify(
         .into_iter()
         .map(|check| {
             Box::pin(async move {
-                let found = find(sources, &check).await;
+                let found = find(sources, listed, &check).await;
                 (check, found)
             }) as BoxFuture<'_, _>
         })
@@ -165,7 +194,11 @@ pub async fn verify(
 }
 
 /// Reads one key's item version from its source.
-async fn find(sources: &Sources<'_>, check: &Check<'_>) -> Result<Found, RestoreError> {
+async fn find(
+    sources: &Sources<'_>,
+    listed: &HashSet<String>,
+    check: &Check<'_>,
+) -> Result<Found, RestoreError> {
     if SecretsManagerSource::owns(check.item) {
         let Some(sm) = sources.secrets_manager else {
             return Ok(Found::Refused(format!(
@@ -178,6 +211,9 @@ async fn find(sources: &Sources<'_>, check: &Check<'_>) -> Result<Found, Restore
             .name
             .split_once('#')
             .map_or(check.item.name.as_str(), |(arn, _)| arn);
+        if !listed.contains(arn) {
+            return Ok(Found::Gone);
+        }
         let Some(parts) = sm
             .read_version(arn, &check.item.version)
             .await

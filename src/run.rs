@@ -179,6 +179,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         .await
         .context("queueing the first reconcile")?;
     let (finished_tx, finished) = watch::channel(None);
+    let sequencer = worker::Sequencer::default();
     for queue_config in config.queues {
         let client = aws_sdk_sqs::Client::new(reconciler.source().sdk_config());
         tracing::info!(queue = %queue_config.url, "following an events queue");
@@ -187,6 +188,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
             queue_config,
             crate::trigger::queue::QueueLinks {
                 requests: requests.clone(),
+                sequencer: sequencer.clone(),
                 finished: finished.clone(),
                 leadership: leadership.clone(),
                 metrics: metrics.clone(),

@@ -58,6 +58,9 @@ pub struct Request {
     pub names: Option<BTreeSet<String>>,
     /// For the stream lag metric.
     pub oldest_event: Option<chrono::DateTime<chrono::Utc>>,
+    /// The queue's sequence number ([`Sequencer`]), the greatest once
+    /// merged: what [`Finished`] reports as covered.
+    pub seq: Option<u64>,
 }
 
 impl Request {
@@ -71,6 +74,7 @@ impl Request {
             triggers: BTreeSet::from([trigger]),
             names,
             oldest_event: None,
+            seq: None,
         }
     }
 
@@ -94,6 +98,29 @@ impl Request {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.seq = self.seq.max(other.seq);
+    }
+}
+
+/// Numbers requests in the order they enter the worker's queue, so "taken
+/// by a reconcile" is a number, not a time: everything up to the greatest
+/// number a reconcile took was taken by it or an earlier one.
+#[derive(Clone, Default)]
+pub struct Sequencer(Arc<tokio::sync::Mutex<u64>>);
+
+impl Sequencer {
+    /// Sends `request` numbered; its number, or None if the worker is gone.
+    pub async fn send(
+        &self,
+        requests: &mpsc::Sender<Request>,
+        mut request: Request,
+    ) -> Option<u64> {
+        // Held across the send: numbers and queue order agree.
+        let mut last = self.0.lock().await;
+        *last += 1;
+        request.seq = Some(*last);
+        requests.send(request).await.ok()?;
+        Some(*last)
     }
 }
 
@@ -133,13 +160,17 @@ impl Health {
     }
 }
 
-/// A reconcile that ended: when its requests were taken from the queue,
-/// and whether every write landed. Whoever queued a request before
-/// `started` knows it was covered (requests queued later, even while it
-/// waited for the write lock, go into the next reconcile).
+/// A reconcile that ended. `taken`: the greatest [`Sequencer`] number taken
+/// by it or an earlier reconcile (a request numbered up to it is past the
+/// queue). `done`: every request numbered up to it was reconciled with
+/// every write landed: a reconcile that took it, or a full one after it,
+/// finished ok, and no failure since waits for a retry. A request numbered
+/// above `taken` (sent while a reconcile waited for the write lock, say)
+/// is in neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finished {
-    pub started: Instant,
+    pub taken: u64,
+    pub done: u64,
     pub ok: bool,
 }
 
@@ -178,6 +209,8 @@ pub async fn run(
     } = links;
     let metrics = reconciler.metrics().clone();
     let mut backoff = Backoff::exact(config.backoff, config.max_backoff);
+    // See [`Finished`]; `failing`: a failure waits for its (full) retry.
+    let (mut taken, mut done, mut failing) = (0u64, 0u64, false);
     loop {
         let mut request = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -193,14 +226,17 @@ pub async fn run(
         // What this reconcile covers is fixed now: a request queued from
         // here on (while it waits to lead or for the request follower's
         // writes) is not in it, so it must not count as covered by it.
-        let started = Instant::now();
+        taken = taken.max(request.seq.unwrap_or(0));
+        let full = request.names.is_none();
         // Followers do not write: wait to lead, then do a full reconcile.
+        let mut full = full;
         if *leadership.borrow() != Leadership::Leading {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = leadership.wait_for(|l| *l == Leadership::Leading) => {}
             }
             request.names = None;
+            full = true;
         }
         if let Some(oldest) = request.oldest_event {
             let lag = (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
@@ -268,10 +304,16 @@ pub async fn run(
         };
         // Only the first reconcile of `run` shows progress on a terminal.
         reconciler.finish_progress();
-        finished.send_replace(Some(Finished {
-            started,
-            ok: !(failed || retry_partial),
-        }));
+        let ok = !(failed || retry_partial);
+        if !ok {
+            failing = true;
+        } else if full || !failing {
+            // A full reconcile covers everything taken before it; a targeted
+            // one only what it took, and only if nothing failed before it.
+            done = taken;
+            failing = false;
+        }
+        finished.send_replace(Some(Finished { taken, done, ok }));
         if failed || retry_partial {
             let delay = backoff.next_delay();
             if failed {

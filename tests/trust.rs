@@ -369,3 +369,81 @@ async fn a_fresh_clone_warm_starts_from_signed_commits_only() {
     assert_eq!((run.code, kms_calls(&run)), (0, 3), "{}", run.stderr);
     assert!(run.stderr.contains("untrusted=3"), "{}", run.stderr);
 }
+
+/// The `ENC[...]` line of `key` in a snapshot file's text.
+fn enc_line<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(&format!("{key}: ENC[")))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn pushed_shapes_and_unsigned_history_are_put_right_and_never_lend_a_key() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/app/token", "shape-token-one");
+    s.env.put("ns/app/user", "shape-user-one");
+    // Written before signing: no signed commit yet, and no data key reuse
+    // (a rotation seals the whole file anew).
+    let unsigned = |command: &str| {
+        s.env.credsync(&[
+            "--cluster-name",
+            "test",
+            "--snapshot-repo",
+            path_str(&s.repo),
+            "--age-recipient",
+            &s.recipient,
+            "--age-identity",
+            path_str(&s.identity),
+            command,
+        ])
+    };
+    assert_eq!(unsigned("sync").code, 0);
+    let before = std::fs::read_to_string(s.repo.join("test/ns/app.yaml")).unwrap();
+    s.env.put("ns/app/token", "shape-token-two");
+    assert_eq!(unsigned("sync").code, 0);
+    let after = std::fs::read_to_string(s.repo.join("test/ns/app.yaml")).unwrap();
+    assert_ne!(
+        enc_line(&before, "USER"),
+        enc_line(&after, "USER"),
+        "without a signing key no file lends its data key"
+    );
+    assert!(!git_verifies(&s, "HEAD"));
+
+    // A pushed file where the namespace directory was, and a directory
+    // where a file was: the first signed sync still commits and applies.
+    forge(
+        &s,
+        "ns/app.yaml",
+        ("ns", "app"),
+        &[("TOKEN", "shape-forged"), ("USER", "shape-user-one")],
+        str::to_owned,
+    );
+    std::fs::remove_file(s.repo.join("test/ns/app.yaml")).unwrap();
+    std::fs::create_dir_all(s.repo.join("test/ns/app.yaml")).unwrap();
+    std::fs::write(s.repo.join("test/ns/app.yaml/inner"), "x").unwrap();
+    s.git(&["add", "-A"]);
+    s.git(&["-c", "user.name=m", "-c", "user.email=m@m", "commit", "-qm", "a directory"]);
+    s.env.put("ns/app/token", "shape-token-three");
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The first signed commit rewrote every file from the source.
+    assert!(git_verifies(&s, "HEAD"));
+    let message = s.git(&["log", "-1", "--format=%B"]);
+    assert!(message.contains("changed by commits credsync did not sign"), "{message}");
+    assert_eq!(
+        s.env.secret_data("ns", "app").await.unwrap()["TOKEN"],
+        b"shape-token-three"
+    );
+    let text = s.git(&["show", "HEAD:test/ns/app.yaml"]);
+    assert!(text.contains("TOKEN=ns/app/token@"), "{text}");
+
+    // A file with no key at all passes no check: refused, nothing emptied.
+    forge(&s, "ns/app.yaml", ("ns", "app"), &[], str::to_owned);
+    let run = s.run(&["rollback", "HEAD", "--secret", "ns/app"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.error_line().contains("the file holds no key"), "{}", run.stderr);
+    assert_eq!(
+        s.env.secret_data("ns", "app").await.unwrap()["TOKEN"],
+        b"shape-token-three"
+    );
+}

@@ -123,7 +123,23 @@ impl Decryptor {
             .await
     }
 
+    /// Decrypts one item with KMS and checks its HMAC, whatever a snapshot
+    /// said of it: what a rollback compares a snapshot's value with must
+    /// come from the table itself. Only a value this process decrypted from
+    /// these very stored bytes is reused.
+    pub async fn open_from_table(&self, item: RawItem) -> Result<Credential, ItemFailure> {
+        self.open_with(item, false).await
+    }
+
     async fn open(&self, item: RawItem) -> Result<Credential, ItemFailure> {
+        self.open_with(item, true).await
+    }
+
+    async fn open_with(
+        &self,
+        item: RawItem,
+        from_snapshot: bool,
+    ) -> Result<Credential, ItemFailure> {
         let key = CacheKey::of(&item);
         let cached = self.cache.lock().ok().and_then(|cache| {
             cache
@@ -137,7 +153,9 @@ impl Decryptor {
         }
         // A version the last snapshot holds: credstash never rewrites a
         // version in place, so its value is the one we decrypted then.
-        let known = self.known.lock().ok().and_then(|mut k| k.remove(&item.id));
+        let known = from_snapshot
+            .then(|| self.known.lock().ok().and_then(|mut k| k.remove(&item.id)))
+            .flatten();
         if let Some(value) = known {
             tracing::debug!(item = %item.id, "value from the last snapshot; no KMS call");
             self.remember_read(&item.id.name, key, &value);

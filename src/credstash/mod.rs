@@ -174,7 +174,7 @@ impl CredstashSource {
         Ok(match stored {
             None => None,
             Some(Err(failure)) => Some(Err(failure)),
-            Some(Ok(item)) => self.kms.open_all(vec![item]).await.pop(),
+            Some(Ok(item)) => Some(self.kms.open_from_table(item).await),
         })
     }
 

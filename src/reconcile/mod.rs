@@ -315,13 +315,16 @@ impl Reconciler {
             } else {
                 sources().any(|s| *s == a.item)
             };
+            // A user name is the API server's word (an OIDC claim, say):
+            // one escaped line, so it can write no trailer of its own.
+            let who = crate::text::one_line(&a.who, 200);
             if carried && a.deleted {
                 lines.push_str(&format!(
-                    "deleted by {}: {} (every version)\n",
-                    a.who, a.item.name
+                    "deleted by {who}: {} (every version)\n",
+                    a.item.name
                 ));
             } else if carried {
-                lines.push_str(&format!("put by {}: {}\n", a.who, a.item));
+                lines.push_str(&format!("put by {who}: {}\n", a.item));
             }
             !carried
         });

@@ -117,8 +117,15 @@ impl Reconciler {
         if !dry_run && let Some(store) = &self.snapshot {
             let id = commit.id.clone();
             let origin = request.cloned();
-            let restored: Vec<SecretRef> =
-                outcome.written.iter().map(|c| c.secret.clone()).collect();
+            // The checked content of what was written, for the commit.
+            let restored: BTreeMap<SecretRef, DesiredSecret> = outcome
+                .written
+                .iter()
+                .filter_map(|c| {
+                    let desired = planned.manifest.secrets.get(&c.secret)?;
+                    Some((c.secret.clone(), desired.clone()))
+                })
+                .collect();
             // A request's rollback is recorded once all of it is written:
             // its commit marks the request applied.
             let partial = request.is_some() && !outcome.failed.is_empty();

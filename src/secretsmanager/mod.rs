@@ -264,6 +264,12 @@ impl SecretsManagerSource {
         Ok(read)
     }
 
+    /// The ARNs of the secrets credsync reads (its prefix and tags, in its
+    /// account and region): the only ones a rollback may ask by ARN.
+    pub async fn listed_arns(&self) -> Result<std::collections::HashSet<String>, SmError> {
+        Ok(self.list().await?.into_iter().map(|s| s.arn).collect())
+    }
+
     /// The keys one version of a secret yields today (its name mapped as
     /// the configuration says), each recorded as `ARN[#member]@VersionId`:
     /// what a rollback compares a snapshot's values with. None: Secrets

@@ -68,6 +68,26 @@ const REVIEWS_IN_FLIGHT: usize = 16;
 /// One listing (a Scan of the table) per caller per this long.
 const LIST_WINDOW: Duration = Duration::from_secs(2);
 
+/// The longest a self-service call may take in all (reviews, the table,
+/// the value's arrival): a connection is never held longer by one.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Ends a self-service call that takes longer than [`CALL_DEADLINE`] with
+/// 503 (nothing half-written: the table write is one conditional put).
+pub(super) async fn deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(CALL_DEADLINE, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the call took too long (the API server or the table is slow): retry",
+        )
+        .into_response(),
+    }
+}
+
 /// Reviews, listings and bodies in flight, shared by every call.
 #[derive(Debug)]
 pub struct Memory {
@@ -89,6 +109,39 @@ impl Default for Memory {
             in_flight: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             bodies: Semaphore::new(BODY_READS),
+        }
+    }
+}
+
+/// A call's share of the one review of its token; dropping the last share
+/// removes the entry (a call the client gave up on included).
+struct InFlight<'m> {
+    memory: &'m Memory,
+    key: [u8; 32],
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'m> InFlight<'m> {
+    fn join(memory: &'m Memory, key: [u8; 32]) -> Self {
+        let lock = match memory.in_flight.lock() {
+            // Past the cap a call reviews on its own: no entry to leak.
+            Ok(mut map) if map.len() < MAX_REVIEWS || map.contains_key(&key) => {
+                map.entry(key).or_default().clone()
+            }
+            _ => Arc::default(),
+        };
+        Self { memory, key, lock }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.memory.in_flight.lock()
+            && map.get(&self.key).is_some_and(|held| Arc::ptr_eq(held, &self.lock))
+            // The map's own reference and this one: no other call waits.
+            && Arc::strong_count(&self.lock) == 2
+        {
+            map.remove(&self.key);
         }
     }
 }
@@ -166,13 +219,10 @@ async fn authenticate(
         Some(verdict) => verdict,
         None => {
             // One review per token at a time: calls with the same token
-            // wait for the first one's answer.
-            let same_token = memory
-                .in_flight
-                .lock()
-                .map(|mut m| m.entry(key).or_default().clone())
-                .unwrap_or_default();
-            let _same = same_token.lock().await;
+            // wait for the first one's answer. The entry goes with the last
+            // call holding it, whichever way that call ends.
+            let same_token = InFlight::join(memory, key);
+            let _same = same_token.lock.lock().await;
             let _slot = memory.reviewing.acquire().await.map_err(|_| {
                 refuse(StatusCode::SERVICE_UNAVAILABLE, "credsync is shutting down")
             })?;
@@ -190,9 +240,6 @@ async fn authenticate(
                 Ok(TokenVerdict::Authenticated(caller)) => Verdict::Caller(caller),
                 Ok(TokenVerdict::Refused(reason)) => Verdict::Refused(reason),
                 Err(err) => {
-                    if let Ok(mut in_flight) = memory.in_flight.lock() {
-                        in_flight.remove(&key);
-                    }
                     tracing::error!(error = %err, "TokenReview failed");
                     return Err(refuse(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -200,9 +247,6 @@ async fn authenticate(
                     ));
                 }
             };
-            if let Ok(mut in_flight) = memory.in_flight.lock() {
-                in_flight.remove(&key);
-            }
             if let Ok(mut reviews) = memory.reviews.lock() {
                 if reviews.len() >= MAX_REVIEWS {
                     reviews.retain(|_, (at, _)| at.elapsed() < REVIEW_TTL);
@@ -414,9 +458,11 @@ fn namespace_served(state: &ServerState, namespace: &str) -> Result<(), Refused>
 /// the Secret, the author of the next snapshot commit; then asks for a
 /// reconcile of the name at once.
 async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemId) {
+    // The API server's words for who it is (an OIDC claim, say): escaped.
+    let user = crate::text::one_line(&caller.username, 200);
     tracing::info!(
         target: "credsync::audit",
-        user = %caller.username,
+        user = %user,
         groups = ?caller.groups,
         action,
         item = %item.name,
@@ -435,13 +481,13 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
         };
         let note = if deleted {
             format!(
-                "{} deleted key {} (item {}, every version) through the credsync API",
-                caller.username, target.key, item.name
+                "{user} deleted key {} (item {}, every version) through the credsync API",
+                target.key, item.name
             )
         } else {
             format!(
-                "{} put key {} (item {} version {}) through the credsync API",
-                caller.username, target.key, item.name, item.version
+                "{user} put key {} (item {} version {}) through the credsync API",
+                target.key, item.name, item.version
             )
         };
         if let Err(err) = state

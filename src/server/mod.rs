@@ -100,7 +100,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
             )
             .route("/v1/secrets/{namespace}", get(credentials::list))
             // The handlers read the value themselves, within their limits.
-            .layer(axum::extract::DefaultBodyLimit::disable()),
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .route_layer(middleware::from_fn(credentials::deadline)),
         None => Router::new(),
     };
     Router::new()

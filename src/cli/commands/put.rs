@@ -164,5 +164,7 @@ async fn call(
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+    // The server's words, on one line: whatever sits at that address.
+    let message = crate::text::one_line(&message, 1000);
     bail!("{server} answered {status}: {message}")
 }

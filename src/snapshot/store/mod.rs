@@ -34,6 +34,7 @@ use recorded::FingerprintIndex;
 pub use requests::{FoundRequest, Proposal, REQUEST_TRAILER, RequestOrigin, is_request_file_name};
 use seal::SealJob;
 use sops_age::{Identities, Outline, Recipients};
+use trust::Restored;
 pub use warm::WarmError;
 use warm::{FileValues, WarmCache};
 
@@ -190,11 +191,8 @@ impl SnapshotStore {
                             _ => match remote::replay(repo, &self.config.cluster, ours, theirs, &|old, tree, parent| {
                                 // Signed again only if credsync signed it: a replay vouches for nothing new.
                                 let message = old.message().unwrap_or_default();
-                                if self.is_signed(repo, old.id()) {
-                                    self.write_commit(repo, &old.author(), &old.committer(), message, tree, &[parent])
-                                } else {
-                                    repo.commit(None, &old.author(), &old.committer(), message, tree, &[parent])
-                                }
+                                let sign = self.is_signed(repo, old.id());
+                                self.write_commit(repo, (&old.author(), &old.committer()), message, tree, &[parent], sign)
                             })
                                 .map_err(|e| self.err("replaying local snapshots on the remote's", e))?
                             {
@@ -360,8 +358,18 @@ impl SnapshotStore {
             let head_tree = base_tree.id();
             // Files someone else changed are put back first: a signed
             // commit vouches only for what credsync wrote.
-            let (base_tree, foreign) =
-                self.restore_signed(repo, head.as_ref().map(git2::Commit::id), base_tree)?;
+            let restored = self.restore_signed(
+                repo,
+                head.as_ref().map(git2::Commit::id),
+                base_tree,
+                scope.is_some(),
+            )?;
+            let (base_tree, foreign, sign) = (restored.tree, restored.foreign, restored.sign);
+            for secret in keep {
+                if foreign.get(&self.file_path(secret)) == Some(&None) {
+                    tracing::warn!(%secret, "the snapshot file of this pinned Secret is not one credsync signed: it leaves the snapshot (the Secret stays pinned, its value as it is)");
+                }
+            }
             // Pinned Secrets keep their files as they are; outside `scope`,
             // every file does, and is not even read.
             let mut index = FingerprintIndex::load(repo.path(), &self.config.cluster);
@@ -404,7 +412,11 @@ impl SnapshotStore {
                 if let Some(old) = &old {
                     tree.index.forget(&old.oid);
                 }
-                let old_text = match old.filter(|old| old.fingerprint.is_some()) {
+                // Reusing a file's data key keeps its unchanged lines, but
+                // whoever chose that key reads every value sealed with it:
+                // only a file known to be credsync's own (with signing, every
+                // file left at the base) lends its key.
+                let old_text = match old.filter(|old| old.fingerprint.is_some() && self.signs()) {
                     Some(old) => Some(
                         repo.find_blob(old.oid)
                             .map(|blob| String::from_utf8_lossy(blob.content()).into_owned())
@@ -455,7 +467,7 @@ impl SnapshotStore {
             deltas.sort_by(|a, b| a.secret.cmp(&b.secret));
             let message = commit_message(heading, &deltas, &foreign);
             changed.extend(foreign.into_keys());
-            let commit = self.commit(repo, head.as_ref(), tree_id, &message, Some(&changed))?;
+            let commit = self.commit(repo, head.as_ref(), tree_id, &message, Some(&changed), sign)?;
             self.remember_written(repo, tree_id, &written);
             Ok(Some(commit))
         })
@@ -493,6 +505,7 @@ impl SnapshotStore {
         tree_id: Oid,
         message: &str,
         changed: Option<&[String]>,
+        sign: bool,
     ) -> Result<CommitInfo, SnapshotError> {
         let tree = repo
             .find_tree(tree_id)
@@ -503,7 +516,14 @@ impl SnapshotStore {
             .map_err(|e| self.err("making a signature", e))?;
         let parents: Vec<&git2::Commit<'_>> = parent.into_iter().collect();
         let oid = self
-            .write_commit(repo, &signature, &signature, message, &tree, &parents)
+            .write_commit(
+                repo,
+                (&signature, &signature),
+                message,
+                &tree,
+                &parents,
+                sign,
+            )
             .map_err(|e| self.err("writing the commit", e))?;
         // Publish by compare-and-swap on the branch: a concurrent writer makes this fail, not overwrite.
         let refname = format!("refs/heads/{BRANCH}");
@@ -547,37 +567,65 @@ impl SnapshotStore {
         }
     }
 
-    /// Records a rollback: the files of `secrets` as they were at `rev`.
-    /// With `origin`, the commit names the request that asked for it, its
-    /// commit and author, and ends with the trailers that mark it applied.
+    /// Records a rollback: the files of the `restored` Secrets as they were
+    /// at `rev`. A signed revision's files are credsync's own and are taken
+    /// as they are; any other revision's are sealed anew from `restored`
+    /// (checked against the sources), so no file credsync did not write
+    /// enters a commit it signs. With `origin`, the commit names the
+    /// request that asked for it, its commit and author, and ends with the
+    /// trailers that mark it applied.
     pub fn record_rollback(
         &self,
         rev: &str,
-        secrets: &[SecretRef],
+        restored: &BTreeMap<SecretRef, DesiredSecret>,
         origin: Option<&RequestOrigin>,
     ) -> Result<Option<CommitInfo>, SnapshotError> {
         self.with_repo(|repo| {
             self.check_lock(repo)?;
             let source = find_rev(repo, rev)?;
             let source_tree = source.tree().map_err(|e| self.err("reading a tree", e))?;
+            let from_signed = self.is_signed(repo, source.id());
             let head = head_commit(repo).map_err(|e| self.err("reading HEAD", e))?;
             let base_tree = match &head {
                 Some(commit) => commit.tree().map_err(|e| self.err("reading HEAD's tree", e))?,
                 None => empty_tree(repo).map_err(|e| self.err("creating an empty tree", e))?,
             };
-            let (base_tree, foreign) =
-                self.restore_signed(repo, head.as_ref().map(git2::Commit::id), base_tree)?;
+            let Restored { tree: base_tree, foreign, sign } =
+                self.restore_signed(repo, head.as_ref().map(git2::Commit::id), base_tree, true)?;
             let mut update = TreeUpdateBuilder::new();
-            for secret in secrets {
+            let mut to_seal = Vec::new();
+            for (secret, desired) in restored {
                 let path = self.file_path(secret);
-                let entry = source_tree
-                    .get_path(Path::new(&path))
-                    .map_err(|e| self.err(&format!("reading {path} at {rev}"), e))?;
-                update.upsert(path.as_str(), entry.id(), FileMode::Blob);
+                if from_signed {
+                    let entry = source_tree
+                        .get_path(Path::new(&path))
+                        .map_err(|e| self.err(&format!("reading {path} at {rev}"), e))?;
+                    update.upsert(path.as_str(), entry.id(), FileMode::Blob);
+                } else {
+                    to_seal.push(SealJob {
+                        path,
+                        doc: crate::snapshot::document(secret, desired),
+                        old_text: None,
+                        fingerprint: [0; 32],
+                        values: None,
+                    });
+                }
+            }
+            if !to_seal.is_empty() {
+                let Some(recipients) = &self.config.recipients else {
+                    return Err(self.err(
+                        "recording the rollback",
+                        "its revision is not one credsync signed, so its files are sealed anew: give --age-recipient",
+                    ));
+                };
+                for (job, text) in to_seal.iter().zip(seal::seal_all(&to_seal, recipients, None)) {
+                    let oid = repo.blob(text?.as_bytes()).map_err(|e| self.err("writing a blob", e))?;
+                    update.upsert(job.path.as_str(), oid, FileMode::Blob);
+                }
             }
             let tree_id = update.create_updated(repo, &base_tree).map_err(|e| self.err("building the tree", e))?;
             let short = source.id().to_string()[..12].to_owned();
-            let names: Vec<String> = secrets.iter().map(|s| format!("  {s}")).collect();
+            let names: Vec<String> = restored.keys().map(|s| format!("  {s}")).collect();
             let until = match origin {
                 Some(origin) => format!(
                     "Requested in {} by {} (the git author: claimed, not verified)\n(request commit {}).\nPinned until that file is removed.\n\n{}",
@@ -590,13 +638,13 @@ impl SnapshotStore {
             };
             let message = format!(
                 "credsync: roll back {} Secret(s) in cluster {} to {short}\n\n{}\n\n{}{until}",
-                secrets.len(),
+                restored.len(),
                 self.config.cluster,
                 names.join("\n"),
                 trust::restored_paragraph(&foreign),
             );
             // Recorded even when the files already match: the rollback happened.
-            self.commit(repo, head.as_ref(), tree_id, &message, None).map(Some)
+            self.commit(repo, head.as_ref(), tree_id, &message, None, sign).map(Some)
         })
     }
 }

@@ -305,10 +305,11 @@ impl SnapshotStore {
                         summarize(file.secret, file.path, outline),
                     );
                 }
+                // The parser's words may quote the pushed file: escaped.
                 Err(cause) => unreadable.push(UnreadableFile {
                     secret: file.secret,
                     path: file.path,
-                    reason: cause.to_string(),
+                    reason: crate::text::one_line(&cause.to_string(), 500),
                 }),
             }
         }
@@ -332,10 +333,13 @@ impl SnapshotStore {
         let cluster = repo
             .find_tree(cluster.id())
             .map_err(|e| self.err("reading the cluster directory", e))?;
-        // No namespace starts with '.': such directories hold other things
-        // (rollback requests), never Secrets.
+        // Only names a Secret can have: no namespace starts with '.' (such
+        // directories hold rollback requests), and anything else (a newline
+        // in a pushed file's name, say) is never a Secret's file, so it is
+        // never read, listed or shown.
         for ns in cluster.iter().filter(|e| {
-            e.kind() == Some(ObjectType::Tree) && !e.name().unwrap_or(".").starts_with('.')
+            e.kind() == Some(ObjectType::Tree)
+                && e.name().is_ok_and(crate::manifest::is_dns1123_label)
         }) {
             let namespace = ns.name().unwrap_or_default().to_owned();
             let ns_tree = repo
@@ -345,7 +349,12 @@ impl SnapshotStore {
                 .iter()
                 .filter(|e| e.kind() == Some(ObjectType::Blob))
             {
-                let Some(name) = file.name().ok().and_then(|n| n.strip_suffix(".yaml")) else {
+                let Some(name) = file
+                    .name()
+                    .ok()
+                    .and_then(|n| n.strip_suffix(".yaml"))
+                    .filter(|n| crate::manifest::is_dns1123_subdomain(n))
+                else {
                     continue;
                 };
                 out.push(TreeFile {

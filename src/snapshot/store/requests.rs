@@ -324,10 +324,13 @@ pub fn is_request_file_name(name: &str) -> bool {
     })
 }
 
-/// The request key a rollback commit's message names, if any.
+/// The request key a rollback commit's message names, if any: in its
+/// trailers, the last paragraph, where credsync writes them (a line of the
+/// body cannot pass for one).
 fn request_key_of(message: &str) -> Option<String> {
+    let trailers = message.trim_end().rsplit("\n\n").next().unwrap_or_default();
     let value = |name: &str| {
-        message.lines().find_map(|line| {
+        trailers.lines().find_map(|line| {
             line.strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix(": "))
                 .map(str::trim)
@@ -422,6 +425,12 @@ mod tests {
         );
         assert_eq!(request_key_of(&message), Some(origin.key()));
         assert_eq!(request_key_of("credsync: roll back 1 Secret(s)\n"), None);
+        // Trailer-like lines in the body are not trailers.
+        let body_only = format!(
+            "credsync: roll back\n\n{}\nPinned until that file is removed.\n",
+            request_trailers(&origin)
+        );
+        assert_eq!(request_key_of(&body_only), None);
     }
 
     #[test]

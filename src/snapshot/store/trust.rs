@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use git2::build::TreeUpdateBuilder;
 use git2::{FileMode, ObjectType, Oid, Repository, Signature};
 
 use super::error::SnapshotError;
 use super::{SnapshotStore, find_rev};
+use crate::snapshot::request::REQUESTS_DIR;
 
 /// A file of this cluster that differs from credsync's last signed commit:
 /// its path, and what that commit holds there (None: no file).
@@ -32,17 +32,18 @@ impl SnapshotStore {
     }
 
     /// Writes a commit object (not moving any ref), signed with the signing
-    /// key when there is one.
+    /// key when there is one and `sign` says its files are all credsync's.
     pub(super) fn write_commit(
         &self,
         repo: &Repository,
-        author: &Signature<'_>,
-        committer: &Signature<'_>,
+        (author, committer): (&Signature<'_>, &Signature<'_>),
         message: &str,
         tree: &git2::Tree<'_>,
         parents: &[&git2::Commit<'_>],
+        sign: bool,
     ) -> Result<Oid, git2::Error> {
-        let Some(signer) = &self.config.signing.signer else {
+        let signer = self.config.signing.signer.as_ref().filter(|_| sign);
+        let Some(signer) = signer else {
             return repo.commit(None, author, committer, message, tree, parents);
         };
         let buffer = repo.commit_create_buffer(author, committer, message, tree, parents)?;
@@ -71,6 +72,10 @@ impl SnapshotStore {
                     .is_ok_and(|sig| self.config.signing.trusted.verify(sig, &data))
             });
         if let Ok(mut verified) = self.verified.lock() {
+            // Pushed history can be long: the answers are cheap to find again.
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
             verified.insert(oid, signed);
         }
         signed
@@ -199,41 +204,124 @@ impl SnapshotStore {
             .collect())
     }
 
-    /// `base` (HEAD's tree) with this cluster's files put back as credsync
-    /// last signed them, and the paths that changed. Only when signing: an
-    /// unsigned repository vouches for nothing anyway.
+    /// `base` (HEAD's tree) with this cluster's directory put back as
+    /// credsync last signed it (its `.requests`, the remote's, kept), what
+    /// changed, and whether the commit built on it may be signed. The whole
+    /// directory is replaced, not file by file, so no shape of pushed
+    /// content (a directory where a file was, a file where a namespace was)
+    /// can make the commit fail.
+    ///
+    /// With no signed commit yet (a repository written before signing),
+    /// every file is foreign: a full record removes them all and rewrites
+    /// the desired ones; a scoped one (`scoped`) cannot rewrite the others,
+    /// so its commit is left unsigned and the next full one signs.
+    /// Without a signing key nothing is signed and nothing restored.
     pub(super) fn restore_signed<'r>(
         &self,
         repo: &'r Repository,
         head: Option<Oid>,
         base: git2::Tree<'r>,
-    ) -> Result<(git2::Tree<'r>, ForeignFiles), SnapshotError> {
+        scoped: bool,
+    ) -> Result<Restored<'r>, SnapshotError> {
+        let untouched = |tree, sign| Restored {
+            tree,
+            foreign: ForeignFiles::new(),
+            sign,
+        };
         if !self.signs() {
-            return Ok((base, ForeignFiles::new()));
+            return Ok(untouched(base, false));
         }
-        let foreign = self.foreign_files(repo, head, &base)?;
+        let Some(head) = head else {
+            return Ok(untouched(base, true));
+        };
+        let signed = self.last_signed(repo, head)?;
+        if signed.is_none() && scoped {
+            return Ok(untouched(base, false));
+        }
+        let failed = |e| self.err("restoring credsync's own snapshot files", e);
+        let cluster = self.config.cluster.as_str();
+        let signed_dir = signed
+            .map(|c| c.tree())
+            .transpose()
+            .map_err(failed)?
+            .and_then(|t| t.get_name(cluster).map(|e| (e.id(), e.kind())))
+            .filter(|(_, kind)| *kind == Some(ObjectType::Tree))
+            .map(|(id, _)| id);
+        let current = base.get_name(cluster).map(|e| (e.id(), e.kind()));
+        let current_dir = current
+            .filter(|(_, kind)| *kind == Some(ObjectType::Tree))
+            .map(|(id, _)| id);
+        // What the remote owns there: its rollback requests.
+        let requests = current_dir
+            .and_then(|dir| repo.find_tree(dir).ok())
+            .and_then(|dir| dir.get_name(REQUESTS_DIR).map(|e| (e.id(), e.filemode())));
+        let mut dir = repo
+            .treebuilder(signed_dir.and_then(|d| repo.find_tree(d).ok()).as_ref())
+            .map_err(failed)?;
+        if dir.get(REQUESTS_DIR).map_err(failed)?.is_some() {
+            dir.remove(REQUESTS_DIR).map_err(failed)?;
+        }
+        if let Some((id, mode)) = requests {
+            dir.insert(REQUESTS_DIR, id, mode).map_err(failed)?;
+        }
+        let restored_dir = dir.write().map_err(failed)?;
+        let empty = repo
+            .treebuilder(None)
+            .and_then(|b| b.write())
+            .map_err(failed)?;
+        let wanted = (restored_dir != empty).then_some(restored_dir);
+        if current.map(|(id, _)| id) == wanted && current_dir == wanted {
+            return Ok(untouched(base, true));
+        }
+        let mut foreign = self.foreign_files(repo, Some(head), &base)?;
         if foreign.is_empty() {
-            return Ok((base, foreign));
+            // Only things no Secret file is (a directory in a file's place,
+            // other names): say so rather than nothing.
+            foreign.insert(format!("{cluster}/ (entries that are no Secret's file)"), None);
         }
-        let mut update = TreeUpdateBuilder::new();
-        for (path, signed) in &foreign {
-            match signed {
-                Some(oid) => update.upsert(path.as_str(), *oid, FileMode::Blob),
-                None => update.remove(path.as_str()),
-            };
+        let mut root = repo.treebuilder(Some(&base)).map_err(failed)?;
+        match wanted {
+            Some(id) => {
+                root.insert(cluster, id, i32::from(FileMode::Tree))
+                    .map_err(failed)?;
+            }
+            None => {
+                if root.get(cluster).map_err(failed)?.is_some() {
+                    root.remove(cluster).map_err(failed)?;
+                }
+            }
         }
-        let restored = update
-            .create_updated(repo, &base)
+        let tree = root
+            .write()
             .and_then(|oid| repo.find_tree(oid))
-            .map_err(|e| self.err("restoring credsync's own snapshot files", e))?;
+            .map_err(failed)?;
         tracing::warn!(
             files = foreign.len(),
             paths = %crate::text::one_line(&foreign.keys().take(20).cloned().collect::<Vec<_>>().join(","), 2000),
             "snapshot files changed by commits credsync did not sign: its own signed versions are restored in the next commit, and the foreign ones never used"
         );
-        Ok((restored, foreign))
+        Ok(Restored {
+            tree,
+            foreign,
+            sign: true,
+        })
     }
 }
+
+/// A base tree with credsync's own files put back.
+pub(super) struct Restored<'r> {
+    pub(super) tree: git2::Tree<'r>,
+    /// The files that differed (for the commit message).
+    pub(super) foreign: ForeignFiles,
+    /// Whether a commit built on it vouches only for credsync's own files.
+    pub(super) sign: bool,
+}
+
+/// Signature answers kept at most.
+const MAX_VERIFIED: usize = 100_000;
+
+/// Files named one by one in a commit message at most.
+const LISTED: usize = 50;
 
 /// The commit-message paragraph naming the files a commit put back.
 pub(super) fn restored_paragraph(foreign: &ForeignFiles) -> String {
@@ -244,13 +332,16 @@ pub(super) fn restored_paragraph(foreign: &ForeignFiles) -> String {
         "Restored {} file(s) changed by commits credsync did not sign:\n",
         foreign.len()
     );
-    for (path, signed) in foreign {
+    for (path, signed) in foreign.iter().take(LISTED) {
         let what = if signed.is_some() {
             "restored"
         } else {
             "removed"
         };
         text.push_str(&format!("  {what} {}\n", crate::text::one_line(path, 200)));
+    }
+    if foreign.len() > LISTED {
+        text.push_str(&format!("  ... and {} more\n", foreign.len() - LISTED));
     }
     text.push('\n');
     text

@@ -5,15 +5,17 @@
 //! Why it is safe to trust:
 //! - an entry maps a blob id (the SHA-1 of the file's bytes) to the values
 //!   that file holds. credsync writes an entry only for a file it has just
-//!   sealed from those values, or opened with its MAC checked, so an entry
-//!   is right for as long as the blob exists: no commit, pull or rollback
-//!   can make it stale, and a file whose blob is not in the cache is opened
-//!   the slow way;
+//!   sealed from those values, or opened as its own (its last signed commit
+//!   holds it), so an entry is right for as long as the blob exists: no
+//!   commit, pull or rollback can make it stale, and a file whose blob is
+//!   not in the cache is opened the slow way, if it is credsync's at all;
 //! - segments are binary age files for the snapshot's own recipients,
 //!   written 0600 under `.git/credsync/` (never committed or pushed): whoever
 //!   can read them can read the snapshot files already, and whoever can
-//!   write them can write the repository, whose SOPS MACs anyone holding a
-//!   recipient can recompute as well;
+//!   write them can write the pod's disk, which is credsync's own trust
+//!   boundary (push access to the remote gives no way in). Segments of
+//!   version 1, written before files were told apart by signature, may
+//!   hold a pushed file's values: they are dropped;
 //! - a segment that cannot be opened (another identity, damage) is dropped,
 //!   never half-read: age authenticates every chunk.
 
@@ -29,7 +31,7 @@ use crate::secret::SecretValue;
 use crate::source::ItemId;
 
 /// What the first line of every segment says; another version is dropped.
-const MAGIC: &[u8] = b"credsync-warm 1\n";
+const MAGIC: &[u8] = b"credsync-warm 2\n";
 /// Past this many segments, a write folds them into one.
 pub(super) const COMPACT_AT: usize = 32;
 
@@ -324,6 +326,8 @@ mod tests {
         }
         let mut out = HashMap::new();
         assert!(decode(b"credsync-warm 9\n", &live, &mut out).is_err());
+        // Version 1 segments predate signed snapshots: never read.
+        assert!(decode(b"credsync-warm 1\n", &live, &mut out).is_err());
         let mut huge = plain[..MAGIC.len() + 20].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&huge, &live, &mut out).is_err());

@@ -4,8 +4,8 @@
 //! Each queue is long-polled while this replica leads. A batch (messages
 //! arriving within the debounce of each other) becomes one reconcile:
 //! targeted at the Credstash names it carries, or full when a Secrets
-//! Manager secret changed. Messages are deleted only once a reconcile that
-//! started after they were queued has written everything; otherwise they
+//! Manager secret changed. Messages are deleted only once every request
+//! up to theirs was reconciled with everything written; otherwise they
 //! come back after their visibility timeout (and reach a dead-letter queue
 //! if the queue has one). Duplicates cost a reconcile that writes nothing.
 //! A body that is none of the understood shapes is logged by message id,
@@ -15,7 +15,7 @@
 pub mod events;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message};
 use tokio::sync::{mpsc, watch};
@@ -25,7 +25,7 @@ use crate::aws_error::AwsError;
 use crate::backoff::Backoff;
 use crate::cluster::lease::Leadership;
 use crate::metrics::Metrics;
-use crate::worker::{Finished, Request, Trigger};
+use crate::worker::{Finished, Request, Sequencer, Trigger};
 use events::Change;
 
 /// SQS's longest long poll.
@@ -44,6 +44,8 @@ pub struct QueueConfig {
 /// What the consumer needs from the rest of `run`.
 pub struct QueueLinks {
     pub requests: mpsc::Sender<Request>,
+    /// Numbers what the queues send, shared by every queue.
+    pub sequencer: Sequencer,
     pub finished: watch::Receiver<Option<Finished>>,
     pub leadership: watch::Receiver<Leadership>,
     pub metrics: std::sync::Arc<Metrics>,
@@ -134,13 +136,15 @@ pub async fn run(client: aws_sdk_sqs::Client, config: QueueConfig, mut links: Qu
         let Some(request) = wanted.request() else {
             continue;
         };
-        let queued = Instant::now();
-        if links.requests.send(request).await.is_err() {
+        let Some(seq) = links.sequencer.send(&links.requests, request).await else {
             return;
-        }
+        };
+        // The first reconcile to take it says whether it is done; if not, a
+        // later success may still be too late for these copies: they come
+        // back after their visibility timeout.
         let done = tokio::select! {
             _ = links.shutdown.cancelled() => return,
-            done = links.finished.wait_for(|f| f.is_some_and(|f| f.started > queued)) => done.map(|f| f.is_some_and(|f| f.ok)),
+            done = links.finished.wait_for(|f| f.is_some_and(|f| f.taken >= seq)) => done.map(|f| f.is_some_and(|f| f.done >= seq)),
         };
         let count = known;
         if done.unwrap_or(false) {
