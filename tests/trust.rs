@@ -422,14 +422,25 @@ async fn pushed_shapes_and_unsigned_history_are_put_right_and_never_lend_a_key()
     std::fs::create_dir_all(s.repo.join("test/ns/app.yaml")).unwrap();
     std::fs::write(s.repo.join("test/ns/app.yaml/inner"), "x").unwrap();
     s.git(&["add", "-A"]);
-    s.git(&["-c", "user.name=m", "-c", "user.email=m@m", "commit", "-qm", "a directory"]);
+    s.git(&[
+        "-c",
+        "user.name=m",
+        "-c",
+        "user.email=m@m",
+        "commit",
+        "-qm",
+        "a directory",
+    ]);
     s.env.put("ns/app/token", "shape-token-three");
     let run = s.run(&["sync"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     // The first signed commit rewrote every file from the source.
     assert!(git_verifies(&s, "HEAD"));
     let message = s.git(&["log", "-1", "--format=%B"]);
-    assert!(message.contains("changed by commits credsync did not sign"), "{message}");
+    assert!(
+        message.contains("changed by commits credsync did not sign"),
+        "{message}"
+    );
     assert_eq!(
         s.env.secret_data("ns", "app").await.unwrap()["TOKEN"],
         b"shape-token-three"
@@ -441,7 +452,11 @@ async fn pushed_shapes_and_unsigned_history_are_put_right_and_never_lend_a_key()
     forge(&s, "ns/app.yaml", ("ns", "app"), &[], str::to_owned);
     let run = s.run(&["rollback", "HEAD", "--secret", "ns/app"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.error_line().contains("the file holds no key"), "{}", run.stderr);
+    assert!(
+        run.error_line().contains("the file holds no key"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         s.env.secret_data("ns", "app").await.unwrap()["TOKEN"],
         b"shape-token-three"

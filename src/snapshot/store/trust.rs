@@ -277,7 +277,10 @@ impl SnapshotStore {
         if foreign.is_empty() {
             // Only things no Secret file is (a directory in a file's place,
             // other names): say so rather than nothing.
-            foreign.insert(format!("{cluster}/ (entries that are no Secret's file)"), None);
+            foreign.insert(
+                format!("{cluster}/ (entries that are no Secret's file)"),
+                None,
+            );
         }
         let mut root = repo.treebuilder(Some(&base)).map_err(failed)?;
         match wanted {
