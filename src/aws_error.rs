@@ -61,18 +61,18 @@ impl AwsError {
                 code: None,
                 detail: format!(
                     "endpoint unreachable (check network, AWS_ENDPOINT_URL and region): {}",
-                    error_chain(err)
+                    crate::errors::chain(err)
                 ),
             },
             SdkError::ResponseError(_) => Self {
                 class: FailureClass::Throttled,
                 code: None,
-                detail: format!("unreadable response: {}", error_chain(err)),
+                detail: format!("unreadable response: {}", crate::errors::chain(err)),
             },
             other => Self {
                 class: FailureClass::Other,
                 code: None,
-                detail: error_chain(other),
+                detail: crate::errors::chain(other),
             },
         }
     }
@@ -91,6 +91,15 @@ impl AwsError {
         self.code.as_deref() == Some(code)
     }
 }
+
+/// AWS's own words: the last link of an error's chain.
+impl std::fmt::Display for AwsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for AwsError {}
 
 /// The class of an error code and HTTP status, as DynamoDB, Streams and KMS use them.
 pub fn classify(code: Option<&str>, status: Option<u16>) -> FailureClass {
@@ -123,21 +132,6 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> FailureClass {
         | (_, Some(401 | 403)) => FailureClass::Denied,
         _ => FailureClass::Other,
     }
-}
-
-/// An error and its sources on one line, without Debug dumps.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
 
 #[cfg(test)]

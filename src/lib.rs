@@ -6,7 +6,7 @@
 //!   source hands over), [`manifest`] (names to desired Secrets), [`plan`]
 //!   (live vs desired, key names only), [`labels`] (what credsync writes on
 //!   a Secret), [`rollout`] (which workloads restart for which Secrets);
-//!   beside them [`metrics`], [`backoff`], [`aws_error`] and [`text`]
+//!   beside them [`metrics`], [`backoff`], [`aws_error`], [`errors`] and [`text`]
 //!   (outside text made safe to print), used by every layer and depending
 //!   on none;
 //! - adapters: [`credstash`] reads, decrypts and writes the table,
@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod credstash;
+pub mod errors;
 pub mod labels;
 pub mod manifest;
 pub mod metrics;

@@ -133,7 +133,7 @@ pub fn assess(
                 }
                 Some(Ok(Err(refusal))) => Some(refusal),
                 Some(Err(err)) if err.is_transient() => return Err(err),
-                Some(Err(err)) => Some(err.to_string()),
+                Some(Err(err)) => Some(crate::errors::chain(&err)),
             }
         };
         if let Some(refusal) = refusal {
@@ -201,7 +201,7 @@ pub async fn check_sources(
             Err(err) if err.is_transient() => return Err(ReconcileError::Restore(err)),
             Err(err) => {
                 views[index].state = RequestState::Refused;
-                views[index].refusal = Some(err.to_string());
+                views[index].refusal = Some(crate::errors::chain(&err));
             }
         }
     }
@@ -338,7 +338,7 @@ pub async fn follow(
         }
         if let Err(err) = state.poll(&reconciler, &store, &config, &requests).await {
             state.seen_head = None;
-            tracing::warn!(error = %err, "rollback requests not handled; retried at the next poll");
+            tracing::warn!(error = %crate::errors::Chain(&err), "rollback requests not handled; retried at the next poll");
         }
     }
 }
@@ -415,7 +415,7 @@ impl Follower {
         reconciler.metrics().snapshot_remote_up.set(i64::from(up));
         match (error, self.remote_up) {
             (Some(err), Some(true) | None) => tracing::warn!(
-                error = %err,
+                error = %crate::errors::Chain(&err),
                 "the snapshot remote cannot be read: requests wait, the loop goes on reconciling from the table"
             ),
             (None, Some(false)) => tracing::info!("the snapshot remote answers again"),
@@ -466,7 +466,7 @@ impl Follower {
                 // Not applied until every Secret is: no rollback commit yet,
                 // and the next poll writes what is missing.
                 for failure in &report.outcome.failed {
-                    tracing::warn!(request = %approved.origin.path, secret = %failure.secret, reason = %failure.reason, "Secret of a rollback request not written; retried at the next poll");
+                    tracing::warn!(request = %approved.origin.path, secret = %failure.secret, reason = %crate::errors::Chain(&failure.reason), "Secret of a rollback request not written; retried at the next poll");
                 }
                 false
             }
@@ -491,7 +491,7 @@ impl Follower {
                 true
             }
             Err(err) => {
-                tracing::warn!(request = %approved.origin.path, error = %err, "rollback request not applied; retried at the next poll");
+                tracing::warn!(request = %approved.origin.path, error = %crate::errors::Chain(&err), "rollback request not applied; retried at the next poll");
                 false
             }
         }
@@ -553,7 +553,7 @@ async fn event(
         .event_on_secret(secret, type_, reason, "Rollback", note)
         .await;
     if let Err(err) = recorded {
-        tracing::warn!(%secret, error = %err, "Event not recorded");
+        tracing::warn!(%secret, error = %crate::errors::Chain(&err), "Event not recorded");
     }
 }
 

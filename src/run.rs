@@ -152,7 +152,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
                 }
                 Err(err) => {
                     metrics.stream_enabled.set(0);
-                    tracing::warn!(error = %err, "cannot follow the table's stream: schedule-only mode");
+                    tracing::warn!(error = %crate::errors::Chain(&err), "cannot follow the table's stream: schedule-only mode");
                 }
             }
         }
@@ -170,7 +170,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
                 tracing::info!(%commit, "ready from the last snapshot; the first table read follows");
             }
             Err(err) => {
-                tracing::warn!(error = %err, "not ready from the snapshot: the API server did not answer; ready after the first reconcile")
+                tracing::warn!(error = %crate::errors::Chain(&err), "not ready from the snapshot: the API server did not answer; ready after the first reconcile")
             }
         }
     }

@@ -291,7 +291,7 @@ pub async fn run(
                 false
             }
             Ok(Err(err)) => {
-                tracing::error!(trigger, error = %err, "reconcile failed");
+                tracing::error!(trigger, error = %crate::errors::Chain(&err), "reconcile failed");
                 count(ReconcileOutcome::Error);
                 true
             }

@@ -35,7 +35,7 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(u8::from(is_error));
         }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::errors::chain(err.as_ref()));
             return ExitCode::from(1);
         }
     };
@@ -49,7 +49,7 @@ pub async fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line on stderr, whatever the log format.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::errors::chain(err.as_ref()));
             ExitCode::from(1)
         }
     }

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Map, Value, json};
 
-use super::{Cluster, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
+use super::{Cluster, ClusterError, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
 use crate::labels::{
     CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_CHANGED_AT,
     LAST_SYNC_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
@@ -100,6 +100,8 @@ pub enum WriteError {
         "not written: the Secret would exceed Kubernetes' 1 MiB size limit; split its keys across Secrets"
     )]
     TooLarge,
+    /// The API server's answer is said in the message (see
+    /// [`super::ClusterError::Api`]).
     #[error("API server refused the write: {detail}")]
     Refused {
         detail: String,
@@ -114,7 +116,7 @@ pub enum WriteError {
     /// (another type, say).
     #[error("{0}")]
     NotWritable(String),
-    #[error("reading it again after a conflict failed: {0}")]
+    #[error("reading it again after a conflict failed")]
     Reread(#[source] super::ClusterError),
 }
 
@@ -131,7 +133,7 @@ impl WriteError {
 }
 
 fn as_message<S: serde::Serializer>(error: &WriteError, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(error)
+    serializer.collect_str(&crate::errors::Chain(error))
 }
 
 #[derive(Debug, Default)]
@@ -182,11 +184,11 @@ pub(crate) fn event_note(change: &SecretChange) -> String {
 #[derive(Default)]
 struct RefusedEvents {
     count: std::sync::atomic::AtomicUsize,
-    first: std::sync::Mutex<Option<(SecretRef, String)>>,
+    first: std::sync::Mutex<Option<(SecretRef, ClusterError)>>,
 }
 
 impl RefusedEvents {
-    fn note(&self, secret: &SecretRef, error: String) {
+    fn note(&self, secret: &SecretRef, error: ClusterError) {
         self.count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut first) = self.first.lock() {
@@ -201,7 +203,7 @@ impl RefusedEvents {
             tracing::warn!(
                 refused = count,
                 first = %secret,
-                error = %error,
+                error = %crate::errors::Chain(&error),
                 "the API server refused Events about credsync's writes (the writes themselves succeeded); check RBAC for events.k8s.io create"
             );
         }
@@ -335,7 +337,7 @@ impl Cluster {
     /// every Event it sent for six minutes to merge repeats into a series:
     /// 17 MiB after a first sync of 5000 Secrets, for repeats that do not
     /// happen (each write is a different change).
-    async fn record_event(&self, change: &SecretChange) -> Result<(), String> {
+    async fn record_event(&self, change: &SecretChange) -> Result<(), ClusterError> {
         let (reason, action) = match change.action {
             Action::Create => ("Created", "Create"),
             Action::Update => ("Synced", "Update"),
@@ -360,7 +362,7 @@ impl Cluster {
         reason: &str,
         action: &str,
         mut note: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClusterError> {
         use k8s_openapi::api::core::v1::ObjectReference;
         use k8s_openapi::api::events::v1::Event;
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -404,7 +406,7 @@ impl Cluster {
             .create(&PostParams::default(), &event)
             .await
             .map(|_| ())
-            .map_err(|err| describe_kube_error(&err))
+            .map_err(|err| super::api_error(&format!("recording an Event on Secret {secret}"), err))
     }
 
     async fn write(

@@ -118,7 +118,13 @@ pub enum LeaseError {
     #[error("invalid leader election settings: {0}")]
     Config(String),
     #[error("Kubernetes API call failed while {doing}: {cause}")]
-    Api { doing: String, cause: String },
+    Api {
+        doing: String,
+        /// The API server's words (see [`crate::cluster::ClusterError::Api`]).
+        cause: String,
+        #[source]
+        error: kube::Error,
+    },
 }
 
 /// Runs the election for one replica; see [`LeaderElector::run`].
@@ -187,7 +193,7 @@ impl LeaderElector {
         if let Err(e) = self.config.validate() {
             // `new` corrected the durations: an empty identity, namespace or
             // name is left, and leading under an empty holder would be unsafe.
-            tracing::error!(error = %e, "leader election disabled; this replica will only follow");
+            tracing::error!(error = %crate::errors::Chain(&e), "leader election disabled; this replica will only follow");
             shutdown.cancelled().await;
             return;
         }
@@ -261,7 +267,7 @@ impl LeaderElector {
                     tracing::warn!(
                         lease = %self.lease_ref(),
                         leading = step_down_at.is_some(),
-                        error = %e,
+                        error = %crate::errors::Chain(&e),
                         "leader election call failed"
                     );
                     self.retry_at(step_down_at, retry.next_delay())
@@ -322,7 +328,7 @@ impl LeaderElector {
             }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(lease = %self.lease_ref(), error = %e, "could not release the Lease; it will expire")
+                tracing::warn!(lease = %self.lease_ref(), error = %crate::errors::Chain(&e), "could not release the Lease; it will expire")
             }
             Err(_) => {
                 tracing::warn!(lease = %self.lease_ref(), "releasing the Lease timed out; it will expire")
@@ -433,7 +439,7 @@ impl LeaderElector {
                 renewed_at,
             }),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(Round::Raced),
-            Err(e) => Err(self.api_error("creating", &e)),
+            Err(e) => Err(self.api_error("creating", e)),
         }
     }
 
@@ -442,7 +448,7 @@ impl LeaderElector {
         self.api
             .get_opt(&self.config.name)
             .await
-            .map_err(|e| self.api_error("reading", &e))
+            .map_err(|e| self.api_error("reading", e))
     }
 
     /// PUT with the resourceVersion read; `None` when another write got
@@ -456,7 +462,7 @@ impl LeaderElector {
         {
             Ok(lease) => Ok(Some(lease)),
             Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => Ok(None),
-            Err(e) => Err(self.api_error("updating", &e)),
+            Err(e) => Err(self.api_error("updating", e)),
         }
     }
 
@@ -500,10 +506,11 @@ impl LeaderElector {
         format!("{}/{}", self.config.namespace, self.config.name)
     }
 
-    fn api_error(&self, doing: &str, err: &kube::Error) -> LeaseError {
+    fn api_error(&self, doing: &str, err: kube::Error) -> LeaseError {
         LeaseError::Api {
             doing: format!("{doing} Lease {}", self.lease_ref()),
-            cause: describe_kube_error(err),
+            cause: describe_kube_error(&err),
+            error: err,
         }
     }
 }

@@ -82,16 +82,18 @@ impl LiveSecret {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
-        "cannot configure the Kubernetes client (set KUBECONFIG or run in a pod with a service account): {0}"
+        "cannot configure the Kubernetes client (set KUBECONFIG or run in a pod with a service account)"
     )]
-    Config(kube::Error),
+    Config(#[source] kube::Error),
+    /// The API server's answer is said in the message, since the client's
+    /// own error prints a debug dump ([`crate::errors::chain`] ends there).
     #[error("Kubernetes API call failed while {doing}: {cause}")]
     Api {
         doing: String,
-        /// The API server's words, already in the message.
+        /// The API server's words.
         cause: String,
         /// The error itself, for callers that must tell a 409 from a 404.
-        /// Not a `#[source]`: its Display repeats `cause` with a Debug dump.
+        #[source]
         error: kube::Error,
     },
 }
@@ -473,7 +475,7 @@ impl Cluster {
     }
 }
 
-fn api_error(doing: &str, err: kube::Error) -> ClusterError {
+pub(super) fn api_error(doing: &str, err: kube::Error) -> ClusterError {
     ClusterError::Api {
         doing: doing.to_owned(),
         cause: describe_kube_error(&err),

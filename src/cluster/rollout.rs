@@ -173,7 +173,7 @@ impl Cluster {
                     Ok(None) => {}
                     Err(err) => found.unreadable.push(Skip {
                         subject: reference.to_string(),
-                        reason: format!("not restarted: {err}"),
+                        reason: format!("not restarted: {}", crate::errors::chain(&err)),
                     }),
                 }
             },
@@ -313,7 +313,7 @@ impl Cluster {
 pub fn listing_failure(error: &ClusterError) -> Skip {
     Skip {
         subject: "rollouts".to_owned(),
-        reason: format!("no workload restarted: {error}"),
+        reason: format!("no workload restarted: {}", crate::errors::chain(error)),
     }
 }
 

@@ -52,15 +52,16 @@ pub struct SourceConfig {
 
 /// A table-level failure: nothing can be synced.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read Credstash table '{table}' in region {region}: {cause}")]
+#[error("cannot read Credstash table '{table}' in region {region}: {hint}")]
 pub struct SourceError {
     pub table: String,
     pub region: String,
-    /// What failed and what to check, already in the message.
-    pub cause: String,
+    /// What to check.
+    pub hint: String,
     /// The AWS error read into its class and code (a missing table, no
     /// rights, throttling, no endpoint), for callers that act on which.
-    pub aws: Option<AwsError>,
+    #[source]
+    pub aws: AwsError,
 }
 
 /// Reads and decrypts the table, remembering what it decrypted so an
@@ -206,8 +207,8 @@ impl CredstashSource {
         SourceError {
             table: self.config.table.clone(),
             region: self.region.clone(),
-            cause: error.line,
-            aws: Some(error.aws),
+            hint: error.hint,
+            aws: error.aws,
         }
     }
 }

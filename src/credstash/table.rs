@@ -200,11 +200,11 @@ fn parse_item(item: &HashMap<String, AttributeValue>) -> Result<RawItem, ItemFai
     })
 }
 
-/// A failed read of the table: one line naming the cause and what to do,
-/// and the AWS error it came from, read into its class and code.
+/// A failed read of the table: what to check, and the AWS error it came
+/// from, read into its class and code.
 #[derive(Debug)]
 pub(super) struct TableReadError {
-    pub line: String,
+    pub hint: String,
     pub aws: AwsError,
 }
 
@@ -220,13 +220,13 @@ fn describe_scan_error(err: SdkError<ScanError, HttpResponse>) -> TableReadError
 /// A table read's failure: a missing table, missing rights (`denied`
 /// names the actions), or `otherwise`.
 fn describe_table_error(err: &AwsError, denied: &str, otherwise: &str) -> TableReadError {
-    let line = match err.class {
-        FailureClass::NotFound => err.line("table not found (check --table and --region)"),
-        FailureClass::Denied => err.line(denied),
-        _ => err.line(otherwise),
+    let hint = match err.class {
+        FailureClass::NotFound => "table not found (check --table and --region)",
+        FailureClass::Denied => denied,
+        _ => otherwise,
     };
     TableReadError {
-        line,
+        hint: hint.to_owned(),
         aws: err.clone(),
     }
 }

@@ -57,18 +57,20 @@ pub enum WriteItemError {
     VersionNotNumeric { name: String, version: String },
     #[error("the value is not UTF-8 text: credstash stores text; nothing written")]
     NotText,
-    #[error("KMS refused a data key from {key_id}: {cause}; nothing written")]
+    #[error("KMS refused a data key from {key_id} (nothing written): {hint}")]
     DataKey {
         key_id: String,
-        cause: String,
-        aws: Option<AwsError>,
+        hint: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     #[error("no item named {0} in the table")]
     NoSuchName(String),
-    #[error("table '{table}': {cause}")]
+    #[error("table '{table}': {hint}")]
     Table {
         table: String,
-        cause: String,
+        hint: String,
+        #[source]
         aws: AwsError,
     },
 }
@@ -113,8 +115,8 @@ impl CredstashSource {
         let (ciphertext, hmac) =
             crypto::seal(&data_key, item.value.expose()).map_err(|e| WriteItemError::DataKey {
                 key_id: item.key_id.to_owned(),
-                cause: e.to_string(),
-                aws: None,
+                hint: "sealing the value with it failed".to_owned(),
+                source: Some(Box::new(e)),
             })?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let attributes = HashMap::from([
@@ -311,10 +313,12 @@ impl CredstashSource {
             .with_label_values(&["GenerateDataKey"])
             .inc();
         let context = &self.config.context;
-        let refused = |cause: String, aws: Option<AwsError>| WriteItemError::DataKey {
-            key_id: key_id.to_owned(),
-            cause,
-            aws,
+        let refused = |hint: &str, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+            WriteItemError::DataKey {
+                key_id: key_id.to_owned(),
+                hint: hint.to_owned(),
+                source,
+            }
         };
         let out = aws_sdk_kms::Client::new(&self.sdk)
             .generate_data_key()
@@ -335,29 +339,30 @@ impl CredstashSource {
                     FailureClass::Denied => "no kms:GenerateDataKey on the key",
                     _ => "GenerateDataKey failed",
                 };
-                refused(aws.line(hint), Some(aws))
+                refused(hint, Some(Box::new(aws)))
             })?;
         let wrapped = out
             .ciphertext_blob
             .map(Blob::into_inner)
-            .ok_or_else(|| refused("KMS returned no wrapped key".to_owned(), None))?;
+            .ok_or_else(|| refused("KMS returned no wrapped key", None))?;
         let plaintext = out
             .plaintext
             .map(Blob::into_inner)
-            .ok_or_else(|| refused("KMS returned no plaintext key".to_owned(), None))?;
-        let key = DataKey::new(plaintext).map_err(|e| refused(e.to_string(), None))?;
+            .ok_or_else(|| refused("KMS returned no plaintext key", None))?;
+        let key = DataKey::new(plaintext)
+            .map_err(|e| refused("KMS returned an unusable key", Some(Box::new(e))))?;
         Ok((wrapped, key))
     }
 
     fn table_error(&self, aws: AwsError, denied: &str) -> WriteItemError {
-        let cause = match aws.class {
-            FailureClass::NotFound => aws.line("table not found (check --table and --region)"),
-            FailureClass::Denied => aws.line(denied),
-            _ => aws.line("DynamoDB call failed"),
+        let hint = match aws.class {
+            FailureClass::NotFound => "table not found (check --table and --region)",
+            FailureClass::Denied => denied,
+            _ => "DynamoDB call failed",
         };
         WriteItemError::Table {
             table: self.config.table.clone(),
-            cause,
+            hint: hint.to_owned(),
             aws,
         }
     }

@@ -34,10 +34,10 @@ pub enum ReconcileError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),
-    /// The cause is part of the message, not a `source`: printed as a
-    /// chain it would otherwise appear twice.
-    #[error("snapshot not written, so nothing was applied: {0}")]
-    Snapshot(SnapshotError),
+    #[error("snapshot not written, so nothing was applied")]
+    SnapshotNotWritten(#[source] SnapshotError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// What was asked for is not allowed (a rollback outside the namespaces
     /// credsync writes); the message says why.
     #[error("{0}")]
@@ -45,12 +45,6 @@ pub enum ReconcileError {
     /// A bug in credsync, not a Kubernetes, AWS or git problem.
     #[error("internal error: {0}; this is a bug in credsync, please report it")]
     Internal(String),
-}
-
-impl From<SnapshotError> for ReconcileError {
-    fn from(err: SnapshotError) -> Self {
-        ReconcileError::Snapshot(err)
-    }
 }
 
 /// What a reconcile reads and decides before it writes anything.
@@ -249,7 +243,7 @@ impl Reconciler {
         let warm = match read {
             Ok(warm) => warm,
             Err(err) => {
-                tracing::warn!(error = %err, "warm start skipped: the last snapshot could not be read");
+                tracing::warn!(error = %crate::errors::Chain(&err), "warm start skipped: the last snapshot could not be read");
                 return 0;
             }
         };
@@ -614,7 +608,7 @@ impl Reconciler {
                             .reconciles
                             .with_label_values(&[ReconcileOutcome::Error.as_str()])
                             .inc();
-                        return Err(err.into());
+                        return Err(ReconcileError::SnapshotNotWritten(err));
                     }
                 }
             }
@@ -647,7 +641,7 @@ impl Reconciler {
             );
         }
         for failure in &outcome.failed {
-            tracing::error!(secret = %failure.secret, reason = %failure.reason, "Secret not written");
+            tracing::error!(secret = %failure.secret, reason = %crate::errors::Chain(&failure.reason), "Secret not written");
         }
         let report = SyncReport {
             plan: planned.plan,
@@ -777,7 +771,7 @@ fn share(store: &SnapshotStore, metrics: &Metrics) {
         }
         Err(err) => {
             metrics.snapshot_push_failures.inc();
-            tracing::warn!(error = %err, "snapshot push failed; kept the local commit, will retry");
+            tracing::warn!(error = %crate::errors::Chain(&err), "snapshot push failed; kept the local commit, will retry");
         }
     }
 }

@@ -442,7 +442,7 @@ fn result(b: &mut Budget, outcome: &ApplyOutcome, dry_run: bool) {
     let not_written = outcome
         .failed
         .iter()
-        .map(|f| (f.secret.to_string(), f.reason.to_string()));
+        .map(|f| (f.secret.to_string(), crate::errors::chain(&f.reason)));
     b.table("", bullets("not written", not_written), "", false);
     if !outcome.restarted.is_empty() {
         let verb = if dry_run {

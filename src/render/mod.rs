@@ -282,7 +282,7 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
                 "  {} {}  {}",
                 paint("31;1", "x not written"),
                 f.secret,
-                f.reason
+                crate::errors::Chain(&f.reason)
             );
         }
         if !outcome.restarted.is_empty() {

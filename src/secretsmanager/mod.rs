@@ -43,11 +43,12 @@ pub struct SmConfig {
 
 /// A failed read of the whole source: nothing can be synced from it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot list AWS Secrets Manager secrets in {region}: {cause}")]
+#[error("cannot read AWS Secrets Manager in {region}: {hint}")]
 pub struct SmError {
     pub region: String,
-    /// What failed and what to check, already in the message.
-    pub cause: String,
+    /// What failed and what to check.
+    pub hint: String,
+    #[source]
     pub aws: Option<AwsError>,
 }
 
@@ -296,7 +297,7 @@ impl SecretsManagerSource {
                 }
                 return Err(SmError {
                     region: self.region.clone(),
-                    cause: aws.line(fetch_hint(&aws)),
+                    hint: fetch_hint(&aws).to_owned(),
                     aws: Some(aws),
                 });
             }
@@ -453,7 +454,7 @@ impl SecretsManagerSource {
     fn internal(&self, what: &str) -> SmError {
         SmError {
             region: self.region.clone(),
-            cause: format!("internal error: {what}; this is a bug in credsync, please report it"),
+            hint: format!("internal error: {what}; this is a bug in credsync, please report it"),
             aws: None,
         }
     }
@@ -465,7 +466,7 @@ impl SecretsManagerSource {
         };
         SmError {
             region: self.region.clone(),
-            cause: aws.line(hint),
+            hint: hint.to_owned(),
             aws: Some(aws),
         }
     }

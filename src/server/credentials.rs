@@ -240,10 +240,10 @@ async fn authenticate(
                 Ok(TokenVerdict::Authenticated(caller)) => Verdict::Caller(caller),
                 Ok(TokenVerdict::Refused(reason)) => Verdict::Refused(reason),
                 Err(err) => {
-                    tracing::error!(error = %err, "TokenReview failed");
+                    tracing::error!(error = %crate::errors::Chain(&err), "TokenReview failed");
                     return Err(refuse(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("cannot check the token now: {err}"),
+                        format!("cannot check the token now: {}", crate::errors::chain(&err)),
                     ));
                 }
             };
@@ -294,10 +294,13 @@ async fn authority(
             format!("namespace '{namespace}' does not exist in this cluster"),
         )),
         Err(err) => {
-            tracing::error!(error = %err, "namespace lookup failed");
+            tracing::error!(error = %crate::errors::Chain(&err), "namespace lookup failed");
             Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot check the namespace now: {err}"),
+                format!(
+                    "cannot check the namespace now: {}",
+                    crate::errors::chain(&err)
+                ),
             ))
         }
     }
@@ -397,10 +400,13 @@ async fn authorize<'v>(
             }
             Ok(false) => {}
             Err(err) => {
-                tracing::error!(error = %err, "SubjectAccessReview failed");
+                tracing::error!(error = %crate::errors::Chain(&err), "SubjectAccessReview failed");
                 return Err(refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot check permissions now: {err}"),
+                    format!(
+                        "cannot check permissions now: {}",
+                        crate::errors::chain(&err)
+                    ),
                 ));
             }
         }
@@ -496,7 +502,7 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
             .event_on_secret(&target.secret, EventType::Normal, reason, verb, note)
             .await
         {
-            tracing::warn!(error = %err, "the Event about a self-service write was refused");
+            tracing::warn!(error = %crate::errors::Chain(&err), "the Event about a self-service write was refused");
         }
     }
     let names = BTreeSet::from([item.name.clone()]);
@@ -517,7 +523,7 @@ fn write_failed(err: &WriteItemError) -> Refused {
         WriteItemError::NoSuchName(_) => StatusCode::NOT_FOUND,
         WriteItemError::DataKey { .. } | WriteItemError::Table { .. } => StatusCode::BAD_GATEWAY,
     };
-    refuse(status, err.to_string())
+    refuse(status, crate::errors::chain(err))
 }
 
 pub(super) async fn put(

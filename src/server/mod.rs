@@ -354,7 +354,7 @@ async fn plan(
     };
     let (plan, age) = match cached_plan(&state).await {
         Ok(found) => found,
-        Err(err) => return error(StatusCode::BAD_GATEWAY, err.to_string()),
+        Err(err) => return error(StatusCode::BAD_GATEWAY, crate::errors::chain(&err)),
     };
     let body = render::render(&plan, None, &state.heading, format, false);
     let content_type = match format {

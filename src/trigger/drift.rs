@@ -50,7 +50,7 @@ pub async fn run(
             None => return,
             Some(Err(err)) => {
                 let delay = retry.next_delay();
-                tracing::warn!(error = %err, retry_in = ?delay, "watching managed Secrets failed; retrying");
+                tracing::warn!(error = %crate::errors::Chain(&err), retry_in = ?delay, "watching managed Secrets failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}

@@ -137,7 +137,7 @@ pub(in crate::cli) async fn propose(
         Err(err) => {
             // Nothing was pushed: leave no branch behind to trip the next try.
             if let Err(discard) = store.discard(&proposed) {
-                tracing::warn!(error = %discard, "the proposal's local branch was not deleted");
+                tracing::warn!(error = %crate::errors::Chain(&discard), "the proposal's local branch was not deleted");
             }
             return Err(err);
         }

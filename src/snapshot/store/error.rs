@@ -7,24 +7,25 @@ use sops_age as sops;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot repository {path}: {what}: {cause}")]
+    #[error("snapshot repository {path}: {what}{}", note.as_deref().map(|n| format!(": {n}")).unwrap_or_default())]
     Git {
         path: String,
         what: String,
-        /// libgit2's words (and a full-disk note), already in the message.
-        cause: String,
-        /// The libgit2 error itself when there was one, for callers that
-        /// must tell a missing object from a lock or a network failure. Not
-        /// a `#[source]`: its Display is `cause` again.
-        git: Option<git2::Error>,
+        /// credsync's own words for the cause (a full disk, a refusal), if any.
+        note: Option<String>,
+        /// libgit2's error, when there was one: callers tell a missing
+        /// object from a lock or a network failure by it.
+        #[source]
+        source: Option<git2::Error>,
     },
     #[error("unknown revision '{0}' in the snapshot repository (see `credsync history`)")]
     UnknownRev(String),
     #[error("revision '{0}' is ambiguous in the snapshot repository: give more characters")]
     AmbiguousRev(String),
-    #[error("{}", describe_file_error(file, cause))]
+    #[error("{}", describe_file(file, cause))]
     File {
         file: String,
+        #[source]
         cause: sops::SopsError,
     },
     #[error(
@@ -49,7 +50,12 @@ impl SnapshotError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Locked { .. } | Self::Internal(_) | Self::Git { git: Some(_), .. }
+            Self::Locked { .. }
+                | Self::Internal(_)
+                | Self::Git {
+                    source: Some(_),
+                    ..
+                }
         )
     }
 }
@@ -87,26 +93,33 @@ impl From<&str> for GitCause {
 }
 
 pub(super) fn git_error(path: &Path, what: &str, cause: impl Into<GitCause>) -> SnapshotError {
-    let (mut text, git) = match cause.into() {
-        GitCause::Git(err) => (err.to_string(), Some(err)),
-        GitCause::Text(text) => (text, None),
+    let (mut note, source) = match cause.into() {
+        GitCause::Git(err) => (None, Some(err)),
+        GitCause::Text(text) => (Some(text), None),
     };
-    let cause = &mut text;
     // libgit2 does not always say that the disk is full ("no error", or a
     // commit whose object "doesn't exist"): look, and say so.
+    let said = |text: &str| {
+        note.as_deref().is_some_and(|n| n.contains(text))
+            || source.as_ref().is_some_and(|e| e.message().contains(text))
+    };
     if let Some(free) = free_bytes(path).filter(|free| *free < LOW_DISK)
-        && !cause.contains("No space left")
+        && !said("No space left")
     {
-        cause.push_str(&format!(
-            "; the file system holding the repository is full ({free} bytes free): \
+        let full = format!(
+            "the file system holding the repository is full ({free} bytes free): \
              free some space or move --snapshot-repo"
-        ));
+        );
+        note = Some(match note {
+            Some(text) => format!("{text}; {full}"),
+            None => full,
+        });
     }
     SnapshotError::Git {
         path: path.display().to_string(),
         what: what.to_owned(),
-        cause: text,
-        git,
+        note,
+        source,
     }
 }
 
@@ -132,13 +145,14 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 /// An edited value fails its GCM tag before the MAC is even computed: to the
-/// user both are the same fact, the file was edited, so both say so.
-fn describe_file_error(file: &str, cause: &sops::SopsError) -> String {
+/// user both are the same fact, the file was edited, so both say so (the
+/// cause, SOPS's own words, follows as the source).
+fn describe_file(file: &str, cause: &sops::SopsError) -> String {
     match cause {
         sops::SopsError::MacMismatch | sops::SopsError::BadCiphertext { .. } => {
-            format!("MAC mismatch in {file}: {cause}")
+            format!("MAC mismatch in {file}")
         }
-        other => format!("{file}: {other}"),
+        _ => format!("snapshot file {file}"),
     }
 }
 
@@ -154,18 +168,13 @@ mod tests {
             "reading HEAD",
             git2::Error::from_str("object not found"),
         );
-        match &from_git {
-            SnapshotError::Git { cause, git, .. } => {
-                assert!(cause.contains("object not found"));
-                assert_eq!(
-                    git.as_ref().map(git2::Error::message),
-                    Some("object not found")
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        // What this layer was doing, then libgit2's words as the source.
+        assert!(from_git.to_string().ends_with("reading HEAD"), "{from_git}");
+        let source = std::error::Error::source(&from_git).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("object not found"));
+        assert!(crate::errors::chain(&from_git).ends_with("reading HEAD: object not found"));
         let from_text = git_error(&dir, "writing a snapshot", "no --age-recipient given");
-        assert!(matches!(from_text, SnapshotError::Git { git: None, .. }));
+        assert!(std::error::Error::source(&from_text).is_none());
         assert!(from_text.to_string().contains("no --age-recipient given"));
     }
 }

@@ -303,7 +303,7 @@ impl SnapshotStore {
             }
         }
         if let Err(err) = result {
-            tracing::warn!(error = %err, "warm-start cache not updated; the next start opens the files it lacks");
+            tracing::warn!(error = %crate::errors::Chain(&err), "warm-start cache not updated; the next start opens the files it lacks");
         }
     }
 
@@ -537,7 +537,7 @@ impl SnapshotStore {
         // The commit is published; a work tree that cannot be refreshed now
         // is refreshed by the next write.
         if let Err(e) = self.refresh_work_tree(repo, &tree, changed) {
-            tracing::warn!(error = %e, "snapshot committed, but the work tree was not refreshed");
+            tracing::warn!(error = %crate::errors::Chain(&e), "snapshot committed, but the work tree was not refreshed");
         }
         let commit = repo
             .find_commit(oid)

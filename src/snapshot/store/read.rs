@@ -309,7 +309,7 @@ impl SnapshotStore {
                 Err(cause) => unreadable.push(UnreadableFile {
                     secret: file.secret,
                     path: file.path,
-                    reason: crate::text::one_line(&cause.to_string(), 500),
+                    reason: crate::text::one_line(&crate::errors::chain(&cause), 500),
                 }),
             }
         }
@@ -421,7 +421,7 @@ impl SnapshotStore {
             let entries: Vec<(Oid, &FileValues)> =
                 read.entries.iter().map(|(o, v)| (*o, v)).collect();
             if let Err(err) = cache.replace(&entries, recipients, &read.segments) {
-                tracing::warn!(error = %err, "warm-start cache not updated; the next start opens the files again");
+                tracing::warn!(error = %crate::errors::Chain(&err), "warm-start cache not updated; the next start opens the files again");
             }
         }
         Ok(WarmValues {

@@ -100,7 +100,7 @@ impl FingerprintIndex {
             .and_then(|()| std::fs::write(&temporary, &bytes))
             .and_then(|()| std::fs::rename(&temporary, &self.path));
         if let Err(err) = written {
-            tracing::debug!(index = %self.path.display(), error = %err, "fingerprint index not saved");
+            tracing::debug!(index = %self.path.display(), error = %crate::errors::Chain(&err), "fingerprint index not saved");
         }
     }
 }

@@ -155,10 +155,10 @@ impl WarmCache {
 /// Why the cache could not be written; the snapshot itself is not affected.
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {
-    #[error("encrypting the warm-start cache: {0}")]
-    Seal(sops_age::SopsError),
+    #[error("encrypting the warm-start cache")]
+    Seal(#[source] sops_age::SopsError),
     #[error(
-        "writing the warm-start cache {}: {source}; check the snapshot repository's disk and permissions",
+        "writing the warm-start cache {} (check the snapshot repository's disk and permissions)",
         path.display()
     )]
     Io {

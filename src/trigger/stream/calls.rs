@@ -16,8 +16,8 @@ pub(crate) const PERSISTENT_FAILURES: u32 = 3;
 pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(200);
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(20);
 
-/// A failed call's detail with a hint on what to do, for errors returned to the caller.
-pub(crate) fn stream_cause(f: &Failure) -> String {
+/// What to do about a failed call, for errors returned to the caller.
+pub(crate) fn stream_hint(f: &Failure) -> &'static str {
     let hint = match f.class {
         FailureClass::Denied => {
             "access denied (the credentials need dynamodb:DescribeTable, DescribeStream, \
@@ -27,7 +27,7 @@ pub(crate) fn stream_cause(f: &Failure) -> String {
         FailureClass::NotFound => "not found",
         _ => "failed",
     };
-    f.line(hint)
+    hint
 }
 
 /// What DescribeTable says about the table's stream.

@@ -36,7 +36,7 @@ use crate::aws_error::{AwsError as Failure, FailureClass};
 use crate::metrics::Metrics;
 use calls::{
     BACKOFF_BASE, BACKOFF_CAP, Position, TableStream, describe_stream, describe_table,
-    get_shard_iterator, log_failure, stream_cause,
+    get_shard_iterator, log_failure, stream_hint,
 };
 pub use debounce::ChangedNames;
 use debounce::Debouncer;
@@ -99,13 +99,15 @@ pub enum StreamError {
         stream_arn: String,
         stream_table: String,
     },
-    #[error("{operation} for {target} in region {region} failed: {cause}")]
+    #[error("{operation} for {target} in region {region} failed: {hint}")]
     Aws {
         operation: &'static str,
         /// "table 'x'" or "stream 'arn' of table 'x'".
         target: String,
         region: String,
-        cause: String,
+        hint: &'static str,
+        #[source]
+        aws: crate::aws_error::AwsError,
     },
 }
 
@@ -162,7 +164,8 @@ impl StreamFollower {
                         operation: "DescribeTable",
                         target: format!("table '{table}'"),
                         region,
-                        cause: stream_cause(&f),
+                        hint: stream_hint(&f),
+                        aws: f,
                     });
                 }
             },
@@ -182,7 +185,8 @@ impl StreamFollower {
                     operation: "DescribeStream",
                     target: format!("stream '{stream_arn}' of table '{table}'"),
                     region,
-                    cause: stream_cause(&f),
+                    hint: stream_hint(&f),
+                    aws: f,
                 });
             }
         };
