@@ -18,7 +18,7 @@ pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(20);
 
 /// What to do about a failed call, for errors returned to the caller.
 pub(crate) fn stream_hint(f: &Failure) -> &'static str {
-    let hint = match f.class {
+    match f.class {
         FailureClass::Denied => {
             "access denied (the credentials need dynamodb:DescribeTable, DescribeStream, \
              GetShardIterator and GetRecords on the table and its stream)"
@@ -26,8 +26,7 @@ pub(crate) fn stream_hint(f: &Failure) -> &'static str {
         FailureClass::Throttled => "throttled or AWS-side error (retry later)",
         FailureClass::NotFound => "not found",
         _ => "failed",
-    };
-    hint
+    }
 }
 
 /// What DescribeTable says about the table's stream.
