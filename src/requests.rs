@@ -120,7 +120,7 @@ pub fn assess(
         } else {
             match identities.map(|ids| restore(store, &request, ids, tip)) {
                 None => None,
-                Some(Ok(Ok((commit, restored)))) => {
+                Some(Ok(Restorable::Files(commit, restored))) => {
                     approved.push((
                         views.len(),
                         Approved {
@@ -131,7 +131,7 @@ pub fn assess(
                     ));
                     None
                 }
-                Some(Ok(Err(refusal))) => Some(refusal),
+                Some(Ok(Restorable::Refused(refusal))) => Some(refusal),
                 Some(Err(err)) if err.is_transient() => return Err(err),
                 Some(Err(err)) => Some(crate::errors::chain(&err)),
             }
@@ -145,30 +145,35 @@ pub fn assess(
     Ok(Assessment { views, approved })
 }
 
+/// What a request's revision gives: its Secrets, or why it is refused.
+enum Restorable {
+    Files(CommitInfo, BTreeMap<SecretRef, DesiredSecret>),
+    Refused(String),
+}
+
 /// What `request` restores, decrypted with every MAC checked; a refusal
-/// when its revision is not in the followed branch's history.
-#[allow(clippy::type_complexity)]
+/// when its revision is not a signed commit in the followed branch's history.
 fn restore(
     store: &SnapshotStore,
     request: &RollbackRequest,
     identities: &Identities,
     tip: Option<&str>,
-) -> Result<Result<(CommitInfo, BTreeMap<SecretRef, DesiredSecret>), String>, SnapshotError> {
+) -> Result<Restorable, SnapshotError> {
     let commit = store.resolve(&request.revision)?;
     if !store.in_history(&commit.id, tip)? {
-        return Ok(Err(format!(
+        return Ok(Restorable::Refused(format!(
             "revision {} is not in the history of the branch credsync follows: pick one `credsync history` lists",
             &commit.id[..commit.id.len().min(12)]
         )));
     }
     if !store.authenticated(&commit.id)? {
-        return Ok(Err(format!(
+        return Ok(Restorable::Refused(format!(
             "revision {} is not a snapshot commit credsync signed: a request may only restore what credsync itself recorded (pick one `credsync history` marks as signed)",
             &commit.id[..commit.id.len().min(12)]
         )));
     }
     let restored = store.desired(&commit.id, &request.secrets, identities)?;
-    Ok(Ok((commit, restored)))
+    Ok(Restorable::Files(commit, restored))
 }
 
 /// A request whose files were checked against the sources too.

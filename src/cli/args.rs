@@ -60,7 +60,7 @@ pub struct Common {
         long,
         global = true,
         env = "CREDSYNC_SM_NAMES",
-        value_enum,
+        value_parser = one_of(SM_NAMES),
         default_value = "path"
     )]
     pub sm_names: NameScheme,
@@ -120,7 +120,7 @@ pub struct Common {
         long,
         global = true,
         env = "CREDSYNC_KEY_MAPPING",
-        value_enum,
+        value_parser = one_of(KEY_MAPPINGS),
         default_value = "credsync"
     )]
     pub key_mapping: KeyMapping,
@@ -136,7 +136,7 @@ pub struct Common {
         long,
         global = true,
         env = "CREDSYNC_LOG_FORMAT",
-        value_enum,
+        value_parser = one_of(LOG_FORMATS),
         default_value = "text"
     )]
     pub log_format: LogFormat,
@@ -212,7 +212,7 @@ pub enum ColorChoice {
 pub enum Command {
     /// Print what a sync would change; writes nothing.
     Plan {
-        #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
+        #[arg(long, env = "CREDSYNC_FORMAT", value_parser = one_of(FORMATS), default_value = "text")]
         format: Format,
         /// Exit 0 with no changes, 2 with changes, 1 on error.
         #[arg(long)]
@@ -233,7 +233,7 @@ pub enum Command {
         /// Send server-side dry-run requests; nothing is stored.
         #[arg(long, env = "CREDSYNC_DRY_RUN")]
         dry_run: bool,
-        #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
+        #[arg(long, env = "CREDSYNC_FORMAT", value_parser = one_of(FORMATS), default_value = "text")]
         format: Format,
     },
     /// The in-cluster loop: stream, schedule, drift and HTTP triggers.
@@ -242,7 +242,7 @@ pub enum Command {
     History {
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, value_parser = one_of(LIST_FORMATS), default_value = "text")]
         format: ListFormat,
     },
     /// Secrets, keys and sources at a snapshot (values only with --reveal).
@@ -253,14 +253,14 @@ pub enum Command {
         /// Print the values (needs --age-identity); to stdout only.
         #[arg(long)]
         reveal: bool,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, value_parser = one_of(LIST_FORMATS), default_value = "text")]
         format: ListFormat,
     },
     /// Key-level changes between two snapshots (never values).
     Diff {
         from: String,
         to: String,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, value_parser = one_of(LIST_FORMATS), default_value = "text")]
         format: ListFormat,
     },
     /// Apply a snapshot's Secrets and pin them until `unpin`; or, with
@@ -282,7 +282,7 @@ pub enum Command {
         /// Why, in one line: kept in the request, its commit and the rollback commit.
         #[arg(long, requires = "propose", default_value = "")]
         reason: String,
-        #[arg(long, env = "CREDSYNC_FORMAT", value_enum, default_value = "text")]
+        #[arg(long, env = "CREDSYNC_FORMAT", value_parser = one_of(FORMATS), default_value = "text")]
         format: Format,
     },
     /// Write a value to the table as `credstash put` does.
@@ -466,8 +466,40 @@ pub struct RunArgs {
     pub print_config: bool,
 }
 
+/// A domain type's names, for its flag: the domain knows nothing of clap.
+const KEY_MAPPINGS: &[(&str, KeyMapping)] = &[
+    ("credsync", KeyMapping::Credsync),
+    ("kubestash-v2", KeyMapping::KubestashV2),
+];
+const SM_NAMES: &[(&str, NameScheme)] = &[("path", NameScheme::Path), ("kiss", NameScheme::Kiss)];
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+const FORMATS: &[(&str, Format)] = &[
+    ("text", Format::Text),
+    ("markdown", Format::Markdown),
+    ("json", Format::Json),
+];
+const LIST_FORMATS: &[(&str, ListFormat)] =
+    &[("text", ListFormat::Text), ("json", ListFormat::Json)];
+
+/// A flag that takes one of `choices` by name (listed in help and
+/// completions, as a derived value enum would be).
+fn one_of<T: Copy + Send + Sync + 'static>(
+    choices: &'static [(&'static str, T)],
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(choices.iter().map(|(name, _)| *name)).map(
+        move |name| {
+            // PossibleValuesParser let through only these names.
+            choices
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(choices[0].1, |(_, value)| *value)
+        },
+    )
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::trigger::schedule::parse_duration(text)
+    crate::trigger::schedule::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn parse_context(s: &str) -> Result<(String, String), String> {

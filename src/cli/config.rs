@@ -71,7 +71,7 @@ pub(super) fn run_config(
     use crate::cluster::lease::LeaseConfig;
     use crate::trigger::schedule::Schedule;
     let schedule = match (&args.schedule, args.interval) {
-        (Some(cron), _) => Some(Schedule::cron(cron).map_err(anyhow::Error::msg)?),
+        (Some(cron), _) => Some(Schedule::cron(cron)?),
         (None, Some(every)) if every.is_zero() => bail!("--interval must be more than 0"),
         (None, Some(every)) => Some(Schedule::Every(every)),
         (None, None) => None,

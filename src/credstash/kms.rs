@@ -15,7 +15,7 @@ use aws_sdk_kms::primitives::Blob;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
-use super::crypto::{DataKey, Envelope};
+use super::crypto::{CryptoError, DataKey, Envelope};
 use super::table::RawItem;
 use crate::aws_error::{AwsError, FailureClass};
 use crate::metrics::Metrics;
@@ -171,13 +171,13 @@ impl Decryptor {
         let data_key = self
             .decrypt_data_key(envelope.wrapped_key.clone())
             .await
-            .map_err(fail)?;
+            .map_err(|e| fail(crate::errors::chain(&e)))?;
         let value = envelope.open(&data_key).map_err(|e| fail(e.to_string()))?;
         self.remember_read(&item.id.name, key, &value);
         Ok(Credential { id: item.id, value })
     }
 
-    async fn decrypt_data_key(&self, wrapped: Vec<u8>) -> Result<DataKey, String> {
+    async fn decrypt_data_key(&self, wrapped: Vec<u8>) -> Result<DataKey, KmsError> {
         self.metrics
             .kms_requests
             .with_label_values(&["Decrypt"])
@@ -195,21 +195,34 @@ impl Decryptor {
             .send()
             .await
             .map_err(describe_kms_error)?;
-        let plaintext = out
-            .plaintext
-            .ok_or_else(|| "KMS Decrypt returned no plaintext".to_owned())?;
-        DataKey::new(plaintext.into_inner()).map_err(|e| e.to_string())
+        let plaintext = out.plaintext.ok_or(KmsError::NoPlaintext)?;
+        DataKey::new(plaintext.into_inner()).map_err(KmsError::Key)
     }
 }
 
-fn describe_kms_error(err: SdkError<DecryptError, HttpResponse>) -> String {
-    let err = AwsError::from_sdk(&err);
-    let hint = if err.is("InvalidCiphertextException") {
+/// Why KMS gave no usable data key; the item fails with these words.
+#[derive(Debug, thiserror::Error)]
+enum KmsError {
+    #[error("{hint}")]
+    Refused {
+        hint: &'static str,
+        #[source]
+        aws: AwsError,
+    },
+    #[error("KMS Decrypt returned no plaintext")]
+    NoPlaintext,
+    #[error("KMS returned an unusable data key")]
+    Key(#[source] CryptoError),
+}
+
+fn describe_kms_error(err: SdkError<DecryptError, HttpResponse>) -> KmsError {
+    let aws = AwsError::from_sdk(&err);
+    let hint = if aws.is("InvalidCiphertextException") {
         "KMS refused the data key: wrong encryption context (--context) or not a KMS blob"
-    } else if err.is("DisabledException") || err.is("KMSInvalidStateException") {
+    } else if aws.is("DisabledException") || aws.is("KMSInvalidStateException") {
         "KMS refused the data key: the key is disabled or pending deletion"
     } else {
-        match err.class {
+        match aws.class {
             FailureClass::NotFound => "KMS refused the data key: its key does not exist",
             FailureClass::Denied => {
                 "KMS refused the data key: no kms:Decrypt on its key, or the key is in another account or region"
@@ -217,5 +230,5 @@ fn describe_kms_error(err: SdkError<DecryptError, HttpResponse>) -> String {
             _ => "KMS Decrypt failed",
         }
     };
-    err.line(hint)
+    KmsError::Refused { hint, aws }
 }

@@ -14,7 +14,7 @@ use crate::plan::{Action, Plan, RequestState, RequestView, SecretChange};
 use crate::rollout::Restart;
 
 /// Output of listings (`history`, `show`, `diff`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListFormat {
     Text,
     Json,
@@ -25,7 +25,7 @@ pub const PLAN_SCHEMA: &str = include_str!("plan.schema.json");
 /// Bumped on any incompatible change to the JSON plan.
 pub const PLAN_SCHEMA_ID: &str = "credsync.plan/v1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Text,
     Markdown,

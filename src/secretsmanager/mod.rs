@@ -196,7 +196,7 @@ impl SecretsManagerSource {
                 Ok(s) => shaped.push((secret, s)),
                 Err(reason) => read.skipped.push(Skip {
                     subject: secret.name,
-                    reason,
+                    reason: reason.to_string(),
                 }),
             }
         }

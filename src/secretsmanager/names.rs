@@ -10,14 +10,14 @@
 //! [`map_name`]), so a key is spelt, checked and skipped the same way
 //! whichever source it came from.
 
-use crate::manifest::{Target, map_name};
+use crate::manifest::{MappingError, Target, map_name};
 use crate::secret::{MAX_SECRET_BYTES, SecretValue};
 
 /// The kiss naming's fixed prefix.
 pub const KISS_PREFIX: &str = "k8s-secret_";
 
 /// How secret names map to Secrets (`--sm-names`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NameScheme {
     Path,
@@ -33,31 +33,49 @@ pub enum Shape {
     Whole(String),
 }
 
+/// Why a secret's name, or one of its parts, maps to no key; the words
+/// plans print.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name does not start with the prefix '{0}'")]
+    Prefix(String),
+    #[error(
+        "name has {0} segment(s) after the prefix, expected namespace/secret (a JSON object) \
+         or namespace/secret/KEY"
+    )]
+    Segments(usize),
+    #[error("name does not start with '{KISS_PREFIX}'")]
+    KissPrefix,
+    #[error("name is not {KISS_PREFIX}<namespace>_<name>")]
+    KissName,
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("the value is over Kubernetes' {MAX_SECRET_BYTES}-byte Secret limit")]
+    TooLarge,
+}
+
 /// The shape a secret's name asks for, or why it maps to nothing.
-pub fn shape(scheme: NameScheme, prefix: &str, name: &str) -> Result<Shape, String> {
+pub fn shape(scheme: NameScheme, prefix: &str, name: &str) -> Result<Shape, NameError> {
     match scheme {
         NameScheme::Path => {
             let Some(rest) = name.strip_prefix(prefix) else {
-                return Err(format!("name does not start with the prefix '{prefix}'"));
+                return Err(NameError::Prefix(prefix.to_owned()));
             };
             match rest.split('/').count() {
                 2 => Ok(Shape::Members(rest.to_owned())),
                 3 => Ok(Shape::Whole(rest.to_owned())),
-                n => Err(format!(
-                    "name has {n} segment(s) after the prefix, expected namespace/secret (a JSON object) \
-                     or namespace/secret/KEY"
-                )),
+                n => Err(NameError::Segments(n)),
             }
         }
         NameScheme::Kiss => {
             let rest = name
                 .strip_prefix(KISS_PREFIX)
-                .ok_or_else(|| format!("name does not start with '{KISS_PREFIX}'"))?;
+                .ok_or(NameError::KissPrefix)?;
             match rest.split_once('_') {
                 Some((namespace, secret)) if !namespace.is_empty() && !secret.is_empty() => {
                     Ok(Shape::Members(format!("{namespace}/{secret}")))
                 }
-                _ => Err(format!("name is not {KISS_PREFIX}<namespace>_<name>")),
+                _ => Err(NameError::KissName),
             }
         }
     }
@@ -94,7 +112,7 @@ pub fn expand(shape: &Shape, stored: Stored) -> Expanded {
             };
             match whole(name, value) {
                 Ok(part) => out.parts.push(part),
-                Err(reason) => out.skipped.push(reason),
+                Err(reason) => out.skipped.push(reason.to_string()),
             }
         }
         Shape::Members(base) => {
@@ -136,12 +154,10 @@ pub fn expand(shape: &Shape, stored: Stored) -> Expanded {
     out
 }
 
-fn whole(name: &str, value: SecretValue) -> Result<Part, String> {
+fn whole(name: &str, value: SecretValue) -> Result<Part, NameError> {
     let target = map_name(name)?;
     if value.expose().len() > MAX_SECRET_BYTES {
-        return Err(format!(
-            "the value is over Kubernetes' {MAX_SECRET_BYTES}-byte Secret limit"
-        ));
+        return Err(NameError::TooLarge);
     }
     Ok(Part {
         member: None,
@@ -171,11 +187,13 @@ mod tests {
         assert!(
             shape(NameScheme::Path, "", "loose")
                 .unwrap_err()
+                .to_string()
                 .contains("1 segment")
         );
         assert!(
             shape(NameScheme::Path, "prod/", "dev/a/b")
                 .unwrap_err()
+                .to_string()
                 .contains("prefix")
         );
     }

@@ -208,24 +208,33 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Why a `/sync` scope is refused (400).
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("unknown parameter '{0}': use namespace and secret")]
+    Unknown(String),
+    #[error("secret needs namespace")]
+    SecretAlone,
+    #[error("bad scope: {0}")]
+    Bad(#[from] crate::manifest::MappingError),
+}
+
 /// `?namespace=NS` and `&secret=NAME` (secret needs namespace); anything else is 400.
 pub fn parse_scope(
     query: &HashMap<String, String>,
-) -> Result<Option<(String, Option<String>)>, String> {
+) -> Result<Option<(String, Option<String>)>, ScopeError> {
     if let Some(unknown) = query
         .keys()
         .find(|k| !matches!(k.as_str(), "namespace" | "secret"))
     {
-        return Err(format!(
-            "unknown parameter '{unknown}': use namespace and secret"
-        ));
+        return Err(ScopeError::Unknown(unknown.clone()));
     }
     match (query.get("namespace"), query.get("secret")) {
         (None, None) => Ok(None),
-        (None, Some(_)) => Err("secret needs namespace".to_owned()),
+        (None, Some(_)) => Err(ScopeError::SecretAlone),
         (Some(ns), secret) => {
             let probe = format!("{ns}/{}/KEY", secret.map(String::as_str).unwrap_or("probe"));
-            crate::manifest::map_name(&probe).map_err(|e| format!("bad scope: {e}"))?;
+            crate::manifest::map_name(&probe)?;
             Ok(Some((ns.clone(), secret.cloned())))
         }
     }
@@ -237,7 +246,7 @@ async fn sync(
 ) -> Response {
     let scope = match parse_scope(&query) {
         Ok(scope) => scope,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(refusal) => return error(StatusCode::BAD_REQUEST, refusal.to_string()),
     };
     if let Leadership::Following { holder } = &*state.leadership.borrow() {
         let leader = holder.clone().unwrap_or_else(|| "none yet".to_owned());

@@ -20,7 +20,7 @@ pub enum Schedule {
 impl Schedule {
     /// Parses a cron expression (seconds field first, as the `cron` crate
     /// reads it; a 5-field expression gets `0` seconds prepended).
-    pub fn cron(expression: &str) -> Result<Self, String> {
+    pub fn cron(expression: &str) -> Result<Self, ScheduleError> {
         let fields = expression.split_whitespace().count();
         let full = if fields == 5 {
             format!("0 {expression}")
@@ -29,7 +29,10 @@ impl Schedule {
         };
         cron::Schedule::from_str(&full)
             .map(|s| Self::Cron(Box::new(s)))
-            .map_err(|e| format!("'{expression}' is not a cron expression: {e}"))
+            .map_err(|source| ScheduleError::Cron {
+                expression: expression.to_owned(),
+                source,
+            })
     }
 
     /// Time until the next tick (a cron schedule with no next tick: a minute).
@@ -59,8 +62,26 @@ pub async fn run(schedule: Schedule, requests: mpsc::Sender<Request>, shutdown: 
     }
 }
 
+/// Why a schedule or a duration flag cannot be read; the message names the
+/// text and the forms that work.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("'{expression}' is not a cron expression")]
+    Cron {
+        expression: String,
+        #[source]
+        source: cron::error::Error,
+    },
+    #[error("'{0}' is not a duration (e.g. 500ms, 30s, 5m, 2h)")]
+    NotADuration(String),
+    #[error("'{0}' has an unknown unit (ms, s, m, h)")]
+    Unit(String),
+    #[error("'{0}' is longer than a year (8784h)")]
+    TooLong(String),
+}
+
 /// Parses `90`, `90s`, `500ms`, `5m`, `2h`: the durations of flags.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ScheduleError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -68,23 +89,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("'{text}' is not a duration (e.g. 500ms, 30s, 5m, 2h)"))?;
+        .map_err(|_| ScheduleError::NotADuration(text.to_owned()))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("'{text}' has an unknown unit (ms, s, m, h)")),
+        _ => return Err(ScheduleError::Unit(text.to_owned())),
     };
     if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("'{text}' is not a duration"));
+        return Err(ScheduleError::NotADuration(text.to_owned()));
     }
     // Past a year a value is a typo, and far enough past it no deadline
     // can be computed from it (found by fuzzing: "2222...2" panicked).
     if seconds > MAX_DURATION.as_secs_f64() {
-        return Err(format!("'{text}' is longer than a year (8784h)"));
+        return Err(ScheduleError::TooLong(text.to_owned()));
     }
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is not a duration"))
+    Duration::try_from_secs_f64(seconds).map_err(|_| ScheduleError::NotADuration(text.to_owned()))
 }
 
 /// The longest duration a flag takes: 366 days.
@@ -111,6 +132,7 @@ mod tests {
         assert!(
             parse_duration(&found)
                 .unwrap_err()
+                .to_string()
                 .contains("longer than a year")
         );
         assert!(parse_duration("1e400").is_err());

@@ -129,7 +129,7 @@ impl SnapshotStore {
                 fingerprint: None,
             };
             let outline = if file.link {
-                Err(LINK_REASON.to_owned())
+                Err(Unreadable::Link)
             } else if let Some(fingerprint) = index.get(&file.oid) {
                 recorded.fingerprint = Some(fingerprint);
                 Ok(None)
@@ -151,7 +151,7 @@ impl SnapshotStore {
                 Err(reason) => UnreadableFile {
                     secret: file.secret.clone(),
                     path: recorded.path.clone(),
-                    reason,
+                    reason: crate::text::one_line(&crate::errors::chain(&reason), 500),
                 }
                 .warn(REWRITTEN),
             }
@@ -173,10 +173,23 @@ impl SnapshotStore {
         }
     }
 
-    fn outline_of(&self, repo: &Repository, oid: Oid) -> Result<sops::Outline, String> {
-        let blob = repo.find_blob(oid).map_err(|e| e.message().to_owned())?;
-        sops::outline(&String::from_utf8_lossy(blob.content())).map_err(|e| e.to_string())
+    /// A file's outline; why not, in words to log (the parser's own may
+    /// quote the file: escaped).
+    fn outline_of(&self, repo: &Repository, oid: Oid) -> Result<sops::Outline, Unreadable> {
+        let blob = repo.find_blob(oid).map_err(Unreadable::Blob)?;
+        sops::outline(&String::from_utf8_lossy(blob.content())).map_err(Unreadable::Outline)
     }
+}
+
+/// Why a recorded file cannot be read (it is then rewritten or removed).
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error("{LINK_REASON}")]
+    Link,
+    #[error("reading its blob")]
+    Blob(#[source] git2::Error),
+    #[error("not a SOPS file credsync can read")]
+    Outline(#[source] sops::SopsError),
 }
 
 fn sources_text(outline: &sops::Outline) -> String {

@@ -111,14 +111,15 @@ impl WarmCache {
         let mut read = CacheRead::default();
         for path in self.segments() {
             let opened = std::fs::read(&path)
-                .map_err(|e| e.to_string())
+                .map_err(SegmentError::Read)
                 .and_then(|bytes| {
-                    sops_age::open_bytes(&bytes, identities).map_err(|e| e.to_string())
+                    sops_age::open_bytes(&bytes, identities).map_err(SegmentError::Open)
                 })
                 .and_then(|plain| decode(&plain, live, &mut read.entries));
             match opened {
                 Ok(dead) => read.stale |= dead > 0,
                 Err(reason) => {
+                    let reason = crate::errors::Chain(&reason);
                     tracing::warn!(segment = %path.display(), %reason, "warm-start cache segment unusable; it is dropped");
                     read.stale = true;
                 }
@@ -150,6 +151,17 @@ impl WarmCache {
         }
         Ok(())
     }
+}
+
+/// Why a segment cannot be used: it is dropped whole, never half-read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SegmentError {
+    #[error("reading it")]
+    Read(#[source] std::io::Error),
+    #[error("opening it")]
+    Open(#[source] sops_age::SopsError),
+    #[error("{0}")]
+    Malformed(&'static str),
 }
 
 /// Why the cache could not be written; the snapshot itself is not affected.
@@ -221,18 +233,19 @@ fn decode(
     plain: &[u8],
     live: &HashSet<Oid>,
     into: &mut HashMap<Oid, FileValues>,
-) -> Result<usize, String> {
-    let mut input = plain
-        .strip_prefix(MAGIC)
-        .ok_or("not a credsync warm-start segment of this version")?;
+) -> Result<usize, SegmentError> {
+    let mut input = plain.strip_prefix(MAGIC).ok_or(SegmentError::Malformed(
+        "not a credsync warm-start segment of this version",
+    ))?;
     let mut found = Vec::new();
     let mut dead = 0;
     while !input.is_empty() {
-        let oid = Oid::from_bytes(take(&mut input, 20)?).map_err(|e| e.to_string())?;
+        let oid = Oid::from_bytes(take(&mut input, 20)?)
+            .map_err(|_| SegmentError::Malformed("a blob id is damaged"))?;
         let count = take_len(&mut input)?;
         // Each key takes at least 12 bytes: a bigger count is damage.
         if count > input.len() / 12 {
-            return Err("a key count runs past the end".to_owned());
+            return Err(SegmentError::Malformed("a key count runs past the end"));
         }
         let mut values = Vec::with_capacity(count);
         for _ in 0..count {
@@ -252,25 +265,29 @@ fn decode(
     Ok(dead)
 }
 
-fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], SegmentError> {
     if input.len() < n {
-        return Err("the segment ends in the middle of an entry".to_owned());
+        return Err(SegmentError::Malformed(
+            "the segment ends in the middle of an entry",
+        ));
     }
     let (head, rest) = input.split_at(n);
     *input = rest;
     Ok(head)
 }
 
-fn take_len(input: &mut &[u8]) -> Result<usize, String> {
+fn take_len(input: &mut &[u8]) -> Result<usize, SegmentError> {
     let bytes = take(input, 4)?;
     let mut le = [0u8; 4];
     le.copy_from_slice(bytes);
-    usize::try_from(u32::from_le_bytes(le)).map_err(|e| e.to_string())
+    usize::try_from(u32::from_le_bytes(le))
+        .map_err(|_| SegmentError::Malformed("a length does not fit this machine"))
 }
 
-fn take_text(input: &mut &[u8]) -> Result<String, String> {
+fn take_text(input: &mut &[u8]) -> Result<String, SegmentError> {
     let n = take_len(input)?;
-    String::from_utf8(take(input, n)?.to_vec()).map_err(|_| "an item name is not UTF-8".to_owned())
+    String::from_utf8(take(input, n)?.to_vec())
+        .map_err(|_| SegmentError::Malformed("an item name is not UTF-8"))
 }
 
 #[cfg(test)]

@@ -1,333 +1,15 @@
-//! From table names to desired Secrets (SPEC 2).
-//!
-//! `namespace/secret-name/KEY` names Secret `secret-name` in `namespace`,
-//! data key `KEY` upper-cased with `.` and `-` turned into `_`. Mapping runs
-//! twice: [`Selection::of`] on the encrypted items decides which are worth a
-//! KMS call (bad names and filtered namespaces are not), and
+//! What a reconcile decrypts and what it builds: [`Selection::of`] maps the
+//! encrypted items and decides which are worth a KMS call (bad names and
+//! filtered or absent namespaces are not, conflicts neither), and
 //! [`Selection::assemble`] builds the [`Manifest`] from what was decrypted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use crate::secret::SecretValue;
+use super::{
+    Conflict, DesiredKey, Failed, Hold, KeyMapping, Manifest, NamespaceFilter, Ready, SecretRef,
+    Skip, Target,
+};
 use crate::source::{Credential, ItemFailure, ItemId, SourceItem};
-
-/// A Secret by namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub struct SecretRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl SecretRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl std::str::FromStr for SecretRef {
-    type Err = String;
-
-    /// Parses `namespace/name`, as users name Secrets on the command line.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(Self::new(ns, name))
-            }
-            _ => Err(format!("'{s}' is not namespace/name")),
-        }
-    }
-}
-
-impl fmt::Display for SecretRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// Where a table name lands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub secret: SecretRef,
-    pub key: String,
-}
-
-/// How a table name becomes a Secret and a key (`--key-mapping`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyMapping {
-    /// Upper-case, `.` and `-` become `_` (what Kubestash-V2's README says).
-    #[default]
-    Credsync,
-    /// What Kubestash-V2's code does: upper-case, `-` becomes `_`, `.` is
-    /// kept; Secret names with a dot are skipped. A cluster it fed keeps
-    /// every key under this mapping.
-    #[value(name = "kubestash-v2")]
-    KubestashV2,
-}
-
-impl KeyMapping {
-    /// Maps a table name, or says why it cannot be mapped.
-    pub fn map(self, name: &str) -> Result<Target, String> {
-        let parts: Vec<&str> = name.split('/').collect();
-        let [namespace, secret, key] = parts.as_slice() else {
-            return Err(format!(
-                "name has {} segment(s), expected namespace/secret-name/KEY",
-                parts.len()
-            ));
-        };
-        if !is_dns1123_label(namespace) {
-            return Err(format!(
-                "namespace '{namespace}' is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63)"
-            ));
-        }
-        match self {
-            KeyMapping::Credsync if !is_dns1123_subdomain(secret) => {
-                return Err(format!(
-                    "secret name '{secret}' is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253)"
-                ));
-            }
-            KeyMapping::KubestashV2 if !is_dns1123_label(secret) => {
-                return Err(format!(
-                    "secret name '{secret}' is skipped by the kubestash-v2 mapping (lower-case alphanumerics and '-' only, no '.', at most 63)"
-                ));
-            }
-            _ => {}
-        }
-        let key = match self {
-            KeyMapping::Credsync => normalize_key(key),
-            KeyMapping::KubestashV2 => key.replace('-', "_").to_ascii_uppercase(),
-        };
-        if !is_secret_key(&key) {
-            return Err(format!(
-                "key '{key}' is not a valid Secret data key (only A-Z a-z 0-9 . _ - allowed)"
-            ));
-        }
-        Ok(Target {
-            secret: SecretRef::new(*namespace, *secret),
-            key,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyMapping::Credsync => "credsync",
-            KeyMapping::KubestashV2 => "kubestash-v2",
-        }
-    }
-}
-
-/// Maps a table name with credsync's own mapping, or says why it cannot be
-/// mapped. Code that follows `--key-mapping` uses [`KeyMapping::map`].
-pub fn map_name(name: &str) -> Result<Target, String> {
-    KeyMapping::Credsync.map(name)
-}
-
-/// Key names marked `+added ~changed -removed`, the one notation of plans,
-/// commit messages, Events and listings.
-pub fn marked_keys(added: &[String], changed: &[String], removed: &[String]) -> String {
-    key_marks(added, changed, removed)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The marks of [`marked_keys`] one by one, for texts that must be cut.
-pub fn key_marks<'a>(
-    added: &'a [String],
-    changed: &'a [String],
-    removed: &'a [String],
-) -> impl Iterator<Item = String> + 'a {
-    added
-        .iter()
-        .map(|k| format!("+{k}"))
-        .chain(changed.iter().map(|k| format!("~{k}")))
-        .chain(removed.iter().map(|k| format!("-{k}")))
-}
-
-/// Upper-cases and turns `.` and `-` into `_`, so keys work as env names.
-pub fn normalize_key(key: &str) -> String {
-    key.chars()
-        .map(|c| match c {
-            '.' | '-' => '_',
-            c => c.to_ascii_uppercase(),
-        })
-        .collect()
-}
-
-/// A namespace name: lower-case alphanumerics and `-`, at most 63.
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-}
-
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-fn is_secret_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
-
-/// Which namespaces credsync may write to.
-#[derive(Debug, Clone, Default)]
-pub struct NamespaceFilter {
-    exclude: BTreeSet<String>,
-    include: Option<BTreeSet<String>>,
-}
-
-/// Kubestash-V2's default: never touch the cluster's own namespaces.
-pub const DEFAULT_NAMESPACE_EXCLUDE: &str = "kube-system|kube-public|kube-node-lease";
-
-impl NamespaceFilter {
-    /// The include list, if one is set: credsync then reads Secrets only in
-    /// those namespaces, so namespaced RBAC (Roles) is enough.
-    pub fn included(&self) -> Option<Vec<String>> {
-        self.include
-            .as_ref()
-            .map(|set| set.iter().cloned().collect())
-    }
-
-    /// Lists are `|`- or `,`-separated; an empty include list means "all".
-    pub fn parse(exclude: &str, include: Option<&str>) -> Self {
-        let split = |s: &str| -> BTreeSet<String> {
-            s.split(['|', ','])
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        Self {
-            exclude: split(exclude),
-            include: include.map(split).filter(|set| !set.is_empty()),
-        }
-    }
-
-    /// Why credsync does not write to `namespace`, if it does not.
-    pub fn reason_to_skip(&self, namespace: &str) -> Option<&'static str> {
-        if self.exclude.contains(namespace) {
-            Some("namespace is excluded (--namespace-exclude)")
-        } else if self
-            .include
-            .as_ref()
-            .is_some_and(|include| !include.contains(namespace))
-        {
-            Some("namespace is not included (--namespace-include)")
-        } else {
-            None
-        }
-    }
-}
-
-/// A table name that does not sync, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Skip {
-    /// A table name, or a Secret as `namespace/name`.
-    pub subject: String,
-    pub reason: String,
-}
-
-/// Two or more table names claiming one Secret key: none of them is applied.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Conflict {
-    pub secret: SecretRef,
-    pub key: String,
-    pub sources: Vec<ItemId>,
-}
-
-/// A key's desired value and where it came from.
-#[derive(Debug, Clone)]
-pub struct DesiredKey {
-    pub value: SecretValue,
-    pub source: ItemId,
-}
-
-/// Why a key's live value must be left as it is this time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hold {
-    /// Its item failed to decrypt.
-    Failed,
-    /// Several table names claim it.
-    Conflict,
-}
-
-/// The keys one Secret should hold.
-#[derive(Debug, Clone, Default)]
-pub struct DesiredSecret {
-    pub keys: BTreeMap<String, DesiredKey>,
-    /// Keys named by the table whose live value stays untouched.
-    pub held: BTreeMap<String, Hold>,
-}
-
-impl DesiredSecret {
-    /// `sha256:` and 32 hex digits over the key names and the item versions
-    /// they come from, never the values: it changes when any key's source
-    /// does, and can be shown anywhere (annotations, restarts, logs).
-    pub fn fingerprint(&self) -> String {
-        use sha2::Digest;
-        let mut hash = sha2::Sha256::new();
-        for (key, want) in &self.keys {
-            hash.update(format!("{key}={}\n", want.source).as_bytes());
-        }
-        format!("sha256:{}", &hex::encode(hash.finalize())[..32])
-    }
-}
-
-/// The desired state built from the table.
-#[derive(Debug, Default)]
-pub struct Manifest {
-    pub secrets: BTreeMap<SecretRef, DesiredSecret>,
-    pub skipped: Vec<Skip>,
-    pub conflicts: Vec<Conflict>,
-    pub failures: Vec<ItemFailure>,
-    filter: NamespaceFilter,
-    existing: BTreeSet<String>,
-}
-
-impl Manifest {
-    /// Exactly these Secrets and nothing else in scope: what a rollback or
-    /// `plan --from-snapshot` compares with the cluster.
-    pub fn of_secrets(secrets: BTreeMap<SecretRef, DesiredSecret>) -> Self {
-        Self {
-            secrets,
-            ..Self::default()
-        }
-    }
-
-    /// Whether credsync may act in `namespace`: managed Secrets elsewhere
-    /// are left alone even if the table no longer names them.
-    pub fn in_scope(&self, namespace: &str) -> bool {
-        self.filter.reason_to_skip(namespace).is_none() && self.existing.contains(namespace)
-    }
-}
-
-/// A value another source already read and mapped (Secrets Manager): it
-/// joins the selection under the same namespace and conflict rules.
-#[derive(Debug, Clone)]
-pub struct Ready {
-    pub target: Target,
-    pub credential: Credential,
-}
-
-/// A source's failure whose keys keep their live values (the keys a failed
-/// Secrets Manager secret held the last time it was read).
-#[derive(Debug, Clone)]
-pub struct Failed {
-    pub failure: ItemFailure,
-    pub keys: Vec<Target>,
-}
 
 /// The items worth decrypting, plus what the mapping already rejected.
 #[derive(Debug)]
@@ -373,7 +55,7 @@ impl<I: SourceItem> Selection<I> {
             let target = match mapping.map(&item.id().name) {
                 Ok(target) => target,
                 Err(reason) => {
-                    selection.skip(item.id().name.clone(), reason);
+                    selection.skip(item.id().name.clone(), reason.to_string());
                     continue;
                 }
             };
@@ -542,6 +224,8 @@ impl<I: SourceItem> Selection<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, SecretRef, map_name};
+    use crate::secret::SecretValue;
 
     /// An item as any source would hand it over: only its id matters here.
     struct Item(ItemId);
@@ -564,21 +248,13 @@ mod tests {
     }
 
     #[test]
-    fn maps_and_normalizes_keys() {
-        let t = map_name("team-a/db-creds/db.pass-word").unwrap();
-        assert_eq!(t.secret, SecretRef::new("team-a", "db-creds"));
-        assert_eq!(t.key, "DB_PASS_WORD");
-        assert_eq!(map_name("a/b.c/Key_1").unwrap().key, "KEY_1");
-    }
-
-    #[test]
     fn the_kubestash_v2_mapping_keeps_dots_and_skips_dotted_secret_names() {
         let kv2 = KeyMapping::KubestashV2;
         let t = kv2.map("team-a/db-creds/db.pass-word").unwrap();
         assert_eq!(t.secret, SecretRef::new("team-a", "db-creds"));
         assert_eq!(t.key, "DB.PASS_WORD");
         assert_eq!(kv2.map("a/b/Key_1").unwrap().key, "KEY_1");
-        let err = kv2.map("a/b.c/k").unwrap_err();
+        let err = kv2.map("a/b.c/k").unwrap_err().to_string();
         assert!(err.contains("kubestash-v2"), "{err}");
         assert!(map_name("a/b.c/k").is_ok());
         // Spellings credsync folds together stay apart under kubestash-v2.
@@ -586,23 +262,6 @@ mod tests {
         let items = vec![item("ns/app/db.pass"), item("ns/app/DB_PASS")];
         let sel = Selection::of(items, vec![], &filter, &existing(&["ns"]), kv2);
         assert_eq!((sel.to_decrypt.len(), sel.conflicts.len()), (2, 0));
-    }
-
-    #[test]
-    fn rejects_bad_names_with_reasons() {
-        for (name, needle) in [
-            ("a/b", "2 segment"),
-            ("a/b/c/d", "4 segment"),
-            ("Team/app/k", "namespace 'Team'"),
-            ("-ns/app/k", "namespace"),
-            ("ns/App_1/k", "secret name 'App_1'"),
-            ("ns/app/pass word", "key 'PASS WORD'"),
-            ("ns/app/k$y", "key 'K$Y'"),
-            ("ns/app/", "key ''"),
-        ] {
-            let err = map_name(name).unwrap_err();
-            assert!(err.contains(needle), "{name}: {err}");
-        }
     }
 
     #[test]
@@ -689,41 +348,6 @@ mod tests {
             m.secrets[&SecretRef::new("ns", "app")].held.get("K"),
             Some(&Hold::Failed)
         );
-    }
-
-    mod properties {
-        use super::super::*;
-        use proptest::prelude::*;
-
-        proptest! {
-            /// Any text: never a panic, and whatever maps is a name the
-            /// API server accepts, keyed as an environment variable would be.
-            #[test]
-            fn whatever_maps_is_a_valid_secret_and_key(name in "\\PC{0,80}") {
-                if let Ok(target) = map_name(&name) {
-                    prop_assert!(is_dns1123_label(&target.secret.namespace));
-                    prop_assert!(is_dns1123_subdomain(&target.secret.name));
-                    prop_assert!(is_secret_key(&target.key));
-                    prop_assert!(!target.key.contains(['.', '-']));
-                    prop_assert_eq!(target.key.to_ascii_uppercase(), target.key.clone());
-                    prop_assert_eq!(map_name(&name).ok(), Some(target));
-                }
-            }
-
-            /// Well-formed names map to their parts, the key normalized.
-            #[test]
-            fn well_formed_names_map_to_their_parts(
-                namespace in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
-                secret in "[a-z0-9]([a-z0-9.-]{0,30}[a-z0-9])?",
-                key in "[A-Za-z0-9_.-]{1,40}",
-            ) {
-                prop_assume!(secret.split('.').all(is_dns1123_label));
-                prop_assume!(key != "." && key != "..");
-                let target = map_name(&format!("{namespace}/{secret}/{key}")).unwrap();
-                prop_assert_eq!(target.secret, SecretRef::new(&namespace, &secret));
-                prop_assert_eq!(target.key, normalize_key(&key));
-            }
-        }
     }
 
     fn ready(name: &str, target: &str, value: &str) -> Ready {
