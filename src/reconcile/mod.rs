@@ -6,8 +6,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-
 use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
 use crate::cluster::rollout::listing_failure;
 use crate::cluster::{Cluster, ClusterError};
@@ -20,9 +18,12 @@ use crate::rollout;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
-use crate::source::{ItemFailure, ItemId};
+use crate::source::ItemFailure;
 
+mod authors;
+use authors::Authored;
 mod rollback;
+mod targeted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -112,18 +113,6 @@ pub struct Reconciler {
     /// The rollback requests the follower last saw, for every plan.
     requests: Mutex<Vec<RequestView>>,
 }
-
-/// Who wrote an item through the self-service API, until a snapshot commit names them.
-struct Authored {
-    item: ItemId,
-    /// A delete of every version of `item.name`.
-    deleted: bool,
-    who: String,
-}
-
-/// Authors remembered at most; the oldest go first (a write whose reconcile
-/// never commits must not grow the daemon's memory).
-const MAX_PENDING_AUTHORS: usize = 1024;
 
 /// One name's latest version from a Query: absent, unreadable, or an item.
 type QueryResult = Result<Option<Result<RawItem, ItemFailure>>, SourceError>;
@@ -275,56 +264,6 @@ impl Reconciler {
         self.warm_commit.get().map(String::as_str)
     }
 
-    /// Remembers who wrote `item` (or deleted every version of its name),
-    /// so the snapshot commit that carries the change names them.
-    pub fn note_author(&self, item: ItemId, deleted: bool, who: String) {
-        if let Ok(mut authors) = self.authors.lock() {
-            if authors.len() >= MAX_PENDING_AUTHORS {
-                authors.remove(0);
-            }
-            authors.push(Authored { item, deleted, who });
-        }
-    }
-
-    /// The "written by" lines of the writes `manifest` carries (a put whose
-    /// item is a key's source; a delete whose Secret is in scope and keeps
-    /// no key from the name), taken out of the pending list.
-    fn authors_in(&self, manifest: &Manifest, scope: Option<&BTreeSet<SecretRef>>) -> String {
-        let Ok(mut authors) = self.authors.lock() else {
-            return String::new();
-        };
-        let sources = || {
-            manifest
-                .secrets
-                .values()
-                .flat_map(|d| d.keys.values().map(|k| &k.source))
-        };
-        let mut lines = String::new();
-        authors.retain(|a| {
-            let carried = if a.deleted {
-                self.mapping.map(&a.item.name).is_ok_and(|t| {
-                    scope.is_none_or(|s| s.contains(&t.secret))
-                        && !sources().any(|s| s.name == a.item.name)
-                })
-            } else {
-                sources().any(|s| *s == a.item)
-            };
-            // A user name is the API server's word (an OIDC claim, say):
-            // one escaped line, so it can write no trailer of its own.
-            let who = crate::text::one_line(&a.who, 200);
-            if carried && a.deleted {
-                lines.push_str(&format!(
-                    "deleted by {who}: {} (every version)\n",
-                    a.item.name
-                ));
-            } else if carried {
-                lines.push_str(&format!("put by {who}: {}\n", a.item));
-            }
-            !carried
-        });
-        lines
-    }
-
     /// Why credsync never writes Secrets in `namespace` (excluded, not
     /// included), if it does not.
     pub fn namespace_refusal(&self, namespace: &str) -> Option<&'static str> {
@@ -433,131 +372,6 @@ impl Reconciler {
         self.commit_and_apply(planned, dry_run, None).await
     }
 
-    /// Reconciles only the Secrets that `names` map to, from a Query of each
-    /// name's latest version: no Scan, and KMS only for the changed items.
-    /// Falls back to a full sync before the first full reconcile.
-    pub async fn sync_names(
-        &self,
-        names: &BTreeSet<String>,
-        dry_run: bool,
-    ) -> Result<SyncReport, ReconcileError> {
-        let Some((planned, scope)) = self.plan_names(names).await? else {
-            return self.sync(dry_run).await;
-        };
-        self.commit_and_apply(planned, dry_run, Some(scope)).await
-    }
-
-    async fn plan_names(
-        &self,
-        names: &BTreeSet<String>,
-    ) -> Result<Option<(Planned, BTreeSet<SecretRef>)>, ReconcileError> {
-        let Some(namespaces) = self
-            .index
-            .lock()
-            .ok()
-            .and_then(|i| i.as_ref().map(|i| i.namespaces.clone()))
-        else {
-            return Ok(None);
-        };
-        let queried: Vec<(String, QueryResult)> = futures::stream::iter(
-            names
-                .iter()
-                .map(|name| async move { (name.clone(), self.source.query_latest(name).await) })
-                .collect::<Vec<_>>(),
-        )
-        .buffer_unordered(8)
-        .collect()
-        .await;
-        let mut malformed = Vec::new();
-        let affected: BTreeSet<SecretRef> = names
-            .iter()
-            .filter_map(|n| self.mapping.map(n).ok())
-            .map(|t| t.secret)
-            .collect();
-        let items: Vec<RawItem> = {
-            let mut guard = self.index.lock().map_err(|_| poisoned())?;
-            let Some(index) = guard.as_mut() else {
-                return Ok(None);
-            };
-            for (name, found) in queried {
-                match found? {
-                    Some(Ok(item)) => {
-                        index.items.insert(name, item);
-                    }
-                    Some(Err(failure)) => malformed.push(failure),
-                    None => {
-                        index.items.remove(&name);
-                    }
-                }
-            }
-            index
-                .items
-                .values()
-                .filter(|item| {
-                    self.mapping
-                        .map(&item.id.name)
-                        .is_ok_and(|t| affected.contains(&t.secret))
-                })
-                .cloned()
-                .collect()
-        };
-        let mut selection =
-            Selection::of(items, malformed, &self.filter, &namespaces, self.mapping);
-        // Secrets Manager's keys of these Secrets as last read: a targeted
-        // reconcile must not take them for deleted.
-        if let Some(sm) = &self.secrets_manager {
-            selection.add_source(sm.last_read_for(&affected), Vec::new(), Vec::new());
-        }
-        let to_decrypt = std::mem::take(&mut selection.to_decrypt);
-        let decrypted = self.source.decrypt(to_decrypt).await;
-        let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
-        let mut live = LiveState::default();
-        for secret in &affected {
-            if let Some(found) = self.cluster.get(secret).await? {
-                live.secrets.insert(secret.clone(), found);
-            }
-        }
-        let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        self.plan_restarts(&mut plan).await;
-        log_findings(&plan);
-        Ok(Some((
-            Planned {
-                manifest,
-                live,
-                plan,
-            },
-            affected,
-        )))
-    }
-
-    /// The table names that map into `namespace` (or into `secret`), from the
-    /// last full read; None before it, or when no name maps there (then only
-    /// a full reconcile can tell what to remove).
-    pub fn names_in(&self, namespace: &str, secret: Option<&SecretRef>) -> ScopeNames {
-        let Ok(guard) = self.index.lock() else {
-            return ScopeNames::NotIndexed;
-        };
-        let Some(index) = guard.as_ref() else {
-            return ScopeNames::NotIndexed;
-        };
-        let names: BTreeSet<String> = index
-            .items
-            .keys()
-            .filter(|name| {
-                self.mapping.map(name).is_ok_and(|t| match secret {
-                    Some(secret) => &t.secret == secret,
-                    None => t.secret.namespace == namespace,
-                })
-            })
-            .cloned()
-            .collect();
-        if names.is_empty() {
-            ScopeNames::Nothing
-        } else {
-            ScopeNames::Names(names)
-        }
-    }
-
     /// Commits the snapshot (if any), then applies.
     async fn commit_and_apply(
         &self,
@@ -622,27 +436,7 @@ impl Reconciler {
             dry_run,
             ..self.apply.clone()
         };
-        self.progress.step(Step::Writing {
-            secrets: planned.plan.changes.len() as u64,
-        });
-        let outcome = self
-            .cluster
-            .apply(&planned.plan, &planned.manifest, &planned.live, &options)
-            .await;
-        for change in &outcome.written {
-            tracing::info!(
-                secret = %change.secret,
-                action = change.action.as_str(),
-                added = ?change.added,
-                changed = ?change.changed,
-                removed = ?change.removed,
-                dry_run,
-                "wrote Secret"
-            );
-        }
-        for failure in &outcome.failed {
-            tracing::error!(secret = %failure.secret, reason = %crate::errors::Chain(&failure.reason), "Secret not written");
-        }
+        let outcome = self.apply_and_log(&planned, &options).await;
         let report = SyncReport {
             plan: planned.plan,
             outcome,
@@ -658,6 +452,33 @@ impl Reconciler {
             .with_label_values(&[outcome.as_str()])
             .inc();
         Ok(report)
+    }
+
+    /// Writes what `planned` says (as `options` say: dry run, pins) and logs
+    /// each Secret written or not: the one write of syncs and rollbacks.
+    async fn apply_and_log(&self, planned: &Planned, options: &ApplyOptions) -> ApplyOutcome {
+        self.progress.step(Step::Writing {
+            secrets: planned.plan.changes.len() as u64,
+        });
+        let outcome = self
+            .cluster
+            .apply(&planned.plan, &planned.manifest, &planned.live, options)
+            .await;
+        for change in &outcome.written {
+            tracing::info!(
+                secret = %change.secret,
+                action = change.action.as_str(),
+                added = ?change.added,
+                changed = ?change.changed,
+                removed = ?change.removed,
+                dry_run = options.dry_run,
+                "wrote Secret"
+            );
+        }
+        for failure in &outcome.failed {
+            tracing::error!(secret = %failure.secret, reason = %crate::errors::Chain(&failure.reason), "Secret not written");
+        }
+        outcome
     }
 
     /// The table's latest items, or nothing when only Secrets Manager is read.

@@ -106,13 +106,7 @@ impl Reconciler {
             }),
             ..self.apply.clone()
         };
-        self.progress.step(Step::Writing {
-            secrets: planned.plan.changes.len() as u64,
-        });
-        let outcome = self
-            .cluster
-            .apply(&planned.plan, &planned.manifest, &planned.live, &options)
-            .await;
+        let outcome = self.apply_and_log(&planned, &options).await;
         let mut snapshot = None;
         if !dry_run && let Some(store) = &self.snapshot {
             let id = commit.id.clone();

@@ -1,0 +1,141 @@
+//! Targeted reconciles: only the Secrets some table names map to, from a
+//! Query of each name (no Scan), against the index of the last full read.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+
+use super::{
+    Planned, QueryResult, ReconcileError, Reconciler, ScopeNames, SyncReport, log_findings,
+    poisoned,
+};
+use crate::credstash::RawItem;
+use crate::manifest::{SecretRef, Selection};
+use crate::plan::{self, LiveState};
+
+impl Reconciler {
+    /// Reconciles only the Secrets that `names` map to, from a Query of each
+    /// name's latest version: no Scan, and KMS only for the changed items.
+    /// Falls back to a full sync before the first full reconcile.
+    pub async fn sync_names(
+        &self,
+        names: &BTreeSet<String>,
+        dry_run: bool,
+    ) -> Result<SyncReport, ReconcileError> {
+        let Some((planned, scope)) = self.plan_names(names).await? else {
+            return self.sync(dry_run).await;
+        };
+        self.commit_and_apply(planned, dry_run, Some(scope)).await
+    }
+
+    async fn plan_names(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> Result<Option<(Planned, BTreeSet<SecretRef>)>, ReconcileError> {
+        let Some(namespaces) = self
+            .index
+            .lock()
+            .ok()
+            .and_then(|i| i.as_ref().map(|i| i.namespaces.clone()))
+        else {
+            return Ok(None);
+        };
+        let queried: Vec<(String, QueryResult)> = futures::stream::iter(
+            names
+                .iter()
+                .map(|name| async move { (name.clone(), self.source.query_latest(name).await) })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(8)
+        .collect()
+        .await;
+        let mut malformed = Vec::new();
+        let affected: BTreeSet<SecretRef> = names
+            .iter()
+            .filter_map(|n| self.mapping.map(n).ok())
+            .map(|t| t.secret)
+            .collect();
+        let items: Vec<RawItem> = {
+            let mut guard = self.index.lock().map_err(|_| poisoned())?;
+            let Some(index) = guard.as_mut() else {
+                return Ok(None);
+            };
+            for (name, found) in queried {
+                match found? {
+                    Some(Ok(item)) => {
+                        index.items.insert(name, item);
+                    }
+                    Some(Err(failure)) => malformed.push(failure),
+                    None => {
+                        index.items.remove(&name);
+                    }
+                }
+            }
+            index
+                .items
+                .values()
+                .filter(|item| {
+                    self.mapping
+                        .map(&item.id.name)
+                        .is_ok_and(|t| affected.contains(&t.secret))
+                })
+                .cloned()
+                .collect()
+        };
+        let mut selection =
+            Selection::of(items, malformed, &self.filter, &namespaces, self.mapping);
+        // Secrets Manager's keys of these Secrets as last read: a targeted
+        // reconcile must not take them for deleted.
+        if let Some(sm) = &self.secrets_manager {
+            selection.add_source(sm.last_read_for(&affected), Vec::new(), Vec::new());
+        }
+        let to_decrypt = std::mem::take(&mut selection.to_decrypt);
+        let decrypted = self.source.decrypt(to_decrypt).await;
+        let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
+        let mut live = LiveState::default();
+        for secret in &affected {
+            if let Some(found) = self.cluster.get(secret).await? {
+                live.secrets.insert(secret.clone(), found);
+            }
+        }
+        let mut plan = plan::plan(&manifest, &live, self.apply.diff);
+        self.plan_restarts(&mut plan).await;
+        log_findings(&plan);
+        Ok(Some((
+            Planned {
+                manifest,
+                live,
+                plan,
+            },
+            affected,
+        )))
+    }
+
+    /// The table names that map into `namespace` (or into `secret`), from the
+    /// last full read; None before it, or when no name maps there (then only
+    /// a full reconcile can tell what to remove).
+    pub fn names_in(&self, namespace: &str, secret: Option<&SecretRef>) -> ScopeNames {
+        let Ok(guard) = self.index.lock() else {
+            return ScopeNames::NotIndexed;
+        };
+        let Some(index) = guard.as_ref() else {
+            return ScopeNames::NotIndexed;
+        };
+        let names: BTreeSet<String> = index
+            .items
+            .keys()
+            .filter(|name| {
+                self.mapping.map(name).is_ok_and(|t| match secret {
+                    Some(secret) => &t.secret == secret,
+                    None => t.secret.namespace == namespace,
+                })
+            })
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            ScopeNames::Nothing
+        } else {
+            ScopeNames::Names(names)
+        }
+    }
+}
