@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::manifest::{Conflict, DesiredSecret, Manifest, SecretRef, Skip};
-use crate::rollout::Restart;
+use crate::rollout_rules::Restart;
 use crate::secret::SecretValue;
 use crate::source::ItemFailure;
 

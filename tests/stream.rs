@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
+use credsync::daemon::trigger::stream::{ChangedNames, StreamConfig, StreamError, StreamFollower};
 use credsync::metrics::Metrics;
-use credsync::trigger::stream::{ChangedNames, StreamConfig, StreamError, StreamFollower};
 use support::{Put, REGION, StandIns};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use credsync::manifest::map_name;
-use credsync::server::parse_scope;
+use credsync::daemon::server::parse_scope;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! bytes, parsing ends, and a change it finds names something non-empty.
 #![no_main]
 
-use credsync::trigger::queue::events::{Change, parse};
+use credsync::daemon::trigger::queue::events::{Change, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

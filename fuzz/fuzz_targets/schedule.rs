@@ -2,7 +2,7 @@
 //! expressions, as typed by users and read from the environment.
 #![no_main]
 
-use credsync::trigger::schedule::{Schedule, parse_duration};
+use credsync::daemon::trigger::schedule::{Schedule, parse_duration};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

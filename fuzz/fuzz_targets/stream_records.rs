@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use arbitrary::Arbitrary;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record, StreamRecord};
 use aws_smithy_types::{Blob, DateTime};
-use credsync::trigger::stream::read_records;
+use credsync::daemon::trigger::stream::read_records;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -499,7 +499,7 @@ fn one_of<T: Copy + Send + Sync + 'static>(
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::trigger::schedule::parse_duration(text).map_err(|e| e.to_string())
+    crate::daemon::trigger::schedule::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn parse_context(s: &str) -> Result<(String, String), String> {

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use zeroize::Zeroizing;
 
 use super::args::{Common, RunArgs, SourceKind};
+use crate::daemon::server::Access;
 use crate::secretsmanager::names::NameScheme;
-use crate::server::Access;
 use crate::snapshot::remote::RemoteUrl;
 
 /// The one reader of the process environment beyond clap's `env` fallbacks
@@ -67,9 +67,9 @@ pub(super) fn run_config(
     args: RunArgs,
     settings: Settings,
     identities: Option<sops_age::Identities>,
-) -> Result<crate::run::RunConfig> {
+) -> Result<crate::daemon::run::RunConfig> {
     use crate::cluster::lease::LeaseConfig;
-    use crate::trigger::schedule::Schedule;
+    use crate::daemon::trigger::schedule::Schedule;
     let schedule = match (&args.schedule, args.interval) {
         (Some(cron), _) => Some(Schedule::cron(cron)?),
         (None, Some(every)) if every.is_zero() => bail!("--interval must be more than 0"),
@@ -95,20 +95,20 @@ pub(super) fn run_config(
         lease_duration: args.lease_duration,
         renew_interval: args.lease_duration / 3,
     });
-    Ok(crate::run::RunConfig {
+    Ok(crate::daemon::run::RunConfig {
         settings: settings.metric_labels(),
         listen: args.listen,
         schedule,
         // The stream is the table's: no table, no stream.
         stream: (!args.no_stream && settings.sources.contains(&SourceKind::Credstash)).then(|| {
-            crate::trigger::stream::StreamConfig {
+            crate::daemon::trigger::stream::StreamConfig {
                 table: String::new(),
                 stream_arn: args.stream_arn.clone(),
                 debounce: args.debounce,
                 poll_interval: Duration::from_millis(250),
             }
         }),
-        worker: crate::worker::WorkerConfig {
+        worker: crate::daemon::worker::WorkerConfig {
             timeout: args.reconcile_timeout,
             dry_run: args.dry_run,
             backoff: Duration::from_secs(1),
@@ -116,7 +116,7 @@ pub(super) fn run_config(
         },
         failure_limit: args.failure_limit,
         access: settings.access,
-        connections: crate::server::connections::ConnectionLimits {
+        connections: crate::daemon::server::connections::ConnectionLimits {
             max_connections: args.max_connections,
             header_timeout: args.http_header_timeout,
         },
@@ -127,14 +127,14 @@ pub(super) fn run_config(
         queues: args
             .events_queues
             .iter()
-            .map(|url| crate::trigger::queue::QueueConfig {
+            .map(|url| crate::daemon::trigger::queue::QueueConfig {
                 url: url.clone(),
                 debounce: args.debounce,
             })
             .collect(),
         self_service: args
             .self_service
-            .then(|| crate::server::credentials::SelfService {
+            .then(|| crate::daemon::server::credentials::SelfService {
                 key_id: args.key_id.clone(),
                 max_value_bytes: args.self_service_max_bytes,
                 namespaces: settings.self_service_namespaces.iter().cloned().collect(),
@@ -143,10 +143,12 @@ pub(super) fn run_config(
         requests: settings
             .request_poll_interval
             .zip(identities)
-            .map(|(interval, identities)| crate::requests::FollowConfig {
-                interval,
-                identities,
-            }),
+            .map(
+                |(interval, identities)| crate::daemon::rollback_follower::FollowConfig {
+                    interval,
+                    identities,
+                },
+            ),
     })
 }
 

@@ -25,7 +25,7 @@ use crate::labels::{
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_after};
 use crate::plan::{LiveSecret, LiveState};
-use crate::rollout::Restart;
+use crate::rollout_rules::Restart;
 
 use super::rollout::RestartFailure;
 

@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{Cluster, ClusterError, describe_kube_error};
 use crate::backoff::Backoff;
 use crate::manifest::{Manifest, SecretRef, Skip};
-use crate::rollout::{
+use crate::rollout_rules::{
     RESTARTED_AT_ANNOTATION, RESTARTED_FOR_ANNOTATION, Restart, Workload, WorkloadKind,
     WorkloadRef, reload_rule, restarted_for,
 };

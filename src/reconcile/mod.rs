@@ -11,10 +11,10 @@ use crate::cluster::rollout::listing_failure;
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
-use crate::metrics::{Metrics, ReconcileOutcome};
+use crate::metrics::Metrics;
 use crate::plan::{self, LiveState, Plan, RequestView};
 use crate::progress::{Progress, Silent, Step};
-use crate::rollout;
+use crate::rollout_rules;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
@@ -361,13 +361,7 @@ impl Reconciler {
     pub async fn sync(&self, dry_run: bool) -> Result<SyncReport, ReconcileError> {
         let planned = match self.plan().await {
             Ok(planned) => planned,
-            Err(err) => {
-                self.metrics
-                    .reconciles
-                    .with_label_values(&[ReconcileOutcome::Error.as_str()])
-                    .inc();
-                return Err(err);
-            }
+            Err(err) => return Err(err),
         };
         self.commit_and_apply(planned, dry_run, None).await
     }
@@ -418,10 +412,6 @@ impl Reconciler {
                     Ok(commit) => commit,
                     Err(err) => {
                         self.metrics.snapshot_failures.inc();
-                        self.metrics
-                            .reconciles
-                            .with_label_values(&[ReconcileOutcome::Error.as_str()])
-                            .inc();
                         return Err(ReconcileError::SnapshotNotWritten(err));
                     }
                 }
@@ -442,15 +432,6 @@ impl Reconciler {
             outcome,
             snapshot,
         };
-        let outcome = if report.has_errors() {
-            ReconcileOutcome::Partial
-        } else {
-            ReconcileOutcome::Success
-        };
-        self.metrics
-            .reconciles
-            .with_label_values(&[outcome.as_str()])
-            .inc();
         Ok(report)
     }
 
@@ -511,7 +492,7 @@ impl Reconciler {
         let namespaces = changed.iter().map(|s| s.namespace.clone()).collect();
         match self.cluster.workloads(&namespaces).await {
             Ok(found) => {
-                plan.restarts = rollout::restarts(&changed, &found.opted_in);
+                plan.restarts = rollout_rules::restarts(&changed, &found.opted_in);
                 plan.skipped.extend(found.unreadable);
             }
             Err(err) => plan.skipped.push(listing_failure(&err)),

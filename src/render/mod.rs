@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::apply::ApplyOutcome;
 use crate::plan::{Action, Plan, RequestState, RequestView, SecretChange};
-use crate::rollout::Restart;
+use crate::rollout_rules::Restart;
 
 /// Output of listings (`history`, `show`, `diff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crate::cli::setup::{identities, required_identities, required_store};
 use crate::plan::{Action, Plan, RequestState};
 use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, markdown};
-use crate::requests::plan_requests;
+use crate::rollback_requests::plan_requests;
 
 /// The `plan` command's own flags.
 pub(in crate::cli) struct PlanOptions {

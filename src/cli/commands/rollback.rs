@@ -10,7 +10,7 @@ use crate::manifest::SecretRef;
 use crate::plan::Plan;
 use crate::reconcile::Reconciler;
 use crate::render::{self, Format};
-use crate::requests::plan_requests;
+use crate::rollback_requests::plan_requests;
 use crate::snapshot::remote::RemoteUrl;
 use crate::snapshot::request::RollbackRequest;
 

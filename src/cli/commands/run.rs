@@ -38,6 +38,6 @@ pub(in crate::cli) async fn execute(
         );
     }
     let config = run_config(args, settings, identities(common)?)?;
-    crate::run::run(reconciler, config, out.heading).await?;
+    crate::daemon::run::run(reconciler, config, out.heading).await?;
     Ok(0)
 }

@@ -25,12 +25,13 @@ use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
 
 use crate::cluster::lease::Leadership;
+use crate::daemon::health::Health;
+use crate::daemon::trigger::{ReconcileRequest, Trigger};
 use crate::manifest::SecretRef;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::reconcile::{Reconciler, ScopeNames};
 use crate::render::{self, Format, Heading};
-use crate::worker::{Health, Request, Trigger};
 
 /// Who may call `/sync` and `/plan`, the endpoints that change or reveal
 /// something. Resolved once at start-up; there is no implicit open mode.
@@ -67,7 +68,7 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub access: Access,
-    pub requests: mpsc::Sender<Request>,
+    pub requests: mpsc::Sender<ReconcileRequest>,
     pub leadership: watch::Receiver<Leadership>,
     pub heading: Heading,
     /// Accepted /sync requests per scope, one per `rate_window`; /plan is
@@ -302,7 +303,7 @@ async fn sync(
             }
         }
     };
-    let request = Request::names(Trigger::Http, names);
+    let request = ReconcileRequest::names(Trigger::Http, names);
     if state.requests.try_send(request).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::cluster::Author;
+use crate::daemon::trigger::{ReconcileRequest, Trigger};
 use crate::labels::MANAGED_SELECTOR;
 use crate::manifest::SecretRef;
 use crate::reconcile::{Reconciler, ScopeNames};
-use crate::worker::{Request, Trigger};
 
 /// Watches managed Secrets until `shutdown`; restarts the watch on errors.
 pub async fn run(
     reconciler: Arc<Reconciler>,
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<ReconcileRequest>,
     shutdown: CancellationToken,
 ) {
     let config = watcher::Config::default().labels(MANAGED_SELECTOR);
@@ -118,13 +118,13 @@ const PENDING_CHECKS: u32 = 40;
 /// Asks the worker to reconcile the Secret; false once the worker is gone.
 async fn request_check(
     reconciler: &Reconciler,
-    requests: &mpsc::Sender<Request>,
+    requests: &mpsc::Sender<ReconcileRequest>,
     secret: SecretRef,
 ) -> bool {
     let ScopeNames::Names(names) = reconciler.names_in(&secret.namespace, Some(&secret)) else {
         return true;
     };
     tracing::debug!(secret = %secret, "managed Secret changed; checking it");
-    let request = Request::names(Trigger::Drift, Some(names));
+    let request = ReconcileRequest::names(Trigger::Drift, Some(names));
     requests.send(request).await.is_ok()
 }

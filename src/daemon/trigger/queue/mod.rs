@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::aws_error::AwsError;
 use crate::backoff::Backoff;
 use crate::cluster::lease::Leadership;
+use crate::daemon::trigger::{Finished, ReconcileRequest, Sequencer, Trigger};
 use crate::metrics::Metrics;
-use crate::worker::{Finished, Request, Sequencer, Trigger};
 use events::Change;
 
 /// SQS's longest long poll.
@@ -43,7 +43,7 @@ pub struct QueueConfig {
 
 /// What the consumer needs from the rest of `run`.
 pub struct QueueLinks {
-    pub requests: mpsc::Sender<Request>,
+    pub requests: mpsc::Sender<ReconcileRequest>,
     /// Numbers what the queues send, shared by every queue.
     pub sequencer: Sequencer,
     pub finished: watch::Receiver<Option<Finished>>,
@@ -60,13 +60,13 @@ struct Wanted {
 }
 
 impl Wanted {
-    fn request(self) -> Option<Request> {
+    fn request(self) -> Option<ReconcileRequest> {
         if self.full {
-            Some(Request::full(Trigger::Queue))
+            Some(ReconcileRequest::full(Trigger::Queue))
         } else if self.names.is_empty() {
             None
         } else {
-            Some(Request::names(Trigger::Queue, Some(self.names)))
+            Some(ReconcileRequest::names(Trigger::Queue, Some(self.names)))
         }
     }
 }

@@ -13,14 +13,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::lease::{LeaderElector, Leadership, LeaseConfig};
+use crate::daemon::health::Health;
+use crate::daemon::server::connections::{self, ConnectionLimits};
+use crate::daemon::server::{self, Access, ServerState};
+use crate::daemon::trigger::drift;
+use crate::daemon::trigger::schedule::{self, Schedule};
+use crate::daemon::trigger::stream::{StreamConfig, StreamFollower};
+use crate::daemon::trigger::{ReconcileRequest, Sequencer, Trigger};
+use crate::daemon::worker::{self, WorkerConfig};
 use crate::reconcile::Reconciler;
 use crate::render::Heading;
-use crate::server::connections::{self, ConnectionLimits};
-use crate::server::{self, Access, ServerState};
-use crate::trigger::drift;
-use crate::trigger::schedule::{self, Schedule};
-use crate::trigger::stream::{StreamConfig, StreamFollower};
-use crate::worker::{self, Health, Request, Trigger, WorkerConfig};
 
 pub struct RunConfig {
     /// Values of `credsync_settings_info`'s labels, in `SETTINGS_LABELS` order.
@@ -39,11 +41,11 @@ pub struct RunConfig {
     /// How long in-flight work may take after SIGTERM.
     pub grace: Duration,
     /// SQS queues to take change events from.
-    pub queues: Vec<crate::trigger::queue::QueueConfig>,
+    pub queues: Vec<crate::daemon::trigger::queue::QueueConfig>,
     /// None: the self-service API answers 404.
-    pub self_service: Option<crate::server::credentials::SelfService>,
+    pub self_service: Option<crate::daemon::server::credentials::SelfService>,
     /// Following the snapshot remote for reviewed rollback requests.
-    pub requests: Option<crate::requests::FollowConfig>,
+    pub requests: Option<crate::daemon::rollback_follower::FollowConfig>,
 }
 
 /// Runs until SIGTERM/SIGINT, then stops taking triggers, lets the
@@ -59,7 +61,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
 
-    let (requests, queue) = mpsc::channel::<Request>(1024);
+    let (requests, queue) = mpsc::channel::<ReconcileRequest>(1024);
     let health = Health::new(config.failure_limit);
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -136,7 +138,8 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
                     let requests = requests.clone();
                     tasks.spawn(async move {
                         while let Some(batch) = changes.recv().await {
-                            let mut request = Request::names(Trigger::Stream, Some(batch.names));
+                            let mut request =
+                                ReconcileRequest::names(Trigger::Stream, Some(batch.names));
                             request.oldest_event = batch.oldest_record;
                             if requests.send(request).await.is_err() {
                                 return;
@@ -175,18 +178,18 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         }
     }
     requests
-        .send(Request::full(Trigger::Startup))
+        .send(ReconcileRequest::full(Trigger::Startup))
         .await
         .context("queueing the first reconcile")?;
     let (finished_tx, finished) = watch::channel(None);
-    let sequencer = worker::Sequencer::default();
+    let sequencer = Sequencer::default();
     for queue_config in config.queues {
         let client = aws_sdk_sqs::Client::new(reconciler.source().sdk_config());
         tracing::info!(queue = %queue_config.url, "following an events queue");
-        tasks.spawn(crate::trigger::queue::run(
+        tasks.spawn(crate::daemon::trigger::queue::run(
             client,
             queue_config,
-            crate::trigger::queue::QueueLinks {
+            crate::daemon::trigger::queue::QueueLinks {
                 requests: requests.clone(),
                 sequencer: sequencer.clone(),
                 finished: finished.clone(),
@@ -198,6 +201,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     }
     tasks.spawn(worker::run(
         reconciler.clone(),
+        metrics.clone(),
         config.worker,
         health,
         worker::WorkerLinks {
@@ -213,7 +217,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     }
     if let Some(follow) = config.requests {
         tracing::info!(every = ?follow.interval, "following the snapshot remote for rollback requests");
-        tasks.spawn(crate::requests::follow(
+        tasks.spawn(crate::daemon::rollback_follower::follow(
             reconciler.clone(),
             follow,
             requests.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{Request, Trigger};
+use crate::daemon::trigger::{ReconcileRequest, Trigger};
 
 #[derive(Debug, Clone)]
 pub enum Schedule {
@@ -49,12 +49,16 @@ impl Schedule {
 }
 
 /// Sends a full reconcile request at every tick until `shutdown`.
-pub async fn run(schedule: Schedule, requests: mpsc::Sender<Request>, shutdown: CancellationToken) {
+pub async fn run(
+    schedule: Schedule,
+    requests: mpsc::Sender<ReconcileRequest>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(schedule.next_delay()) => {
-                if requests.send(Request::full(Trigger::Schedule)).await.is_err() {
+                if requests.send(ReconcileRequest::full(Trigger::Schedule)).await.is_err() {
                     return;
                 }
             }

@@ -31,10 +31,10 @@ use super::{ServerState, bearer_token, error};
 use crate::cluster::apply::EventType;
 use crate::cluster::review::{Caller, TokenVerdict};
 use crate::credstash::{NewItem, PutVersion, WriteItemError, padded_version};
+use crate::daemon::trigger::{ReconcileRequest, Trigger};
 use crate::manifest::is_dns1123_label;
 use crate::secret::SecretValue;
 use crate::source::ItemId;
-use crate::worker::{Request, Trigger};
 
 /// Settings of the self-service API, resolved once at start-up.
 #[derive(Debug, Clone)]
@@ -508,7 +508,7 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
     let names = BTreeSet::from([item.name.clone()]);
     if state
         .requests
-        .try_send(Request::names(Trigger::Http, Some(names)))
+        .try_send(ReconcileRequest::names(Trigger::Http, Some(names)))
         .is_err()
     {
         tracing::warn!(item = %item.name, "reconcile queue full: the write reaches the cluster with the next reconcile");
