@@ -26,6 +26,7 @@ build:
 test: setup build
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
+    python3 tools/imports.py --check
     PATH="{{venv}}/bin:$PATH" cargo test --workspace
     PATH="{{venv}}/bin:$PATH" "{{venv}}/bin/python" -m pytest tests/chart -q
 

@@ -1,51 +1,102 @@
-"""Lists, per module of src/, the crate modules it imports (`use crate::`,
-`use super::`, and a mod.rs's `use child::`), outside test modules, and any
-import cycle. Run from the project root: python3 tools/imports.py"""
-import re,glob,sys
-mods={}
-for f in sorted(glob.glob('src/**/*.rs',recursive=True)):
-    m=f[4:-3].replace('/mod','').replace('/','::')
-    s=open(f).read().split('#[cfg(test)]')[0]
-    deps=set(re.findall(r'crate::([a-z_]+(?:::[a-z_]+)?)',s))
-    parent=m.rsplit('::',1)[0] if '::' in m else ''
-    for body in re.findall(r'super::\{([^}]*)\}',s):
-        for it in body.replace('\n',' ').split(','):
-            it=it.strip().split('::')[0]
-            if it and it[0].islower() and it!='self': deps.add((parent+'::' if parent else '')+it)
-            elif it: deps.add(parent or 'lib')
-    for u in re.findall(r'super::([a-z_]+)',s):
-        deps.add((parent+'::' if parent else '')+u)
-    # use crate::x::{a, b} where a,b are submodules
-    for base,body in re.findall(r'crate::([a-z_]+)::\{([^}]*)\}',s):
-        for it in body.replace('\n',' ').split(','):
-            it=it.strip().split('::')[0]
-            if it and it[0].islower() and it!='self': deps.add(base+'::'+it)
-    if f.endswith('mod.rs') or f.endswith('lib.rs'):
-        for u in re.findall(r'^(?:pub )?use ([a-z_]+)::', s, re.M):
-            if u not in ('std','crate','super','self') and (m+'::'+u) in [x[4:-3].replace('/mod','').replace('/','::') for x in glob.glob('src/**/*.rs',recursive=True)]:
-                deps.add(m+'::'+u)
-    mods[m]=deps
-names=set(mods)
-def norm(d):
-    if d in names: return d
-    top=d.split('::')[0]
-    return top if top in names else None
-graph={m:sorted({norm(d) for d in ds if norm(d) and norm(d)!=m}) for m,ds in mods.items()}
-for m in sorted(graph): print(f"{m:22} -> {', '.join(graph[m])}")
-# detect cycles (SCC)
-idx={};low={};st=[];on=set();sccs=[];i=[0]
-def sc(v):
-    idx[v]=low[v]=i[0];i[0]+=1;st.append(v);on.add(v)
-    for w in graph.get(v,[]):
-        if w not in idx: sc(w);low[v]=min(low[v],low[w])
-        elif w in on: low[v]=min(low[v],idx[w])
-    if low[v]==idx[v]:
-        comp=[]
-        while True:
-            w=st.pop();on.discard(w);comp.append(w)
-            if w==v:break
-        if len(comp)>1: sccs.append(comp)
-sys.setrecursionlimit(10000)
-for v in graph:
-    if v not in idx: sc(v)
-print("cycles:", sccs or "none")
+"""Checks which way imports go inside src/ (outside test modules).
+
+Each top-level module belongs to a layer: domain (values, names, the plan),
+adapters (the table, Secrets Manager, the cluster, the snapshot
+repository), application (reconciles, rendering, the CLI, the daemon).
+An import may go to the same layer or down, never up, and the top-level
+modules must not import each other in a cycle. A module and its own
+submodules are one unit (a submodule using its parent's types is how Rust
+modules are built, not a cycle).
+
+Run from the project root: python3 tools/imports.py [--check]
+(--check exits 1 on any violation; CI runs it from `just test`).
+"""
+import glob
+import re
+import sys
+
+LAYERS = {
+    "domain": ["secret", "source", "manifest", "plan", "labels", "rollout_rules",
+               "metrics", "backoff", "aws_error", "errors", "text", "progress"],
+    "adapters": ["credstash", "secretsmanager", "cluster", "snapshot"],
+    "application": ["reconcile", "restore", "rollback_requests", "render", "telemetry",
+                    "cli", "daemon"],
+}
+RANK = {module: rank for rank, layer in enumerate(LAYERS.values()) for module in layer}
+
+
+def top_modules():
+    """Top-level module -> the top-level modules its files import."""
+    graph = {}
+    for path in sorted(glob.glob("src/**/*.rs", recursive=True)):
+        rel = path[len("src/"):-len(".rs")]
+        if rel in ("lib", "main"):
+            continue
+        top = rel.split("/")[0]
+        text = open(path).read().split("#[cfg(test)]")[0]
+        deps = graph.setdefault(top, set())
+        for name in re.findall(r"crate::([a-z_]+)", text):
+            if name != top:
+                deps.add(name)
+    return graph
+
+
+def cycles(graph):
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def main():
+    graph = top_modules()
+    problems = []
+    for module in sorted(graph):
+        if module not in RANK:
+            problems.append(f"{module}: in no layer (add it to LAYERS in tools/imports.py)")
+            continue
+        for dep in sorted(graph[module]):
+            if dep not in RANK:
+                continue
+            if RANK[dep] > RANK[module]:
+                problems.append(f"{module} ({layer_of(module)}) imports {dep} ({layer_of(dep)}): against the layer order")
+        print(f"{module:18} [{layer_of(module)}] -> {', '.join(sorted(graph[module])) or '-'}")
+    for component in cycles(graph):
+        problems.append("import cycle: " + " <-> ".join(component))
+    print("problems:", "none" if not problems else "")
+    for problem in problems:
+        print("  " + problem)
+    if "--check" in sys.argv and problems:
+        sys.exit(1)
+
+
+def layer_of(module):
+    return next(name for name, modules in LAYERS.items() if module in modules)
+
+
+if __name__ == "__main__":
+    main()
