@@ -24,6 +24,7 @@ pub mod aws_error;
 pub mod backoff;
 pub mod cli;
 pub mod cluster;
+pub mod context;
 pub mod credstash;
 pub mod daemon;
 pub mod errors;

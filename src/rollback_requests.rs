@@ -16,7 +16,7 @@ use sops_age::Identities;
 
 use crate::manifest::{DesiredSecret, NamespaceFilter, SecretRef};
 use crate::plan::{RequestState, RequestView};
-use crate::reconcile::{ReconcileError, Reconciler, record_blocking};
+use crate::reconcile::{ReconcileError, Reconciler};
 use crate::restore::Verified;
 use crate::snapshot::request::RollbackRequest;
 use crate::snapshot::store::{
@@ -258,25 +258,29 @@ fn conflicts(found: &[FoundRequest], known: &Known) -> Vec<Option<String>> {
 /// write, for `plan` and `rollback --propose`.
 pub async fn plan_requests(
     reconciler: &Reconciler,
+    cluster: &crate::cluster::Cluster,
     store: Arc<SnapshotStore>,
     rev: Option<String>,
     identities: Option<Identities>,
 ) -> Result<Vec<RequestView>, ReconcileError> {
     // Most plans find no request: the cluster's pins are read only for one.
     let at = rev.clone();
-    let found = record_blocking(store.clone(), move |store| store.requests(at.as_deref())).await?;
+    let found = store
+        .blocking(move |store| store.requests(at.as_deref()))
+        .await?;
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    let pins = reconciler.cluster().pins().await?.by_secret();
+    let pins = cluster.pins().await?.by_secret();
     let filter = reconciler.namespace_filter().clone();
-    let assessment = record_blocking(store, move |store| {
-        let (applied, _) = store.applied_requests(None)?;
-        let known = Known { applied, pins };
-        let tip = rev.as_deref();
-        assess(store, &filter, found, &known, identities.as_ref(), tip)
-    })
-    .await?;
+    let assessment = store
+        .blocking(move |store| {
+            let (applied, _) = store.applied_requests(None)?;
+            let known = Known { applied, pins };
+            let tip = rev.as_deref();
+            assess(store, &filter, found, &known, identities.as_ref(), tip)
+        })
+        .await?;
     let (mut views, checked) = check_sources(reconciler, assessment).await?;
     for (index, checked) in checked {
         let planned = reconciler

@@ -115,10 +115,10 @@ async fn second_reconcile_makes_no_kms_calls_and_no_writes() {
         );
     }
     // A long-lived reconciler, as `credsync run` builds it.
-    let reconciler = env.reconciler().await.with_table_index();
+    let (reconciler, m) = env.reconciler().await;
+    let reconciler = reconciler.with_table_index();
     let first = reconciler.sync(false).await.unwrap();
     assert_eq!(first.outcome.written.len(), 5);
-    let m = reconciler.metrics();
     assert_eq!(m.kms_calls(), 5);
     let (kms, writes) = (m.kms_calls(), m.kubernetes_writes());
     env.mark_requests();

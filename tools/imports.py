@@ -20,7 +20,7 @@ LAYERS = {
                "metrics", "backoff", "aws_error", "errors", "text", "progress"],
     "adapters": ["credstash", "secretsmanager", "cluster", "snapshot"],
     "application": ["reconcile", "restore", "rollback_requests", "render", "telemetry",
-                    "cli", "daemon"],
+                    "context", "cli", "daemon"],
 }
 RANK = {module: rank for rank, layer in enumerate(LAYERS.values()) for module in layer}
 

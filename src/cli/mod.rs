@@ -12,7 +12,6 @@ mod setup;
 mod terminal;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
@@ -112,13 +111,9 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
     }
     let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
     let store = snapshot_store(common, needs_recipients)?;
-    let reconciler = build(common, store.clone()).await?;
-    let shown: Arc<dyn crate::progress::Progress> = if terminal.progress {
-        progress::TerminalProgress::start(reconciler.metrics().clone())
-    } else {
-        Arc::new(crate::progress::Silent)
-    };
-    let reconciler = reconciler.with_progress(shown.clone());
+    let daemon = matches!(cli.command, Command::Run(_));
+    let context = build(common, store.clone(), daemon, terminal.progress).await?;
+    let reconciler = &context.reconciler;
     let reads_table = matches!(
         cli.command,
         Command::Sync { .. }
@@ -136,8 +131,8 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
     }
     let out = commands::Output {
         heading: Heading {
-            table: reconciler.source().table().to_owned(),
-            region: reconciler.source().region().to_owned(),
+            table: context.table.table().to_owned(),
+            region: context.table.region().to_owned(),
             cluster: common.cluster_name.clone(),
             // The daemon's plans are computed later, against later commits.
             snapshot: match (&cli.command, &store) {
@@ -149,7 +144,7 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
             },
         },
         color: terminal.color_stdout,
-        progress: shown,
+        progress: context.progress.clone(),
     };
     let code = match cli.command {
         Command::Plan {
@@ -166,10 +161,10 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
                 max_bytes,
                 output,
             };
-            commands::plan::execute(common, &reconciler, &out, options).await?
+            commands::plan::execute(common, &context, &out, options).await?
         }
         Command::Sync { dry_run, format } => {
-            commands::sync::execute(&reconciler, &out, dry_run, format).await?
+            commands::sync::execute(reconciler, &out, dry_run, format).await?
         }
         Command::Rollback {
             rev,
@@ -185,7 +180,7 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
                 branch,
                 reason,
             };
-            commands::rollback::propose(common, &reconciler, &out, proposal).await?
+            commands::rollback::propose(common, &context, &out, proposal).await?
         }
         Command::Rollback {
             rev,
@@ -194,14 +189,12 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
             format,
             ..
         } => {
-            commands::rollback::execute(common, &reconciler, &out, &rev, &secrets, dry_run, format)
+            commands::rollback::execute(common, reconciler, &out, &rev, &secrets, dry_run, format)
                 .await?
         }
-        Command::Unpin { secrets, all: _ } => {
-            commands::rollback::unpin(&reconciler, &secrets).await?
-        }
+        Command::Unpin { secrets, all: _ } => commands::rollback::unpin(&context, &secrets).await?,
         Command::Run(args) => {
-            commands::run::execute(common, *args, reconciler, out).await?;
+            commands::run::execute(common, *args, context, out).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::History { .. }
@@ -212,6 +205,6 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
         | Command::Completions { .. }
         | Command::Man => 0,
     };
-    tracing::info!(calls = %reconciler.metrics().call_summary(), "done");
+    tracing::info!(calls = %context.metrics.call_summary(), "done");
     Ok(ExitCode::from(code))
 }

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::args::{Common, SourceKind};
 use super::config::env_var;
 use crate::cluster::Cluster;
 use crate::cluster::apply::ApplyOptions;
+use crate::context::Context;
 use crate::credstash::{CredstashSource, SourceConfig};
 use crate::manifest::NamespaceFilter;
 use crate::metrics::Metrics;
@@ -117,10 +118,15 @@ pub(super) async fn source(common: &Common, metrics: Arc<Metrics>) -> CredstashS
     .await
 }
 
+/// Everything a command works with, built once: the adapters, and the
+/// reconciler over them. `daemon`: for `run` (keeps a table index and every
+/// decrypted value between reconciles); `progress`: show a progress line.
 pub(super) async fn build(
     common: &Common,
     snapshots: Option<Arc<SnapshotStore>>,
-) -> Result<Reconciler> {
+    daemon: bool,
+    progress: bool,
+) -> Result<Context> {
     if common.kms_concurrency == 0 {
         bail!("--kms-concurrency must be at least 1");
     }
@@ -128,7 +134,7 @@ pub(super) async fn build(
         bail!("--scan-segments must be between 1 and 1000000");
     }
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-    let source = source(common, metrics.clone()).await;
+    let table = Arc::new(source(common, metrics.clone()).await);
     let filter = NamespaceFilter::parse(
         &common.namespace_exclude,
         common.namespace_include.as_deref(),
@@ -151,7 +157,7 @@ pub(super) async fn build(
         .contains(&SourceKind::Secretsmanager)
         .then(|| {
             SecretsManagerSource::new(
-                source.sdk_config(),
+                table.sdk_config(),
                 SmConfig {
                     names: common.sm_names,
                     prefix: common.sm_prefix.clone(),
@@ -161,14 +167,37 @@ pub(super) async fn build(
             )
         });
     let reads_table = common.sources.contains(&SourceKind::Credstash);
-    let reconciler = Reconciler::new(source, cluster, filter, apply, metrics)
-        .with_key_mapping(common.key_mapping);
-    let reconciler = match sm {
-        Some(sm) => reconciler.with_secrets_manager(sm, reads_table),
-        None => reconciler,
+    let shown: Arc<dyn crate::progress::Progress> = if progress {
+        super::progress::TerminalProgress::start(metrics.clone())
+    } else {
+        Arc::new(crate::progress::Silent)
     };
-    Ok(match snapshots {
-        Some(store) => reconciler.with_snapshots(store),
-        None => reconciler,
+    let mut reconciler = Reconciler::new(
+        table.clone(),
+        cluster.clone(),
+        filter,
+        apply,
+        metrics.clone(),
+    )
+    .with_key_mapping(common.key_mapping)
+    .with_progress(shown.clone());
+    if let Some(sm) = sm {
+        reconciler = reconciler.with_secrets_manager(sm, reads_table);
+    }
+    if let Some(store) = &snapshots {
+        reconciler = reconciler.with_snapshots(store.clone());
+    }
+    if daemon {
+        reconciler = reconciler.with_table_index();
+    }
+    Ok(Context {
+        reconciler: Arc::new(reconciler),
+        cluster,
+        aws: table.sdk_config().clone(),
+        table,
+        metrics,
+        snapshots,
+        mapping: common.key_mapping,
+        progress: shown,
     })
 }

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::apply::EventType;
 use crate::cluster::lease::Leadership;
+use crate::context::Context;
 use crate::daemon::trigger::{ReconcileRequest, Trigger};
 use crate::manifest::SecretRef;
 use crate::plan::{RequestState, RequestView};
-use crate::reconcile::{ReconcileError, Reconciler, record_blocking};
+use crate::reconcile::ReconcileError;
 use crate::rollback_requests::{Checked, Known, assess, check_sources};
 use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::SnapshotStore;
@@ -47,13 +48,13 @@ struct Follower {
 /// fetches the followed branch, releases the pins of removed requests,
 /// applies new ones and reports those it refuses.
 pub async fn follow(
-    reconciler: Arc<Reconciler>,
+    context: Arc<Context>,
     config: FollowConfig,
     requests: mpsc::Sender<ReconcileRequest>,
     leadership: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
-    let Some(store) = reconciler.snapshots().cloned() else {
+    let Some(store) = context.snapshots.clone() else {
         return;
     };
     let mut state = Follower::default();
@@ -69,7 +70,7 @@ pub async fn follow(
             state.seen_head = None;
             continue;
         }
-        if let Err(err) = state.poll(&reconciler, &store, &config, &requests).await {
+        if let Err(err) = state.poll(&context, &store, &config, &requests).await {
             state.seen_head = None;
             tracing::warn!(error = %crate::errors::Chain(&err), "rollback requests not handled; retried at the next poll");
         }
@@ -79,13 +80,13 @@ pub async fn follow(
 impl Follower {
     async fn poll(
         &mut self,
-        reconciler: &Reconciler,
+        context: &Context,
         store: &Arc<SnapshotStore>,
         config: &FollowConfig,
         requests: &mpsc::Sender<ReconcileRequest>,
     ) -> Result<(), ReconcileError> {
-        let fetched = record_blocking(store.clone(), |store| store.share()).await;
-        self.note_remote(reconciler, fetched.as_ref().err());
+        let fetched = store.blocking(|store| store.share()).await;
+        self.note_remote(context, fetched.as_ref().err());
         // Only a clone that holds the remote's head may release or apply:
         // a stale one (a standby that took over while the remote is down)
         // would release the pins of every request merged since it last read.
@@ -94,46 +95,46 @@ impl Follower {
             return Ok(());
         }
         let since = self.applied_head.clone();
-        let (applied, head) = record_blocking(store.clone(), move |store| {
-            store.applied_requests(since.as_deref())
-        })
-        .await?;
+        let (applied, head) = store
+            .blocking(move |store| store.applied_requests(since.as_deref()))
+            .await?;
         self.known.applied.extend(applied);
         self.applied_head = head.clone();
         if head.is_some() && head == self.seen_head {
             return Ok(());
         }
-        let pins = reconciler.cluster().pins().await?;
+        let pins = context.cluster.pins().await?;
         self.known.pins = pins.by_secret();
-        let filter = reconciler.namespace_filter().clone();
+        let filter = context.reconciler.namespace_filter().clone();
         let identities = config.identities.clone();
         let known = self.known.clone();
-        let (found, assessment) = record_blocking(store.clone(), move |store| {
-            let found = store.requests(None)?;
-            let keys: HashSet<String> = found.iter().map(|f| f.origin.key()).collect();
-            let assessment = assess(store, &filter, found, &known, Some(&identities), None)?;
-            Ok((keys, assessment))
-        })
-        .await?;
-        let (mut views, checked) = check_sources(reconciler, assessment).await?;
+        let (found, assessment) = store
+            .blocking(move |store| {
+                let found = store.requests(None)?;
+                let keys: HashSet<String> = found.iter().map(|f| f.origin.key()).collect();
+                let assessment = assess(store, &filter, found, &known, Some(&identities), None)?;
+                Ok((keys, assessment))
+            })
+            .await?;
+        let (mut views, checked) = check_sources(&context.reconciler, assessment).await?;
         let mut retry = false;
         let released = {
             // Writes only: reconciles wait for these, not for the reads above.
-            let _writing = reconciler.exclusive().await;
-            let released = reconciler.cluster().unpin_released(pins, &found).await?;
+            let _writing = context.reconciler.exclusive().await;
+            let released = context.cluster.unpin_released(pins, &found).await?;
             for (index, checked) in checked {
-                retry |= !self.apply(reconciler, checked, &mut views[index]).await;
+                retry |= !self.apply(context, checked, &mut views[index]).await;
             }
             released
         };
-        reconciler.set_requests(views.clone());
-        self.report_released(reconciler, &released).await;
+        context.reconciler.set_requests(views.clone());
+        self.report_released(context, &released).await;
         if !released.is_empty() {
             let _ = requests
                 .send(ReconcileRequest::full(Trigger::Request))
                 .await;
         }
-        self.report_refusals(reconciler, &views).await;
+        self.report_refusals(context, &views).await;
         // Our own rollback commits moved HEAD: the next poll reads them.
         self.seen_head = if retry { None } else { head };
         Ok(())
@@ -143,11 +144,11 @@ impl Follower {
     /// be reached stops nothing but the requests.
     fn note_remote(
         &mut self,
-        reconciler: &Reconciler,
+        context: &Context,
         error: Option<&crate::snapshot::store::SnapshotError>,
     ) {
         let up = error.is_none();
-        reconciler.metrics().snapshot_remote_up.set(i64::from(up));
+        context.metrics.snapshot_remote_up.set(i64::from(up));
         match (error, self.remote_up) {
             (Some(err), Some(true) | None) => tracing::warn!(
                 error = %crate::errors::Chain(&err),
@@ -160,24 +161,24 @@ impl Follower {
     }
 
     /// Log, metric and Event for each Secret whose request was removed.
-    async fn report_released(&mut self, reconciler: &Reconciler, released: &[(SecretRef, String)]) {
+    async fn report_released(&mut self, context: &Context, released: &[(SecretRef, String)]) {
         for (secret, request) in released {
             self.known.pins.remove(secret);
-            reconciler
-                .metrics()
+            context
+                .metrics
                 .rollback_requests
                 .with_label_values(&["released"])
                 .inc();
             tracing::info!(%secret, %request, "rollback request removed: Secret unpinned, the table's state returns");
             let note = format!("rollback request {request} was removed: back to the table");
-            event(reconciler, secret, EventType::Normal, "Unpinned", note).await;
+            event(context, secret, EventType::Normal, "Unpinned", note).await;
         }
     }
 
     /// Applies one approved request; false when it should be tried again.
     async fn apply(
         &mut self,
-        reconciler: &Reconciler,
+        context: &Context,
         approved: Checked,
         view: &mut RequestView,
     ) -> bool {
@@ -188,7 +189,8 @@ impl Follower {
             .keys()
             .map(ToString::to_string)
             .collect();
-        match reconciler
+        match context
+            .reconciler
             .rollback(
                 approved.restored,
                 &approved.commit,
@@ -207,8 +209,8 @@ impl Follower {
             }
             Ok(report) => {
                 self.known.applied.insert(key);
-                reconciler
-                    .metrics()
+                context
+                    .metrics
                     .rollback_requests
                     .with_label_values(&["applied"])
                     .inc();
@@ -234,8 +236,8 @@ impl Follower {
 
     /// Log, metric and Warning Event for each refusal, once per request
     /// and reason; the gauge counts the refusals standing now.
-    async fn report_refusals(&mut self, reconciler: &Reconciler, views: &[RequestView]) {
-        let metrics = reconciler.metrics();
+    async fn report_refusals(&mut self, context: &Context, views: &[RequestView]) {
+        let metrics = &context.metrics;
         let refused: Vec<&RequestView> = views
             .iter()
             .filter(|v| v.state == RequestState::Refused)
@@ -258,17 +260,10 @@ impl Follower {
             let reachable = view
                 .secrets
                 .iter()
-                .filter(|s| reconciler.namespace_refusal(&s.namespace).is_none());
+                .filter(|s| context.reconciler.namespace_refusal(&s.namespace).is_none());
             for secret in reachable {
                 let note = note.clone();
-                event(
-                    reconciler,
-                    secret,
-                    EventType::Warning,
-                    "RollbackRefused",
-                    note,
-                )
-                .await;
+                event(context, secret, EventType::Warning, "RollbackRefused", note).await;
             }
         }
     }
@@ -277,14 +272,14 @@ impl Follower {
 /// An Event about a request on one of its Secrets; one that cannot be
 /// recorded is logged, never fatal.
 async fn event(
-    reconciler: &Reconciler,
+    context: &Context,
     secret: &SecretRef,
     type_: EventType,
     reason: &str,
     note: String,
 ) {
-    let recorded = reconciler
-        .cluster()
+    let recorded = context
+        .cluster
         .event_on_secret(secret, type_, reason, "Rollback", note)
         .await;
     if let Err(err) = recorded {

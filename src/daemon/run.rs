@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::lease::{LeaderElector, Leadership, LeaseConfig};
+use crate::context::Context;
 use crate::daemon::health::Health;
 use crate::daemon::server::connections::{self, ConnectionLimits};
 use crate::daemon::server::{self, Access, ServerState};
@@ -21,7 +22,6 @@ use crate::daemon::trigger::schedule::{self, Schedule};
 use crate::daemon::trigger::stream::{StreamConfig, StreamFollower};
 use crate::daemon::trigger::{ReconcileRequest, Sequencer, Trigger};
 use crate::daemon::worker::{self, WorkerConfig};
-use crate::reconcile::Reconciler;
 use crate::render::Heading;
 
 pub struct RunConfig {
@@ -51,9 +51,10 @@ pub struct RunConfig {
 /// Runs until SIGTERM/SIGINT, then stops taking triggers, lets the
 /// in-flight write finish (or abandons it between requests), releases the
 /// Lease and returns.
-pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) -> Result<()> {
-    let reconciler = Arc::new(reconciler.with_table_index());
-    let metrics = reconciler.metrics().clone();
+pub async fn run(context: Context, config: RunConfig, heading: Heading) -> Result<()> {
+    let context = Arc::new(context);
+    let reconciler = context.reconciler.clone();
+    let metrics = context.metrics.clone();
     let labels: Vec<&str> = config.settings.iter().map(String::as_str).collect();
     if labels.len() == crate::metrics::SETTINGS_LABELS.len() {
         metrics.settings.with_label_values(&labels).set(1);
@@ -71,11 +72,8 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     });
     match config.lease {
         Some(lease) => {
-            let elector = LeaderElector::new(
-                reconciler.cluster().client().clone(),
-                lease,
-                metrics.clone(),
-            );
+            let elector =
+                LeaderElector::new(context.cluster.client().clone(), lease, metrics.clone());
             tasks.spawn(elector.run(leadership_tx, shutdown.clone()));
         }
         None => metrics.leader.set(1),
@@ -102,8 +100,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
         Access::Token(_) => {}
     }
     let state = Arc::new(ServerState {
-        reconciler: reconciler.clone(),
-        metrics: metrics.clone(),
+        context: context.clone(),
         health: health.clone(),
         access: config.access,
         requests: requests.clone(),
@@ -123,14 +120,8 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
 
     match config.stream {
         Some(mut stream_config) => {
-            stream_config.table = reconciler.source().table().to_owned();
-            match StreamFollower::connect(
-                reconciler.source().sdk_config(),
-                stream_config,
-                metrics.clone(),
-            )
-            .await
-            {
+            stream_config.table = context.table.table().to_owned();
+            match StreamFollower::connect(&context.aws, stream_config, metrics.clone()).await {
                 Ok(Some(follower)) => {
                     tracing::info!(stream = %follower.stream_arn(), "following the table's DynamoDB Stream");
                     let (changes_tx, mut changes) = mpsc::channel(256);
@@ -167,7 +158,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     // controller. The first table read (a Scan of the whole table) goes on
     // behind it and repairs whatever changed while no process ran.
     if let Some(commit) = reconciler.warm_commit() {
-        match reconciler.cluster().can_list_secrets().await {
+        match context.cluster.can_list_secrets().await {
             Ok(()) => {
                 health.set_ready();
                 tracing::info!(%commit, "ready from the last snapshot; the first table read follows");
@@ -184,7 +175,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     let (finished_tx, finished) = watch::channel(None);
     let sequencer = Sequencer::default();
     for queue_config in config.queues {
-        let client = aws_sdk_sqs::Client::new(reconciler.source().sdk_config());
+        let client = aws_sdk_sqs::Client::new(&context.aws);
         tracing::info!(queue = %queue_config.url, "following an events queue");
         tasks.spawn(crate::daemon::trigger::queue::run(
             client,
@@ -218,7 +209,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     if let Some(follow) = config.requests {
         tracing::info!(every = ?follow.interval, "following the snapshot remote for rollback requests");
         tasks.spawn(crate::daemon::rollback_follower::follow(
-            reconciler.clone(),
+            context.clone(),
             follow,
             requests.clone(),
             leadership.clone(),
@@ -227,7 +218,7 @@ pub async fn run(reconciler: Reconciler, config: RunConfig, heading: Heading) ->
     }
     if config.drift_repair {
         tasks.spawn(drift::run(
-            reconciler.clone(),
+            context.clone(),
             requests.clone(),
             shutdown.clone(),
         ));

@@ -16,7 +16,6 @@ use crate::plan::{self, LiveState, Plan, RequestView};
 use crate::progress::{Progress, Silent, Step};
 use crate::rollout_rules;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
-use crate::snapshot::remote::PushOutcome;
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
 use crate::source::ItemFailure;
 
@@ -83,7 +82,7 @@ impl SyncReport {
 }
 
 pub struct Reconciler {
-    source: CredstashSource,
+    source: Arc<CredstashSource>,
     /// False with `--source secretsmanager` alone: the table is not read.
     read_table: bool,
     secrets_manager: Option<SecretsManagerSource>,
@@ -130,7 +129,7 @@ fn poisoned() -> ReconcileError {
 
 impl Reconciler {
     pub fn new(
-        source: CredstashSource,
+        source: Arc<CredstashSource>,
         cluster: Cluster,
         filter: NamespaceFilter,
         apply: ApplyOptions,
@@ -159,11 +158,6 @@ impl Reconciler {
     /// Waits until no other writer (reconcile or request follower) runs.
     pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.writing.lock().await
-    }
-
-    /// The snapshot repository, when there is one.
-    pub fn snapshots(&self) -> Option<&Arc<SnapshotStore>> {
-        self.snapshot.as_ref()
     }
 
     /// What the request follower found on its last read: every later
@@ -228,7 +222,9 @@ impl Reconciler {
         let Some(store) = self.snapshot.clone() else {
             return 0;
         };
-        let read = record_blocking(store, move |store| store.warm_values(&identities)).await;
+        let read = store
+            .blocking(move |store| store.warm_values(&identities))
+            .await;
         let warm = match read {
             Ok(warm) => warm,
             Err(err) => {
@@ -272,18 +268,6 @@ impl Reconciler {
 
     pub fn namespace_filter(&self) -> &NamespaceFilter {
         &self.filter
-    }
-
-    pub fn cluster(&self) -> &Cluster {
-        &self.cluster
-    }
-
-    pub fn source(&self) -> &CredstashSource {
-        &self.source
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// Reads the table and the cluster and computes the plan; writes nothing.
@@ -396,11 +380,11 @@ impl Reconciler {
                 // file is built from it as it is written instead of holding
                 // a copy of every document at once.
                 let manifest = std::mem::take(&mut planned.manifest);
-                let recorded = record_blocking(store.clone(), move |store| {
+                let recorded = store.blocking(move |store| {
                     // Pull in other writers' commits first, so ours goes on top.
-                    share(store, &metrics);
+                    store.share_or_report(&metrics);
                     let commit = store.record(&manifest.secrets, &pinned, &heading, scope.as_ref());
-                    share(store, &metrics);
+                    store.share_or_report(&metrics);
                     Ok((commit, manifest))
                 });
                 let (commit, manifest) = match recorded.await {
@@ -544,36 +528,4 @@ fn log_findings(plan: &Plan) {
         unchanged = plan.unchanged,
         "planned"
     );
-}
-
-/// Runs a git operation off the async runtime's worker threads.
-pub(crate) async fn record_blocking<T: Send + 'static>(
-    store: Arc<SnapshotStore>,
-    op: impl FnOnce(&SnapshotStore) -> Result<T, SnapshotError> + Send + 'static,
-) -> Result<T, SnapshotError> {
-    tokio::task::spawn_blocking(move || op(&store))
-        .await
-        .unwrap_or_else(|join| {
-            Err(SnapshotError::Internal(format!(
-                "the snapshot task did not finish: {join}"
-            )))
-        })
-}
-
-/// Pushes and pulls the snapshot remote; a failure is reported and counted,
-/// and the local commit stays for the next sync to push.
-fn share(store: &SnapshotStore, metrics: &Metrics) {
-    match store.share() {
-        Ok(PushOutcome::UpToDate) => {}
-        Ok(PushOutcome::Conflict) => {
-            metrics.snapshot_push_failures.inc();
-            tracing::warn!(
-                "snapshot push: the remote changed this cluster's files; kept the local commit, will retry"
-            );
-        }
-        Err(err) => {
-            metrics.snapshot_push_failures.inc();
-            tracing::warn!(error = %crate::errors::Chain(&err), "snapshot push failed; kept the local commit, will retry");
-        }
-    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Planned, ReconcileError, Reconciler, SyncReport, record_blocking, share};
+use super::{Planned, ReconcileError, Reconciler, SyncReport};
 use crate::cluster::apply::{ApplyOptions, Pin};
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan;
@@ -125,12 +125,13 @@ impl Reconciler {
             let partial = request.is_some() && !outcome.failed.is_empty();
             if !restored.is_empty() && !partial {
                 let metrics = self.metrics.clone();
-                snapshot = record_blocking(store.clone(), move |store| {
-                    let commit = store.record_rollback(&id, &restored, origin.as_ref())?;
-                    share(store, &metrics);
-                    Ok(commit)
-                })
-                .await?;
+                snapshot = store
+                    .blocking(move |store| {
+                        let commit = store.record_rollback(&id, &restored, origin.as_ref())?;
+                        store.share_or_report(&metrics);
+                        Ok(commit)
+                    })
+                    .await?;
             }
         }
         Ok(SyncReport {

@@ -424,8 +424,8 @@ impl StandIns {
         &self.plane
     }
 
-    /// A reconciler in this process, for counting calls across reconciles.
-    pub async fn reconciler(&self) -> Reconciler {
+    /// A reconciler in this process, and the metrics it counts calls in.
+    pub async fn reconciler(&self) -> (Reconciler, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new().unwrap());
         let source = CredstashSource::from_sdk_config(
             &self.sdk_config(REGION).await,
@@ -440,7 +440,14 @@ impl StandIns {
         );
         let cluster = Cluster::from_client(self.kube().await, metrics.clone());
         let filter = NamespaceFilter::parse(DEFAULT_NAMESPACE_EXCLUDE, None);
-        Reconciler::new(source, cluster, filter, ApplyOptions::default(), metrics)
+        let reconciler = Reconciler::new(
+            Arc::new(source),
+            cluster,
+            filter,
+            ApplyOptions::default(),
+            metrics.clone(),
+        );
+        (reconciler, metrics)
     }
 
     /// The Secret's data as bytes, or None if it does not exist.

@@ -5,13 +5,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 
 use super::Output;
 use crate::cli::args::Common;
 use crate::cli::setup::{identities, required_identities, required_store};
+use crate::context::Context;
 use crate::plan::{Action, Plan, RequestState};
-use crate::reconcile::Reconciler;
 use crate::render::{self, Format, Heading, markdown};
 use crate::rollback_requests::plan_requests;
 
@@ -26,10 +26,11 @@ pub(in crate::cli) struct PlanOptions {
 
 pub(in crate::cli) async fn execute(
     common: &Common,
-    reconciler: &Reconciler,
+    context: &Context,
     out: &Output,
     options: PlanOptions,
 ) -> Result<u8> {
+    let reconciler = &context.reconciler;
     let planned = match &options.from_snapshot {
         Some(rev) => {
             let store = required_store(common)?;
@@ -43,9 +44,15 @@ pub(in crate::cli) async fn execute(
         None => {
             let mut planned = reconciler.plan().await?;
             // A checkout holding rollback requests: what merging them does.
-            if let Some(store) = reconciler.snapshots() {
-                planned.plan.requests =
-                    plan_requests(reconciler, store.clone(), None, identities(common)?).await?;
+            if let Some(store) = &context.snapshots {
+                planned.plan.requests = plan_requests(
+                    reconciler,
+                    &context.cluster,
+                    store.clone(),
+                    None,
+                    identities(common)?,
+                )
+                .await?;
             }
             planned
         }

@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use super::Output;
 use crate::cli::args::Common;
 use crate::cli::setup::{required_identities, required_store};
+use crate::context::Context;
 use crate::manifest::SecretRef;
 use crate::plan::Plan;
 use crate::reconcile::Reconciler;
@@ -37,8 +38,8 @@ pub(in crate::cli) async fn execute(
     Ok(u8::from(!report.outcome.failed.is_empty()))
 }
 
-pub(in crate::cli) async fn unpin(reconciler: &Reconciler, secrets: &[SecretRef]) -> Result<u8> {
-    let unpinned = reconciler.cluster().unpin(secrets).await?;
+pub(in crate::cli) async fn unpin(context: &Context, secrets: &[SecretRef]) -> Result<u8> {
+    let unpinned = context.cluster.unpin(secrets).await?;
     for secret in &unpinned {
         println!("unpinned {secret}");
     }
@@ -70,10 +71,11 @@ pub(in crate::cli) struct Proposal {
 /// loop would refuse is not proposed.
 pub(in crate::cli) async fn propose(
     common: &Common,
-    reconciler: &Reconciler,
+    context: &Context,
     out: &Output,
     proposal: Proposal,
 ) -> Result<u8> {
+    let reconciler = &context.reconciler;
     if common.snapshot_remote.is_none() {
         bail!(
             "--propose pushes a branch for review: give --snapshot-remote (or CREDSYNC_SNAPSHOT_REMOTE)"
@@ -110,6 +112,7 @@ pub(in crate::cli) async fn propose(
     // Judged as the loop will judge it once merged, before anything is pushed.
     let judged = plan_requests(
         reconciler,
+        &context.cluster,
         store.clone(),
         Some(proposed.commit.clone()),
         Some(identities),

@@ -7,7 +7,7 @@ use super::Output;
 use crate::cli::args::{Common, RunArgs};
 use crate::cli::config::{Settings, run_config};
 use crate::cli::setup::identities;
-use crate::reconcile::Reconciler;
+use crate::context::Context;
 
 /// `--print-config`: the settings `run` would use, without building anything.
 pub(in crate::cli) fn print_config(common: &Common, args: &RunArgs) -> Result<u8> {
@@ -18,7 +18,7 @@ pub(in crate::cli) fn print_config(common: &Common, args: &RunArgs) -> Result<u8
 pub(in crate::cli) async fn execute(
     common: &Common,
     args: RunArgs,
-    reconciler: Reconciler,
+    context: Context,
     out: Output,
 ) -> Result<u8> {
     let settings = Settings::resolve(common, &args)?;
@@ -38,6 +38,6 @@ pub(in crate::cli) async fn execute(
         );
     }
     let config = run_config(args, settings, identities(common)?)?;
-    crate::daemon::run::run(reconciler, config, out.heading).await?;
+    crate::daemon::run::run(context, config, out.heading).await?;
     Ok(0)
 }

@@ -236,7 +236,7 @@ async fn authenticate(
                     )),
                 };
             }
-            let verdict = match state.reconciler.cluster().review_token(token).await {
+            let verdict = match state.context.cluster.review_token(token).await {
                 Ok(TokenVerdict::Authenticated(caller)) => Verdict::Caller(caller),
                 Ok(TokenVerdict::Refused(reason)) => Verdict::Refused(reason),
                 Err(err) => {
@@ -287,7 +287,7 @@ async fn authority(
             ),
         ));
     }
-    match state.reconciler.cluster().namespace_exists(namespace).await {
+    match state.context.cluster.namespace_exists(namespace).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(refuse(
             StatusCode::NOT_FOUND,
@@ -385,7 +385,7 @@ async fn authorize<'v>(
     secret: Option<&str>,
 ) -> Result<BTreeSet<&'v str>, Refused> {
     // One review per verb, asked at once.
-    let cluster = state.reconciler.cluster();
+    let cluster = &state.context.cluster;
     let answers = futures::future::join_all(
         verbs
             .iter()
@@ -438,7 +438,7 @@ fn target(
     key: &str,
 ) -> Result<String, Refused> {
     let name = format!("{namespace}/{secret}/{key}");
-    if let Err(reason) = state.reconciler.key_mapping().map(&name) {
+    if let Err(reason) = state.context.mapping.map(&name) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             format!("'{name}' does not map to a Secret key: {reason}"),
@@ -451,7 +451,7 @@ fn target(
 /// 422 for a namespace credsync never writes: a value put there would
 /// never reach a Secret.
 fn namespace_served(state: &ServerState, namespace: &str) -> Result<(), Refused> {
-    match state.reconciler.namespace_refusal(namespace) {
+    match state.context.reconciler.namespace_refusal(namespace) {
         None => Ok(()),
         Some(reason) => Err(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -477,9 +477,10 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
     );
     let deleted = action == "delete";
     state
+        .context
         .reconciler
         .note_author(item.clone(), deleted, caller.username.clone());
-    if let Ok(target) = state.reconciler.key_mapping().map(&item.name) {
+    if let Ok(target) = state.context.mapping.map(&item.name) {
         let (reason, verb) = if deleted {
             ("CredentialDeleted", "Delete")
         } else {
@@ -497,8 +498,8 @@ async fn record(state: &ServerState, caller: &Caller, action: &str, item: &ItemI
             )
         };
         if let Err(err) = state
-            .reconciler
-            .cluster()
+            .context
+            .cluster
             .event_on_secret(&target.secret, EventType::Normal, reason, verb, note)
             .await
         {
@@ -563,7 +564,7 @@ async fn put_inner(
     if std::str::from_utf8(value.expose()).is_err() {
         return Err(write_failed(&WriteItemError::NotText));
     }
-    let source = state.reconciler.source();
+    let source = state.context.table.as_ref();
     let latest = source
         .latest_version(&name)
         .await
@@ -634,8 +635,8 @@ pub(super) async fn delete(
         authority(&state, service, &namespace).await?;
         authorize(&state, &caller, &["delete"], &namespace, Some(&secret)).await?;
         let deleted = state
-            .reconciler
-            .source()
+            .context
+            .table
             .delete(&name)
             .await
             .map_err(|e| write_failed(&e))?;
@@ -674,15 +675,15 @@ pub(super) async fn list(
         list_rate(service, &caller)?;
         authorize(&state, &caller, &["list"], &namespace, None).await?;
         let found = state
-            .reconciler
-            .source()
+            .context
+            .table
             .latest_versions(&format!("{namespace}/"))
             .await
             .map_err(|e| write_failed(&e))?;
         let items: Vec<serde_json::Value> = found
             .iter()
             .filter_map(|id| {
-                let target = state.reconciler.key_mapping().map(&id.name).ok()?;
+                let target = state.context.mapping.map(&id.name).ok()?;
                 (target.secret.namespace == namespace).then(|| {
                     json!({
                         "name": id.name,

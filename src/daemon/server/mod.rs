@@ -25,12 +25,12 @@ use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
 
 use crate::cluster::lease::Leadership;
+use crate::context::Context;
 use crate::daemon::health::Health;
 use crate::daemon::trigger::{ReconcileRequest, Trigger};
 use crate::manifest::SecretRef;
-use crate::metrics::Metrics;
 use crate::plan::Plan;
-use crate::reconcile::{Reconciler, ScopeNames};
+use crate::reconcile::ScopeNames;
 use crate::render::{self, Format, Heading};
 
 /// Who may call `/sync` and `/plan`, the endpoints that change or reveal
@@ -64,8 +64,7 @@ const MAX_RATE_SCOPES: usize = 4096;
 
 /// Shared by every handler.
 pub struct ServerState {
-    pub reconciler: Arc<Reconciler>,
-    pub metrics: Arc<Metrics>,
+    pub context: Arc<Context>,
     pub health: Arc<Health>,
     pub access: Access,
     pub requests: mpsc::Sender<ReconcileRequest>,
@@ -131,6 +130,7 @@ async fn count_requests(
     };
     let response = next.run(request).await;
     state
+        .context
         .metrics
         .http_requests
         .with_label_values(&[path.as_str(), response.status().as_str()])
@@ -279,7 +279,7 @@ async fn sync(
         None => None,
         Some((ns, name)) => {
             let secret = name.as_ref().map(|n| SecretRef::new(ns, n));
-            match state.reconciler.names_in(ns, secret.as_ref()) {
+            match state.context.reconciler.names_in(ns, secret.as_ref()) {
                 ScopeNames::Names(names) => Some(names),
                 ScopeNames::NotIndexed => {
                     return error(
@@ -392,7 +392,7 @@ async fn cached_plan(
     {
         return Ok((plan.clone(), at.elapsed()));
     }
-    let plan = Arc::new(state.reconciler.plan().await?.plan);
+    let plan = Arc::new(state.context.reconciler.plan().await?.plan);
     *cache = Some((Instant::now(), plan.clone()));
     Ok((plan, Duration::ZERO))
 }
@@ -403,7 +403,7 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.context.metrics.render(),
     )
         .into_response()
 }

@@ -13,22 +13,23 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::cluster::Author;
+use crate::context::Context;
 use crate::daemon::trigger::{ReconcileRequest, Trigger};
 use crate::labels::MANAGED_SELECTOR;
 use crate::manifest::SecretRef;
-use crate::reconcile::{Reconciler, ScopeNames};
+use crate::reconcile::ScopeNames;
 
 /// Watches managed Secrets until `shutdown`; restarts the watch on errors.
 pub async fn run(
-    reconciler: Arc<Reconciler>,
+    context: Arc<Context>,
     requests: mpsc::Sender<ReconcileRequest>,
     shutdown: CancellationToken,
 ) {
     let config = watcher::Config::default().labels(MANAGED_SELECTOR);
-    let own_writes = reconciler.cluster().track_own_writes();
+    let own_writes = context.cluster.track_own_writes();
     // One watch per included namespace, or one across the cluster
     // (Cluster::watch_apis); events count once every watch has listed.
-    let apis = reconciler.cluster().watch_apis();
+    let apis = context.cluster.watch_apis();
     let watch_count = apis.len();
     let watches = apis
         .into_iter()
@@ -83,14 +84,14 @@ pub async fn run(
         match own_writes.author(&secret, version.as_deref()) {
             Author::Credsync => continue,
             Author::Someone => {
-                if !request_check(&reconciler, &requests, secret).await {
+                if !request_check(&context.reconciler, &requests, secret).await {
                     return;
                 }
             }
             // Our write's answer is still on its way: look again once it
             // has arrived, without holding up other events.
             Author::Pending => {
-                let (reconciler, requests) = (reconciler.clone(), requests.clone());
+                let (reconciler, requests) = (context.reconciler.clone(), requests.clone());
                 let own_writes = own_writes.clone();
                 tokio::spawn(async move {
                     let mut author = Author::Pending;
@@ -117,7 +118,7 @@ const PENDING_CHECKS: u32 = 40;
 
 /// Asks the worker to reconcile the Secret; false once the worker is gone.
 async fn request_check(
-    reconciler: &Reconciler,
+    reconciler: &crate::reconcile::Reconciler,
     requests: &mpsc::Sender<ReconcileRequest>,
     secret: SecretRef,
 ) -> bool {

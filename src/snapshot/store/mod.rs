@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
@@ -27,6 +27,7 @@ mod warm;
 use super::{BRANCH, worktree};
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::{DesiredSecret, SecretRef};
+use crate::metrics::Metrics;
 pub use error::SnapshotError;
 use error::{GitCause, git_error};
 pub use read::WarmValues;
@@ -266,6 +267,41 @@ impl SnapshotStore {
             .map_err(|e| self.err("updating the work tree", e))?;
         self.work_tree_behind.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Runs a repository operation off the async runtime's worker threads:
+    /// git work is blocking, and the store owns that boundary.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&SnapshotStore) -> Result<T, SnapshotError> + Send + 'static,
+    ) -> Result<T, SnapshotError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || op(&store))
+            .await
+            .unwrap_or_else(|join| {
+                Err(SnapshotError::Internal(format!(
+                    "the snapshot task did not finish: {join}"
+                )))
+            })
+    }
+
+    /// [`SnapshotStore::share`], for writers that go on whatever happens: a
+    /// failure is reported and counted, and the local commit stays for the
+    /// next share to push.
+    pub fn share_or_report(&self, metrics: &Metrics) {
+        match self.share() {
+            Ok(PushOutcome::UpToDate) => {}
+            Ok(PushOutcome::Conflict) => {
+                metrics.snapshot_push_failures.inc();
+                tracing::warn!(
+                    "snapshot push: the remote changed this cluster's files; kept the local commit, will retry"
+                );
+            }
+            Err(err) => {
+                metrics.snapshot_push_failures.inc();
+                tracing::warn!(error = %crate::errors::Chain(&err), "snapshot push failed; kept the local commit, will retry");
+            }
+        }
     }
 
     pub fn cluster(&self) -> &str {
