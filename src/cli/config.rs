@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use zeroize::Zeroizing;
 
-use super::args::{Common, RunArgs, SourceKind};
+use super::args::{RunArgs, SourceKind};
+use super::settings::Settings;
 use crate::daemon::server::Access;
 use crate::secretsmanager::names::NameScheme;
-use crate::snapshot::remote::RemoteUrl;
 
 /// The one reader of the process environment beyond clap's `env` fallbacks
 /// and Kubestash-V2's variables (`legacy`): the pod's identity from the
@@ -65,7 +65,7 @@ pub(super) fn sync_access(args: &RunArgs, env: impl Fn(&str) -> Option<String>) 
 
 pub(super) fn run_config(
     args: RunArgs,
-    settings: Settings,
+    settings: RunSettings,
     identities: Option<sops_age::Identities>,
 ) -> Result<crate::daemon::run::RunConfig> {
     use crate::cluster::lease::LeaseConfig;
@@ -156,7 +156,7 @@ pub(super) fn run_config(
 /// `--print-config` prints it, and `credsync_settings_info` takes its labels
 /// from it. Secrets appear only as "set"/"unset", URLs without credentials.
 #[derive(serde::Serialize)]
-pub(super) struct Settings {
+pub(super) struct RunSettings {
     sources: Vec<SourceKind>,
     sm_names: NameScheme,
     sm_prefix: String,
@@ -257,47 +257,47 @@ fn as_debug_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::O
     }
 }
 
-impl Settings {
-    /// Resolves the settings; a bad token source fails here, for
-    /// `--print-config` as for `run`.
-    pub(super) fn resolve(common: &Common, args: &RunArgs) -> Result<Self> {
+impl RunSettings {
+    /// Resolves `run`'s own settings beside the common ones; a bad token
+    /// source fails here, for `--print-config` as for `run`.
+    pub(super) fn resolve(settings: &Settings, args: &RunArgs) -> Result<Self> {
         let set = |present: bool| if present { "set" } else { "unset" };
         let access = sync_access(args, env_var)?;
-        if common.sources.is_empty() {
-            bail!("--source needs at least one of credstash, secretsmanager");
-        }
-        let mut sources = common.sources.clone();
-        sources.sort();
-        sources.dedup();
+        let snapshots = settings.snapshots.as_ref();
+        let signing_key = snapshots.is_some_and(|s| s.signing_key_given);
+        let sm = settings.secrets_manager.as_ref();
         Ok(Self {
-            sources,
-            sm_names: common.sm_names,
-            sm_prefix: common.sm_prefix.clone(),
-            sm_tag_keys: common.sm_tags.iter().map(|(k, _)| k.clone()).collect(),
+            sources: settings.sources.clone(),
+            sm_names: sm.map_or(NameScheme::Path, |sm| sm.names),
+            sm_prefix: sm.map(|sm| sm.prefix.clone()).unwrap_or_default(),
+            sm_tag_keys: sm
+                .map(|sm| sm.tags.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default(),
             events_queues: args.events_queues.clone(),
-            table: common.table.clone(),
-            region: common.region.clone(),
-            context_keys: common.context.iter().map(|(k, _)| k.clone()).collect(),
-            cluster_name: common.cluster_name.clone(),
-            namespace_exclude: common.namespace_exclude.clone(),
-            namespace_include: common.namespace_include.clone(),
-            kms_concurrency: common.kms_concurrency,
-            scan_segments: common.scan_segments,
-            prune_keys: !common.no_prune,
-            delete_empty: !common.keep_empty,
-            rollouts: common.rollouts,
-            key_mapping: common.key_mapping.as_str(),
-            adopt_kubestash_v2: common.adopt_kubestash_v2,
-            snapshot_repo: common.snapshot_repo.clone(),
-            snapshot_remote: common
-                .snapshot_remote
-                .as_deref()
-                .map(|url| RemoteUrl::parse(url).to_string()),
-            age_recipients: common.age_recipients.clone(),
-            age_identity: set(common.age_identity.is_some()),
-            snapshot_signing_key: set(common.snapshot_signing_key.is_some()),
-            snapshot_trusted_keys: common.snapshot_trusted_keys.clone(),
-            request_timeout: common.request_timeout,
+            table: settings.table.table.clone(),
+            region: settings.table.region.clone(),
+            context_keys: settings.table.context.keys().cloned().collect(),
+            cluster_name: settings.cluster_name.clone(),
+            namespace_exclude: settings.namespace_exclude.clone(),
+            namespace_include: settings.namespace_include.clone(),
+            kms_concurrency: settings.table.kms_concurrency,
+            scan_segments: settings.table.scan_segments,
+            prune_keys: settings.apply.diff.prune_keys,
+            delete_empty: settings.apply.diff.delete_empty,
+            rollouts: settings.apply.rollouts,
+            key_mapping: settings.mapping.as_str(),
+            adopt_kubestash_v2: settings.apply.diff.adopt_kubestash_v2,
+            snapshot_repo: snapshots.map(|s| s.path.clone()),
+            snapshot_remote: settings.snapshot_remote_shown.clone(),
+            age_recipients: snapshots
+                .map(|s| s.recipient_texts.clone())
+                .unwrap_or_default(),
+            age_identity: set(settings.identities.is_some()),
+            snapshot_signing_key: set(signing_key),
+            snapshot_trusted_keys: snapshots
+                .map(|s| s.trusted_key_files.clone())
+                .unwrap_or_default(),
+            request_timeout: settings.request_timeout,
             listen: args.listen.to_string(),
             interval: args.interval,
             schedule: args.schedule.clone(),
@@ -328,10 +328,9 @@ impl Settings {
             grace: args.grace,
             // A dry run writes nothing, so it applies no request either;
             // without a signing key no revision can be authenticated.
-            request_poll_interval: (common.snapshot_remote.is_some()
-                && common.snapshot_repo.is_some()
-                && common.age_identity.is_some()
-                && common.snapshot_signing_key.is_some()
+            request_poll_interval: (snapshots.is_some_and(|s| s.remote.is_some())
+                && settings.identities.is_some()
+                && signing_key
                 && !args.dry_run
                 && !args.request_poll_interval.is_zero())
             .then_some(args.request_poll_interval),
@@ -371,7 +370,8 @@ mod tests {
     #[test]
     fn the_settings_metric_has_a_value_for_each_label() {
         let cli = Cli::try_parse_from(["credsync", "run", "--no-stream"]).unwrap();
-        let settings = Settings::resolve(&cli.common, &run_args(&["--no-stream"])).unwrap();
+        let common = Settings::resolve(&cli.common, &cli.command).unwrap();
+        let settings = RunSettings::resolve(&common, &run_args(&["--no-stream"])).unwrap();
         let labels = settings.metric_labels();
         assert_eq!(labels.len(), crate::metrics::SETTINGS_LABELS.len());
         assert_eq!(labels[5], "false", "stream: followed or not");

@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod legacy;
 mod progress;
+mod settings;
 mod setup;
 mod terminal;
 
@@ -20,7 +21,8 @@ pub use legacy::parse;
 
 use crate::render::Heading;
 use crate::telemetry;
-use setup::{build, identities, snapshot_store};
+use settings::Settings;
+use setup::{build, snapshot_store};
 
 pub async fn main() -> ExitCode {
     let cli = match parse() {
@@ -33,37 +35,38 @@ pub async fn main() -> ExitCode {
             let is_error = clap_err.is_some_and(clap::Error::use_stderr);
             return ExitCode::from(u8::from(is_error));
         }
-        Err(err) => {
-            eprintln!("error: {}", crate::errors::chain(err.as_ref()));
-            return ExitCode::from(1);
-        }
+        Err(err) => return fail(&err),
     };
-    let terminal = terminal::Terminal::resolve(cli.common.color, cli.common.log_format);
-    telemetry::init(
-        cli.common.log_format,
-        cli.common.verbose,
-        terminal.color_stderr,
-    );
-    match run_bounded(cli, terminal).await {
+    // Raw flags -> settings, once: every later step takes these.
+    let settings = match Settings::resolve(&cli.common, &cli.command) {
+        Ok(settings) => settings,
+        Err(err) => return fail(&err),
+    };
+    let terminal = terminal::Terminal::resolve(settings.color, settings.log_format);
+    telemetry::init(settings.log_format, settings.verbose, terminal.color_stderr);
+    match run_bounded(cli.command, settings, terminal).await {
         Ok(code) => code,
-        Err(err) => {
-            // One line on stderr, whatever the log format.
-            eprintln!("error: {}", crate::errors::chain(err.as_ref()));
-            ExitCode::from(1)
-        }
+        Err(err) => fail(&err),
     }
 }
 
+/// One line on stderr, whatever the log format.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", crate::errors::chain(err.as_ref()));
+    ExitCode::from(1)
+}
+
 /// One-shot commands end within `--timeout`; the loop runs until stopped.
-async fn run_bounded(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
-    if cli.common.timeout.is_zero() || cli.common.request_timeout.is_zero() {
-        bail!("--timeout and --request-timeout must be more than 0");
+async fn run_bounded(
+    command: Command,
+    settings: Settings,
+    terminal: terminal::Terminal,
+) -> Result<ExitCode> {
+    if settings.needs.daemon {
+        return run(command, settings, terminal).await;
     }
-    if matches!(cli.command, Command::Run(_)) {
-        return run(cli, terminal).await;
-    }
-    let limit = cli.common.timeout;
-    match tokio::time::timeout(limit, run(cli, terminal)).await {
+    let limit = settings.timeout;
+    match tokio::time::timeout(limit, run(command, settings, terminal)).await {
         Ok(result) => result,
         Err(_) => bail!(
             "stopped after --timeout {:?}: AWS or the Kubernetes API did not answer in time \
@@ -74,9 +77,16 @@ async fn run_bounded(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode>
     }
 }
 
-async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
-    let common = &cli.common;
-    match &cli.command {
+/// Dispatches `command` with what it needs built.
+async fn run(
+    command: Command,
+    settings: Settings,
+    terminal: terminal::Terminal,
+) -> Result<ExitCode> {
+    let color = terminal.color_stdout;
+    // Commands that need no context: generated text, the snapshot
+    // repository alone, writes to the table.
+    match &command {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "credsync", &mut std::io::stdout());
@@ -89,64 +99,49 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
                 .context("writing the man page to stdout")?;
             return Ok(ExitCode::SUCCESS);
         }
-        _ => {}
-    }
-    if let Some(code) = commands::listings::execute(common, &cli.command, terminal.color_stdout)? {
-        return Ok(ExitCode::from(code));
-    }
-    // Writes to the table need neither the cluster nor a snapshot store.
-    match &cli.command {
-        Command::Put(args) => return commands::put::put(common, args).await.map(ExitCode::from),
-        Command::Delete { name, through } => {
-            return commands::put::delete(common, name, through)
+        Command::History { .. } | Command::Show { .. } | Command::Diff { .. } => {
+            return commands::listings::execute(&settings, &command, color).map(ExitCode::from);
+        }
+        Command::Put(args) => {
+            return commands::put::put(&settings, args)
                 .await
                 .map(ExitCode::from);
         }
+        Command::Delete { name, through } => {
+            return commands::put::delete(&settings, name, through)
+                .await
+                .map(ExitCode::from);
+        }
+        Command::Run(args) if args.print_config => {
+            return commands::run::print_config(&settings, args).map(ExitCode::from);
+        }
         _ => {}
     }
-    if let Command::Run(args) = &cli.command
-        && args.print_config
+    let store = snapshot_store(&settings)?;
+    let context = build(&settings, store, terminal.progress).await?;
+    if settings.needs.warm_start
+        && let Some(ids) = &settings.identities
     {
-        return commands::run::print_config(common, args).map(ExitCode::from);
-    }
-    let needs_recipients = matches!(cli.command, Command::Sync { .. } | Command::Run(_));
-    let store = snapshot_store(common, needs_recipients)?;
-    let daemon = matches!(cli.command, Command::Run(_));
-    let context = build(common, store.clone(), daemon, terminal.progress).await?;
-    let reconciler = &context.reconciler;
-    let reads_table = matches!(
-        cli.command,
-        Command::Sync { .. }
-            | Command::Run(_)
-            | Command::Plan {
-                from_snapshot: None,
-                ..
-            }
-    );
-    if reads_table
-        && store.is_some()
-        && let Some(ids) = identities(common)?
-    {
-        reconciler.warm_start(ids).await;
+        context.reconciler.warm_start(ids.clone()).await;
     }
     let out = commands::Output {
         heading: Heading {
             table: context.table.table().to_owned(),
             region: context.table.region().to_owned(),
-            cluster: common.cluster_name.clone(),
+            cluster: settings.cluster_name.clone(),
             // The daemon's plans are computed later, against later commits.
-            snapshot: match (&cli.command, &store) {
-                (Command::Run(_), _) | (_, None) => None,
-                (_, Some(store)) => store
+            snapshot: match (&context.snapshots, settings.needs.daemon) {
+                (Some(store), false) => store
                     .history(1)
                     .ok()
                     .and_then(|h| h.first().map(|c| c.id.clone())),
+                _ => None,
             },
         },
-        color: terminal.color_stdout,
+        color,
         progress: context.progress.clone(),
     };
-    let code = match cli.command {
+    let code = match command {
         Command::Plan {
             format,
             detailed_exitcode,
@@ -161,10 +156,10 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
                 max_bytes,
                 output,
             };
-            commands::plan::execute(common, &context, &out, options).await?
+            commands::plan::execute(&settings, &context, &out, options).await?
         }
         Command::Sync { dry_run, format } => {
-            commands::sync::execute(reconciler, &out, dry_run, format).await?
+            commands::sync::execute(&context.reconciler, &out, dry_run, format).await?
         }
         Command::Rollback {
             rev,
@@ -180,7 +175,7 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
                 branch,
                 reason,
             };
-            commands::rollback::propose(common, &context, &out, proposal).await?
+            commands::rollback::propose(&settings, &context, &out, proposal).await?
         }
         Command::Rollback {
             rev,
@@ -189,12 +184,17 @@ async fn run(cli: Cli, terminal: terminal::Terminal) -> Result<ExitCode> {
             format,
             ..
         } => {
-            commands::rollback::execute(common, reconciler, &out, &rev, &secrets, dry_run, format)
-                .await?
+            let rollback = commands::rollback::Rollback {
+                rev,
+                secrets,
+                dry_run,
+                format,
+            };
+            commands::rollback::execute(&settings, &context, &out, rollback).await?
         }
         Command::Unpin { secrets, all: _ } => commands::rollback::unpin(&context, &secrets).await?,
         Command::Run(args) => {
-            commands::run::execute(common, *args, context, out).await?;
+            commands::run::execute(&settings, *args, context, out).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::History { .. }

@@ -50,6 +50,7 @@ pub enum SigningKeyError {
 pub struct SignError(#[source] ssh_key::Error);
 
 /// The key credsync signs its snapshot commits with.
+#[derive(Clone)]
 pub struct CommitSigner {
     key: PrivateKey,
 }
@@ -173,7 +174,7 @@ impl TrustedKeys {
 }
 
 /// What credsync signs with and trusts, resolved once at start-up.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Signing {
     /// None: commits are written unsigned (and nothing unsigned is trusted).
     pub signer: Option<CommitSigner>,

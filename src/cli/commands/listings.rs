@@ -3,20 +3,17 @@
 
 use anyhow::Result;
 
-use crate::cli::args::{Command, Common};
-use crate::cli::setup::{required_identities, required_store};
+use crate::cli::args::Command;
+use crate::cli::settings::Settings;
+use crate::cli::setup::required_store;
 use crate::render::listing;
 
-/// Runs a listing command; `None` when `command` is not one.
-/// `color`: whether text listings may carry colour (a terminal, no NO_COLOR).
-pub(in crate::cli) fn execute(
-    common: &Common,
-    command: &Command,
-    color: bool,
-) -> Result<Option<u8>> {
+/// Runs a listing command (`history`, `show` or `diff`; any other does
+/// nothing). `color`: whether text listings may carry colour.
+pub(in crate::cli) fn execute(settings: &Settings, command: &Command, color: bool) -> Result<u8> {
     match command {
         Command::History { limit, format } => {
-            let store = required_store(common)?;
+            let store = required_store(settings)?;
             print!(
                 "{}",
                 listing::history(&store.history(*limit)?, *format, color)
@@ -28,10 +25,10 @@ pub(in crate::cli) fn execute(
             reveal,
             format,
         } => {
-            let store = required_store(common)?;
+            let store = required_store(settings)?;
             let commit = store.resolve(rev)?;
             if *reveal {
-                let docs = store.documents(&commit.id, secrets, &required_identities(common)?)?;
+                let docs = store.documents(&commit.id, secrets, settings.required_identities()?)?;
                 print!("{}", listing::reveal(&docs)?);
             } else {
                 let entries = store.entries(&commit.id, secrets)?;
@@ -39,12 +36,12 @@ pub(in crate::cli) fn execute(
             }
         }
         Command::Diff { from, to, format } => {
-            let store = required_store(common)?;
+            let store = required_store(settings)?;
             let (from, to) = (store.resolve(from)?, store.resolve(to)?);
             let deltas = store.diff(&from.id, &to.id)?;
             print!("{}", listing::diff(&from, &to, &deltas, *format, color));
         }
-        _ => return Ok(None),
+        _ => {}
     }
-    Ok(Some(0))
+    Ok(0)
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::Output;
-use crate::cli::args::Common;
-use crate::cli::setup::{identities, required_identities, required_store};
+use super::rollback::store_of;
+use crate::cli::settings::Settings;
 use crate::context::Context;
 use crate::plan::{Action, Plan, RequestState};
 use crate::render::{self, Format, Heading, markdown};
@@ -25,7 +25,7 @@ pub(in crate::cli) struct PlanOptions {
 }
 
 pub(in crate::cli) async fn execute(
-    common: &Common,
+    settings: &Settings,
     context: &Context,
     out: &Output,
     options: PlanOptions,
@@ -33,9 +33,9 @@ pub(in crate::cli) async fn execute(
     let reconciler = &context.reconciler;
     let planned = match &options.from_snapshot {
         Some(rev) => {
-            let store = required_store(common)?;
+            let store = store_of(context)?;
             let commit = store.resolve(rev)?;
-            let secrets = store.desired(&commit.id, &[], &required_identities(common)?)?;
+            let secrets = store.desired(&commit.id, &[], settings.required_identities()?)?;
             // What `rollback REV` would refuse is refused here too.
             let signed = store.authenticated(&commit.id)?;
             let verified = reconciler.verify_restore(secrets, signed).await?;
@@ -50,7 +50,7 @@ pub(in crate::cli) async fn execute(
                     &context.cluster,
                     store.clone(),
                     None,
-                    identities(common)?,
+                    settings.identities.clone(),
                 )
                 .await?;
             }

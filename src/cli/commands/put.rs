@@ -9,21 +9,19 @@ use anyhow::{Context, Result, bail};
 use axum::http::{Method, StatusCode};
 use kube::client::Body;
 
-use crate::cli::args::{Common, PutArgs, ThroughServer};
+use crate::cli::args::{PutArgs, ThroughServer};
+use crate::cli::settings::Settings;
 use crate::cli::setup;
 use crate::credstash::{NewItem, PutVersion};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
-pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
+pub(in crate::cli) async fn put(settings: &Settings, args: &PutArgs) -> Result<u8> {
     let value = read_value(args)?;
-    if let Err(reason) = common.key_mapping.map(&args.name) {
+    if let Err(reason) = settings.mapping.map(&args.name) {
         tracing::warn!(name = %args.name, %reason, "this name maps to no Secret key: sync will skip it");
     }
     if let Some(server) = &args.through.server {
-        if args.version.is_some() || args.autoversion {
-            bail!("--server always writes the next version: leave out -v and -a");
-        }
         let path = api_path(&args.name)?;
         let answer = call(&args.through, Method::PUT, &path, value.expose().to_vec()).await?;
         println!(
@@ -34,7 +32,7 @@ pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
         return Ok(0);
     }
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-    let source = setup::source(common, metrics).await;
+    let source = setup::source(settings, metrics).await;
     let version = match (args.autoversion, args.version) {
         (true, _) => PutVersion::Next,
         (false, n) => PutVersion::Exact(n.unwrap_or(1)),
@@ -52,7 +50,7 @@ pub(in crate::cli) async fn put(common: &Common, args: &PutArgs) -> Result<u8> {
 }
 
 pub(in crate::cli) async fn delete(
-    common: &Common,
+    settings: &Settings,
     name: &str,
     through: &ThroughServer,
 ) -> Result<u8> {
@@ -63,7 +61,7 @@ pub(in crate::cli) async fn delete(
         return Ok(0);
     }
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-    let source = setup::source(common, metrics).await;
+    let source = setup::source(settings, metrics).await;
     let deleted = source.delete(name).await?;
     for id in &deleted {
         println!("deleted {} version {}", id.name, id.version);

@@ -1,34 +1,54 @@
 //! `rollback` (restore Secrets from a snapshot revision and pin them) and
 //! `unpin` (hand them back to the table).
 
-use anyhow::{Result, bail};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
 
 use super::Output;
-use crate::cli::args::Common;
-use crate::cli::setup::{required_identities, required_store};
+use crate::cli::settings::Settings;
 use crate::context::Context;
 use crate::manifest::SecretRef;
 use crate::plan::Plan;
-use crate::reconcile::Reconciler;
 use crate::render::{self, Format};
 use crate::rollback_requests::plan_requests;
-use crate::snapshot::remote::RemoteUrl;
 use crate::snapshot::request::RollbackRequest;
+use crate::snapshot::store::SnapshotStore;
+
+/// `rollback REV` (not `--propose`): what to restore and how to report it.
+pub(in crate::cli) struct Rollback {
+    pub rev: String,
+    pub secrets: Vec<SecretRef>,
+    pub dry_run: bool,
+    pub format: Format,
+}
+
+/// The snapshot repository of a command that cannot work without it.
+pub(in crate::cli) fn store_of(context: &Context) -> Result<&Arc<SnapshotStore>> {
+    context
+        .snapshots
+        .as_ref()
+        .context("this command needs --snapshot-repo (or CREDSYNC_SNAPSHOT_REPO)")
+}
 
 pub(in crate::cli) async fn execute(
-    common: &Common,
-    reconciler: &Reconciler,
+    settings: &Settings,
+    context: &Context,
     out: &Output,
-    rev: &str,
-    secrets: &[SecretRef],
-    dry_run: bool,
-    format: Format,
+    rollback: Rollback,
 ) -> Result<u8> {
-    let store = required_store(common)?;
-    let commit = store.resolve(rev)?;
+    let Rollback {
+        rev,
+        secrets,
+        dry_run,
+        format,
+    } = rollback;
+    let reconciler = &context.reconciler;
+    let store = store_of(context)?;
+    let commit = store.resolve(&rev)?;
     // Decrypt (and check every MAC), then check every value against the
     // sources, before touching the cluster.
-    let restored = store.desired(&commit.id, secrets, &required_identities(common)?)?;
+    let restored = store.desired(&commit.id, &secrets, settings.required_identities()?)?;
     let signed = store.authenticated(&commit.id)?;
     let verified = reconciler.verify_restore(restored, signed).await?;
     let report = reconciler
@@ -70,22 +90,17 @@ pub(in crate::cli) struct Proposal {
 /// restores is decrypted and its MAC checked first: a request that the
 /// loop would refuse is not proposed.
 pub(in crate::cli) async fn propose(
-    common: &Common,
+    settings: &Settings,
     context: &Context,
     out: &Output,
     proposal: Proposal,
 ) -> Result<u8> {
     let reconciler = &context.reconciler;
-    if common.snapshot_remote.is_none() {
-        bail!(
-            "--propose pushes a branch for review: give --snapshot-remote (or CREDSYNC_SNAPSHOT_REMOTE)"
-        );
-    }
-    let store = required_store(common)?;
-    let identities = required_identities(common)?;
+    let store = store_of(context)?;
+    let identities = settings.required_identities()?;
     store.fetch()?;
     let commit = store.resolve(&proposal.rev)?;
-    let restored = store.desired(&commit.id, &proposal.secrets, &identities)?;
+    let restored = store.desired(&commit.id, &proposal.secrets, identities)?;
     let request = RollbackRequest {
         revision: commit.id.clone(),
         secrets: restored.keys().cloned().collect(),
@@ -115,7 +130,7 @@ pub(in crate::cli) async fn propose(
         &context.cluster,
         store.clone(),
         Some(proposed.commit.clone()),
-        Some(identities),
+        Some(identities.clone()),
     )
     .await
     .map_err(anyhow::Error::from)
@@ -154,11 +169,9 @@ pub(in crate::cli) async fn propose(
         proposed.branch,
         proposed.path,
         &proposed.commit[..12],
-        common
-            .snapshot_remote
+        settings
+            .snapshot_remote_shown
             .as_deref()
-            .map(RemoteUrl::parse)
-            .map(|u| u.to_string())
             .unwrap_or_default(),
         crate::snapshot::BRANCH,
     );
