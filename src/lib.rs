@@ -1,24 +1,28 @@
 //! credsync keeps Kubernetes Secrets in step with a Credstash table.
 //!
-//! Imports go one way, down these layers:
+//! Imports go one way, down these layers (tools/imports.py checks it, and
+//! docs/development.md maps where each job lives):
 //!
 //! - domain: [`secret`] (values that never print), [`source`] (what a
 //!   source hands over), [`manifest`] (names to desired Secrets), [`plan`]
 //!   (live vs desired, key names only), [`labels`] (what credsync writes on
-//!   a Secret), [`rollout`] (which workloads restart for which Secrets);
-//!   beside them [`metrics`], [`backoff`], [`aws_error`], [`errors`] and [`text`]
+//!   a Secret), [`rollout_rules`] (which workloads restart for which
+//!   Secrets); beside them [`metrics`], [`backoff`], [`aws_error`],
+//!   [`errors`] (error chains printed whole), [`progress`] and [`text`]
 //!   (outside text made safe to print), used by every layer and depending
 //!   on none;
 //! - adapters: [`credstash`] reads, decrypts and writes the table,
 //!   [`secretsmanager`] reads AWS Secrets Manager, [`cluster`] reads live
 //!   Secrets, applies, restarts workloads, reviews callers and holds the
 //!   Lease, [`snapshot`] records desired state in git as SOPS files (the
-//!   format is the `sops-age` crate);
-//! - application: [`reconcile`] (one reconcile, top to bottom), [`restore`]
-//!   (what a rollback may write: snapshot content checked against the
-//!   sources), [`requests`] (reviewed rollback requests), [`render`],
-//!   [`cli`], and the `run` daemon: [`run`], [`worker`], [`trigger`],
-//!   [`server`], [`telemetry`].
+//!   format is the `sops-age` crate) and signs and verifies its commits;
+//! - application: [`context`] (the adapters built once and handed down),
+//!   [`reconcile`] (one reconcile, top to bottom), [`restore`] (what a
+//!   rollback may write: snapshot content checked against the sources),
+//!   [`rollback_requests`] (reviewed rollback requests), [`render`],
+//!   [`telemetry`], [`cli`] (flags resolved once into settings, then one
+//!   function per command) and [`daemon`] (`credsync run`: the worker, its
+//!   triggers, the HTTP server, health and the rollback follower).
 
 pub mod aws_error;
 pub mod backoff;

@@ -71,11 +71,7 @@ async fn a_link_in_the_work_tree_never_leads_a_write_outside_the_repository() {
         &s.identity,
         &["-d", path_str(&s.repo.join("test/ns/web.yaml"))],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "sops -d test/ns/web.yaml");
     assert!(String::from_utf8_lossy(&out.stdout).contains("web"));
 }
 
@@ -101,11 +97,7 @@ async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
     let broken = s.head();
     // The Secret behind `gone` leaves the table: its unreadable file goes too.
     let out = s.env.credstash(&["delete", "ns/gone/key"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "credstash delete ns/gone/key");
 
     let run = s.run(&["sync"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -121,11 +113,7 @@ async fn committed_files_that_cannot_be_read_are_rewritten_not_fatal() {
         let path = dir.join(format!("{name}.yaml"));
         assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
         let out = s.env.sops(&s.identity, &["-d", path_str(&path)]);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_ok(&out, name);
     }
     assert!(!dir.join("gone.yaml").exists());
     assert_ne!(s.head(), broken, "a new commit");
@@ -160,11 +148,7 @@ impl SmallDisk {
             .arg(path)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root (CI runs as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_ok(&out, "mounting a tmpfs needs root (CI runs as root)");
         Self {
             path: path.to_owned(),
         }
@@ -383,11 +367,7 @@ async fn sigkill_at_any_point_of_a_sync_leaves_nothing_half_done() {
         // A repository exists once the first run got that far; whatever it
         // holds must be whole.
         if s.repo.join(".git").exists() {
-            assert!(
-                fsck.status.success(),
-                "{}",
-                String::from_utf8_lossy(&fsck.stderr)
-            );
+            support::assert_ok(&fsck, "fsck");
         }
         // Every Secret written so far is complete: all its keys, right values.
         let secrets = s.env.kube().await;
@@ -519,11 +499,7 @@ async fn a_hostile_snapshot_remote_cannot_write_outside_or_stop_syncs() {
         &s.identity,
         &["-d", path_str(&s.repo.join("test/ns/app.yaml"))],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "sops -d test/ns/app.yaml");
     assert!(converged(&s.env, &s.args(&[])));
 }
 
@@ -579,12 +555,15 @@ async fn a_watch_that_hangs_mid_stream_still_repairs_drift_once_the_api_answers(
         serde_json::json!({"data": {"PASSWORD": "aGFuZC1lZGl0"}}),
     )
     .await;
-    let restored = support::eventually(Duration::from_secs(30), || async {
-        env.secret_data("app", "svc")
-            .await
-            .is_some_and(|d| d["PASSWORD"] == b"hung-watch-value")
-    })
-    .await;
+    let restored = env
+        .eventually_value(
+            "app",
+            "svc",
+            "PASSWORD",
+            b"hung-watch-value",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(restored, "{}", env.daemon_log(&daemon));
 }
 
@@ -609,12 +588,15 @@ async fn an_aws_endpoint_restarted_on_the_same_port_is_picked_up_again() {
     // Down, then back empty on the same port (a new table, a new key).
     env.restart_moto().await;
     env.put("app/svc/key", "restart-value-two");
-    let synced = support::eventually(Duration::from_secs(30), || async {
-        env.secret_data("app", "svc")
-            .await
-            .is_some_and(|d| d["KEY"] == b"restart-value-two")
-    })
-    .await;
+    let synced = env
+        .eventually_value(
+            "app",
+            "svc",
+            "KEY",
+            b"restart-value-two",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(synced, "{}", env.daemon_log(&daemon));
     assert_eq!(support::http(port, "GET", "/healthz", None).0, 200);
 }

@@ -150,11 +150,7 @@ async fn a_cluster_kubestash_v2_fed_migrates_without_surprises() {
 
     // A key deleted from the table is now removed; the key it never named stays.
     let out = env.credstash(&["delete", "team-a/db/db-user"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "credstash delete team-a/db/db-user");
     let run = env.credsync(&[&kv2[..], &["sync"]].concat());
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let data = env.secret_data("team-a", "db").await.unwrap();

@@ -42,11 +42,7 @@ fn render(values: &Value) -> Vec<Value> {
         .arg(RELEASE_NS)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "rendering the chart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "rendering the chart");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -127,11 +123,7 @@ impl Installed {
         stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
         drop(stdin);
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_ok(&out, &format!("kubectl {args:?}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -253,12 +245,15 @@ async fn sync_and_run_as_the_service_account(chart: &Installed) {
     .await;
     assert!(held, "the Lease is held: {}", env.daemon_log(&daemon));
     env.put("team-a/app/password", "rbac-team-a-password-2");
-    let carried = eventually(Duration::from_secs(30), || async {
-        env.secret_data("team-a", "app")
-            .await
-            .is_some_and(|d| d["PASSWORD"] == b"rbac-team-a-password-2")
-    })
-    .await;
+    let carried = env
+        .eventually_value(
+            "team-a",
+            "app",
+            "PASSWORD",
+            b"rbac-team-a-password-2",
+            Duration::from_secs(30),
+        )
+        .await;
     let log = env.daemon_log(&daemon);
     assert!(carried, "{log}");
     assert!(!log.contains("forbidden"), "{log}");
@@ -468,12 +463,15 @@ async fn self_service_writes_follow_each_callers_rbac() {
         table_has("team-a/db/PASSWORD").as_deref(),
         Some("alice-self-service-one")
     );
-    let reached = eventually(Duration::from_secs(30), || async {
-        env.secret_data("team-a", "db")
-            .await
-            .is_some_and(|d| d["PASSWORD"] == b"alice-self-service-one")
-    })
-    .await;
+    let reached = env
+        .eventually_value(
+            "team-a",
+            "db",
+            "PASSWORD",
+            b"alice-self-service-one",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(reached, "{}", env.daemon_log(&daemon));
     // A stale If-Match is a conflict, not an overwrite.
     let bearer = format!("Bearer {alice}");

@@ -53,10 +53,10 @@ impl Flow {
     /// Waits until app/api's TOKEN is `value`; the daemon's log if it never is.
     async fn token_becomes(&self, daemon: &Daemon, value: &[u8]) {
         assert!(
-            eventually(Duration::from_secs(30), || async {
-                token(&self.s).await == value
-            })
-            .await,
+            self.s
+                .env
+                .eventually_value("app", "api", "TOKEN", value, Duration::from_secs(30))
+                .await,
             "{}",
             self.s.env.daemon_log(daemon)
         );

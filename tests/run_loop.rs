@@ -46,10 +46,9 @@ async fn a_credstash_put_reaches_the_secret_through_the_stream() {
         env.put("app/svc/token", &value);
         // From the moment the item is in the table (the CLI returned).
         let started = Instant::now();
-        let arrived = eventually(Duration::from_secs(15), || {
-            value_is(&env, "app", "svc", "TOKEN", &value)
-        })
-        .await;
+        let arrived = env
+            .eventually_value("app", "svc", "TOKEN", &value, Duration::from_secs(15))
+            .await;
         assert!(
             arrived,
             "put {i} did not arrive:\n{}",
@@ -113,13 +112,13 @@ async fn one_put_among_500_secrets_costs_one_kms_call_no_scan_one_write() {
     let count = |text: &str, sample: &str| metric(text, sample);
     env.put("bulk/svc-250/key", "bulk-rotated-value");
     assert!(
-        eventually(Duration::from_secs(15), || value_is(
-            &env,
+        env.eventually_value(
             "bulk",
             "svc-250",
             "KEY",
-            "bulk-rotated-value"
-        ))
+            "bulk-rotated-value",
+            Duration::from_secs(15)
+        )
         .await
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -160,10 +159,15 @@ async fn a_hand_edit_of_a_managed_key_is_reverted() {
         serde_json::json!({"data": {"PASSWORD": "aGFuZC1lZGl0"}}),
     )
     .await;
-    let restored = eventually(Duration::from_secs(5), || {
-        value_is(&env, "app", "svc", "PASSWORD", "drift-original-value")
-    })
-    .await;
+    let restored = env
+        .eventually_value(
+            "app",
+            "svc",
+            "PASSWORD",
+            "drift-original-value",
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(restored, "{}", env.daemon_log(&daemon));
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -175,13 +179,13 @@ async fn a_hand_edit_of_a_managed_key_is_reverted() {
         kube::Api::namespaced(env.kube().await, "app");
     api.delete("svc", &Default::default()).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || value_is(
-            &env,
+        env.eventually_value(
             "app",
             "svc",
             "PASSWORD",
-            "drift-original-value"
-        ))
+            "drift-original-value",
+            Duration::from_secs(5)
+        )
         .await
     );
     // The counter moves when the reconcile finishes, just after its write.
@@ -237,10 +241,9 @@ async fn credsyncs_own_writes_do_not_come_back_as_drift() {
     assert_eq!(http(port, "POST", "/sync", Some("own-writes-token")).0, 202);
     for i in 0..10 {
         let (name, want) = (format!("svc-{i}"), format!("own-write-second-{i}"));
-        let arrived = eventually(Duration::from_secs(15), || {
-            value_is(&env, "app", &name, "KEY", &want)
-        })
-        .await;
+        let arrived = env
+            .eventually_value("app", &name, "KEY", &want, Duration::from_secs(15))
+            .await;
         assert!(arrived, "{name}: {}", env.daemon_log(&daemon));
     }
     let synced = eventually(Duration::from_secs(10), || async move {
@@ -258,10 +261,15 @@ async fn credsyncs_own_writes_do_not_come_back_as_drift() {
         serde_json::json!({"data": {"KEY": "aGFuZC1lZGl0"}}),
     )
     .await;
-    let restored = eventually(Duration::from_secs(10), || {
-        value_is(&env, "app", "svc-3", "KEY", "own-write-second-3")
-    })
-    .await;
+    let restored = env
+        .eventually_value(
+            "app",
+            "svc-3",
+            "KEY",
+            "own-write-second-3",
+            Duration::from_secs(10),
+        )
+        .await;
     assert!(restored, "{}", env.daemon_log(&daemon));
     let repaired = eventually(Duration::from_secs(10), || async move {
         metric(&metrics(port), "credsync_drift_corrections_total") >= 1.0
@@ -382,13 +390,13 @@ async fn streams_off_is_schedule_only_and_still_ready() {
     );
     env.put("app/svc/key", "schedule-value-two");
     assert!(
-        eventually(Duration::from_secs(10), || value_is(
-            &env,
+        env.eventually_value(
             "app",
             "svc",
             "KEY",
-            "schedule-value-two"
-        ))
+            "schedule-value-two",
+            Duration::from_secs(10)
+        )
         .await
     );
 }
@@ -471,25 +479,25 @@ async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
     // The new leader's first reconcile creates the Secret; on a real server
     // that can land after the follower already names the leader.
     assert!(
-        eventually(Duration::from_secs(10), || value_is(
-            &env,
+        env.eventually_value(
             "app",
             "svc",
             "KEY",
-            "leader-value-one"
-        ))
+            "leader-value-one",
+            Duration::from_secs(10)
+        )
         .await
     );
     env.mark_requests();
     env.put("app/svc/key", "leader-value-two");
     assert!(
-        eventually(Duration::from_secs(10), || value_is(
-            &env,
+        env.eventually_value(
             "app",
             "svc",
             "KEY",
-            "leader-value-two"
-        ))
+            "leader-value-two",
+            Duration::from_secs(10)
+        )
         .await
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -522,13 +530,13 @@ async fn two_replicas_only_the_leader_writes_and_a_dead_leader_is_replaced() {
     assert!(took < Duration::from_secs(4), "took {took:?}");
     env.put("app/svc/key", "leader-value-three");
     assert!(
-        eventually(Duration::from_secs(10), || value_is(
-            &env,
+        env.eventually_value(
             "app",
             "svc",
             "KEY",
-            "leader-value-three"
-        ))
+            "leader-value-three",
+            Duration::from_secs(10)
+        )
         .await
     );
 }
@@ -560,13 +568,13 @@ async fn faults_are_counted_and_the_loop_recovers() {
     );
     env.put("app/svc/key", "fault-value-two");
     assert!(
-        eventually(Duration::from_secs(15), || value_is(
-            &env,
+        env.eventually_value(
             "app",
             "svc",
             "KEY",
-            "fault-value-two"
-        ))
+            "fault-value-two",
+            Duration::from_secs(15)
+        )
         .await,
         "{}",
         env.daemon_log(&daemon)
@@ -587,13 +595,13 @@ async fn faults_are_counted_and_the_loop_recovers() {
     assert!(timed_out, "{}", env.daemon_log(&daemon));
     env.put("app/svc/key", "fault-value-three");
     assert!(
-        eventually(Duration::from_secs(20), || value_is(
-            &env,
+        env.eventually_value(
             "app",
             "svc",
             "KEY",
-            "fault-value-three"
-        ))
+            "fault-value-three",
+            Duration::from_secs(20)
+        )
         .await,
         "{}",
         env.daemon_log(&daemon)

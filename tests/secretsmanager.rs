@@ -268,12 +268,15 @@ async fn three_processes_on_three_queues_fed_by_one_topic_converge() {
             .send()
             .await
             .unwrap();
-        let arrived = eventually(Duration::from_secs(30), || async {
-            env.secret_data(&format!("team-{i}"), "app")
-                .await
-                .is_some_and(|d| d["TOKEN"] == value.as_bytes())
-        })
-        .await;
+        let arrived = env
+            .eventually_value(
+                &format!("team-{i}"),
+                "app",
+                "TOKEN",
+                &value,
+                Duration::from_secs(30),
+            )
+            .await;
         assert!(
             arrived,
             "change {change}: {}",
@@ -374,12 +377,15 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
 
     // Once writes go through, the message comes back, is handled and deleted.
     faults.clear_faults();
-    let arrived = eventually(Duration::from_secs(30), || async {
-        env.secret_data("team-a", "app")
-            .await
-            .is_some_and(|d| d["TOKEN"] == b"retry-token-two")
-    })
-    .await;
+    let arrived = env
+        .eventually_value(
+            "team-a",
+            "app",
+            "TOKEN",
+            b"retry-token-two",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
     let drained = eventually(Duration::from_secs(20), || async {
         env.queued(&url).await == 0
@@ -506,12 +512,15 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
         "dynamodb": {"Keys": {"name": {"S": "team-a/app/TOKEN"}, "version": {"S": "0000000000000000002"}}},
     });
     env.send_to_queue(&url, &record.to_string()).await;
-    let arrived = eventually(Duration::from_secs(20), || async {
-        env.secret_data("team-a", "app")
-            .await
-            .is_some_and(|d| d["TOKEN"] == b"pipes-token-two")
-    })
-    .await;
+    let arrived = env
+        .eventually_value(
+            "team-a",
+            "app",
+            "TOKEN",
+            b"pipes-token-two",
+            Duration::from_secs(20),
+        )
+        .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
     assert_eq!(
         env.secret_data("team-a", "app").await.unwrap()["API_KEY"],
@@ -560,12 +569,15 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
     put_value(&env, "team-a/app", r#"{"TOKEN":"shape-token-two"}"#).await;
     let batch = format!("[{}]", cloudtrail_event("PutSecretValue", "team-a/app"));
     env.send_to_queue(&url, &batch).await;
-    let arrived = eventually(Duration::from_secs(30), || async {
-        env.secret_data("team-a", "app")
-            .await
-            .is_some_and(|d| d["TOKEN"] == b"shape-token-two")
-    })
-    .await;
+    let arrived = env
+        .eventually_value(
+            "team-a",
+            "app",
+            "TOKEN",
+            b"shape-token-two",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
     let drained = eventually(Duration::from_secs(20), || async {
         env.queued(&url).await == 0

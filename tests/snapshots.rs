@@ -21,11 +21,7 @@ async fn sync_commits_a_snapshot_that_sops_decrypts_to_the_secret() {
 
     let file = s.repo.join("test/team-a/db.yaml");
     let out = s.env.sops(&s.identity, &["-d", path_str(&file)]);
-    assert!(
-        out.status.success(),
-        "sops -d: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "sops -d");
     let manifest: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
     assert_eq!(manifest["kind"], "Secret");
     assert_eq!(manifest["metadata"]["namespace"], "team-a");

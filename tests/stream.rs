@@ -3,7 +3,7 @@
 //!
 //! moto has one shard per stream that never closes, splits or expires its
 //! iterators, so shard ordering, expired iterators and throttling are covered
-//! by the unit tests in `src/trigger/stream.rs`, not here.
+//! by the unit tests in `src/daemon/trigger/stream/`, not here.
 
 mod support;
 
@@ -290,11 +290,7 @@ async fn table_without_stream_and_wrong_settings() {
 
     // The stream of another table is refused: its names are not this table's.
     let out = env.credstash_in(REGION, "other-store", &["setup"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "credstash setup other-store");
     enable_stream(&env, "other-store", StreamViewType::KeysOnly).await;
     let (other, _) = connect(&env, config("other-store", 1000)).await;
     let other_arn = other.unwrap().unwrap().stream_arn().to_owned();
@@ -334,11 +330,7 @@ async fn continuous_traffic_still_propagates_and_shutdown_is_prompt() {
     let env = StandIns::start(&[]).await;
     let table = "busy-store";
     let out = env.credstash_in(REGION, table, &["setup"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "credstash setup busy-store");
     enable_stream(&env, table, StreamViewType::KeysOnly).await;
 
     let debounce = Duration::from_millis(400);

@@ -365,11 +365,7 @@ async fn undecryptable_items_are_reported_and_keep_live_values() {
             "refused-new-value",
         ],
     );
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    support::assert_ok(&put, "put");
     let eu = aws_sdk_dynamodb::Client::new(&env.sdk_config("eu-west-1").await);
     let copied = eu
         .scan()

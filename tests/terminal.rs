@@ -112,11 +112,7 @@ fn completions_load_in_bash_and_the_man_page_renders() {
         ))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_ok(&out, "bash completion");
     assert!(String::from_utf8_lossy(&out.stdout).contains("credsync"));
     for shell in ["zsh", "fish"] {
         let out = Command::new(binary)
@@ -139,11 +135,7 @@ fn completions_load_in_bash_and_the_man_page_renders() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&rendered.stdout);
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
+    support::assert_ok(&rendered, "rendered");
     for section in [
         "NAME",
         "SYNOPSIS",

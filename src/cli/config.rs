@@ -292,7 +292,7 @@ impl RunSettings {
             age_recipients: snapshots
                 .map(|s| s.recipient_texts.clone())
                 .unwrap_or_default(),
-            age_identity: set(settings.identities.is_some()),
+            age_identity: set(settings.age_identity_given),
             snapshot_signing_key: set(signing_key),
             snapshot_trusted_keys: snapshots
                 .map(|s| s.trusted_key_files.clone())
@@ -329,7 +329,7 @@ impl RunSettings {
             // A dry run writes nothing, so it applies no request either;
             // without a signing key no revision can be authenticated.
             request_poll_interval: (snapshots.is_some_and(|s| s.remote.is_some())
-                && settings.identities.is_some()
+                && settings.age_identity_given
                 && signing_key
                 && !args.dry_run
                 && !args.request_poll_interval.is_zero())

@@ -46,6 +46,8 @@ pub(super) struct Settings {
     pub snapshot_remote_shown: Option<String>,
     /// `--age-identity`, read: to decrypt snapshots.
     pub identities: Option<Identities>,
+    /// Whether `--age-identity` was given (read or not, see [`Needs::key_files`]).
+    pub age_identity_given: bool,
     pub color: ColorChoice,
     pub log_format: LogFormat,
     pub verbose: bool,
@@ -78,6 +80,9 @@ pub(super) struct Needs {
     pub daemon: bool,
     /// Reads the table: a warm start from the last snapshot pays off.
     pub warm_start: bool,
+    /// Opens the key and token files the flags name. `run --print-config`
+    /// only says whether each is set: it runs where the pod's mounts are not.
+    pub key_files: bool,
 }
 
 impl Needs {
@@ -93,6 +98,7 @@ impl Needs {
                 | Command::Man
         );
         let daemon = matches!(command, Command::Run(_));
+        let key_files = !matches!(command, Command::Run(args) if args.print_config);
         Self {
             context,
             recipients: daemon || matches!(command, Command::Sync { .. }),
@@ -106,6 +112,7 @@ impl Needs {
                             ..
                         }
                 ),
+            key_files,
         }
     }
 }
@@ -146,6 +153,7 @@ impl Settings {
         let identities = common
             .age_identity
             .as_deref()
+            .filter(|_| needs.key_files)
             .map(|path| {
                 Identities::from_file(path)
                     .with_context(|| format!("reading age identity {}", path.display()))
@@ -193,6 +201,7 @@ impl Settings {
                 .as_deref()
                 .map(|url| RemoteUrl::parse(url).to_string()),
             identities,
+            age_identity_given: common.age_identity.is_some(),
             color: common.color,
             log_format: common.log_format,
             verbose: common.verbose,
@@ -223,7 +232,11 @@ fn snapshot_settings(common: &Common, needs: Needs) -> Result<Option<SnapshotSet
         true => None,
         false => Some(Recipients::parse(&common.age_recipients).context("--age-recipient")?),
     };
-    let token = match &common.snapshot_token_file {
+    let token = match common
+        .snapshot_token_file
+        .as_ref()
+        .filter(|_| needs.key_files)
+    {
         Some(file) => Some(
             std::fs::read_to_string(file)
                 .with_context(|| format!("reading --snapshot-token-file {}", file.display()))?
@@ -240,10 +253,15 @@ fn snapshot_settings(common: &Common, needs: Needs) -> Result<Option<SnapshotSet
     let signer = common
         .snapshot_signing_key
         .as_deref()
+        .filter(|_| needs.key_files)
         .map(CommitSigner::from_file)
         .transpose()?;
     let mut trusted = Vec::new();
-    for file in &common.snapshot_trusted_keys {
+    for file in common
+        .snapshot_trusted_keys
+        .iter()
+        .filter(|_| needs.key_files)
+    {
         trusted.extend(TrustedKeys::from_file(file)?);
     }
     Ok(Some(SnapshotSettings {

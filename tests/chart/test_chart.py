@@ -690,7 +690,7 @@ def test_calls_fixture_matches_the_code():
     cluster = (ROOT / "src" / "cluster" / "mod.rs").read_text()
     assert re.search(r"Api<Secret> = Api::all\(", cluster) and "pub fn secret_apis" in cluster
     assert "pub fn watch_apis" in cluster
-    assert "watch_apis()" in (ROOT / "src" / "trigger" / "drift.rs").read_text()
+    assert "watch_apis()" in (ROOT / "src" / "daemon" / "trigger" / "drift.rs").read_text()
     ids = {"list-managed-secrets", "list-secrets-for-drift", "watch-secrets-for-drift"}
     assert ids <= {c["id"] for c in CALLS if c["scope"] == "all-namespaces" and c.get("scopeWithInclude") == "included-namespaces"}
     lease = (ROOT / "src" / "cluster" / "lease.rs").read_text()

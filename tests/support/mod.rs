@@ -63,6 +63,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `cmd` to its end and returns its output; a failure fails the test
+/// with the command and what it wrote on stderr.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert_ok(&out, &format!("{cmd:?}"));
+    out
+}
+
+/// Fails the test unless `out` (of `what`) succeeded, showing its stderr.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Spawns a child that gets SIGTERM when this test's thread ends.
 pub fn spawn_tied(cmd: &mut Command) -> Child {
     unsafe {
@@ -198,11 +218,7 @@ impl StandIns {
     async fn set_up_aws(&self) {
         self.create_kms_key("alias/credstash", REGION).await;
         let out = self.credstash(&["setup"]);
-        assert!(
-            out.status.success(),
-            "credstash setup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, "credstash setup");
     }
 
     /// Kills moto and starts a new, empty one on the same port, with a new
@@ -316,11 +332,7 @@ impl StandIns {
         args.extend(opts.context.iter().map(|(k, v)| format!("{k}={v}")));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.credstash(&args);
-        assert!(
-            out.status.success(),
-            "credstash put {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, &format!("credstash put {name}"));
     }
 
     /// Remembers `value` as a secret no output may contain (for values
@@ -448,6 +460,25 @@ impl StandIns {
             metrics.clone(),
         );
         (reconciler, metrics)
+    }
+
+    /// Waits (at most `within`) until Secret `namespace/name` holds `want`
+    /// under `key`: the one wait for a value to arrive.
+    pub async fn eventually_value(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        want: impl AsRef<[u8]>,
+        within: Duration,
+    ) -> bool {
+        let want = want.as_ref();
+        eventually(within, || async {
+            self.secret_data(namespace, name)
+                .await
+                .is_some_and(|d| d.get(key).is_some_and(|v| v.as_slice() == want))
+        })
+        .await
     }
 
     /// The Secret's data as bytes, or None if it does not exist.
@@ -647,11 +678,7 @@ impl StandIns {
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, &format!("git {args:?}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -74,11 +74,7 @@ impl Snap {
             ],
         );
         std::fs::remove_file(&plain).unwrap();
-        assert!(
-            out.status.success(),
-            "sops -e: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::assert_ok(&out, "sops -e");
         out.stdout
     }
 
