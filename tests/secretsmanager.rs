@@ -293,10 +293,7 @@ async fn three_processes_on_three_queues_fed_by_one_topic_converge() {
     // Every process handled every message (its own and the others'), and
     // all three queues drain.
     for (daemon, url) in daemons.iter().zip(&queues) {
-        let drained = eventually(Duration::from_secs(20), || async {
-            env.queued(url).await == 0
-        })
-        .await;
+        let drained = env.eventually_drained(url, Duration::from_secs(20)).await;
         let log = env.daemon_log(daemon);
         assert!(drained, "{url}: {log}");
         let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
@@ -387,10 +384,7 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
         )
         .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
-    let drained = eventually(Duration::from_secs(20), || async {
-        env.queued(&url).await == 0
-    })
-    .await;
+    let drained = env.eventually_drained(&url, Duration::from_secs(20)).await;
     assert!(drained, "{}", env.daemon_log(&daemon));
 
     // The missing queue: counted and logged; the daemon stays ready.
@@ -529,10 +523,7 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
     );
     assert_eq!(calls("Scan"), scans, "a targeted reconcile: no table Scan");
     assert!(calls("Query") >= 1.0);
-    let drained = eventually(Duration::from_secs(10), || async {
-        env.queued(&url).await == 0
-    })
-    .await;
+    let drained = env.eventually_drained(&url, Duration::from_secs(10)).await;
     assert!(drained, "{}", env.daemon_log(&daemon));
 }
 
@@ -579,10 +570,7 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
         )
         .await;
     assert!(arrived, "{}", env.daemon_log(&daemon));
-    let drained = eventually(Duration::from_secs(20), || async {
-        env.queued(&url).await == 0
-    })
-    .await;
+    let drained = env.eventually_drained(&url, Duration::from_secs(20)).await;
     assert!(drained, "{}", env.daemon_log(&daemon));
     let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
     assert_eq!(

@@ -344,23 +344,8 @@ async fn a_fresh_clone_warm_starts_from_signed_commits_only() {
         path
     };
     let fresh = clone("fresh");
-    let with_repo = |repo: &std::path::Path, signed: bool| {
-        let mut args = vec![
-            "--cluster-name",
-            "test",
-            "--snapshot-repo",
-            path_str(repo),
-            "--age-recipient",
-            &s.recipient,
-            "--age-identity",
-            path_str(&s.identity),
-        ];
-        if signed {
-            args.extend(["--snapshot-signing-key", path_str(&s.signing_key)]);
-        }
-        args.push("sync");
-        s.env.credsync(&args)
-    };
+    let with_repo =
+        |repo: &std::path::Path, signed: bool| s.env.credsync(&s.args_for(repo, signed, &["sync"]));
     // Signed: the files are credsync's own, so no KMS call.
     let run = with_repo(&fresh, true);
     assert_eq!((run.code, kms_calls(&run)), (0, 0), "{}", run.stderr);
@@ -384,19 +369,7 @@ async fn pushed_shapes_and_unsigned_history_are_put_right_and_never_lend_a_key()
     s.env.put("ns/app/user", "shape-user-one");
     // Written before signing: no signed commit yet, and no data key reuse
     // (a rotation seals the whole file anew).
-    let unsigned = |command: &str| {
-        s.env.credsync(&[
-            "--cluster-name",
-            "test",
-            "--snapshot-repo",
-            path_str(&s.repo),
-            "--age-recipient",
-            &s.recipient,
-            "--age-identity",
-            path_str(&s.identity),
-            command,
-        ])
-    };
+    let unsigned = |command: &str| s.env.credsync(&s.unsigned_args(&[command]));
     assert_eq!(unsigned("sync").code, 0);
     let before = std::fs::read_to_string(s.repo.join("test/ns/app.yaml")).unwrap();
     s.env.put("ns/app/token", "shape-token-two");

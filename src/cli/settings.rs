@@ -71,9 +71,6 @@ pub(super) struct SnapshotSettings {
 /// What a command needs built, decided once from the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Needs {
-    /// The cluster, the sources and the reconciler (not for listings and
-    /// table writes).
-    pub context: bool,
     /// New snapshot files get written: recipients are required.
     pub recipients: bool,
     /// The long-lived daemon (`run`).
@@ -87,20 +84,9 @@ pub(super) struct Needs {
 
 impl Needs {
     fn of(command: &Command) -> Self {
-        let context = !matches!(
-            command,
-            Command::History { .. }
-                | Command::Show { .. }
-                | Command::Diff { .. }
-                | Command::Put(_)
-                | Command::Delete { .. }
-                | Command::Completions { .. }
-                | Command::Man
-        );
         let daemon = matches!(command, Command::Run(_));
         let key_files = !matches!(command, Command::Run(args) if args.print_config);
         Self {
-            context,
             recipients: daemon || matches!(command, Command::Sync { .. }),
             daemon,
             warm_start: daemon

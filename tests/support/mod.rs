@@ -654,6 +654,12 @@ impl StandIns {
         .sum()
     }
 
+    /// Waits (at most `within`) until the queue at `url` holds no message,
+    /// visible or in flight: every message was handled and deleted.
+    pub async fn eventually_drained(&self, url: &str, within: Duration) -> bool {
+        eventually(within, || async { self.queued(url).await == 0 }).await
+    }
+
     /// A snapshot signing key made by the real `ssh-keygen` (ed25519, no
     /// passphrase): the private key's path and the public key's line.
     pub fn signing_key(&self, name: &str) -> (PathBuf, String) {

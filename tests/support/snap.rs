@@ -1,7 +1,7 @@
 //! A snapshot repository under test: stand-ins, a repository path and one
 //! age identity, with the flags every snapshot command needs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{StandIns, path_str};
@@ -31,19 +31,37 @@ impl Snap {
         }
     }
 
+    /// The flags of a signed run against the test's repository, `command` last.
     pub fn args<'a>(&'a self, command: &[&'a str]) -> Vec<&'a str> {
+        self.args_for(&self.repo, true, command)
+    }
+
+    /// The flags of a run that holds no signing key (as before signing was set up).
+    pub fn unsigned_args<'a>(&'a self, command: &[&'a str]) -> Vec<&'a str> {
+        self.args_for(&self.repo, false, command)
+    }
+
+    /// The flags of a run against `repo` (a clone, say) with this test's
+    /// recipient and identity, and its signing key when `signed`.
+    pub fn args_for<'a>(
+        &'a self,
+        repo: &'a Path,
+        signed: bool,
+        command: &[&'a str],
+    ) -> Vec<&'a str> {
         let mut args = vec![
             "--cluster-name",
             "test",
             "--snapshot-repo",
-            path_str(&self.repo),
+            path_str(repo),
             "--age-recipient",
             &self.recipient,
             "--age-identity",
             path_str(&self.identity),
-            "--snapshot-signing-key",
-            path_str(&self.signing_key),
         ];
+        if signed {
+            args.extend(["--snapshot-signing-key", path_str(&self.signing_key)]);
+        }
         args.extend_from_slice(command);
         args
     }
