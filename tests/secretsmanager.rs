@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::primitives::Blob;
 use serde_json::json;
-use support::{REGION, StandIns, eventually, http, metric, ready, reconciled};
+use support::{Daemon, REGION, StandIns, eventually, http, metric, ready, reconciled};
 
 async fn secrets_manager(env: &StandIns) -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&env.sdk_config(REGION).await)
@@ -37,6 +37,21 @@ async fn put_value(env: &StandIns, name: &str, text: &str) {
         .send()
         .await
         .unwrap();
+}
+
+/// Messages credsync could not read as an event it knows.
+const UNRECOGNIZED: &str = "credsync_queue_messages_total{outcome=\"unrecognized\"}";
+
+/// Waits until team-a/app's TOKEN holds `value` and the queue at `url` is
+/// empty: the message that announced it was handled, then deleted.
+async fn handled_and_deleted(env: &StandIns, daemon: &Daemon, url: &str, value: &str) {
+    let within = Duration::from_secs(30);
+    let arrived = env
+        .eventually_value("team-a", "app", "TOKEN", value, within)
+        .await;
+    assert!(arrived, "{}", env.daemon_log(daemon));
+    let drained = env.eventually_drained(url, Duration::from_secs(20)).await;
+    assert!(drained, "{}", env.daemon_log(daemon));
 }
 
 /// The event EventBridge delivers for a Secrets Manager call, from CloudTrail.
@@ -297,14 +312,7 @@ async fn three_processes_on_three_queues_fed_by_one_topic_converge() {
         let log = env.daemon_log(daemon);
         assert!(drained, "{url}: {log}");
         let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
-        assert_eq!(
-            metric(
-                &metrics,
-                "credsync_queue_messages_total{outcome=\"unrecognized\"}"
-            ),
-            1.0,
-            "{metrics}"
-        );
+        assert_eq!(metric(&metrics, UNRECOGNIZED), 1.0, "{metrics}");
         assert!(
             metric(
                 &metrics,
@@ -374,18 +382,7 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
 
     // Once writes go through, the message comes back, is handled and deleted.
     faults.clear_faults();
-    let arrived = env
-        .eventually_value(
-            "team-a",
-            "app",
-            "TOKEN",
-            b"retry-token-two",
-            Duration::from_secs(30),
-        )
-        .await;
-    assert!(arrived, "{}", env.daemon_log(&daemon));
-    let drained = env.eventually_drained(&url, Duration::from_secs(20)).await;
-    assert!(drained, "{}", env.daemon_log(&daemon));
+    handled_and_deleted(&env, &daemon, &url, "retry-token-two").await;
 
     // The missing queue: counted and logged; the daemon stays ready.
     let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
@@ -560,27 +557,9 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
     put_value(&env, "team-a/app", r#"{"TOKEN":"shape-token-two"}"#).await;
     let batch = format!("[{}]", cloudtrail_event("PutSecretValue", "team-a/app"));
     env.send_to_queue(&url, &batch).await;
-    let arrived = env
-        .eventually_value(
-            "team-a",
-            "app",
-            "TOKEN",
-            b"shape-token-two",
-            Duration::from_secs(30),
-        )
-        .await;
-    assert!(arrived, "{}", env.daemon_log(&daemon));
-    let drained = env.eventually_drained(&url, Duration::from_secs(20)).await;
-    assert!(drained, "{}", env.daemon_log(&daemon));
+    handled_and_deleted(&env, &daemon, &url, "shape-token-two").await;
     let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
-    assert_eq!(
-        metric(
-            &metrics,
-            "credsync_queue_messages_total{outcome=\"unrecognized\"}"
-        ),
-        1.0,
-        "{metrics}"
-    );
+    assert_eq!(metric(&metrics, UNRECOGNIZED), 1.0, "{metrics}");
     let log = env.daemon_log(&daemon);
     assert!(log.contains("a full reconcile covers it"), "{log}");
     env.assert_no_value_in(&log, "the log");
