@@ -87,26 +87,33 @@ fuzz-setup:
         cargo install --quiet --locked cargo-fuzz --version 0.13.2
     fi
 
-# Build the test control plane (kube-apiserver and etcd, pinned in tools/k8s/go.mod) from the Go module proxy, once per machine (~7 min).
+# Build the test control plane (kube-apiserver, kube-controller-manager and etcd, pinned in tools/k8s/go.mod) from the Go module proxy, once per machine (~8 min).
 control-plane:
     #!/usr/bin/env bash
     set -euo pipefail
     version="$(sed -n 's/^\s*k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' tools/k8s/go.mod)"
     minor="$(echo "$version" | cut -d. -f2)"
     out="${XDG_CACHE_HOME:-$HOME/.cache}/credsync/k8s-$version"
-    if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ]; then exit 0; fi
-    mkdir -p "$out"
+    kube=()
+    for server in kube-apiserver kube-controller-manager; do
+        [ -x "$out/$server" ] || kube+=("./cmd/$server")
+    done
+    if [ "${#kube[@]}" -eq 0 ] && [ -x "$out/etcd" ]; then exit 0; fi
+    mkdir -p "$out/.part"
     cd tools/k8s
-    echo "building kube-apiserver $version and etcd into $out (once per machine, about 7 min)"
-    # The Go build cache (~3 GB) serves this one build only: keep it off the disk after.
+    echo "building the control plane ${version} into $out (once per machine, about 8 min)"
+    # The Go build cache (~3 GB) serves this one build only: keep it off the
+    # disk after. Both servers build in one go: they share most packages.
     export GOCACHE="$(mktemp -d)"
-    trap 'rm -rf "$GOCACHE"' EXIT
+    trap 'rm -rf "$GOCACHE" "$out/.part"' EXIT
     ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version \
         -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
     # Upstream's flags: static, reproducible, no test code.
-    CGO_ENABLED=0 go build -trimpath -tags selinux,notest -ldflags "$ldflags" \
-        -o "$out/kube-apiserver.part" ./cmd/kube-apiserver
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/etcd.part" ./cmd/etcd
-    mv "$out/kube-apiserver.part" "$out/kube-apiserver"
-    mv "$out/etcd.part" "$out/etcd"
+    if [ "${#kube[@]}" -gt 0 ]; then
+        CGO_ENABLED=0 go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$out/.part/" "${kube[@]}"
+    fi
+    if [ ! -x "$out/etcd" ]; then
+        CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/.part/etcd" ./cmd/etcd
+    fi
+    mv "$out/.part/"* "$out/"
     "$out/kube-apiserver" --version

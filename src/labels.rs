@@ -21,6 +21,15 @@ pub const PINNED_ANNOTATION: &str = "credsync.io/pinned";
 /// Beside the pin when a reviewed rollback request set it: the request's
 /// `path@commit`. Removing that request unpins the Secret.
 pub const PINNED_BY_REQUEST_ANNOTATION: &str = "credsync.io/pinned-by-request";
+/// Beside the pin when credsync set it itself: why (`rollout-failure`: a
+/// rotation failed its rollout and was reverted).
+pub const PINNED_BY_ANNOTATION: &str = "credsync.io/pinned-by";
+/// The [`PINNED_BY_ANNOTATION`] value of a reverted rotation.
+pub const PINNED_BY_ROLLOUT_FAILURE: &str = "rollout-failure";
+/// Beside a `rollout-failure` pin: the item versions (`name@version`,
+/// space-separated) whose rollout failed. The pin holds until the source
+/// offers anything else for the Secret (a newer version), or `unpin`.
+pub const HELD_OUT_ANNOTATION: &str = "credsync.io/held-out";
 /// Present when credsync created the Secret, so it may delete it when empty.
 pub const CREATED_ANNOTATION: &str = "credsync.io/created";
 /// Annotation listing where every key came from: `KEY=name@version` lines.
@@ -48,6 +57,12 @@ pub fn parse_sources(value: Option<&String>) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The [`HELD_OUT_ANNOTATION`] value for a Secret whose keys come from
+/// `items` (`name@version` each, in key order).
+pub fn held_out_items<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //!   source hands over), [`manifest`] (names to desired Secrets), [`plan`]
 //!   (live vs desired, key names only), [`labels`] (what credsync writes on
 //!   a Secret), [`rollout_rules`] (which workloads restart for which
-//!   Secrets); beside them [`metrics`], [`backoff`], [`aws_error`],
+//!   Secrets), [`rotation`] (which wave moves next, what failed); beside them [`metrics`], [`backoff`], [`aws_error`],
 //!   [`errors`] (error chains printed whole), [`progress`] and [`text`]
 //!   (outside text made safe to print), used by every layer and depending
 //!   on none;
@@ -42,6 +42,7 @@ pub mod render;
 pub mod restore;
 pub mod rollback_requests;
 pub mod rollout_rules;
+pub mod rotation;
 pub mod secret;
 pub mod secretsmanager;
 pub mod snapshot;

@@ -54,6 +54,11 @@ pub struct Metrics {
     /// Workloads restarted for changed Secrets, and restarts that failed, by kind.
     pub workload_restarts: IntCounterVec,
     pub workload_restart_failures: IntCounterVec,
+    /// Watched rollouts of restarted workloads, by outcome (`done`, `failed`).
+    pub rollouts: IntCounterVec,
+    /// Rotations whose rollout failed, by what credsync did (`reverted`, or
+    /// `not_reverted` when it could not or was told not to).
+    pub rotation_reverts: IntCounterVec,
     /// Credstash items that could not be decrypted in the last reconcile.
     pub keys_failed: IntGauge,
     /// Table names skipped by the mapping in the last reconcile.
@@ -179,6 +184,16 @@ impl Metrics {
                 "workload_restart_failures_total",
                 "Workload restarts that failed after retries, by kind.",
                 "kind",
+            )?,
+            rollouts: counter(
+                "rollouts_total",
+                "Rollouts of restarted workloads followed to their end, by outcome (done, failed).",
+                "outcome",
+            )?,
+            rotation_reverts: counter(
+                "rotation_reverts_total",
+                "Rotations whose rollout failed, by what credsync did (reverted, not_reverted).",
+                "outcome",
             )?,
             keys_failed: gauge("keys_failed", "Credstash items that failed to decrypt.")?,
             names_skipped: gauge(

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::manifest::{Conflict, DesiredSecret, Manifest, SecretRef, Skip};
 use crate::rollout_rules::Restart;
+use crate::rotation::{FailedWave, Rolling, Settled};
 use crate::secret::SecretValue;
 use crate::source::ItemFailure;
 
@@ -28,6 +29,11 @@ pub struct LiveSecret {
     pub resource_version: Option<String>,
     /// Annotated `managedBy: kubestashV2`: written by Kubestash-V2.
     pub kubestash_v2: bool,
+    /// What it holds, as its `fingerprint` annotation says (managed only).
+    pub fingerprint: Option<String>,
+    /// The item versions a reverted rotation holds out (`rollout-failure`
+    /// pins only): the pin lifts once the table offers anything else.
+    pub held_out: Option<String>,
 }
 
 /// The live Secrets relevant to a manifest.
@@ -99,8 +105,16 @@ pub struct Plan {
     pub conflicts: Vec<Conflict>,
     pub failures: Vec<FailedItem>,
     pub pinned: Vec<Pinned>,
-    /// Workloads that restart once the changed Secrets they use are written.
+    /// Workloads that restart once the changed Secrets they use are written
+    /// (and those that owe a restart, or whose wave is next).
     pub restarts: Vec<Restart>,
+    /// Rotations whose restarted wave is still rolling.
+    pub rolling: Vec<Rolling>,
+    /// Rotations whose wave failed to roll out: reverted when it can be.
+    pub failed_waves: Vec<FailedWave>,
+    /// What workloads now run, to record on them (`rolled-out-for`).
+    #[serde(skip)]
+    pub settled: Vec<Settled>,
     /// Secrets Kubestash-V2 wrote: merged into, or taken over.
     pub kubestash_v2: Vec<KubestashV2Secret>,
     /// Keys added beside another spelling of themselves: warnings.
@@ -251,7 +265,11 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
     );
     for secret in subjects {
         let live_secret = live.secrets.get(secret);
-        if let Some(commit) = live_secret.and_then(|l| l.pinned.clone()) {
+        let released = released_hold(live_secret, manifest.secrets.get(secret));
+        if let Some(commit) = live_secret
+            .and_then(|l| l.pinned.clone())
+            .filter(|_| !released)
+        {
             let differs = !matches!(
                 diff_secret(secret, manifest.secrets.get(secret), live_secret, options),
                 Ok(None)
@@ -275,6 +293,17 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
                 }
                 plan.changes.push(change);
             }
+            // The held-out pin lifts even when the content stays (the table
+            // went back to the reverted versions).
+            Ok(None) if released => plan.changes.push(SecretChange {
+                secret: secret.clone(),
+                action: Action::Update,
+                adopt: false,
+                added: vec![],
+                changed: vec![],
+                removed: vec![],
+                merge_only: false,
+            }),
             // A Secret that neither exists nor gets keys (all held) is not "unchanged".
             Ok(None) if live.secrets.contains_key(secret) => plan.unchanged += 1,
             Ok(None) => {}
@@ -282,6 +311,19 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
         }
     }
     plan
+}
+
+/// A `rollout-failure` pin holds out the item versions whose rollout
+/// failed; once the table offers anything else for the Secret, the pin
+/// lifts and that content is tried (from the first wave).
+fn released_hold(live: Option<&LiveSecret>, desired: Option<&DesiredSecret>) -> bool {
+    match (live.and_then(|l| l.held_out.as_deref()), desired) {
+        (Some(held), Some(desired)) => {
+            let items: Vec<String> = desired.items().collect();
+            crate::labels::held_out_items(items.iter().map(String::as_str)) != held
+        }
+        _ => false,
+    }
 }
 
 /// Lists a Secret Kubestash-V2 wrote, with the keys a take-over makes credsync's.
@@ -466,6 +508,8 @@ mod tests {
             resource_version: Some("7".into()),
             kubestash_v2: false,
             pinned_by_request: None,
+            fingerprint: None,
+            held_out: None,
         }
     }
 

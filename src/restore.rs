@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use subtle::ConstantTimeEq;
 
 use crate::credstash::{CredstashSource, SourceError};
-use crate::manifest::{DesiredSecret, KeyMapping, SecretRef};
+use crate::manifest::{DesiredKey, DesiredSecret, KeyMapping, SecretRef};
 use crate::secret::SecretValue;
 use crate::secretsmanager::{SecretsManagerSource, SmError};
 use crate::source::ItemId;
@@ -101,7 +101,8 @@ struct Check<'a> {
     secret: &'a SecretRef,
     key: &'a str,
     item: &'a ItemId,
-    value: &'a SecretValue,
+    /// The value the file holds (None: the key is read, not checked).
+    value: Option<&'a SecretValue>,
 }
 
 /// Checks `restored` (the files of `revision`; `signed`: credsync signed
@@ -147,7 +148,7 @@ pub async fn verify(
                 secret,
                 key,
                 item: &k.source,
-                value: &k.value,
+                value: Some(&k.value),
             })
         })
         .collect();
@@ -172,7 +173,10 @@ pub async fn verify(
         };
         match found? {
             Found::Value(value) => {
-                if !bool::from(value.expose().ct_eq(check.value.expose())) {
+                let matches = check
+                    .value
+                    .is_some_and(|expected| bool::from(value.expose().ct_eq(expected.expose())));
+                if !matches {
                     return Err(refuse(format!(
                         "its value is not the one {} holds in the source: the file was not written from the source",
                         check.item
@@ -191,6 +195,63 @@ pub async fn verify(
     }
     drop(results);
     Ok(Verified { secrets: restored })
+}
+
+/// Content for `secret` read from the sources at `items` (key -> item
+/// version), each checked to map to this very Secret and key: what a
+/// revert writes back, with no file to vouch for a value. A version the
+/// source no longer holds cannot be read back: refused.
+pub async fn fetch(
+    sources: &Sources<'_>,
+    secret: &SecretRef,
+    items: BTreeMap<String, ItemId>,
+) -> Result<Verified, RestoreError> {
+    if items.is_empty() {
+        return Err(RestoreError::Refused {
+            file: sources.path(secret),
+            key: "(none)".to_owned(),
+            reason: "the snapshot holds no key for it".to_owned(),
+        });
+    }
+    let listed = match sources.secrets_manager {
+        Some(sm) if items.values().any(SecretsManagerSource::owns) => sm
+            .listed_arns()
+            .await
+            .map_err(RestoreError::SecretsManager)?,
+        _ => Default::default(),
+    };
+    let mut desired = DesiredSecret::default();
+    for (key, item) in &items {
+        let check = Check {
+            secret,
+            key,
+            item,
+            value: None,
+        };
+        let refuse = |reason: String| RestoreError::Refused {
+            file: sources.path(secret),
+            key: key.clone(),
+            reason: crate::text::one_line(&reason, 1000),
+        };
+        match find(sources, &listed, &check).await? {
+            Found::Value(value) => {
+                desired.keys.insert(
+                    key.clone(),
+                    DesiredKey {
+                        value,
+                        source: item.clone(),
+                    },
+                );
+            }
+            Found::Gone => {
+                return Err(refuse(format!("the source no longer holds {item}")));
+            }
+            Found::Refused(reason) => return Err(refuse(reason)),
+        }
+    }
+    Ok(Verified {
+        secrets: BTreeMap::from([(secret.clone(), desired)]),
+    })
 }
 
 /// Reads one key's item version from its source.

@@ -27,11 +27,77 @@ pub const RESTARTED_FOR_ANNOTATION: &str = "credsync.io/restarted-for";
 /// Written on the pod template beside `restarted-for`: when (RFC 3339), so
 /// that a rollback to an earlier fingerprint still changes the template.
 pub const RESTARTED_AT_ANNOTATION: &str = "credsync.io/restarted-at";
+/// `"N"` on a workload (N >= 1): wave N restarts only once every workload
+/// of the waves before it that uses the Secret is Available again. No
+/// annotation: the last wave.
+pub const WAVE_ANNOTATION: &str = "credsync.io/rollout-wave";
+/// Written on the workload (not its pod template, so it restarts nothing):
+/// `<secret>@<fingerprint>` of the Secrets its pods last rolled out with to
+/// the end. What a failed rotation is reverted to.
+pub const ROLLED_OUT_FOR_ANNOTATION: &str = "credsync.io/rolled-out-for";
+
+/// The highest wave a workload may name: more would be a typo, not a plan.
+pub const MAX_WAVE: u32 = 1000;
+
+/// When a workload restarts in a rotation: numbered waves first, in order,
+/// then the workloads that name none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Wave {
+    Numbered(u32),
+    #[default]
+    Last,
+}
+
+impl fmt::Display for Wave {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Numbered(n) => write!(f, "wave {n}"),
+            Self::Last => f.write_str("the last wave"),
+        }
+    }
+}
+
+impl serde::Serialize for Wave {
+    /// A number, or null for the last wave.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Numbered(n) => serializer.serialize_u32(*n),
+            Self::Last => serializer.serialize_none(),
+        }
+    }
+}
+
+/// Reads [`WAVE_ANNOTATION`].
+pub fn wave(annotations: &BTreeMap<String, String>) -> Result<Wave, RuleError> {
+    let Some(text) = annotations.get(WAVE_ANNOTATION) else {
+        return Ok(Wave::Last);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_WAVE).contains(&n) => Ok(Wave::Numbered(n)),
+        _ => Err(RuleError::Wave(text.clone())),
+    }
+}
+
+/// Reads a `restarted-for` or `rolled-out-for` value: Secret name ->
+/// fingerprint, for the Secrets of `namespace` (others are not this
+/// workload's). Unreadable entries are left out: they match nothing, so
+/// at worst the workload restarts once more.
+pub fn fingerprints(text: &str, namespace: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|entry| {
+            let (secret, fingerprint) = entry.trim().rsplit_once('@')?;
+            let (ns, name) = secret.split_once('/')?;
+            (ns == namespace && !name.is_empty() && !fingerprint.is_empty())
+                .then(|| (name.to_owned(), fingerprint.to_owned()))
+        })
+        .collect()
+}
 
 /// The workload kinds that roll on a pod template change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
+    #[default]
     Deployment,
     StatefulSet,
     DaemonSet,
@@ -51,7 +117,7 @@ impl WorkloadKind {
 }
 
 /// One workload in one namespace.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 pub struct WorkloadRef {
     pub kind: WorkloadKind,
     pub namespace: String,
@@ -81,6 +147,8 @@ pub enum RuleError {
     Edsm(String),
     #[error("{RELOAD_ANNOTATION} is '{0}'; use \"true\" or \"false\"")]
     Reload(String),
+    #[error("{WAVE_ANNOTATION} is '{0}'; use a whole number from 1 to {MAX_WAVE}")]
+    Wave(String),
 }
 
 /// Reads the opt-in annotations: None if the workload did not opt in.
@@ -111,11 +179,19 @@ pub fn reload_rule(
     Ok((!names.is_empty()).then_some(ReloadRule::Only(names)))
 }
 
-/// A workload that opted in, with the Secrets (of its namespace) it reloads for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A workload that opted in, with the Secrets (of its namespace) it
+/// reloads for and where its last restart stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Workload {
     pub reference: WorkloadRef,
     pub reloads_for: BTreeSet<String>,
+    pub wave: Wave,
+    /// The template's `restarted-for`: Secret name -> fingerprint asked for.
+    pub asked: BTreeMap<String, String>,
+    /// The workload's `rolled-out-for`: Secret name -> fingerprint rolled out.
+    pub rolled_out: BTreeMap<String, String>,
+    /// Where the rollout of its current pod template stands.
+    pub progress: Progress,
 }
 
 impl Workload {
@@ -128,8 +204,23 @@ impl Workload {
         Self {
             reference,
             reloads_for,
+            ..Self::default()
         }
     }
+}
+
+/// Where a workload's rollout stands, as its controller reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum Progress {
+    /// Every replica runs the current template and is available.
+    #[default]
+    Done,
+    /// Still rolling, within its deadline.
+    Rolling,
+    /// Past its progress deadline (or `--rollout-timeout`): why, in the
+    /// controller's words.
+    Failed(String),
 }
 
 /// One workload to restart, and the changed Secrets it restarts for.
@@ -137,33 +228,15 @@ impl Workload {
 pub struct Restart {
     pub workload: WorkloadRef,
     pub secrets: Vec<SecretRef>,
+    pub wave: Wave,
+    /// The `restarted-for` the restart writes: every Secret the workload
+    /// asked for before, these at their new fingerprints.
+    #[serde(skip)]
+    pub restarted_for: String,
 }
 
-/// Each workload that reloads for one of the `changed` Secrets, once, with
-/// every changed Secret it uses; ordered by workload.
-pub fn restarts(changed: &BTreeSet<SecretRef>, workloads: &[Workload]) -> Vec<Restart> {
-    let mut out: BTreeMap<WorkloadRef, BTreeSet<SecretRef>> = BTreeMap::new();
-    for workload in workloads {
-        let hits = workload
-            .reloads_for
-            .iter()
-            .map(|name| SecretRef::new(&workload.reference.namespace, name))
-            .filter(|secret| changed.contains(secret));
-        for secret in hits {
-            out.entry(workload.reference.clone())
-                .or_default()
-                .insert(secret);
-        }
-    }
-    out.into_iter()
-        .map(|(workload, secrets)| Restart {
-            workload,
-            secrets: secrets.into_iter().collect(),
-        })
-        .collect()
-}
-
-/// The `restarted-for` value: `ns/name@fingerprint` for each Secret, comma-separated.
+/// The `restarted-for` (or `rolled-out-for`) value: `ns/name@fingerprint`
+/// for each Secret, comma-separated.
 pub fn restarted_for<'a>(secrets: impl Iterator<Item = (&'a SecretRef, &'a str)>) -> String {
     secrets
         .map(|(secret, fingerprint)| format!("{secret}@{fingerprint}"))
@@ -186,15 +259,31 @@ mod tests {
         list.iter().map(|s| (*s).to_owned()).collect()
     }
 
-    fn workload(kind: WorkloadKind, name: &str, reloads_for: &[&str]) -> Workload {
-        Workload {
-            reference: WorkloadRef {
-                kind,
-                namespace: "app".into(),
-                name: name.into(),
-            },
-            reloads_for: names(reloads_for),
+    #[test]
+    fn waves_are_whole_numbers_and_none_is_the_last() {
+        assert_eq!(wave(&annotations(&[])), Ok(Wave::Last));
+        assert_eq!(
+            wave(&annotations(&[(WAVE_ANNOTATION, " 2 ")])),
+            Ok(Wave::Numbered(2))
+        );
+        for bad in ["0", "-1", "1.5", "first", "1001", ""] {
+            let err = wave(&annotations(&[(WAVE_ANNOTATION, bad)])).unwrap_err();
+            assert!(err.to_string().contains(WAVE_ANNOTATION), "{err}");
         }
+        assert!(Wave::Numbered(1) < Wave::Numbered(2));
+        assert!(Wave::Numbered(MAX_WAVE) < Wave::Last);
+    }
+
+    #[test]
+    fn fingerprints_are_read_for_the_workloads_namespace_only() {
+        let read = fingerprints(
+            "app/db@sha256:aa, other/db@sha256:bb,app/api@sha256:cc,junk,app/@x",
+            "app",
+        );
+        assert_eq!(read.len(), 2);
+        assert_eq!(read["db"], "sha256:aa");
+        assert_eq!(read["api"], "sha256:cc");
+        assert!(fingerprints("", "app").is_empty());
     }
 
     #[test]
@@ -239,28 +328,6 @@ mod tests {
         assert!(err.to_string().starts_with(EDSM_ANNOTATION), "{err}");
         let err = reload_rule(&annotations(&[(RELOAD_ANNOTATION, "yes")])).unwrap_err();
         assert_eq!(err, RuleError::Reload("yes".into()));
-    }
-
-    #[test]
-    fn each_workload_restarts_once_for_every_changed_secret_it_uses() {
-        let changed: BTreeSet<SecretRef> =
-            [SecretRef::new("app", "db"), SecretRef::new("app", "api")].into();
-        let workloads = [
-            workload(WorkloadKind::Deployment, "web", &["db", "api", "other"]),
-            workload(WorkloadKind::StatefulSet, "queue", &["other"]),
-            workload(WorkloadKind::DaemonSet, "agent", &["api"]),
-        ];
-        let planned = restarts(&changed, &workloads);
-        assert_eq!(planned.len(), 2);
-        assert_eq!(planned[0].workload.to_string(), "app/deployment/web");
-        assert_eq!(
-            planned[0].secrets,
-            [SecretRef::new("app", "api"), SecretRef::new("app", "db")]
-        );
-        assert_eq!(planned[1].workload.kind, WorkloadKind::DaemonSet);
-        // A Secret of the same name in another namespace is another Secret.
-        let elsewhere: BTreeSet<SecretRef> = [SecretRef::new("other", "db")].into();
-        assert!(restarts(&elsewhere, &workloads).is_empty());
     }
 
     #[test]

@@ -191,9 +191,16 @@ async fn a_changed_secret_restarts_each_workload_that_opted_in_once() {
     );
     let mut patched = workload_patches(&env);
     patched.sort();
+    // One restart per workload; `unrelated` (whose Secret did not change)
+    // gets its record of what it runs, a metadata patch that restarts nothing.
     assert_eq!(
         patched,
-        ["daemonsets/agent", "deployments/web", "statefulsets/queue"],
+        [
+            "daemonsets/agent",
+            "deployments/unrelated",
+            "deployments/web",
+            "statefulsets/queue"
+        ],
         "one patch per workload"
     );
     let fingerprint = env

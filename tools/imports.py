@@ -16,7 +16,7 @@ import re
 import sys
 
 LAYERS = {
-    "domain": ["secret", "source", "manifest", "plan", "labels", "rollout_rules",
+    "domain": ["secret", "source", "manifest", "plan", "labels", "rollout_rules", "rotation",
                "metrics", "backoff", "aws_error", "errors", "text", "progress"],
     "adapters": ["credstash", "secretsmanager", "cluster", "snapshot"],
     "application": ["reconcile", "restore", "rollback_requests", "render", "telemetry",

@@ -111,6 +111,16 @@ pub struct Common {
     /// `eventdrivensecretsmanaged`) when a Secret they use changes.
     #[arg(long, global = true, env = "CREDSYNC_ROLLOUTS")]
     pub rollouts: bool,
+    /// A rollout credsync started that is not done after this long has
+    /// failed (a Deployment's own progressDeadlineSeconds may say so
+    /// first): the later waves wait, and the Secret is reverted.
+    #[arg(long, global = true, env = "CREDSYNC_ROLLOUT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub rollout_timeout: Duration,
+    /// When a wave's rollout fails, put the Secret back to the content its
+    /// workloads last rolled out and pin it until a newer version arrives
+    /// (`--rollout-revert=false`: only report).
+    #[arg(long, global = true, env = "CREDSYNC_ROLLOUT_REVERT", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub rollout_revert: bool,
     /// How a table name's KEY becomes a Secret key: `credsync` (upper-case,
     /// `.` and `-` to `_`) or `kubestash-v2` (upper-case, only `-` to `_`,
     /// as Kubestash-V2's code does; Secret names with a dot are skipped).

@@ -173,6 +173,9 @@ pub(super) struct RunSettings {
     prune_keys: bool,
     delete_empty: bool,
     rollouts: bool,
+    #[serde(serialize_with = "as_debug")]
+    rollout_timeout: Duration,
+    rollout_revert: bool,
     key_mapping: &'static str,
     adopt_kubestash_v2: bool,
     snapshot_repo: Option<std::path::PathBuf>,
@@ -285,6 +288,8 @@ impl RunSettings {
             prune_keys: settings.apply.diff.prune_keys,
             delete_empty: settings.apply.diff.delete_empty,
             rollouts: settings.apply.rollouts,
+            rollout_timeout: settings.apply.rollout_timeout,
+            rollout_revert: settings.apply.rollout_revert,
             key_mapping: settings.mapping.as_str(),
             adopt_kubestash_v2: settings.apply.diff.adopt_kubestash_v2,
             snapshot_repo: snapshots.map(|s| s.path.clone()),

@@ -106,6 +106,9 @@ impl Needs {
 impl Settings {
     /// Checks and resolves every flag `command` runs with.
     pub(super) fn resolve(common: &Common, command: &Command) -> Result<Self> {
+        if common.rollout_timeout.is_zero() {
+            bail!("--rollout-timeout must be more than 0");
+        }
         if common.timeout.is_zero() || common.request_timeout.is_zero() {
             bail!("--timeout and --request-timeout must be more than 0");
         }
@@ -177,6 +180,8 @@ impl Settings {
                     adopt_kubestash_v2: common.adopt_kubestash_v2,
                 },
                 rollouts: common.rollouts,
+                rollout_timeout: common.rollout_timeout,
+                rollout_revert: common.rollout_revert,
                 ..ApplyOptions::default()
             },
             mapping: common.key_mapping,

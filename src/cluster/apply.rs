@@ -16,11 +16,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Map, Value, json};
 
+use super::events::{EventType, RefusedEvents, event_note};
 use super::{Cluster, ClusterError, MAX_SECRET_BYTES, OwnWrite, describe_kube_error};
 use crate::labels::{
-    CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_CHANGED_AT,
-    LAST_SYNC_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
-    PINNED_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION,
+    CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, HELD_OUT_ANNOTATION, KUBESTASH_V2_ANNOTATION,
+    KUBESTASH_V2_CHANGED_AT, LAST_SYNC_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    MANAGED_KEYS_ANNOTATION, PINNED_ANNOTATION, PINNED_BY_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION,
+    PINNED_BY_ROLLOUT_FAILURE,
 };
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan::{Action, DiffOptions, Plan, SecretChange, diff_secret, owned_after};
@@ -42,22 +44,12 @@ pub struct ApplyOptions {
     pub pin: Option<Pin>,
     /// Plan and make restarts of the workloads that opted in (`--rollouts`).
     pub rollouts: bool,
-}
-
-/// An Event's type: Normal for what credsync did, Warning for what it refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "Normal",
-            Self::Warning => "Warning",
-        }
-    }
+    /// A rollout credsync started that is not done after this long has
+    /// failed (`--rollout-timeout`; a Deployment's own deadline may say so first).
+    pub rollout_timeout: std::time::Duration,
+    /// Put a failed rotation's Secret back to its last good content
+    /// (`--rollout-revert`); false only reports.
+    pub rollout_revert: bool,
 }
 
 /// What a rollback pins the Secrets it writes to.
@@ -68,6 +60,9 @@ pub struct Pin {
     /// The reviewed request (`path@commit`) that asked for it; None for a
     /// `credsync rollback` run by hand, which takes any request's pin over.
     pub request: Option<String>,
+    /// For a reverted rotation: the item versions it holds out
+    /// (`credsync.io/held-out`), beside `pinned-by: rollout-failure`.
+    pub held_out: Option<String>,
 }
 
 impl Default for ApplyOptions {
@@ -79,6 +74,8 @@ impl Default for ApplyOptions {
             diff: DiffOptions::default(),
             pin: None,
             rollouts: false,
+            rollout_timeout: std::time::Duration::from_secs(600),
+            rollout_revert: true,
         }
     }
 }
@@ -147,67 +144,35 @@ pub struct ApplyOutcome {
     pub restart_failures: Vec<RestartFailure>,
 }
 
-/// The API server refuses an `events.k8s.io/v1` note over this many bytes.
-const EVENT_NOTE_LIMIT: usize = 1024;
-
-/// "credsync updated 3 keys: +A ~B -C", cut to fit [`EVENT_NOTE_LIMIT`]
-/// with "(+N more)" for the keys left out. Key names only, never values.
-pub(crate) fn event_note(change: &SecretChange) -> String {
-    let verb = match change.action {
-        Action::Create => "created",
-        Action::Update => "updated",
-        Action::Delete => "deleted",
-    };
-    let marks: Vec<String> =
-        crate::manifest::key_marks(&change.added, &change.changed, &change.removed).collect();
-    if marks.is_empty() {
-        return format!("credsync {verb} the Secret");
-    }
-    let mut note = format!("credsync {verb} {} key(s):", marks.len());
-    // Room kept for the longest possible tail.
-    let tail_room = format!(" (+{} more)", marks.len()).len();
-    for (shown, mark) in marks.iter().enumerate() {
-        let left = marks.len() - shown;
-        let tail = if left > 1 { tail_room } else { 0 };
-        if note.len() + 1 + mark.len() + tail > EVENT_NOTE_LIMIT {
-            note.push_str(&format!(" (+{left} more)"));
-            return note;
-        }
-        note.push(' ');
-        note.push_str(mark);
-    }
-    note
-}
-
-/// Events the API server refused during one apply: logged once at warn,
-/// with the count and the first refusal, not once per Secret.
-#[derive(Default)]
-struct RefusedEvents {
-    count: std::sync::atomic::AtomicUsize,
-    first: std::sync::Mutex<Option<(SecretRef, ClusterError)>>,
-}
-
-impl RefusedEvents {
-    fn note(&self, secret: &SecretRef, error: ClusterError) {
-        self.count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut first) = self.first.lock() {
-            first.get_or_insert_with(|| (secret.clone(), error));
-        }
-    }
-
-    fn log_once(&self) {
-        let count = self.count.load(std::sync::atomic::Ordering::Relaxed);
-        let first = self.first.lock().ok().and_then(|mut f| f.take());
-        if let Some((secret, error)) = first {
-            tracing::warn!(
-                refused = count,
-                first = %secret,
-                error = %crate::errors::Chain(&error),
-                "the API server refused Events about credsync's writes (the writes themselves succeeded); check RBAC for events.k8s.io create"
-            );
-        }
-    }
+/// Per Secret written, why its workloads restart: the keys that changed
+/// and the items they come from (names and versions, never values).
+fn restart_reasons(written: &[SecretChange], manifest: &Manifest) -> BTreeMap<SecretRef, String> {
+    written
+        .iter()
+        .filter(|c| c.content_changed())
+        .map(|change| {
+            let keys =
+                crate::manifest::marked_keys(&change.added, &change.changed, &change.removed);
+            let items: Vec<String> = manifest
+                .secrets
+                .get(&change.secret)
+                .map(|d| {
+                    change
+                        .added
+                        .iter()
+                        .chain(&change.changed)
+                        .filter_map(|key| d.keys.get(key))
+                        .map(|k| k.source.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut why = format!("keys {keys} changed");
+            if !items.is_empty() {
+                why.push_str(&format!(", items {}", items.join(" ")));
+            }
+            (change.secret.clone(), why)
+        })
+        .collect()
 }
 
 enum Attempt {
@@ -259,24 +224,31 @@ impl Cluster {
         outcome.written.sort_by(|a, b| a.secret.cmp(&b.secret));
         outcome.failed.sort_by(|a, b| a.secret.cmp(&b.secret));
         refused_events.log_once();
-        // Restarts only after the writes, and only for Secrets written:
-        // a pod must never restart into a value that did not land.
+        // Restarts only after the writes: a restart for a Secret this plan
+        // changes waits for its write to land (a pod must never restart into
+        // a value that did not); one owed from before goes ahead.
+        let planned_changes = plan.content_changes();
         let written: BTreeSet<SecretRef> = outcome
             .written
             .iter()
             .filter(|c| c.content_changed())
             .map(|c| c.secret.clone())
             .collect();
+        let restarts: Vec<Restart> = plan
+            .restarts
+            .iter()
+            .filter(|r| {
+                r.secrets
+                    .iter()
+                    .all(|s| written.contains(s) || !planned_changes.contains(s))
+            })
+            .cloned()
+            .collect();
         if options.dry_run {
-            outcome.restarted = plan
-                .restarts
-                .iter()
-                .filter(|r| r.secrets.iter().any(|s| written.contains(s)))
-                .cloned()
-                .collect();
-        } else if !plan.restarts.is_empty() {
-            (outcome.restarted, outcome.restart_failures) =
-                self.restart(&plan.restarts, &written, manifest).await;
+            outcome.restarted = restarts;
+        } else if !restarts.is_empty() {
+            let why = restart_reasons(&outcome.written, manifest);
+            (outcome.restarted, outcome.restart_failures) = self.restart(restarts, &why).await;
         }
         outcome
     }
@@ -351,62 +323,6 @@ impl Cluster {
             event_note(change),
         )
         .await
-    }
-
-    /// An Event about `secret` (which need not exist yet). `note` must
-    /// hold names only, never a value; it is cut to the API's limit.
-    pub async fn event_on_secret(
-        &self,
-        secret: &SecretRef,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        mut note: String,
-    ) -> Result<(), ClusterError> {
-        use k8s_openapi::api::core::v1::ObjectReference;
-        use k8s_openapi::api::events::v1::Event;
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-        if note.len() > EVENT_NOTE_LIMIT {
-            let mut cut = EVENT_NOTE_LIMIT;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
-        let now = k8s_openapi::jiff::Timestamp::now();
-        // `<secret>.<nanoseconds, hex>`, as kubectl and client-go name
-        // Events; the prefix is cut so the name stays within 253 characters.
-        let prefix: String = secret.name.chars().take(220).collect();
-        let event = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{prefix}.{:x}", now.as_nanosecond())),
-                namespace: Some(secret.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            event_time: Some(MicroTime(now)),
-            type_: Some(type_.as_str().to_owned()),
-            reason: Some(reason.to_owned()),
-            action: Some(action.to_owned()),
-            note: Some(note),
-            regarding: Some(ObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Secret".to_owned()),
-                namespace: Some(secret.namespace.clone()),
-                name: Some(secret.name.clone()),
-                ..ObjectReference::default()
-            }),
-            reporting_controller: Some(MANAGED_BY_VALUE.to_owned()),
-            reporting_instance: Some(self.reporting_instance.clone()),
-            ..Event::default()
-        };
-        self.count("event");
-        let events: kube::Api<Event> =
-            kube::Api::namespaced(self.client.clone(), &secret.namespace);
-        events
-            .create(&PostParams::default(), &event)
-            .await
-            .map(|_| ())
-            .map_err(|err| super::api_error(&format!("recording an Event on Secret {secret}"), err))
     }
 
     async fn write(
@@ -542,6 +458,13 @@ fn annotations(
         if let Some(request) = &pin.request {
             annotations.insert(PINNED_BY_REQUEST_ANNOTATION.to_owned(), request.clone());
         }
+        if let Some(held_out) = &pin.held_out {
+            annotations.insert(
+                PINNED_BY_ANNOTATION.to_owned(),
+                PINNED_BY_ROLLOUT_FAILURE.to_owned(),
+            );
+            annotations.insert(HELD_OUT_ANNOTATION.to_owned(), held_out.clone());
+        }
     }
     annotations
 }
@@ -606,6 +529,15 @@ fn update_patch(
         // A rollback by hand: the pin is no longer the request's to lift.
         annotations[PINNED_BY_REQUEST_ANNOTATION] = Value::Null;
     }
+    if pin.is_none_or(|p| p.held_out.is_none()) && live.held_out.is_some() {
+        // Not a revert (anymore): nothing is held out.
+        annotations[PINNED_BY_ANNOTATION] = Value::Null;
+        annotations[HELD_OUT_ANNOTATION] = Value::Null;
+    }
+    if pin.is_none() && live.pinned.is_some() {
+        // Only a released hold plans a write to a pinned Secret: the pin lifts.
+        annotations[PINNED_ANNOTATION] = Value::Null;
+    }
     let mut patch = json!({
         "metadata": {
             "resourceVersion": live.resource_version,
@@ -617,58 +549,4 @@ fn update_patch(
         patch["data"] = Value::Object(data);
     }
     patch
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change(added: usize, changed: usize) -> SecretChange {
-        let keys = |prefix: &str, n: usize| -> Vec<String> {
-            (0..n)
-                .map(|i| format!("{prefix}_A_RATHER_LONG_KEY_NAME_{i:05}"))
-                .collect()
-        };
-        SecretChange {
-            secret: SecretRef::new("app", "db"),
-            action: Action::Update,
-            adopt: false,
-            added: keys("NEW", added),
-            changed: keys("CHANGED", changed),
-            removed: vec!["OLD".to_owned()],
-            merge_only: false,
-        }
-    }
-
-    #[test]
-    fn a_short_event_note_lists_every_key() {
-        assert_eq!(
-            event_note(&change(1, 1)),
-            "credsync updated 3 key(s): +NEW_A_RATHER_LONG_KEY_NAME_00000 \
-             ~CHANGED_A_RATHER_LONG_KEY_NAME_00000 -OLD"
-        );
-    }
-
-    #[test]
-    fn a_long_event_note_stays_within_the_api_servers_limit() {
-        for (added, changed) in [(3000, 0), (20, 20), (25, 5), (0, 31), (1, 3000)] {
-            let note = event_note(&change(added, changed));
-            assert!(
-                note.len() <= EVENT_NOTE_LIMIT,
-                "{} bytes: {note}",
-                note.len()
-            );
-            let total = added + changed + 1;
-            let shown = note
-                .split(' ')
-                .filter(|w| w.starts_with(['+', '~', '-']))
-                .count();
-            let more: usize = note
-                .rsplit_once("(+")
-                .map(|(_, tail)| tail.trim_end_matches(" more)").parse().unwrap())
-                .unwrap_or(0);
-            assert_eq!(shown + more, total, "{note}");
-            assert!(note.starts_with(&format!("credsync updated {total} key(s): ")));
-        }
-    }
 }

@@ -6,10 +6,12 @@
 //! a Secret to create). In steady state that is two list calls.
 
 pub mod apply;
+pub mod events;
 pub mod lease;
 mod pins;
 pub mod review;
 pub mod rollout;
+mod rollout_status;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,9 +21,9 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
 
 use crate::labels::{
-    CREATED_ANNOTATION, KUBESTASH_V2_ANNOTATION, KUBESTASH_V2_VALUE, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION, MANAGED_SELECTOR, PINNED_ANNOTATION,
-    PINNED_BY_REQUEST_ANNOTATION,
+    CREATED_ANNOTATION, FINGERPRINT_ANNOTATION, HELD_OUT_ANNOTATION, KUBESTASH_V2_ANNOTATION,
+    KUBESTASH_V2_VALUE, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
+    MANAGED_SELECTOR, PINNED_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION,
 };
 use crate::manifest::{Manifest, SecretRef};
 use crate::metrics::Metrics;
@@ -75,6 +77,14 @@ impl LiveSecret {
             resource_version: meta.resource_version,
             kubestash_v2: annotations.get(KUBESTASH_V2_ANNOTATION).map(String::as_str)
                 == Some(KUBESTASH_V2_VALUE),
+            fingerprint: annotations
+                .get(FINGERPRINT_ANNOTATION)
+                .filter(|_| managed)
+                .cloned(),
+            held_out: annotations
+                .get(HELD_OUT_ANNOTATION)
+                .filter(|_| managed && annotations.contains_key(PINNED_ANNOTATION))
+                .cloned(),
         })
     }
 }

@@ -9,7 +9,10 @@ use kube::api::ListParams;
 
 use super::apply::written_version;
 use super::{Cluster, ClusterError, OwnWrite, api_error};
-use crate::labels::{MANAGED_SELECTOR, PINNED_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION};
+use crate::labels::{
+    HELD_OUT_ANNOTATION, MANAGED_SELECTOR, PINNED_ANNOTATION, PINNED_BY_ANNOTATION,
+    PINNED_BY_REQUEST_ANNOTATION,
+};
 use crate::manifest::SecretRef;
 
 /// The pinned Secrets, as one list of their metadata said.
@@ -82,7 +85,12 @@ impl Cluster {
         let patch = serde_json::json!({
             "metadata": {
                 "resourceVersion": pin.resource_version,
-                "annotations": { PINNED_ANNOTATION: null, PINNED_BY_REQUEST_ANNOTATION: null },
+                "annotations": {
+                    PINNED_ANNOTATION: null,
+                    PINNED_BY_REQUEST_ANNOTATION: null,
+                    PINNED_BY_ANNOTATION: null,
+                    HELD_OUT_ANNOTATION: null,
+                },
             }
         });
         self.count("patch");

@@ -1,28 +1,34 @@
-//! Rollouts: listing the workloads that opted in, and restarting them.
+//! Rollouts: listing the workloads that opted in (with where their last
+//! rollout stands), restarting them, and recording what they rolled out.
 //!
 //! A restart is a JSON merge patch of two pod template annotations, the way
 //! `kubectl rollout restart` does it: the workload's controller then rolls
 //! its pods at the pace its update strategy allows. The patch names the
 //! Secrets and their fingerprints (key names and item versions), never a
-//! value.
+//! value. What a workload rolled out to the end is written on the workload
+//! itself (`rolled-out-for`), which restarts nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Cluster, ClusterError, describe_kube_error};
+use super::events::EventType;
+use super::{Cluster, ClusterError, describe_kube_error, rollout_status};
 use crate::backoff::Backoff;
-use crate::manifest::{Manifest, SecretRef, Skip};
+use crate::manifest::{SecretRef, Skip};
 use crate::rollout_rules::{
-    RESTARTED_AT_ANNOTATION, RESTARTED_FOR_ANNOTATION, Restart, Workload, WorkloadKind,
-    WorkloadRef, reload_rule, restarted_for,
+    Progress, RESTARTED_AT_ANNOTATION, RESTARTED_FOR_ANNOTATION, ROLLED_OUT_FOR_ANNOTATION,
+    Restart, Wave, Workload, WorkloadKind, WorkloadRef, fingerprints, reload_rule, wave,
 };
+use crate::rotation::Settled;
 
 /// What a restart patch found.
 enum Patched {
@@ -33,6 +39,19 @@ enum Patched {
 
 /// Tries per workload patch before the restart is reported as failed.
 const RESTART_ATTEMPTS: u32 = 3;
+
+/// Workload patches in flight at once: a wave of 50 Deployments is
+/// patched in a few round trips, not 50 one after another.
+const PATCH_CONCURRENCY: usize = 16;
+
+/// Where to look for workloads.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkloadScope<'a> {
+    /// Every namespace credsync reads Secrets in (one list per kind).
+    Everywhere,
+    /// These namespaces only (one list per kind and namespace).
+    Namespaces(&'a BTreeSet<String>),
+}
 
 /// Workloads that opted in, and those whose opt-in could not be read.
 #[derive(Debug, Default)]
@@ -96,12 +115,16 @@ where
 {
     const KIND: WorkloadKind;
     fn template(&self) -> &PodTemplateSpec;
+    fn progress(&self, timeout: Duration, now: Timestamp) -> Progress;
 }
 
 impl PodTemplated for Deployment {
     const KIND: WorkloadKind = WorkloadKind::Deployment;
     fn template(&self) -> &PodTemplateSpec {
         &self.spec.template
+    }
+    fn progress(&self, timeout: Duration, now: Timestamp) -> Progress {
+        rollout_status::deployment(self, timeout, now)
     }
 }
 
@@ -110,6 +133,9 @@ impl PodTemplated for StatefulSet {
     fn template(&self) -> &PodTemplateSpec {
         &self.spec.template
     }
+    fn progress(&self, timeout: Duration, now: Timestamp) -> Progress {
+        rollout_status::stateful_set(self, timeout, now)
+    }
 }
 
 impl PodTemplated for DaemonSet {
@@ -117,34 +143,63 @@ impl PodTemplated for DaemonSet {
     fn template(&self) -> &PodTemplateSpec {
         &self.spec.template
     }
+    fn progress(&self, timeout: Duration, now: Timestamp) -> Progress {
+        rollout_status::daemon_set(self, timeout, now)
+    }
 }
 
 impl Cluster {
-    /// The Deployments, StatefulSets and DaemonSets in `namespaces` that
-    /// opted in to restarts (one list per kind and namespace).
+    /// The Deployments, StatefulSets and DaemonSets in `scope` that opted
+    /// in to restarts, each with its wave, what it was last restarted for,
+    /// what it rolled out and where its current rollout stands (a rollout
+    /// older than `timeout` that is not done has failed).
     pub async fn workloads(
         &self,
-        namespaces: &BTreeSet<String>,
+        scope: WorkloadScope<'_>,
+        timeout: Duration,
     ) -> Result<Workloads, ClusterError> {
+        let namespaces: Vec<Option<&str>> = match (scope, &self.only_namespaces) {
+            (WorkloadScope::Namespaces(wanted), _) => {
+                wanted.iter().map(|n| Some(n.as_str())).collect()
+            }
+            (WorkloadScope::Everywhere, Some(included)) => {
+                included.iter().map(|n| Some(n.as_str())).collect()
+            }
+            (WorkloadScope::Everywhere, None) => vec![None],
+        };
         let mut found = Workloads::default();
+        let now = Timestamp::now();
         for namespace in namespaces {
-            self.collect::<Deployment>(namespace, &mut found).await?;
-            self.collect::<StatefulSet>(namespace, &mut found).await?;
-            self.collect::<DaemonSet>(namespace, &mut found).await?;
+            self.collect::<Deployment>(namespace, timeout, now, &mut found)
+                .await?;
+            self.collect::<StatefulSet>(namespace, timeout, now, &mut found)
+                .await?;
+            self.collect::<DaemonSet>(namespace, timeout, now, &mut found)
+                .await?;
         }
         Ok(found)
     }
 
+    /// One kind in one namespace (None: all namespaces).
     async fn collect<K: PodTemplated>(
         &self,
-        namespace: &str,
+        namespace: Option<&str>,
+        timeout: Duration,
+        now: Timestamp,
         found: &mut Workloads,
     ) -> Result<(), ClusterError>
     where
         <K as kube::Resource>::DynamicType: Default,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-        let doing = format!("listing {}s in {namespace}", K::KIND.as_str());
+        let api: Api<K> = match namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
+        let doing = format!(
+            "listing {}s in {}",
+            K::KIND.as_str(),
+            namespace.unwrap_or("every namespace")
+        );
         self.list_paged(
             &doing,
             ListParams::default(),
@@ -154,23 +209,41 @@ impl Cluster {
             },
             |object: K| {
                 let meta = object.meta();
-                let Some(name) = meta.name.clone() else {
+                let (Some(name), Some(namespace)) = (meta.name.clone(), meta.namespace.clone())
+                else {
                     return;
                 };
                 let reference = WorkloadRef {
                     kind: K::KIND,
-                    namespace: namespace.to_owned(),
+                    namespace,
                     name,
                 };
                 let annotations = meta.annotations.clone().unwrap_or_default();
-                match reload_rule(&annotations) {
-                    Ok(Some(rule)) => {
-                        let referenced = referenced_secrets(object.template());
-                        found
-                            .opted_in
-                            .push(Workload::new(reference, rule, referenced));
+                let rule =
+                    reload_rule(&annotations).and_then(|rule| Ok((rule, wave(&annotations)?)));
+                match rule {
+                    Ok((Some(rule), wave)) => {
+                        let template = object.template();
+                        let referenced = referenced_secrets(template);
+                        let mut workload = Workload::new(reference, rule, referenced);
+                        let template_annotations = template
+                            .metadata
+                            .as_ref()
+                            .and_then(|m| m.annotations.as_ref());
+                        let ns = &workload.reference.namespace;
+                        workload.asked = template_annotations
+                            .and_then(|a| a.get(RESTARTED_FOR_ANNOTATION))
+                            .map(|text| fingerprints(text, ns))
+                            .unwrap_or_default();
+                        workload.rolled_out = annotations
+                            .get(ROLLED_OUT_FOR_ANNOTATION)
+                            .map(|text| fingerprints(text, ns))
+                            .unwrap_or_default();
+                        workload.wave = wave;
+                        workload.progress = object.progress(timeout, now);
+                        found.opted_in.push(workload);
                     }
-                    Ok(None) => {}
+                    Ok((None, _)) => {}
                     Err(err) => found.unreadable.push(Skip {
                         subject: reference.to_string(),
                         reason: format!("not restarted: {}", crate::errors::chain(&err)),
@@ -181,62 +254,51 @@ impl Cluster {
         .await
     }
 
-    /// Restarts each planned workload for the Secrets of its restart that
-    /// were written (`written`); a workload none of whose Secrets was
-    /// written is left alone. Each patch is tried a few times; one
-    /// workload's failure does not stop the others.
+    /// Makes `planned` restarts, many at once: each writes its
+    /// `restarted_for`, is tried a few times, and leaves an Event on the
+    /// workload saying why (`why`: per Secret, the keys and items that
+    /// changed). One workload's failure does not stop the others.
     pub async fn restart(
         &self,
-        planned: &[Restart],
-        written: &BTreeSet<SecretRef>,
-        manifest: &Manifest,
+        planned: Vec<Restart>,
+        why: &BTreeMap<SecretRef, String>,
     ) -> (Vec<Restart>, Vec<RestartFailure>) {
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        let patches: Vec<(Restart, serde_json::Value)> = planned
+            .into_iter()
+            .map(|restart| {
+                let patch = json!({
+                    "spec": { "template": { "metadata": { "annotations": {
+                        RESTARTED_FOR_ANNOTATION: restart.restarted_for,
+                        RESTARTED_AT_ANNOTATION: now,
+                    }}}}
+                });
+                (restart, patch)
+            })
+            .collect();
+        let results: Vec<(Restart, Result<Patched, kube::Error>)> = futures::stream::iter(patches)
+            .map(|(restart, patch)| async move {
+                let result = self.patch_workload(&restart.workload, &patch).await;
+                (restart, result)
+            })
+            .buffer_unordered(PATCH_CONCURRENCY)
+            .collect()
+            .await;
         let mut restarted = Vec::new();
         let mut failed = Vec::new();
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
-        for restart in planned {
-            let secrets: Vec<SecretRef> = restart
-                .secrets
-                .iter()
-                .filter(|s| written.contains(*s))
-                .cloned()
-                .collect();
-            if secrets.is_empty() {
-                continue;
-            }
-            let fingerprints: BTreeMap<&SecretRef, String> = secrets
-                .iter()
-                .map(|s| {
-                    let fingerprint = manifest
-                        .secrets
-                        .get(s)
-                        .map(|d| d.fingerprint())
-                        .unwrap_or_default();
-                    (s, fingerprint)
-                })
-                .collect();
-            let reason = restarted_for(fingerprints.iter().map(|(s, f)| (*s, f.as_str())));
-            let patch = json!({
-                "spec": { "template": { "metadata": { "annotations": {
-                    RESTARTED_FOR_ANNOTATION: reason,
-                    RESTARTED_AT_ANNOTATION: now,
-                }}}}
-            });
+        for (restart, result) in results {
             let kind = restart.workload.kind.as_str();
-            match self.patch_workload(&restart.workload, &patch).await {
+            match result {
                 Ok(Patched::Gone) => {
                     tracing::info!(workload = %restart.workload, "workload deleted since it was listed; nothing to restart");
                 }
                 Ok(Patched::Yes) => {
-                    tracing::info!(workload = %restart.workload, for_secrets = %reason, "restarted workload");
+                    tracing::info!(workload = %restart.workload, wave = %restart.wave, for_secrets = %restart.restarted_for, "restarted workload");
                     self.metrics
                         .workload_restarts
                         .with_label_values(&[kind])
                         .inc();
-                    restarted.push(Restart {
-                        workload: restart.workload.clone(),
-                        secrets,
-                    });
+                    restarted.push(restart);
                 }
                 Err(error) => {
                     let reason = describe_kube_error(&error);
@@ -252,7 +314,96 @@ impl Cluster {
                 }
             }
         }
+        restarted.sort_by(|a, b| a.workload.cmp(&b.workload));
+        failed.sort_by(|a, b| a.workload.cmp(&b.workload));
+        self.restart_events(&restarted, why).await;
         (restarted, failed)
+    }
+
+    /// One Event on each restarted workload, and one on each Secret per
+    /// wave naming the workloads restarted for it.
+    async fn restart_events(&self, restarted: &[Restart], why: &BTreeMap<SecretRef, String>) {
+        let because = |secret: &SecretRef| match why.get(secret) {
+            Some(why) => format!("{secret}: {why}"),
+            None => secret.to_string(),
+        };
+        let mut per_secret: BTreeMap<(&SecretRef, Wave), Vec<String>> = BTreeMap::new();
+        for restart in restarted {
+            let reasons: Vec<String> = restart.secrets.iter().map(because).collect();
+            let note = format!(
+                "restarted by credsync ({}) for {}",
+                restart.wave,
+                reasons.join("; ")
+            );
+            self.note_event(
+                self.event_on_workload(
+                    &restart.workload,
+                    EventType::Normal,
+                    "Restarted",
+                    "Restart",
+                    note,
+                )
+                .await,
+            );
+            for secret in &restart.secrets {
+                per_secret
+                    .entry((secret, restart.wave))
+                    .or_default()
+                    .push(restart.workload.to_string());
+            }
+        }
+        for ((secret, wave), workloads) in per_secret {
+            let note = format!(
+                "restarted by credsync ({wave}) for {}: {}",
+                because(secret),
+                workloads.join(", ")
+            );
+            self.note_event(
+                self.event_on_secret(secret, EventType::Normal, "Restarted", "Restart", note)
+                    .await,
+            );
+        }
+    }
+
+    /// Writes what each workload rolled out (`rolled-out-for`, on the
+    /// workload's own metadata: no restart). A failure is logged; the next
+    /// reconcile writes it again.
+    pub async fn settle(&self, settled: &[Settled]) {
+        // (Owned items: a closure taking a reference would make the
+        // reconcile future !Send for tokio::spawn, rust-lang/rust#102211.)
+        let patches: Vec<(WorkloadRef, serde_json::Value)> = settled
+            .iter()
+            .map(|entry| {
+                let value: Vec<String> = entry
+                    .rolled_out
+                    .iter()
+                    .map(|(name, fp)| format!("{}/{name}@{fp}", entry.workload.namespace))
+                    .collect();
+                let patch = json!({"metadata": {"annotations": {ROLLED_OUT_FOR_ANNOTATION: value.join(",")}}});
+                (entry.workload.clone(), patch)
+            })
+            .collect();
+        let results: Vec<(WorkloadRef, Result<Patched, kube::Error>)> =
+            futures::stream::iter(patches)
+                .map(|(workload, patch)| async move {
+                    let result = self.patch_workload(&workload, &patch).await;
+                    (workload, result)
+                })
+                .buffer_unordered(PATCH_CONCURRENCY)
+                .collect()
+                .await;
+        for (workload, result) in results {
+            if let Err(error) = result {
+                tracing::warn!(workload = %workload, error = %describe_kube_error(&error), "could not record what the workload rolled out; the next reconcile tries again");
+            }
+        }
+    }
+
+    /// Logs an Event the API server refused (the work it describes was done).
+    pub fn note_event(&self, result: Result<(), ClusterError>) {
+        if let Err(error) = result {
+            tracing::warn!(error = %crate::errors::Chain(&error), "the API server refused an Event (the work it describes was done); check RBAC for events.k8s.io create");
+        }
     }
 
     /// One merge patch of a workload, tried [`RESTART_ATTEMPTS`] times.

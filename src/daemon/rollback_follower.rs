@@ -11,7 +11,7 @@ use sops_age::Identities;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::apply::EventType;
+use crate::cluster::events::EventType;
 use crate::cluster::lease::Leadership;
 use crate::context::Context;
 use crate::daemon::trigger::{ReconcileRequest, Trigger};
@@ -20,7 +20,7 @@ use crate::plan::{RequestState, RequestView};
 use crate::reconcile::ReconcileError;
 use crate::rollback_requests::{Checked, Known, assess, check_sources};
 use crate::snapshot::remote::PushOutcome;
-use crate::snapshot::store::SnapshotStore;
+use crate::snapshot::store::{RollbackCause, SnapshotStore};
 
 /// How `run` follows the snapshot remote for requests.
 pub struct FollowConfig {
@@ -195,7 +195,7 @@ impl Follower {
                 approved.restored,
                 &approved.commit,
                 false,
-                Some(&approved.origin),
+                RollbackCause::Request(approved.origin.clone()),
             )
             .await
         {

@@ -216,6 +216,11 @@ pub async fn run(context: Context, config: RunConfig, heading: Heading) -> Resul
             shutdown.clone(),
         ));
     }
+    tasks.spawn(crate::daemon::rollout_follower::follow(
+        reconciler.clone(),
+        leadership.clone(),
+        shutdown.clone(),
+    ));
     if config.drift_repair {
         tasks.spawn(drift::run(
             context.clone(),

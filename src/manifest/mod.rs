@@ -128,13 +128,28 @@ impl DesiredSecret {
     /// they come from, never the values: it changes when any key's source
     /// does, and can be shown anywhere (annotations, restarts, logs).
     pub fn fingerprint(&self) -> String {
-        use sha2::Digest;
-        let mut hash = sha2::Sha256::new();
-        for (key, want) in &self.keys {
-            hash.update(format!("{key}={}\n", want.source).as_bytes());
-        }
-        format!("sha256:{}", &hex::encode(hash.finalize())[..32])
+        fingerprint_of(
+            self.keys
+                .iter()
+                .map(|(key, want)| (key.as_str(), want.source.to_string())),
+        )
     }
+
+    /// Where each key comes from (`name@version`), in key order.
+    pub fn items(&self) -> impl Iterator<Item = String> + '_ {
+        self.keys.values().map(|want| want.source.to_string())
+    }
+}
+
+/// [`DesiredSecret::fingerprint`] of keys and their items (`name@version`),
+/// given in key order: what a snapshot file's `sources` annotation yields.
+pub fn fingerprint_of<'a>(sources: impl Iterator<Item = (&'a str, String)>) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for (key, source) in sources {
+        hash.update(format!("{key}={source}\n").as_bytes());
+    }
+    format!("sha256:{}", &hex::encode(hash.finalize())[..32])
 }
 
 /// The desired state built from the table.

@@ -7,14 +7,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
-use crate::cluster::rollout::listing_failure;
+use crate::cluster::rollout::WorkloadScope;
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
 use crate::metrics::Metrics;
 use crate::plan::{self, LiveState, Plan, RequestView};
 use crate::progress::{Progress, Silent, Step};
-use crate::rollout_rules;
 use crate::secretsmanager::{SecretsManagerSource, SmError, SmRead};
 use crate::snapshot::store::{CommitInfo, SnapshotError, SnapshotStore};
 use crate::source::ItemFailure;
@@ -22,6 +21,7 @@ use crate::source::ItemFailure;
 mod authors;
 use authors::Authored;
 mod rollback;
+mod rollouts;
 mod targeted;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +111,8 @@ pub struct Reconciler {
     writing: tokio::sync::Mutex<()>,
     /// The rollback requests the follower last saw, for every plan.
     requests: Mutex<Vec<RequestView>>,
+    /// Rotations being followed (`run`), and failures already handled.
+    rotations: Mutex<rollouts::Rotations>,
 }
 
 /// One name's latest version from a Query: absent, unreadable, or an item.
@@ -152,6 +154,7 @@ impl Reconciler {
             progress: Arc::new(Silent),
             writing: tokio::sync::Mutex::new(()),
             requests: Mutex::new(Vec::new()),
+            rotations: Mutex::default(),
         }
     }
 
@@ -328,7 +331,8 @@ impl Reconciler {
             "read live Secrets"
         );
         let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        self.plan_restarts(&mut plan).await;
+        self.plan_restarts(&mut plan, &manifest, &live, WorkloadScope::Everywhere)
+            .await;
         if let Ok(requests) = self.requests.lock() {
             plan.requests = requests.clone();
         }
@@ -357,6 +361,8 @@ impl Reconciler {
         dry_run: bool,
         scope: Option<BTreeSet<SecretRef>>,
     ) -> Result<SyncReport, ReconcileError> {
+        // A full reconcile sees every rotation; a scoped one only its own.
+        let complete = scope.is_none();
         // The snapshot is committed before anything is applied; if it
         // cannot be written, nothing is applied.
         let snapshot = match (&self.snapshot, dry_run) {
@@ -411,6 +417,10 @@ impl Reconciler {
             ..self.apply.clone()
         };
         let outcome = self.apply_and_log(&planned, &options).await;
+        if !dry_run {
+            self.note_rollouts(&planned.plan, &outcome, complete).await;
+            self.handle_failed_waves(&planned.plan).await;
+        }
         let report = SyncReport {
             plan: planned.plan,
             outcome,
@@ -459,27 +469,6 @@ impl Reconciler {
         match &self.secrets_manager {
             Some(sm) => sm.read().await.map(Some),
             None => Ok(None),
-        }
-    }
-
-    /// Adds the restarts the plan's content changes call for (with
-    /// `--rollouts`). Workloads that cannot be listed do not stop the
-    /// Secret writes: the plan shows it as a skip.
-    async fn plan_restarts(&self, plan: &mut Plan) {
-        if !self.apply.rollouts {
-            return;
-        }
-        let changed = plan.content_changes();
-        if changed.is_empty() {
-            return;
-        }
-        let namespaces = changed.iter().map(|s| s.namespace.clone()).collect();
-        match self.cluster.workloads(&namespaces).await {
-            Ok(found) => {
-                plan.restarts = rollout_rules::restarts(&changed, &found.opted_in);
-                plan.skipped.extend(found.unreadable);
-            }
-            Err(err) => plan.skipped.push(listing_failure(&err)),
         }
     }
 

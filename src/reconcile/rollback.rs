@@ -1,15 +1,16 @@
 //! Rollbacks: what a snapshot's content would change, checked against the
 //! sources, then applied and pinned, and recorded in a rollback commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Planned, ReconcileError, Reconciler, SyncReport};
 use crate::cluster::apply::{ApplyOptions, Pin};
+use crate::cluster::rollout::WorkloadScope;
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan;
 use crate::progress::Step;
 use crate::restore::Verified;
-use crate::snapshot::store::{CommitInfo, RequestOrigin};
+use crate::snapshot::store::{CommitInfo, RequestOrigin, RollbackCause};
 
 impl Reconciler {
     /// Checks snapshot content against the sources before a rollback may
@@ -28,6 +29,22 @@ impl Reconciler {
         crate::restore::verify(&sources, restored, signed).await
     }
 
+    /// Reads `items` (key -> `name@version`) of `secret` from the sources:
+    /// content to restore that no snapshot file vouches for a value of.
+    pub async fn fetch_restore(
+        &self,
+        secret: &SecretRef,
+        items: BTreeMap<String, crate::source::ItemId>,
+    ) -> Result<Verified, crate::restore::RestoreError> {
+        let sources = crate::restore::Sources {
+            table: self.read_table.then_some(&self.source),
+            secrets_manager: self.secrets_manager.as_ref(),
+            mapping: self.mapping,
+            cluster: self.snapshot.as_ref().map_or("", |s| s.cluster()),
+        };
+        crate::restore::fetch(&sources, secret, items).await
+    }
+
     /// What the desired state in `docs` (a snapshot) would change in the cluster.
     /// Pins are ignored: this is what a rollback would do.
     pub async fn plan_snapshot(
@@ -41,7 +58,18 @@ impl Reconciler {
             secret.pinned = None;
         }
         let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        self.plan_restarts(&mut plan).await;
+        let namespaces: BTreeSet<String> = manifest
+            .secrets
+            .keys()
+            .map(|s| s.namespace.clone())
+            .collect();
+        self.plan_restarts(
+            &mut plan,
+            &manifest,
+            &live,
+            WorkloadScope::Namespaces(&namespaces),
+        )
+        .await;
         Ok(Planned {
             manifest,
             live,
@@ -78,15 +106,17 @@ impl Reconciler {
     }
 
     /// Applies the Secrets of snapshot `commit` and pins them to it, then
-    /// records a rollback commit (unless `dry_run`). With `request`, the
-    /// pins and the commit name the reviewed request that asked for it.
+    /// records a rollback commit (unless `dry_run`). The pins and the
+    /// commit say why (`cause`): the reviewed request that asked for it, or
+    /// the rotation it reverts.
     pub async fn rollback(
         &self,
         restored: Verified,
         commit: &CommitInfo,
         dry_run: bool,
-        request: Option<&RequestOrigin>,
+        cause: RollbackCause,
     ) -> Result<SyncReport, ReconcileError> {
+        let request = cause.request();
         // The namespace filter again, on what is about to be written.
         if let Some((secret, why)) = restored
             .secrets()
@@ -103,14 +133,21 @@ impl Reconciler {
             pin: Some(Pin {
                 commit: commit.id.clone(),
                 request: request.map(RequestOrigin::key),
+                held_out: match &cause {
+                    RollbackCause::Revert { held_out, .. } => Some(held_out.clone()),
+                    _ => None,
+                },
             }),
             ..self.apply.clone()
         };
         let outcome = self.apply_and_log(&planned, &options).await;
+        if !dry_run {
+            self.note_rollouts(&planned.plan, &outcome, false).await;
+        }
         let mut snapshot = None;
         if !dry_run && let Some(store) = &self.snapshot {
             let id = commit.id.clone();
-            let origin = request.cloned();
+            let cause = cause.clone();
             // The checked content of what was written, for the commit.
             let restored: BTreeMap<SecretRef, DesiredSecret> = outcome
                 .written
@@ -127,7 +164,7 @@ impl Reconciler {
                 let metrics = self.metrics.clone();
                 snapshot = store
                     .blocking(move |store| {
-                        let commit = store.record_rollback(&id, &restored, origin.as_ref())?;
+                        let commit = store.record_rollback(&id, &restored, &cause)?;
                         store.share_or_report(&metrics);
                         Ok(commit)
                     })

@@ -9,6 +9,7 @@ use super::{
     Planned, QueryResult, ReconcileError, Reconciler, ScopeNames, SyncReport, log_findings,
     poisoned,
 };
+use crate::cluster::rollout::WorkloadScope;
 use crate::credstash::RawItem;
 use crate::manifest::{SecretRef, Selection};
 use crate::plan::{self, LiveState};
@@ -99,7 +100,14 @@ impl Reconciler {
             }
         }
         let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        self.plan_restarts(&mut plan).await;
+        let namespaces: BTreeSet<String> = affected.iter().map(|s| s.namespace.clone()).collect();
+        self.plan_restarts(
+            &mut plan,
+            &manifest,
+            &live,
+            WorkloadScope::Namespaces(&namespaces),
+        )
+        .await;
         log_findings(&plan);
         Ok(Some((
             Planned {

@@ -403,16 +403,43 @@ fn findings(b: &mut Budget, plan: &Plan) {
         .iter()
         .map(|r| {
             let secrets: Vec<String> = r.secrets.iter().map(|s| md_code(&s.to_string())).collect();
+            let wave = match r.wave {
+                crate::rollout_rules::Wave::Numbered(n) => n.to_string(),
+                crate::rollout_rules::Wave::Last => "last".to_owned(),
+            };
             row(&[
                 md_code(&format!("{}/{}", r.workload.kind.as_str(), r.workload.name)),
                 md_code(&r.workload.namespace),
                 secrets.join(", "),
+                wave,
             ])
         })
         .collect();
     b.table(
-        "**Restarts** (after the Secret writes):\n\n| Workload | Namespace | For |\n|---|---|---|\n",
+        "**Restarts** (after the Secret writes; a wave waits for the one before it):\n\n| Workload | Namespace | For | Wave |\n|---|---|---|---|\n",
         restarts,
+        "\n",
+        false,
+    );
+    let failed = plan
+        .failed_waves
+        .iter()
+        .map(|f| {
+            let workloads: Vec<String> = f
+                .workloads
+                .iter()
+                .map(|(w, _)| md_code(&w.to_string()))
+                .collect();
+            row(&[
+                md_code(&f.secret.to_string()),
+                f.wave.to_string(),
+                workloads.join(", "),
+            ])
+        })
+        .collect();
+    b.table(
+        "**Failed rollouts** (later waves wait; the Secret is reverted):\n\n| Secret | Wave | Workloads |\n|---|---|---|\n",
+        failed,
         "\n",
         false,
     );

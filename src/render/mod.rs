@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::apply::ApplyOutcome;
 use crate::plan::{Action, Plan, RequestState, RequestView, SecretChange};
-use crate::rollout_rules::Restart;
+use crate::rollout_rules::{Restart, Wave, WorkloadRef};
 
 /// Output of listings (`history`, `show`, `diff`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,8 @@ fn summary(plan: &Plan) -> String {
         (plan.failures.len(), "failed item(s)"),
         (plan.pinned.len(), "pinned"),
         (plan.restarts.len(), "restart(s)"),
+        (plan.rolling.len(), "wave(s) rolling"),
+        (plan.failed_waves.len(), "failed wave(s)"),
         (plan.kubestash_v2.len(), "Kubestash-V2 Secret(s)"),
         (plan.respelled.len(), "respelled key warning(s)"),
         (
@@ -216,6 +218,30 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
             paint("36", "> restart"),
             restart_subject(r),
             restart_reason(r),
+        );
+    }
+    for r in &plan.rolling {
+        note(
+            paint("36", "~ rolling"),
+            r.secret.to_string(),
+            format!("{}: {}", r.wave, workload_names(&r.workloads)),
+        );
+    }
+    for f in &plan.failed_waves {
+        let failed: Vec<WorkloadRef> = f.workloads.iter().map(|(w, _)| w.clone()).collect();
+        note(
+            paint("31;1", "x rollout failed"),
+            f.secret.to_string(),
+            format!(
+                "{}: {}; later waves wait{}",
+                f.wave,
+                workload_names(&failed),
+                if f.last_good.is_some() {
+                    ", the last good content is known"
+                } else {
+                    ""
+                }
+            ),
         );
     }
     for k in &plan.kubestash_v2 {
@@ -372,7 +398,15 @@ fn restart_subject(r: &Restart) -> String {
 
 fn restart_reason(r: &Restart) -> String {
     let secrets: Vec<String> = r.secrets.iter().map(ToString::to_string).collect();
-    format!("for {}", secrets.join(", "))
+    match r.wave {
+        Wave::Numbered(_) => format!("for {}, {}", secrets.join(", "), r.wave),
+        Wave::Last => format!("for {}", secrets.join(", ")),
+    }
+}
+
+fn workload_names(workloads: &[WorkloadRef]) -> String {
+    let names: Vec<String> = workloads.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }
 
 fn change_json(c: &SecretChange) -> Value {
@@ -405,6 +439,8 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "failed": plan.failures.len(),
             "pinned": plan.pinned.len(),
             "restarts": plan.restarts.len(),
+            "rolling": plan.rolling.len(),
+            "failed_waves": plan.failed_waves.len(),
             "kubestash_v2": plan.kubestash_v2.len(),
             "respelled": plan.respelled.len(),
             "requests": plan.requests.len(),
@@ -427,6 +463,8 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "request": p.request,
         })).collect::<Vec<_>>(),
         "restarts": plan.restarts,
+        "rolling": plan.rolling,
+        "failed_waves": plan.failed_waves,
         "kubestash_v2": plan.kubestash_v2.iter().map(|k| json!({
             "namespace": k.secret.namespace,
             "name": k.secret.name,
@@ -556,6 +594,7 @@ mod tests {
                     changes: vec![],
                 },
             ],
+            ..Plan::default()
         }
     }
 

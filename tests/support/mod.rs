@@ -24,7 +24,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use control_plane::{AuditMark, ControlPlane, FaultProxy, Options, User};
+use control_plane::{AuditMark, ControlPlane, FaultProxy, Kubelet, Options, User};
 
 pub const REGION: &str = "us-east-1";
 
@@ -149,6 +149,8 @@ pub struct StandIns {
     plane: ControlPlane,
     /// The test's own client (user `admin`), built once.
     admin: kube::Client,
+    /// Plays the kubelet (with [`StandIns::start_with_workloads`]).
+    pub kubelet: Option<Kubelet>,
     /// Where [`StandIns::credsync_requests`] starts reading the audit log.
     mark: Mutex<AuditMark>,
     pub dir: tempfile::TempDir,
@@ -174,6 +176,17 @@ impl StandIns {
     /// Starts moto and a control plane with `namespaces`, a KMS key under
     /// alias/credstash and a table made by `credstash setup`.
     pub async fn start(namespaces: &[&str]) -> Arc<Self> {
+        Self::start_with(namespaces, false).await
+    }
+
+    /// [`StandIns::start`] with kube-controller-manager's workload
+    /// controllers and a played kubelet: Deployments, StatefulSets and
+    /// DaemonSets get Pods and roll as in a cluster.
+    pub async fn start_with_workloads(namespaces: &[&str]) -> Arc<Self> {
+        Self::start_with(namespaces, true).await
+    }
+
+    async fn start_with(namespaces: &[&str], workloads: bool) -> Arc<Self> {
         let dir = tempfile::tempdir().unwrap();
         let (moto, port) = start_moto(&[]);
         let credsync = User::admin(CREDSYNC_USER);
@@ -181,6 +194,7 @@ impl StandIns {
             namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
             users: vec![credsync.clone()],
             audit_secret_bodies: true,
+            controllers: workloads,
         })
         .await
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
@@ -189,7 +203,12 @@ impl StandIns {
             .write_kubeconfig(&kubeconfig, &credsync.token)
             .unwrap();
         let admin = plane.admin_client().await.unwrap();
+        let kubelet = workloads.then(|| {
+            let namespaces = namespaces.iter().map(|n| (*n).to_owned()).collect();
+            Kubelet::start(admin.clone(), namespaces)
+        });
         let stand_ins = Self {
+            kubelet,
             moto: Mutex::new(moto),
             proxy: Mutex::new(None),
             admin,

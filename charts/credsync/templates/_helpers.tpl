@@ -198,6 +198,10 @@ app.kubernetes.io/component: controller
 {{- if .Values.rollouts.enabled }}
 - name: CREDSYNC_ROLLOUTS
   value: "true"
+- name: CREDSYNC_ROLLOUT_TIMEOUT
+  value: {{ .Values.rollouts.timeout | quote }}
+- name: CREDSYNC_ROLLOUT_REVERT
+  value: {{ .Values.rollouts.revert | toString | quote }}
 {{- end }}
 {{- if .Values.selfService.enabled }}
 - name: CREDSYNC_SELF_SERVICE

@@ -13,7 +13,7 @@ use crate::plan::Plan;
 use crate::render::{self, Format};
 use crate::rollback_requests::plan_requests;
 use crate::snapshot::request::RollbackRequest;
-use crate::snapshot::store::SnapshotStore;
+use crate::snapshot::store::{RollbackCause, SnapshotStore};
 
 /// `rollback REV` (not `--propose`): what to restore and how to report it.
 pub(in crate::cli) struct Rollback {
@@ -52,7 +52,7 @@ pub(in crate::cli) async fn execute(
     let signed = store.authenticated(&commit.id)?;
     let verified = reconciler.verify_restore(restored, signed).await?;
     let report = reconciler
-        .rollback(verified, &commit, dry_run, None)
+        .rollback(verified, &commit, dry_run, RollbackCause::ByHand)
         .await?;
     out.report(&report, dry_run, format);
     Ok(u8::from(!report.outcome.failed.is_empty()))

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::{ServerState, bearer_token, error};
-use crate::cluster::apply::EventType;
+use crate::cluster::events::EventType;
 use crate::cluster::review::{Caller, TokenVerdict};
 use crate::credstash::{NewItem, PutVersion, WriteItemError, padded_version};
 use crate::daemon::trigger::{ReconcileRequest, Trigger};

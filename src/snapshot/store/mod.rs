@@ -20,6 +20,7 @@ mod error;
 mod read;
 mod recorded;
 mod requests;
+mod revert;
 mod seal;
 mod trust;
 mod warm;
@@ -33,6 +34,7 @@ use error::{GitCause, git_error};
 pub use read::WarmValues;
 use recorded::FingerprintIndex;
 pub use requests::{FoundRequest, Proposal, REQUEST_TRAILER, RequestOrigin, is_request_file_name};
+pub use revert::{GoodContent, RollbackCause};
 use seal::SealJob;
 use sops_age::{Identities, Outline, Recipients};
 use trust::Restored;
@@ -607,14 +609,14 @@ impl SnapshotStore {
     /// at `rev`. A signed revision's files are credsync's own and are taken
     /// as they are; any other revision's are sealed anew from `restored`
     /// (checked against the sources), so no file credsync did not write
-    /// enters a commit it signs. With `origin`, the commit names the
-    /// request that asked for it, its commit and author, and ends with the
-    /// trailers that mark it applied.
+    /// enters a commit it signs. The message says why (`cause`): a request
+    /// is named with its commit and author, and its trailers mark it
+    /// applied; a revert says which rollout failed.
     pub fn record_rollback(
         &self,
         rev: &str,
         restored: &BTreeMap<SecretRef, DesiredSecret>,
-        origin: Option<&RequestOrigin>,
+        cause: &RollbackCause,
     ) -> Result<Option<CommitInfo>, SnapshotError> {
         self.with_repo(|repo| {
             self.check_lock(repo)?;
@@ -662,18 +664,22 @@ impl SnapshotStore {
             let tree_id = update.create_updated(repo, &base_tree).map_err(|e| self.err("building the tree", e))?;
             let short = source.id().to_string()[..12].to_owned();
             let names: Vec<String> = restored.keys().map(|s| format!("  {s}")).collect();
-            let until = match origin {
-                Some(origin) => format!(
+            let (verb, until) = match cause {
+                RollbackCause::Request(origin) => ("roll back", format!(
                     "Requested in {} by {} (the git author: claimed, not verified)\n(request commit {}).\nPinned until that file is removed.\n\n{}",
                     origin.path,
                     origin.author,
                     origin.commit,
                     requests::request_trailers(origin)
-                ),
-                None => "Pinned until `credsync unpin`.\n".to_owned(),
+                )),
+                RollbackCause::ByHand => ("roll back", "Pinned until `credsync unpin`.\n".to_owned()),
+                RollbackCause::Revert { why, .. } => ("revert a failed rotation of", format!(
+                    "{}\nPinned (credsync.io/pinned-by: rollout-failure) until the source offers a\nnewer version of the held-out items, or `credsync unpin`.\n",
+                    crate::text::one_line(why, 2000)
+                )),
             };
             let message = format!(
-                "credsync: roll back {} Secret(s) in cluster {} to {short}\n\n{}\n\n{}{until}",
+                "credsync: {verb} {} Secret(s) in cluster {} to {short}\n\n{}\n\n{}{until}",
                 restored.len(),
                 self.config.cluster,
                 names.join("\n"),

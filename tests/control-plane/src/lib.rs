@@ -1,22 +1,25 @@
 //! A real Kubernetes control plane for credsync's tests, demo and bench.
 //!
-//! [`ControlPlane`] starts etcd and kube-apiserver (built from upstream
+//! [`ControlPlane`] starts etcd and kube-apiserver (and, when asked,
+//! kube-controller-manager's workload controllers; built from upstream
 //! source by `just control-plane`) on loopback ports with RBAC, token users,
 //! service-account signing keys and an audit log, the way envtest does for
-//! Go controllers. [`FaultProxy`] sits in front of it for the tests that need
+//! Go controllers; [`Kubelet`] plays the kubelet for their Pods. [`FaultProxy`] sits in front of it for the tests that need
 //! a 500, a 409 storm or a concurrent edit a real server does not produce on
 //! demand. [`AuditLog`] is how tests see what was written: the server's own
 //! record, not ours.
 
 mod audit;
 mod binaries;
+mod kubelet;
 mod plane;
 mod proxy;
 mod target;
 
 pub use audit::{AuditEvent, AuditLog, AuditMark};
 pub use binaries::{bin_dir, kubernetes_version};
-pub use plane::{ControlPlane, Options, User};
+pub use kubelet::Kubelet;
+pub use plane::{ControlPlane, NODE, Options, User};
 pub use proxy::{ConcurrentEdit, Fault, FaultProxy};
 
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "{path} is missing: run `just control-plane` (builds kube-apiserver and etcd once per machine, ~7 min)"
+        "{path} is missing: run `just control-plane` (builds kube-apiserver, kube-controller-manager and etcd once per machine, ~8 min)"
     )]
     NotBuilt { path: PathBuf },
     #[error("{what}: {source}")]

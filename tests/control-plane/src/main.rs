@@ -24,6 +24,10 @@ struct Args {
     /// Where to copy the server's audit log path (one line) for callers that count requests.
     #[arg(long)]
     audit_log_path_file: Option<PathBuf>,
+    /// Run the workload controllers and play the kubelet for these
+    /// namespaces' Pods (Ready unless a Secret they read is missing).
+    #[arg(long)]
+    workloads: bool,
     /// Keep running when stdin reaches EOF (for running it by hand in the background).
     #[arg(long)]
     ignore_stdin: bool,
@@ -36,8 +40,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         namespaces: args.namespaces.clone(),
         users: Vec::new(),
         audit_secret_bodies: false,
+        controllers: args.workloads,
     })
     .await?;
+    let _kubelet = match args.workloads {
+        true => Some(control_plane::Kubelet::start(
+            plane.admin_client().await?,
+            args.namespaces.clone(),
+        )),
+        false => None,
+    };
     plane.write_kubeconfig(&args.kubeconfig, &plane.admin().token)?;
     if let Some(file) = &args.audit_log_path_file {
         std::fs::write(file, plane.audit().path().display().to_string())?;

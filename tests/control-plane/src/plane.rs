@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::Error;
@@ -54,13 +54,26 @@ pub struct Options {
     /// Record the bodies of Secret writes in the audit log (they hold
     /// values): for tests that check what a write carried.
     pub audit_secret_bodies: bool,
+    /// Also run kube-controller-manager's workload controllers (Deployments,
+    /// ReplicaSets, StatefulSets, DaemonSets, and the `default`
+    /// ServiceAccount of each namespace) and register one Node, so
+    /// workloads get Pods and status as in a cluster. There is still no
+    /// scheduler and no kubelet: [`crate::Kubelet`] plays the kubelet.
+    pub controllers: bool,
 }
+
+/// The controllers [`Options::controllers`] runs.
+const CONTROLLERS: &str = "deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,serviceaccount-controller";
+
+/// The Node registered for DaemonSets to place their Pods on.
+pub const NODE: &str = "node-1";
 
 /// A running etcd + kube-apiserver; both are killed on drop (and get SIGKILL
 /// if the thread that started them dies first).
 pub struct ControlPlane {
     apiserver: Child,
     etcd: Child,
+    controller_manager: Option<Child>,
     url: String,
     ca_pem: Vec<u8>,
     admin: User,
@@ -70,7 +83,11 @@ pub struct ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for child in [&mut self.apiserver, &mut self.etcd] {
+        let children = self
+            .controller_manager
+            .iter_mut()
+            .chain([&mut self.apiserver, &mut self.etcd]);
+        for child in children {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -183,6 +200,7 @@ impl ControlPlane {
         let mut plane = Self {
             apiserver,
             etcd,
+            controller_manager: None,
             url: format!("https://127.0.0.1:{secure_port}"),
             ca_pem: Vec::new(),
             audit: AuditLog::new(&path("audit.log")),
@@ -196,7 +214,47 @@ impl ControlPlane {
                 .map_err(|e| Error::Kubeconfig(e.to_string()))?;
             namespaces.create(&PostParams::default(), &ns).await?;
         }
+        if options.controllers {
+            plane.start_controllers(&options.namespaces).await?;
+        }
         Ok(plane)
+    }
+
+    /// Starts kube-controller-manager as the admin, registers [`NODE`], and
+    /// returns once each namespace has its `default` ServiceAccount (the
+    /// controllers are running; without it every Pod is refused).
+    async fn start_controllers(&mut self, namespaces: &[String]) -> Result<(), Error> {
+        let binary = binary("kube-controller-manager")?;
+        let kubeconfig = self.dir.path().join("controller-manager.kubeconfig");
+        self.write_kubeconfig(&kubeconfig, &self.admin.token)?;
+        let child = spawn_tied(
+            Command::new(binary)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--leader-elect=false", "--secure-port=0"])
+                .args(["--controllers", CONTROLLERS])
+                .args(["--profiling=false", "-v", "0"]),
+            &self.dir.path().join("controller-manager.log"),
+        )?;
+        self.controller_manager = Some(child);
+        let client = self.admin_client().await?;
+        register_node(&client).await?;
+        let deadline = Instant::now() + READY_WITHIN;
+        for namespace in namespaces {
+            let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+            while accounts.get_opt("default").await?.is_none() {
+                self.check_alive()?;
+                if Instant::now() > deadline {
+                    return Err(Error::NotReady {
+                        what: "kube-controller-manager",
+                        seconds: READY_WITHIN.as_secs(),
+                        log_tail: tail(&self.dir.path().join("controller-manager.log")),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Waits for the serving cert, then for `/readyz` to answer ok.
@@ -230,10 +288,15 @@ impl ControlPlane {
     }
 
     fn check_alive(&mut self) -> Result<(), Error> {
-        for (what, child, log) in [
+        let servers = [
             ("etcd", &mut self.etcd, "etcd.log"),
             ("kube-apiserver", &mut self.apiserver, "apiserver.log"),
-        ] {
+        ];
+        let controllers = self
+            .controller_manager
+            .as_mut()
+            .map(|c| ("kube-controller-manager", c, "controller-manager.log"));
+        for (what, child, log) in servers.into_iter().chain(controllers) {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(Error::Exited {
                     what,
@@ -272,6 +335,11 @@ impl ControlPlane {
 
     pub fn apiserver_pid(&self) -> i32 {
         self.apiserver.id() as i32
+    }
+
+    /// kube-controller-manager's pid, if it runs: to stop it in a test.
+    pub fn controller_manager_pid(&self) -> Option<i32> {
+        self.controller_manager.as_ref().map(|c| c.id() as i32)
     }
 
     /// The apiserver's log (`-v 0`): for a failing test's message.
@@ -317,6 +385,19 @@ impl ControlPlane {
     pub async fn admin_client(&self) -> Result<kube::Client, Error> {
         self.client(&self.admin.token).await
     }
+}
+
+/// A Ready Node for DaemonSets to place Pods on (nothing runs them).
+async fn register_node(client: &kube::Client) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": NODE}}))
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    nodes.create(&PostParams::default(), &node).await?;
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "played by the test harness"}]}});
+    nodes
+        .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
 }
 
 /// An ECDSA P-256 key for signing service-account tokens (TokenRequest).
