@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod flow;
 mod kubernetes;
 pub mod snap;
+pub mod workloads;
 
 // Not every test binary uses every helper.
 #[allow(unused_imports)]

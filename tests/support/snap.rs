@@ -18,7 +18,15 @@ pub struct Snap {
 
 impl Snap {
     pub async fn start(namespaces: &[&str]) -> Self {
-        let env = StandIns::start(namespaces).await;
+        Self::on(StandIns::start(namespaces).await)
+    }
+
+    /// [`Snap::start`] on stand-ins with workload controllers and a played kubelet.
+    pub async fn start_with_workloads(namespaces: &[&str]) -> Self {
+        Self::on(StandIns::start_with_workloads(namespaces).await)
+    }
+
+    fn on(env: Arc<StandIns>) -> Self {
         let (recipient, identity) = env.age_identity("reader");
         let repo = env.dir.path().join("snapshots");
         let (signing_key, _) = env.signing_key("credsync");

@@ -1,0 +1,220 @@
+//! Rotations that cannot take production down, on a real API server with
+//! kube-controller-manager's workload controllers and a played kubelet
+//! (Pods turn Ready unless their Secret holds a value the test marked
+//! bad): waves, a failed wave reverted to the last good content, later
+//! waves never restarted, and a later good version rolled through every
+//! wave.
+
+mod support;
+
+use std::time::Duration;
+
+use support::snap::Snap;
+use support::workloads::Kind;
+use support::{Daemon, StandIns, eventually, http, metric, reconciled};
+
+const NS: &str = "app";
+/// A Deployment's progressDeadlineSeconds in these tests.
+const DEADLINE_S: i64 = 10;
+
+fn metrics(daemon: &Daemon) -> String {
+    http(daemon.port, "GET", "/metrics", None).1
+}
+
+async fn wait_available(env: &StandIns, kind: Kind, name: &str) {
+    assert!(
+        env.eventually_available(kind, NS, name, Duration::from_secs(60))
+            .await,
+        "{name} never became available: {:?}",
+        env.workload(kind, NS, name).await
+    );
+}
+
+/// A password rotated to a value that breaks wave 1: wave 1 fails its
+/// deadline, wave 2 is never restarted, the Secret holds the last good
+/// password again (pinned, the bad version held out), wave 1 rolls back
+/// to it, and Events, metrics, the snapshot and the plan say why. A later
+/// good version rolls through both waves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through_every_wave() {
+    let s = Snap::start_with_workloads(&[NS]).await;
+    let env = &s.env;
+    env.put("app/db/password", "rotation-good-one");
+    env.enable_stream().await;
+    assert_eq!(s.run(&["sync"]).code, 0);
+    env.create_workload(Kind::Deployment, NS, "web", "db", Some(1), DEADLINE_S)
+        .await;
+    env.create_workload(Kind::Deployment, NS, "api", "db", Some(2), DEADLINE_S)
+        .await;
+    wait_available(env, Kind::Deployment, "web").await;
+    wait_available(env, Kind::Deployment, "api").await;
+
+    let daemon = env.daemon(
+        &s.args(&["--rollouts", "--debounce", "200ms", "--insecure-no-auth"]),
+        &[],
+    );
+    assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let good = env.secret_annotations(NS, "db").await["credsync.io/fingerprint"].clone();
+    // The first reconcile records what each workload runs (restarting nothing).
+    let recorded = eventually(Duration::from_secs(10), || async {
+        env.workload(Kind::Deployment, NS, "api")
+            .await
+            .rolled_out_for
+            == Some(format!("app/db@{good}"))
+    })
+    .await;
+    assert!(recorded, "{}", env.daemon_log(&daemon));
+    let api_before = env.workload(Kind::Deployment, NS, "api").await;
+
+    // The bad rotation.
+    env.kubelet.as_ref().unwrap().mark_bad(b"rotation-bad-two");
+    env.seed("rotation-bad-two");
+    env.put("app/db/password", "rotation-bad-two");
+    assert!(
+        env.eventually_value(
+            NS,
+            "db",
+            "PASSWORD",
+            b"rotation-bad-two",
+            Duration::from_secs(20)
+        )
+        .await,
+        "{}",
+        env.daemon_log(&daemon)
+    );
+    let failed = eventually(Duration::from_secs(40), || async {
+        env.workload(Kind::Deployment, NS, "web")
+            .await
+            .progressing
+            .as_deref()
+            == Some("ProgressDeadlineExceeded")
+            || metric(
+                &metrics(&daemon),
+                "credsync_rotation_reverts_total{outcome=\"reverted\"}",
+            ) >= 1.0
+    })
+    .await;
+    assert!(failed, "{}", env.daemon_log(&daemon));
+    // Reverted: the last good password, pinned, the bad version held out.
+    assert!(
+        env.eventually_value(
+            NS,
+            "db",
+            "PASSWORD",
+            b"rotation-good-one",
+            Duration::from_secs(10)
+        )
+        .await,
+        "{}",
+        env.daemon_log(&daemon)
+    );
+    let annotations = env.secret_annotations(NS, "db").await;
+    assert_eq!(annotations["credsync.io/pinned-by"], "rollout-failure");
+    assert!(
+        annotations["credsync.io/held-out"].starts_with("app/db/password@"),
+        "{annotations:?}"
+    );
+    assert_eq!(annotations["credsync.io/fingerprint"], good);
+    // Wave 1 rolls back to it; wave 2 was never restarted.
+    wait_available(env, Kind::Deployment, "web").await;
+    let recorded = eventually(Duration::from_secs(20), || async {
+        env.workload(Kind::Deployment, NS, "web")
+            .await
+            .rolled_out_for
+            == Some(format!("app/db@{good}"))
+    })
+    .await;
+    assert!(recorded, "{}", env.daemon_log(&daemon));
+    let api_after = env.workload(Kind::Deployment, NS, "api").await;
+    assert_eq!(
+        api_after.generation, api_before.generation,
+        "wave 2 never restarted"
+    );
+    assert_eq!(api_after.restarted_for, api_before.restarted_for);
+
+    // What says why: metrics, Events, the snapshot commit, the plan.
+    let text = metrics(&daemon);
+    assert_eq!(
+        metric(
+            &text,
+            "credsync_rotation_reverts_total{outcome=\"reverted\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "credsync_rollouts_total{outcome=\"failed\"}"),
+        1.0,
+        "{text}"
+    );
+    let web_events = env.events_about(NS, "Deployment", "web").await;
+    assert!(
+        web_events.iter().any(|(t, r, note)| t == "Warning"
+            && r == "RolloutFailed"
+            && note.contains("ProgressDeadlineExceeded")
+            && note.contains("reverted")),
+        "{web_events:?}"
+    );
+    assert!(
+        web_events
+            .iter()
+            .any(|(_, r, note)| r == "Restarted" && note.contains("app/db")),
+        "{web_events:?}"
+    );
+    let secret_events = env.events_about(NS, "Secret", "db").await;
+    assert!(
+        secret_events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "RolloutFailed"),
+        "{secret_events:?}"
+    );
+    let log = env.git(&s.repo, &["log", "--format=%B", "-n", "5"]);
+    assert!(log.contains("revert a failed rotation"), "{log}");
+    assert!(log.contains("failed in wave 1"), "{log}");
+    let (code, plan) = http(daemon.port, "GET", "/plan?format=json", None);
+    assert_eq!(code, 200, "{plan}");
+    let plan = &plan[plan.find('{').unwrap()..];
+    support::validate_against_schema(plan);
+    let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
+    assert_eq!(plan["pinned"][0]["name"], "db", "{plan}");
+
+    // A later good version: the pin lifts, both waves roll, wave 1 first.
+    env.put("app/db/password", "rotation-good-three");
+    assert!(
+        env.eventually_value(
+            NS,
+            "db",
+            "PASSWORD",
+            b"rotation-good-three",
+            Duration::from_secs(20)
+        )
+        .await,
+        "{}",
+        env.daemon_log(&daemon)
+    );
+    let three = eventually(Duration::from_secs(60), || async {
+        let api = env.workload(Kind::Deployment, NS, "api").await;
+        api.available
+            && api
+                .rolled_out_for
+                .is_some_and(|r| r != format!("app/db@{good}"))
+    })
+    .await;
+    assert!(three, "{}", env.daemon_log(&daemon));
+    let annotations = env.secret_annotations(NS, "db").await;
+    assert!(
+        !annotations.contains_key("credsync.io/pinned"),
+        "{annotations:?}"
+    );
+    assert!(!annotations.contains_key("credsync.io/held-out"));
+    let web = env.workload(Kind::Deployment, NS, "web").await;
+    assert_eq!(
+        web.rolled_out_for,
+        env.workload(Kind::Deployment, NS, "api")
+            .await
+            .rolled_out_for
+    );
+    if std::env::var_os("ROTATION_LOG").is_some() {
+        eprintln!("{}", env.daemon_log(&daemon));
+    }
+}
