@@ -214,7 +214,122 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
             .await
             .rolled_out_for
     );
-    if std::env::var_os("ROTATION_LOG").is_some() {
-        eprintln!("{}", env.daemon_log(&daemon));
-    }
+    // Every line it logged is checked for the values seeded.
+    env.daemon_log(&daemon);
+}
+
+/// The same on a StatefulSet (wave 1) and a DaemonSet (wave 2), neither of
+/// which has a deadline of its own (`--rollout-timeout` is theirs), fed by
+/// a Secrets Manager change announced over SQS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_secrets_manager_rotation_over_sqs_is_reverted_on_a_stateful_set_before_the_daemon_set()
+ {
+    let s = Snap::start_with_workloads(&[NS]).await;
+    let env = &s.env;
+    env.sm_create(
+        "app/db",
+        r#"{"PASSWORD":"sm-rotation-good-one"}"#,
+        &["sm-rotation-good-one"],
+    )
+    .await;
+    let url = env.create_queue("rotations").await;
+    assert_eq!(s.run(&["--source", "secretsmanager", "sync"]).code, 0);
+    env.create_workload(Kind::StatefulSet, NS, "queue", "db", Some(1), DEADLINE_S)
+        .await;
+    env.create_workload(Kind::DaemonSet, NS, "agent", "db", Some(2), DEADLINE_S)
+        .await;
+    wait_available(env, Kind::StatefulSet, "queue").await;
+    wait_available(env, Kind::DaemonSet, "agent").await;
+    let daemon = env.daemon(
+        &s.args(&[
+            "--source",
+            "secretsmanager",
+            "--events-queue",
+            &url,
+            "--rollouts",
+            "--rollout-timeout",
+            "8s",
+            "--insecure-no-auth",
+        ]),
+        &[],
+    );
+    assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let good = env.secret_annotations(NS, "db").await["credsync.io/fingerprint"].clone();
+    let recorded = eventually(Duration::from_secs(10), || async {
+        env.workload(Kind::DaemonSet, NS, "agent")
+            .await
+            .rolled_out_for
+            == Some(format!("app/db@{good}"))
+    })
+    .await;
+    assert!(recorded, "{}", env.daemon_log(&daemon));
+    let agent_before = env.workload(Kind::DaemonSet, NS, "agent").await;
+
+    env.kubelet
+        .as_ref()
+        .unwrap()
+        .mark_bad(b"sm-rotation-bad-two");
+    env.seed("sm-rotation-bad-two");
+    env.sm_put("app/db", r#"{"PASSWORD":"sm-rotation-bad-two"}"#)
+        .await;
+    let event = support::cloudtrail_event("PutSecretValue", "app/db");
+    env.send_to_queue(&url, &event).await;
+    assert!(
+        env.eventually_value(
+            NS,
+            "db",
+            "PASSWORD",
+            b"sm-rotation-bad-two",
+            Duration::from_secs(20)
+        )
+        .await,
+        "{}",
+        env.daemon_log(&daemon)
+    );
+    // Past --rollout-timeout the StatefulSet has failed: reverted.
+    assert!(
+        env.eventually_value(
+            NS,
+            "db",
+            "PASSWORD",
+            b"sm-rotation-good-one",
+            Duration::from_secs(30)
+        )
+        .await,
+        "{}",
+        env.daemon_log(&daemon)
+    );
+    let annotations = env.secret_annotations(NS, "db").await;
+    assert_eq!(annotations["credsync.io/pinned-by"], "rollout-failure");
+    wait_available(env, Kind::StatefulSet, "queue").await;
+    let agent_after = env.workload(Kind::DaemonSet, NS, "agent").await;
+    assert_eq!(
+        agent_after.generation, agent_before.generation,
+        "wave 2 never restarted"
+    );
+    let events = env.events_about(NS, "StatefulSet", "queue").await;
+    assert!(
+        events.iter().any(|(t, r, note)| t == "Warning"
+            && r == "RolloutFailed"
+            && note.contains("--rollout-timeout")),
+        "{events:?}"
+    );
+
+    // A later good version rolls through both.
+    env.sm_put("app/db", r#"{"PASSWORD":"sm-rotation-good-three"}"#)
+        .await;
+    env.send_to_queue(&url, &event).await;
+    let rolled = eventually(Duration::from_secs(60), || async {
+        let agent = env.workload(Kind::DaemonSet, NS, "agent").await;
+        agent.available
+            && agent
+                .rolled_out_for
+                .is_some_and(|r| r != format!("app/db@{good}"))
+    })
+    .await;
+    assert!(rolled, "{}", env.daemon_log(&daemon));
+    assert_eq!(
+        env.secret_data(NS, "db").await.unwrap()["PASSWORD"],
+        b"sm-rotation-good-three"
+    );
 }

@@ -7,37 +7,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::primitives::Blob;
 use serde_json::json;
-use support::{Daemon, REGION, StandIns, eventually, http, metric, ready, reconciled};
-
-async fn secrets_manager(env: &StandIns) -> aws_sdk_secretsmanager::Client {
-    aws_sdk_secretsmanager::Client::new(&env.sdk_config(REGION).await)
-}
-
-/// Creates a secret holding `text` (its values seeded for the leak checks).
-async fn create(env: &StandIns, name: &str, text: &str, seeded: &[&str]) {
-    for value in seeded {
-        env.seed(value);
-    }
-    secrets_manager(env)
-        .await
-        .create_secret()
-        .name(name)
-        .secret_string(text)
-        .send()
-        .await
-        .unwrap();
-}
-
-async fn put_value(env: &StandIns, name: &str, text: &str) {
-    secrets_manager(env)
-        .await
-        .put_secret_value()
-        .secret_id(name)
-        .secret_string(text)
-        .send()
-        .await
-        .unwrap();
-}
+use support::{
+    Daemon, REGION, StandIns, cloudtrail_event, eventually, http, metric, ready, reconciled,
+};
 
 /// Messages credsync could not read as an event it knows.
 const UNRECOGNIZED: &str = "credsync_queue_messages_total{outcome=\"unrecognized\"}";
@@ -54,50 +26,29 @@ async fn handled_and_deleted(env: &StandIns, daemon: &Daemon, url: &str, value: 
     assert!(drained, "{}", env.daemon_log(daemon));
 }
 
-/// The event EventBridge delivers for a Secrets Manager call, from CloudTrail.
-fn cloudtrail_event(call: &str, secret: &str) -> String {
-    json!({
-        "version": "0",
-        "detail-type": "AWS API Call via CloudTrail",
-        "source": "aws.secretsmanager",
-        "detail": {
-            "eventSource": "secretsmanager.amazonaws.com",
-            "eventName": call,
-            "requestParameters": {"secretId": secret},
-        },
-    })
-    .to_string()
-}
-
 #[tokio::test]
 async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
     let env = StandIns::start(&["team-a", "team-b", "team-c"]).await;
     env.put("team-a/app/PASSWORD", "credstash-app-password");
     env.put("team-b/web/URL", "credstash-web-url");
-    create(
-        &env,
+    env.sm_create(
         "team-a/app",
         r#"{"API_TOKEN":"sm-app-token","PASSWORD":"sm-claims-the-same-key"}"#,
         &["sm-app-token", "sm-claims-the-same-key"],
     )
     .await;
-    create(
-        &env,
+    env.sm_create(
         "team-b/db",
         r#"{"user":"sm-db-user","port":5432}"#,
         &["sm-db-user"],
     )
     .await;
-    create(
-        &env,
-        "team-b/cache",
-        "sm-cache-not-json",
-        &["sm-cache-not-json"],
-    )
-    .await;
-    create(&env, "loose-name", "sm-loose-value", &["sm-loose-value"]).await;
+    env.sm_create("team-b/cache", "sm-cache-not-json", &["sm-cache-not-json"])
+        .await;
+    env.sm_create("loose-name", "sm-loose-value", &["sm-loose-value"])
+        .await;
     let binary = vec![0u8, 1, 2, 255, 10, 0];
-    secrets_manager(&env)
+    env.secrets_manager()
         .await
         .create_secret()
         .name("team-b/tls/KEY")
@@ -148,7 +99,7 @@ async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
     );
 
     // Scheduled for deletion: absent, so the Secret credsync created goes.
-    secrets_manager(&env)
+    env.secrets_manager()
         .await
         .delete_secret()
         .secret_id("team-b/db")
@@ -163,8 +114,7 @@ async fn credstash_items_and_secrets_manager_secrets_sync_in_one_plan() {
     // Secrets Manager alone, kiss names, in a namespace of its own: the
     // table is not read at all (the table's team-c item does not appear).
     env.put("team-c/table/KEY", "credstash-team-c-value");
-    create(
-        &env,
+    env.sm_create(
         "k8s-secret_team-c_kiss",
         r#"{"TOKEN":"sm-kiss-token"}"#,
         &["sm-kiss-token"],
@@ -235,8 +185,7 @@ async fn three_processes_on_three_queues_fed_by_one_topic_converge() {
     let mut daemons = Vec::new();
     let mut queues = Vec::new();
     for i in 1..=3 {
-        create(
-            &env,
+        env.sm_create(
             &format!("team-{i}/app"),
             r#"{"TOKEN":"queue-token-initial"}"#,
             &[],
@@ -276,7 +225,8 @@ async fn three_processes_on_three_queues_fed_by_one_topic_converge() {
         );
         env.seed(&value);
         let started = Instant::now();
-        put_value(&env, &secret, &json!({ "TOKEN": value }).to_string()).await;
+        env.sm_put(&secret, &json!({ "TOKEN": value }).to_string())
+            .await;
         sns.publish()
             .topic_arn(&topic)
             .message(cloudtrail_event("PutSecretValue", &secret))
@@ -337,8 +287,7 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
         .topic_arn
         .unwrap();
     let url = subscribed_queue(&env, &topic, "cluster").await;
-    create(
-        &env,
+    env.sm_create(
         "team-a/app",
         r#"{"TOKEN":"retry-token-one"}"#,
         &["retry-token-one"],
@@ -362,7 +311,8 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
     // Writes refused: the reconcile does not finish, the message stays.
     faults.inject_json(json!({"verb": "patch", "resource": "secrets", "status": 503}));
     env.seed("retry-token-two");
-    put_value(&env, "team-a/app", r#"{"TOKEN":"retry-token-two"}"#).await;
+    env.sm_put("team-a/app", r#"{"TOKEN":"retry-token-two"}"#)
+        .await;
     sns.publish()
         .topic_arn(&topic)
         .message(cloudtrail_event("PutSecretValue", "team-a/app"))
@@ -402,8 +352,7 @@ async fn a_failed_reconcile_leaves_its_message_and_a_missing_queue_is_reported()
 async fn a_restart_fetches_only_the_secrets_that_changed() {
     let env = StandIns::start(&["team-a"]).await;
     for i in 0..5 {
-        create(
-            &env,
+        env.sm_create(
             &format!("team-a/app-{i}"),
             &format!(r#"{{"TOKEN":"warm-token-{i}"}}"#),
             &[],
@@ -442,7 +391,8 @@ async fn a_restart_fetches_only_the_secrets_that_changed() {
     drop(warm);
     // One changed while it was down: one fetch, of that one.
     env.seed("warm-token-changed");
-    put_value(&env, "team-a/app-3", r#"{"TOKEN":"warm-token-changed"}"#).await;
+    env.sm_put("team-a/app-3", r#"{"TOKEN":"warm-token-changed"}"#)
+        .await;
     let third = env.daemon(&args, &[]);
     assert!(ready(third.port).await, "{}", env.daemon_log(&third));
     assert!(reconciled(third.port).await, "{}", env.daemon_log(&third));
@@ -469,8 +419,7 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
     env.put("team-a/other/TOKEN", "pipes-other-token");
     // The same Secret also gets a key from Secrets Manager: a targeted
     // reconcile of the table's name must keep it.
-    create(
-        &env,
+    env.sm_create(
         "team-a/app",
         r#"{"API_KEY":"pipes-sm-api-key"}"#,
         &["pipes-sm-api-key"],
@@ -531,8 +480,7 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
 #[tokio::test]
 async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_deleted() {
     let env = StandIns::start(&["team-a"]).await;
-    create(
-        &env,
+    env.sm_create(
         "team-a/app",
         r#"{"TOKEN":"shape-token-one"}"#,
         &["shape-token-one"],
@@ -554,7 +502,8 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
     assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
     // A change no event of a known shape announces; no schedule runs.
     env.seed("shape-token-two");
-    put_value(&env, "team-a/app", r#"{"TOKEN":"shape-token-two"}"#).await;
+    env.sm_put("team-a/app", r#"{"TOKEN":"shape-token-two"}"#)
+        .await;
     let batch = format!("[{}]", cloudtrail_event("PutSecretValue", "team-a/app"));
     env.send_to_queue(&url, &batch).await;
     handled_and_deleted(&env, &daemon, &url, "shape-token-two").await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::de::DeserializeOwned;
@@ -397,6 +397,74 @@ impl Cluster {
                 tracing::warn!(workload = %workload, error = %describe_kube_error(&error), "could not record what the workload rolled out; the next reconcile tries again");
             }
         }
+    }
+
+    /// After a revert: deletes the Pods of StatefulSet `workload` that are
+    /// not Ready, so they come back from the reverted template. An
+    /// OrderedReady StatefulSet waits on a broken Pod for ever and never
+    /// rolls back by itself (what the Kubernetes docs tell a person to do
+    /// by hand). Other kinds replace their Pods themselves. Returns how many.
+    pub async fn unstick(&self, workload: &WorkloadRef) -> Result<usize, ClusterError> {
+        if workload.kind != WorkloadKind::StatefulSet {
+            return Ok(0);
+        }
+        let doing = format!("replacing the Pods of {workload} that are not Ready");
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &workload.namespace);
+        self.count("list");
+        let by_name = ListParams::default().fields(&format!("metadata.name={}", workload.name));
+        let found = sets
+            .list(&by_name)
+            .await
+            .map_err(|e| super::api_error(&doing, e))?;
+        let Some(set) = found.items.into_iter().next() else {
+            return Ok(0);
+        };
+        let selector: Vec<String> = set
+            .spec
+            .selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if selector.is_empty() {
+            return Ok(0);
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &workload.namespace);
+        self.count("list");
+        let listed = pods
+            .list(&ListParams::default().labels(&selector.join(",")))
+            .await
+            .map_err(|e| super::api_error(&doing, e))?;
+        let mut deleted = 0;
+        for pod in listed.items {
+            let owned = pod
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == set.metadata.uid.as_ref());
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let (Some(name), true, false, None) = (
+                pod.metadata.name.clone(),
+                owned,
+                ready,
+                pod.metadata.deletion_timestamp,
+            ) else {
+                continue;
+            };
+            self.count("delete");
+            match pods.delete(&name, &Default::default()).await {
+                Ok(_) => deleted += 1,
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(e) => return Err(super::api_error(&doing, e)),
+            }
+        }
+        Ok(deleted)
     }
 
     /// Logs an Event the API server refused (the work it describes was done).

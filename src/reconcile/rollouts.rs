@@ -262,11 +262,15 @@ impl Reconciler {
             .get(&failed.secret)
             .await
             .map_err(|e| NotReverted::Failed(crate::errors::chain(&e)))?;
-        if live
-            .as_ref()
-            .is_some_and(|l| l.pinned.is_some() && l.held_out.is_none())
-        {
-            return Err(NotReverted::PinnedByPerson);
+        if let Some(live) = &live {
+            if live.held_out.is_some() {
+                // The content that failed is itself a revert's: going back
+                // again could only loop. A person decides.
+                return Err(NotReverted::AlreadyReverted);
+            }
+            if live.pinned.is_some() {
+                return Err(NotReverted::PinnedByPerson);
+            }
         }
         let Some(store) = self.snapshot.clone() else {
             return Err(NotReverted::NoHistory);
@@ -300,6 +304,17 @@ impl Reconciler {
         if let Some(failure) = report.outcome.failed.first() {
             return Err(NotReverted::Failed(crate::errors::chain(&failure.reason)));
         }
+        for (workload, _) in &failed.workloads {
+            match self.cluster.unstick(workload).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(%workload, pods = n, "replaced the Pods that were not Ready, so the reverted template takes their place")
+                }
+                Err(e) => {
+                    tracing::warn!(%workload, error = %crate::errors::Chain(&e), "could not replace the Pods that are not Ready; the StatefulSet may wait on them")
+                }
+            }
+        }
         Ok(commit.id[..12.min(commit.id.len())].to_owned())
     }
 }
@@ -319,6 +334,10 @@ enum NotReverted {
     Disabled,
     #[error("the Secret is pinned by a rollback or a request, which a revert never overrides")]
     PinnedByPerson,
+    #[error(
+        "the content that failed is what an earlier revert put back; reverting again could only loop: fix the workloads, or roll back by hand"
+    )]
+    AlreadyReverted,
     #[error("there is no snapshot repository to find the last good content in (--snapshot-repo)")]
     NoHistory,
     #[error("no snapshot commit holds content the workloads rolled out before")]

@@ -656,3 +656,53 @@ impl StandIns {
         }
     }
 }
+
+/// The event EventBridge delivers for a Secrets Manager call, from CloudTrail.
+pub fn cloudtrail_event(call: &str, secret: &str) -> String {
+    serde_json::json!({
+        "version": "0",
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.secretsmanager",
+        "detail": {
+            "eventSource": "secretsmanager.amazonaws.com",
+            "eventName": call,
+            "requestParameters": {"secretId": secret},
+        },
+    })
+    .to_string()
+}
+
+impl StandIns {
+    /// A Secrets Manager client on moto.
+    pub async fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.sdk_config(REGION).await)
+    }
+
+    /// Creates a Secrets Manager secret holding `text` (its values seeded
+    /// for the leak checks).
+    pub async fn sm_create(&self, name: &str, text: &str, seeded: &[&str]) {
+        for value in seeded {
+            self.seed(value);
+        }
+        self.secrets_manager()
+            .await
+            .create_secret()
+            .name(name)
+            .secret_string(text)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Puts a new version of a Secrets Manager secret.
+    pub async fn sm_put(&self, name: &str, text: &str) {
+        self.secrets_manager()
+            .await
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(text)
+            .send()
+            .await
+            .unwrap();
+    }
+}

@@ -397,6 +397,12 @@ async fn register_node(client: &kube::Client) -> Result<(), Error> {
     nodes
         .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
+    // The API server taints a new Node not-ready; with no node lifecycle
+    // controller to lift it, DaemonSets would never place a Pod there.
+    let untaint = json!({"spec": {"taints": null}});
+    nodes
+        .patch(NODE, &PatchParams::default(), &Patch::Merge(&untaint))
+        .await?;
     Ok(())
 }
 
