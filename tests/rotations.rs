@@ -127,7 +127,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
     assert!(recorded, "{}", env.daemon_log(&daemon));
     let api_after = env.workload(Kind::Deployment, NS, "api").await;
     assert_eq!(
-        api_after.generation, api_before.generation,
+        api_after.revision, api_before.revision,
         "wave 2 never restarted"
     );
     assert_eq!(api_after.restarted_for, api_before.restarted_for);
@@ -331,5 +331,181 @@ async fn a_bad_secrets_manager_rotation_over_sqs_is_reverted_on_a_stateful_set_b
     assert_eq!(
         env.secret_data(NS, "db").await.unwrap()["PASSWORD"],
         b"sm-rotation-good-three"
+    );
+}
+
+/// Sets up web (wave 1) and api (wave 2) on `db`, both available, and a
+/// `credsync run` per `identities` (one: no leader election), each
+/// reconciled once; returns them with the good fingerprint.
+async fn two_waves(s: &Snap, identities: &[&'static str]) -> (Vec<Daemon>, String) {
+    let env = &s.env;
+    env.put("app/db/password", "crash-good-one");
+    assert_eq!(s.run(&["sync"]).code, 0);
+    env.create_workload(Kind::Deployment, NS, "web", "db", Some(1), DEADLINE_S)
+        .await;
+    env.create_workload(Kind::Deployment, NS, "api", "db", Some(2), DEADLINE_S)
+        .await;
+    wait_available(env, Kind::Deployment, "web").await;
+    wait_available(env, Kind::Deployment, "api").await;
+    let daemons: Vec<Daemon> = identities
+        .iter()
+        .map(|identity| env.daemon(&s.args(&daemon_flags(identity, identities.len() > 1)), &[]))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            daemons.iter().any(|d| {
+                metric(
+                    &metrics(d),
+                    "credsync_reconciles_total{outcome=\"success\"}",
+                ) >= 1.0
+            })
+        })
+        .await
+    );
+    let good = env.secret_annotations(NS, "db").await["credsync.io/fingerprint"].clone();
+    let recorded = eventually(Duration::from_secs(10), || async {
+        env.workload(Kind::Deployment, NS, "api")
+            .await
+            .rolled_out_for
+            == Some(format!("app/db@{good}"))
+    })
+    .await;
+    assert!(recorded);
+    (daemons, good)
+}
+
+fn daemon_flags(identity: &'static str, elect: bool) -> Vec<&'static str> {
+    let mut flags = vec![
+        "--rollouts",
+        "--no-stream",
+        "--interval",
+        "1s",
+        "--insecure-no-auth",
+    ];
+    if elect {
+        flags.extend([
+            "--leader-election",
+            "--lease-duration",
+            "3s",
+            "--lease-namespace",
+            "default",
+            "--identity",
+            identity,
+        ]);
+    }
+    flags
+}
+
+fn sigkill(daemon: &mut Daemon) {
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGKILL) };
+    let _ = daemon.child.wait();
+}
+
+/// SIGKILL while wave 1 is still rolling: the next process reads where
+/// the rotation stands from the cluster, waits for wave 1, then restarts
+/// wave 2, each workload exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_rollout_resumes_it_and_restarts_nothing_twice() {
+    let s = Snap::start_with_workloads(&[NS]).await;
+    let env = &s.env;
+    let (mut daemons, good) = two_waves(&s, &["one"]).await;
+    let (web, api) = (
+        env.workload(Kind::Deployment, NS, "web").await,
+        env.workload(Kind::Deployment, NS, "api").await,
+    );
+    let kubelet = env.kubelet.as_ref().unwrap();
+    kubelet.hold();
+    env.put("app/db/password", "crash-good-two");
+    let restarted = eventually(Duration::from_secs(20), || async {
+        env.workload(Kind::Deployment, NS, "web").await.revision == web.revision + 1
+    })
+    .await;
+    assert!(restarted, "{}", env.daemon_log(&daemons[0]));
+    sigkill(&mut daemons[0]);
+    let second = env.daemon(&s.args(&daemon_flags("two", false)), &[]);
+    assert!(reconciled(second.port).await, "{}", env.daemon_log(&second));
+    // Still rolling: wave 2 waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.workload(Kind::Deployment, NS, "api").await.revision,
+        api.revision
+    );
+    kubelet.release();
+    let done = eventually(Duration::from_secs(30), || async {
+        let api_now = env.workload(Kind::Deployment, NS, "api").await;
+        api_now.available && api_now.rolled_out_for.is_some_and(|r| !r.contains(&good))
+    })
+    .await;
+    assert!(done, "{}", env.daemon_log(&second));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.workload(Kind::Deployment, NS, "web").await.revision,
+        web.revision + 1,
+        "web restarted once: {}\n---\n{}",
+        env.daemon_log(&daemons[0]),
+        env.daemon_log(&second)
+    );
+    assert_eq!(
+        env.workload(Kind::Deployment, NS, "api").await.revision,
+        api.revision + 1,
+        "api restarted once"
+    );
+}
+
+/// The leader dies (SIGKILL) while a bad wave 1 is rolling: the other
+/// replica takes the Lease over, sees the wave fail, reverts, and never
+/// restarts wave 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_change_during_a_bad_rollout_still_reverts_it() {
+    let s = Snap::start_with_workloads(&[NS]).await;
+    let env = &s.env;
+    let (mut daemons, _good) = two_waves(&s, &["replica-a", "replica-b"]).await;
+    let (web, api) = (
+        env.workload(Kind::Deployment, NS, "web").await,
+        env.workload(Kind::Deployment, NS, "api").await,
+    );
+    env.kubelet.as_ref().unwrap().mark_bad(b"crash-bad-two");
+    env.seed("crash-bad-two");
+    env.put("app/db/password", "crash-bad-two");
+    let restarted = eventually(Duration::from_secs(20), || async {
+        env.workload(Kind::Deployment, NS, "web").await.revision == web.revision + 1
+    })
+    .await;
+    assert!(restarted);
+    let leader = daemons
+        .iter()
+        .position(|d| metric(&metrics(d), "credsync_leader") == 1.0)
+        .expect("a leader");
+    sigkill(&mut daemons[leader]);
+    let other = &daemons[1 - leader];
+    assert!(
+        env.eventually_value(
+            NS,
+            "db",
+            "PASSWORD",
+            b"crash-good-one",
+            Duration::from_secs(40)
+        )
+        .await,
+        "{}",
+        env.daemon_log(other)
+    );
+    wait_available(env, Kind::Deployment, "web").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.workload(Kind::Deployment, NS, "web").await.revision,
+        web.revision + 2,
+        "restarted for the bad content, then once for the revert"
+    );
+    assert_eq!(
+        env.workload(Kind::Deployment, NS, "api").await.revision,
+        api.revision
+    );
+    assert_eq!(
+        metric(
+            &metrics(other),
+            "credsync_rotation_reverts_total{outcome=\"reverted\"}"
+        ),
+        1.0
     );
 }

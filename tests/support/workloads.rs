@@ -22,7 +22,11 @@ pub enum Kind {
 /// What a test reads back from a workload.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
+    /// Bumped by spec changes, and for a Deployment by annotation changes too.
     pub generation: i64,
+    /// A Deployment's `deployment.kubernetes.io/revision`: one more for each
+    /// pod template it rolled out (its controller's count of restarts).
+    pub revision: i64,
     /// The pod template's `credsync.io/restarted-for`.
     pub restarted_for: Option<String>,
     /// The workload's `credsync.io/rolled-out-for`.
@@ -159,6 +163,10 @@ impl StandIns {
             .and_then(|c| text(&c["reason"]));
         Seen {
             generation: int(&object["metadata"]["generation"]),
+            revision: object["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0),
             restarted_for: text(
                 &object["spec"]["template"]["metadata"]["annotations"]["credsync.io/restarted-for"],
             ),

@@ -9,6 +9,7 @@
 //! then: a container reads its environment when it starts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// Runs until dropped.
 pub struct Kubelet {
     bad: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+    held: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,8 +38,19 @@ impl Kubelet {
     /// Plays the kubelet for every Pod in `namespaces`, as `client` (an admin).
     pub fn start(client: kube::Client, namespaces: Vec<String>) -> Self {
         let bad = Arc::new(Mutex::new(BTreeSet::new()));
-        let task = tokio::spawn(run(client, namespaces, bad.clone()));
-        Self { bad, task }
+        let held = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(client, namespaces, bad.clone(), held.clone()));
+        Self { bad, held, task }
+    }
+
+    /// While held, new Pods are left Pending (a slow node): a rollout stays
+    /// in flight until [`Kubelet::release`].
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
     }
 
     /// A Pod that starts while a Secret it reads holds `value` never turns Ready.
@@ -48,9 +61,14 @@ impl Kubelet {
     }
 }
 
-async fn run(client: kube::Client, namespaces: Vec<String>, bad: Arc<Mutex<BTreeSet<Vec<u8>>>>) {
+async fn run(
+    client: kube::Client,
+    namespaces: Vec<String>,
+    bad: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+    held: Arc<AtomicBool>,
+) {
     loop {
-        for namespace in &namespaces {
+        for namespace in namespaces.iter().filter(|_| !held.load(Ordering::SeqCst)) {
             // A failed round (the API server frozen by a fault test) is
             // simply tried again.
             let _ = start_new_pods(&client, namespace, &bad).await;
