@@ -509,3 +509,72 @@ async fn a_leader_change_during_a_bad_rollout_still_reverts_it() {
         1.0
     );
 }
+
+/// A restart the API server refuses (RBAC taken away, a webhook) is owed,
+/// not forgotten: the next reconcile makes it up once the refusal ends,
+/// and so does a new process after a SIGKILL that came before it could.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_restart_is_made_up_by_the_next_reconcile_and_after_a_crash() {
+    let s = Snap::start_with_workloads(&[NS]).await;
+    let env = &s.env;
+    let (mut daemons, _) = {
+        let faults = env.faults().await;
+        faults.clear_faults();
+        two_waves(&s, &["one"]).await
+    };
+    let faults = env.faults().await;
+    let revision =
+        |name: &'static str| async move { env.workload(Kind::Deployment, NS, name).await.revision };
+    let web = revision("web").await;
+    let refuse = serde_json::json!({"verb": "patch", "resource": "deployments", "name": "web", "status": 403});
+
+    // Refused: the Secret is written, the restart is not.
+    faults.inject_json(refuse.clone());
+    env.put("app/db/password", "owed-two");
+    assert!(
+        env.eventually_value(NS, "db", "PASSWORD", b"owed-two", Duration::from_secs(20))
+            .await
+    );
+    let failures = eventually(Duration::from_secs(20), || async {
+        metric(
+            &metrics(&daemons[0]),
+            "credsync_workload_restart_failures_total{kind=\"deployment\"}",
+        ) >= 2.0
+    })
+    .await;
+    assert!(
+        failures,
+        "refused, and refused again at the next reconcile: {}",
+        env.daemon_log(&daemons[0])
+    );
+    assert_eq!(revision("web").await, web);
+    // The refusal ends: the next reconcile restarts it, once.
+    faults.clear_faults();
+    let made_up = eventually(Duration::from_secs(20), || async {
+        revision("web").await == web + 1
+    })
+    .await;
+    assert!(made_up, "{}", env.daemon_log(&daemons[0]));
+
+    // Refused again, then the process dies before the refusal ends.
+    faults.inject_json(refuse);
+    env.put("app/db/password", "owed-three");
+    let refused = eventually(Duration::from_secs(20), || async {
+        metric(
+            &metrics(&daemons[0]),
+            "credsync_workload_restart_failures_total{kind=\"deployment\"}",
+        ) >= 3.0
+    })
+    .await;
+    assert!(refused, "{}", env.daemon_log(&daemons[0]));
+    sigkill(&mut daemons[0]);
+    faults.clear_faults();
+    let second = env.daemon(&s.args(&daemon_flags("two", false)), &[]);
+    let made_up = eventually(Duration::from_secs(30), || async {
+        revision("web").await == web + 2
+    })
+    .await;
+    assert!(made_up, "{}", env.daemon_log(&second));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(revision("web").await, web + 2, "made up once, not twice");
+}
