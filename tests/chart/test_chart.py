@@ -728,7 +728,8 @@ def test_promtool_checks_and_unit_tests_the_alert_rules(tmp_path):
 def test_alerts_cover_the_failures_the_issue_names():
     names = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
     assert {"CredsyncSyncFailing", "CredsyncStreamLag", "CredsyncReconcileStuck",
-            "CredsyncSnapshotPushFailing", "CredsyncLeaderMissing"} <= names
+            "CredsyncSnapshotPushFailing", "CredsyncLeaderMissing",
+            "CredsyncRotationReverted", "CredsyncRotationNotReverted"} <= names
     disabled = render({"prometheusRule": {"enabled": True, "disabledAlerts": ["CredsyncStreamLag"]}})
     kept = {r["alert"] for g in only(disabled, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
     assert kept == names - {"CredsyncStreamLag"}
