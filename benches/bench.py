@@ -21,7 +21,9 @@ Rows:
  4. stream propagation, `credstash put` -> Secret updated, p50 / p99, vs
     Kubestash-V2's design floor (120 s wait + a full table read);
  5. peak RSS at N = 10000;
- 6. snapshot commit time at N = 10000, and what a one-key change touches.
+ 6. snapshot commit time at N = 10000, and what a one-key change touches;
+ 8. rotations on workload controllers (benches/rotations.py): Secret write
+    -> restart patch, a wave of 50, a failed wave's revert, beside Reloader.
 Stops everything it started (also on Ctrl-C or SIGTERM).
 """
 
@@ -48,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 try:
     import figures  # noqa: E402
+    import rotations  # noqa: E402
     import scale  # noqa: E402
     import standins as si  # noqa: E402
 except ImportError as err:  # boto3 lives in the project's venv
@@ -520,6 +523,7 @@ class Bench:
         scale.run_huge(self, cfg["huge_n"], cfg["huge_puts"])
         for key in ("plain", "snapshot_first", "restart", "one_key"):
             self.results["huge"][key]["phases"] = phases(self.results["huge"][key])
+        rotations.run(self)
         if cfg["build"]:
             scale.run_build(self)
         rows = build_rows(self)
@@ -762,7 +766,7 @@ def build_rows(b: Bench) -> list[dict]:
                     "files", "files in the snapshot", g["files_in_snapshot"], None, "", "1 file",
                     g["last_commit_files"] == 1, ""))
     big["peak_rss_max_mib"] = rss
-    return rows + scale.rows(b, row, fmt_s, percentile)
+    return rows + scale.rows(b, row, fmt_s, percentile) + rotations.rows(b, row, fmt_s, median)
 
 
 def machine() -> dict:

@@ -156,6 +156,14 @@ class KubeApi:
                 return None
             raise
 
+    def send(self, method: str, path: str, body: dict, content_type: str = "application/json") -> dict:
+        req = urllib.request.Request(
+            self.url + path, method=method, data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self._token}", "Content-Type": content_type},
+        )
+        with urllib.request.urlopen(req, timeout=30, context=self._tls) as resp:
+            return json.loads(resp.read())
+
     def secret_value_b64(self, namespace: str, name: str, key: str) -> str | None:
         secret = self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
         if not secret:
@@ -447,16 +455,25 @@ class StandIns:
 
     # ---- Kubernetes (tests/control-plane) -----------------------------------
 
-    def start_kube(self) -> KubeApi:
-        """A fresh, empty control plane (the previous one, if any, is stopped)."""
+    def start_kube(self, workloads: list[str] | None = None, bad_values: list[str] = (),
+                   audit_file: Path | None = None) -> KubeApi:
+        """A fresh, empty control plane (the previous one, if any, is stopped).
+        `workloads`: namespaces with workload controllers and a played kubelet
+        (Pods Ready unless a Secret they read holds one of `bad_values`)."""
         if self.kube:
             self.stop_kube()
         self._kube_count += 1
         kubeconfig = self.work / f"kubeconfig-{self._kube_count}"
         binary = self.bin_dir / "control-plane"
         argv = [binary, "--kubeconfig", kubeconfig]
-        for ns in NAMESPACES:
+        for ns in workloads if workloads is not None else NAMESPACES:
             argv += ["--namespace", ns]
+        if workloads is not None:
+            argv.append("--workloads")
+            for value in bad_values:
+                argv += ["--bad-value", value]
+        if audit_file:
+            argv += ["--audit-log-path-file", audit_file]
         log = self.logs / f"control-plane-{self._kube_count}.log"
         proc = self.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "wb"))
         line = proc.stdout.readline().decode().strip()

@@ -28,6 +28,10 @@ struct Args {
     /// namespaces' Pods (Ready unless a Secret they read is missing).
     #[arg(long)]
     workloads: bool,
+    /// With --workloads: a Pod that starts while a Secret it reads holds
+    /// this value never turns Ready (a bad password). Repeatable.
+    #[arg(long = "bad-value")]
+    bad_values: Vec<String>,
     /// Keep running when stdin reaches EOF (for running it by hand in the background).
     #[arg(long)]
     ignore_stdin: bool,
@@ -44,10 +48,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let _kubelet = match args.workloads {
-        true => Some(control_plane::Kubelet::start(
-            plane.admin_client().await?,
-            args.namespaces.clone(),
-        )),
+        true => {
+            let kubelet =
+                control_plane::Kubelet::start(plane.admin_client().await?, args.namespaces.clone());
+            for value in &args.bad_values {
+                kubelet.mark_bad(value.as_bytes());
+            }
+            Some(kubelet)
+        }
         false => None,
     };
     plane.write_kubeconfig(&args.kubeconfig, &plane.admin().token)?;
