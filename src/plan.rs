@@ -174,6 +174,9 @@ pub struct Pinned {
     /// The rollback request (`path@commit`) that pinned it: removing that
     /// file, not `credsync unpin`, hands it back.
     pub request: Option<String>,
+    /// For a reverted rotation: the item versions held out; a newer
+    /// version in the source, or `credsync unpin`, hands it back.
+    pub held_out: Option<String>,
 }
 
 /// A failed item as the plan shows it.
@@ -279,6 +282,7 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
                 commit,
                 differs_from_table: differs,
                 request: live_secret.and_then(|l| l.pinned_by_request.clone()),
+                held_out: live_secret.and_then(|l| l.held_out.clone()),
             });
             continue;
         }
@@ -681,6 +685,7 @@ mod tests {
                 commit: "abc123".into(),
                 differs_from_table: true,
                 request: None,
+                held_out: None,
             }]
         );
     }

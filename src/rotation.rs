@@ -273,6 +273,17 @@ mod tests {
         w
     }
 
+    /// A workload in `wave` (0: the last) that asked for `asked`, rolled
+    /// out `rolled_out` (empty: no record) and stands at `progress`.
+    fn w(name: &str, wave: u32, asked: &str, rolled_out: &str, progress: Progress) -> Workload {
+        let wave = if wave == 0 {
+            Wave::Last
+        } else {
+            Wave::Numbered(wave)
+        };
+        at(workload(name, wave), asked, rolled_out, progress)
+    }
+
     fn targets(fp: &str) -> BTreeMap<SecretRef, String> {
         [(db(), fp.to_owned())].into()
     }
@@ -283,24 +294,9 @@ mod tests {
 
     #[test]
     fn a_change_restarts_the_first_wave_only() {
-        let w1 = at(
-            workload("one", Wave::Numbered(1)),
-            "old",
-            "old",
-            Progress::Done,
-        );
-        let w1b = at(
-            workload("one-b", Wave::Numbered(1)),
-            "",
-            "old",
-            Progress::Done,
-        );
-        let w2 = at(
-            workload("two", Wave::Numbered(2)),
-            "old",
-            "old",
-            Progress::Done,
-        );
+        let w1 = w("one", 1, "old", "old", Progress::Done);
+        let w1b = w("one-b", 1, "", "old", Progress::Done);
+        let w2 = w("two", 2, "old", "old", Progress::Done);
         let last = workload("last", Wave::Last);
         let steps = steps(&targets("new"), &[db()].into(), &[w1, w1b, w2, last]);
         assert_eq!(names(&steps.restarts), ["one", "one-b"]);
@@ -310,29 +306,14 @@ mod tests {
 
     #[test]
     fn the_next_wave_waits_for_the_one_rolling_then_follows_it() {
-        let w2 = at(
-            workload("two", Wave::Numbered(2)),
-            "old",
-            "old",
-            Progress::Done,
-        );
-        let rolling = at(
-            workload("one", Wave::Numbered(1)),
-            "new",
-            "old",
-            Progress::Rolling,
-        );
+        let w2 = w("two", 2, "old", "old", Progress::Done);
+        let rolling = w("one", 1, "new", "old", Progress::Rolling);
         let waiting = steps(&targets("new"), &BTreeSet::new(), &[rolling, w2.clone()]);
         assert!(waiting.restarts.is_empty());
         assert_eq!(waiting.rolling.len(), 1);
         assert_eq!(waiting.rolling[0].wave, Wave::Numbered(1));
 
-        let done = at(
-            workload("one", Wave::Numbered(1)),
-            "new",
-            "old",
-            Progress::Done,
-        );
+        let done = w("one", 1, "new", "old", Progress::Done);
         let next = steps(&targets("new"), &BTreeSet::new(), &[done, w2]);
         assert_eq!(names(&next.restarts), ["two"]);
         assert_eq!(next.restarts[0].wave, Wave::Numbered(2));
@@ -344,18 +325,14 @@ mod tests {
 
     #[test]
     fn a_failed_wave_stops_the_later_ones_and_names_the_last_good_content() {
-        let failed = at(
-            workload("one", Wave::Numbered(1)),
+        let failed = w(
+            "one",
+            1,
             "new",
             "good",
             Progress::Failed("ProgressDeadlineExceeded".into()),
         );
-        let w2 = at(
-            workload("two", Wave::Numbered(2)),
-            "good",
-            "good",
-            Progress::Done,
-        );
+        let w2 = w("two", 2, "good", "good", Progress::Done);
         let steps = steps(&targets("new"), &BTreeSet::new(), &[failed, w2]);
         assert!(steps.restarts.is_empty(), "wave 2 is never restarted");
         assert_eq!(steps.failed.len(), 1);
@@ -367,18 +344,14 @@ mod tests {
     #[test]
     fn after_a_revert_the_failed_wave_restarts_once_and_the_rest_stays() {
         // The Secret holds the good content again.
-        let failed = at(
-            workload("one", Wave::Numbered(1)),
+        let failed = w(
+            "one",
+            1,
             "new",
             "good",
             Progress::Failed("ProgressDeadlineExceeded".into()),
         );
-        let w2 = at(
-            workload("two", Wave::Numbered(2)),
-            "good",
-            "good",
-            Progress::Done,
-        );
+        let w2 = w("two", 2, "good", "good", Progress::Done);
         let steps = steps(&targets("good"), &[db()].into(), &[failed, w2]);
         assert_eq!(names(&steps.restarts), ["one"]);
         assert!(steps.failed.is_empty());
@@ -387,7 +360,7 @@ mod tests {
     #[test]
     fn a_restart_owed_is_found_again_and_an_unknown_workload_is_taken_as_current() {
         // Restarted for the old content, and the restart for the new one never landed.
-        let owed = at(workload("owed", Wave::Last), "old", "", Progress::Done);
+        let owed = w("owed", 0, "old", "", Progress::Done);
         // Never restarted, never recorded: current unless the Secret changes now.
         let unknown = workload("unknown", Wave::Last);
         let later = steps(&targets("new"), &BTreeSet::new(), &[owed, unknown.clone()]);
@@ -402,7 +375,7 @@ mod tests {
 
     #[test]
     fn a_workload_using_two_changed_secrets_restarts_once_for_both() {
-        let mut w = at(workload("web", Wave::Last), "old", "old", Progress::Done);
+        let mut w = w("web", 0, "old", "old", Progress::Done);
         w.reloads_for.insert("api".into());
         w.asked.insert("api".into(), "api-old".into());
         let api = SecretRef::new("app", "api");
@@ -419,19 +392,14 @@ mod tests {
 
     #[test]
     fn in_step_nothing_moves() {
-        let current = at(
-            workload("one", Wave::Numbered(1)),
-            "fp",
-            "fp",
-            Progress::Done,
-        );
+        let current = w("one", 1, "fp", "fp", Progress::Done);
         let steps = steps(&targets("fp"), &BTreeSet::new(), &[current]);
         assert_eq!(steps, Steps::default());
     }
 
     #[test]
     fn a_restart_keeps_what_the_workload_asked_for_other_secrets() {
-        let mut w = at(workload("one", Wave::Last), "old", "", Progress::Done);
+        let mut w = w("one", 0, "old", "", Progress::Done);
         w.reloads_for.insert("api".into());
         w.asked.insert("api".into(), "api-fp".into());
         let restart = Restart {

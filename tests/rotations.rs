@@ -41,29 +41,10 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
     let env = &s.env;
     env.put("app/db/password", "rotation-good-one");
     env.enable_stream().await;
-    assert_eq!(s.run(&["sync"]).code, 0);
-    env.create_workload(Kind::Deployment, NS, "web", "db", Some(1), DEADLINE_S)
-        .await;
-    env.create_workload(Kind::Deployment, NS, "api", "db", Some(2), DEADLINE_S)
-        .await;
-    wait_available(env, Kind::Deployment, "web").await;
-    wait_available(env, Kind::Deployment, "api").await;
-
-    let daemon = env.daemon(
-        &s.args(&["--rollouts", "--debounce", "200ms", "--insecure-no-auth"]),
-        &[],
-    );
-    assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
-    let good = env.secret_annotations(NS, "db").await["credsync.io/fingerprint"].clone();
-    // The first reconcile records what each workload runs (restarting nothing).
-    let recorded = eventually(Duration::from_secs(10), || async {
-        env.workload(Kind::Deployment, NS, "api")
-            .await
-            .rolled_out_for
-            == Some(format!("app/db@{good}"))
-    })
-    .await;
-    assert!(recorded, "{}", env.daemon_log(&daemon));
+    let workloads = [(Kind::Deployment, "web", 1), (Kind::Deployment, "api", 2)];
+    let flags = vec!["--rollouts", "--debounce", "200ms", "--insecure-no-auth"];
+    let (daemons, good) = arrange(&s, &[], &workloads, &[flags]).await;
+    let daemon = daemons.first().expect("one daemon");
     let api_before = env.workload(Kind::Deployment, NS, "api").await;
 
     // The bad rotation.
@@ -80,7 +61,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
         )
         .await,
         "{}",
-        env.daemon_log(&daemon)
+        env.daemon_log(daemon)
     );
     let failed = eventually(Duration::from_secs(40), || async {
         env.workload(Kind::Deployment, NS, "web")
@@ -89,12 +70,12 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
             .as_deref()
             == Some("ProgressDeadlineExceeded")
             || metric(
-                &metrics(&daemon),
+                &metrics(daemon),
                 "credsync_rotation_reverts_total{outcome=\"reverted\"}",
             ) >= 1.0
     })
     .await;
-    assert!(failed, "{}", env.daemon_log(&daemon));
+    assert!(failed, "{}", env.daemon_log(daemon));
     // Reverted: the last good password, pinned, the bad version held out.
     assert!(
         env.eventually_value(
@@ -106,7 +87,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
         )
         .await,
         "{}",
-        env.daemon_log(&daemon)
+        env.daemon_log(daemon)
     );
     let annotations = env.secret_annotations(NS, "db").await;
     assert_eq!(annotations["credsync.io/pinned-by"], "rollout-failure");
@@ -124,7 +105,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
             == Some(format!("app/db@{good}"))
     })
     .await;
-    assert!(recorded, "{}", env.daemon_log(&daemon));
+    assert!(recorded, "{}", env.daemon_log(daemon));
     let api_after = env.workload(Kind::Deployment, NS, "api").await;
     assert_eq!(
         api_after.revision, api_before.revision,
@@ -133,7 +114,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
     assert_eq!(api_after.restarted_for, api_before.restarted_for);
 
     // What says why: metrics, Events, the snapshot commit, the plan.
-    let text = metrics(&daemon);
+    let text = metrics(daemon);
     assert_eq!(
         metric(
             &text,
@@ -177,6 +158,12 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
     support::validate_against_schema(plan);
     let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
     assert_eq!(plan["pinned"][0]["name"], "db", "{plan}");
+    assert!(
+        plan["pinned"][0]["held_out"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("app/db/password@")),
+        "the plan says why it is pinned: {plan}"
+    );
 
     // A later good version: the pin lifts, both waves roll, wave 1 first.
     env.put("app/db/password", "rotation-good-three");
@@ -190,7 +177,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
         )
         .await,
         "{}",
-        env.daemon_log(&daemon)
+        env.daemon_log(daemon)
     );
     let three = eventually(Duration::from_secs(60), || async {
         let api = env.workload(Kind::Deployment, NS, "api").await;
@@ -200,7 +187,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
                 .is_some_and(|r| r != format!("app/db@{good}"))
     })
     .await;
-    assert!(three, "{}", env.daemon_log(&daemon));
+    assert!(three, "{}", env.daemon_log(daemon));
     let annotations = env.secret_annotations(NS, "db").await;
     assert!(
         !annotations.contains_key("credsync.io/pinned"),
@@ -215,7 +202,7 @@ async fn a_bad_rotation_over_the_stream_is_reverted_and_a_good_one_rolls_through
             .rolled_out_for
     );
     // Every line it logged is checked for the values seeded.
-    env.daemon_log(&daemon);
+    env.daemon_log(daemon);
 }
 
 /// The same on a StatefulSet (wave 1) and a DaemonSet (wave 2), neither of
@@ -233,36 +220,22 @@ async fn a_bad_secrets_manager_rotation_over_sqs_is_reverted_on_a_stateful_set_b
     )
     .await;
     let url = env.create_queue("rotations").await;
-    assert_eq!(s.run(&["--source", "secretsmanager", "sync"]).code, 0);
-    env.create_workload(Kind::StatefulSet, NS, "queue", "db", Some(1), DEADLINE_S)
-        .await;
-    env.create_workload(Kind::DaemonSet, NS, "agent", "db", Some(2), DEADLINE_S)
-        .await;
-    wait_available(env, Kind::StatefulSet, "queue").await;
-    wait_available(env, Kind::DaemonSet, "agent").await;
-    let daemon = env.daemon(
-        &s.args(&[
-            "--source",
-            "secretsmanager",
-            "--events-queue",
-            &url,
-            "--rollouts",
-            "--rollout-timeout",
-            "8s",
-            "--insecure-no-auth",
-        ]),
-        &[],
-    );
-    assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
-    let good = env.secret_annotations(NS, "db").await["credsync.io/fingerprint"].clone();
-    let recorded = eventually(Duration::from_secs(10), || async {
-        env.workload(Kind::DaemonSet, NS, "agent")
-            .await
-            .rolled_out_for
-            == Some(format!("app/db@{good}"))
-    })
-    .await;
-    assert!(recorded, "{}", env.daemon_log(&daemon));
+    let workloads = [
+        (Kind::StatefulSet, "queue", 1),
+        (Kind::DaemonSet, "agent", 2),
+    ];
+    let flags = vec![
+        "--source",
+        "secretsmanager",
+        "--events-queue",
+        &url,
+        "--rollouts",
+        "--rollout-timeout",
+        "8s",
+        "--insecure-no-auth",
+    ];
+    let (daemons, good) = arrange(&s, &["--source", "secretsmanager"], &workloads, &[flags]).await;
+    let daemon = daemons.first().expect("one daemon");
     let agent_before = env.workload(Kind::DaemonSet, NS, "agent").await;
 
     env.kubelet
@@ -284,7 +257,7 @@ async fn a_bad_secrets_manager_rotation_over_sqs_is_reverted_on_a_stateful_set_b
         )
         .await,
         "{}",
-        env.daemon_log(&daemon)
+        env.daemon_log(daemon)
     );
     // Past --rollout-timeout the StatefulSet has failed: reverted.
     assert!(
@@ -297,7 +270,7 @@ async fn a_bad_secrets_manager_rotation_over_sqs_is_reverted_on_a_stateful_set_b
         )
         .await,
         "{}",
-        env.daemon_log(&daemon)
+        env.daemon_log(daemon)
     );
     let annotations = env.secret_annotations(NS, "db").await;
     assert_eq!(annotations["credsync.io/pinned-by"], "rollout-failure");
@@ -327,51 +300,82 @@ async fn a_bad_secrets_manager_rotation_over_sqs_is_reverted_on_a_stateful_set_b
                 .is_some_and(|r| r != format!("app/db@{good}"))
     })
     .await;
-    assert!(rolled, "{}", env.daemon_log(&daemon));
+    assert!(rolled, "{}", env.daemon_log(daemon));
     assert_eq!(
         env.secret_data(NS, "db").await.unwrap()["PASSWORD"],
         b"sm-rotation-good-three"
     );
 }
 
-/// Sets up web (wave 1) and api (wave 2) on `db`, both available, and a
-/// `credsync run` per `identities` (one: no leader election), each
-/// reconciled once; returns them with the good fingerprint.
-async fn two_waves(s: &Snap, identities: &[&'static str]) -> (Vec<Daemon>, String) {
+/// `db` already holds its first content (synced with `sync_flags`); creates
+/// `workloads` (kind, name, wave) reading it, waits until each is
+/// available, starts one `credsync run` per flag set, and waits until one
+/// reconciled and recorded what every workload runs. Returns the daemons
+/// and the fingerprint of that first content.
+async fn arrange(
+    s: &Snap,
+    sync_flags: &[&str],
+    workloads: &[(Kind, &str, u32)],
+    daemons: &[Vec<&str>],
+) -> (Vec<Daemon>, String) {
     let env = &s.env;
-    env.put("app/db/password", "crash-good-one");
-    assert_eq!(s.run(&["sync"]).code, 0);
-    env.create_workload(Kind::Deployment, NS, "web", "db", Some(1), DEADLINE_S)
-        .await;
-    env.create_workload(Kind::Deployment, NS, "api", "db", Some(2), DEADLINE_S)
-        .await;
-    wait_available(env, Kind::Deployment, "web").await;
-    wait_available(env, Kind::Deployment, "api").await;
-    let daemons: Vec<Daemon> = identities
+    let mut sync = sync_flags.to_vec();
+    sync.push("sync");
+    assert_eq!(s.run(&sync).code, 0);
+    for (kind, name, wave) in workloads {
+        env.create_workload(*kind, NS, name, "db", Some(*wave), DEADLINE_S)
+            .await;
+    }
+    for (kind, name, _) in workloads {
+        wait_available(env, *kind, name).await;
+    }
+    let daemons: Vec<Daemon> = daemons
         .iter()
-        .map(|identity| env.daemon(&s.args(&daemon_flags(identity, identities.len() > 1)), &[]))
+        .map(|flags| env.daemon(&s.args(flags), &[]))
         .collect();
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            daemons.iter().any(|d| {
-                metric(
-                    &metrics(d),
-                    "credsync_reconciles_total{outcome=\"success\"}",
-                ) >= 1.0
-            })
+    let logs = || {
+        daemons
+            .iter()
+            .map(|d| env.daemon_log(d))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let reconciled = eventually(Duration::from_secs(60), || async {
+        daemons.iter().any(|d| {
+            metric(
+                &metrics(d),
+                "credsync_reconciles_total{outcome=\"success\"}",
+            ) >= 1.0
         })
-        .await
-    );
-    let good = env.secret_annotations(NS, "db").await["credsync.io/fingerprint"].clone();
-    let recorded = eventually(Duration::from_secs(10), || async {
-        env.workload(Kind::Deployment, NS, "api")
-            .await
-            .rolled_out_for
-            == Some(format!("app/db@{good}"))
     })
     .await;
-    assert!(recorded);
+    assert!(reconciled, "{}", logs());
+    let good = env.secret_annotations(NS, "db").await["credsync.io/fingerprint"].clone();
+    // The first reconcile records what each workload runs (restarting nothing).
+    let recorded = eventually(Duration::from_secs(10), || async {
+        for (kind, name, _) in workloads {
+            let rolled_out = env.workload(*kind, NS, name).await.rolled_out_for;
+            if rolled_out != Some(format!("app/db@{good}")) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(recorded, "{}", logs());
     (daemons, good)
+}
+
+/// web (wave 1) and api (wave 2) on `db`, and a `credsync run` per identity
+/// (more than one: leader election).
+async fn two_waves(s: &Snap, identities: &[&'static str]) -> (Vec<Daemon>, String) {
+    s.env.put("app/db/password", "crash-good-one");
+    let flags: Vec<Vec<&str>> = identities
+        .iter()
+        .map(|identity| daemon_flags(identity, identities.len() > 1))
+        .collect();
+    let workloads = [(Kind::Deployment, "web", 1), (Kind::Deployment, "api", 2)];
+    arrange(s, &[], &workloads, &flags).await
 }
 
 fn daemon_flags(identity: &'static str, elect: bool) -> Vec<&'static str> {

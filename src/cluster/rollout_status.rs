@@ -45,6 +45,12 @@ fn decide(
     }
 }
 
+/// Pods of an `OnDelete` workload change only when someone deletes them:
+/// nothing to follow.
+fn on_delete(strategy: Option<&str>) -> bool {
+    strategy == Some("OnDelete")
+}
+
 fn observed(generation: Option<i64>, observed: Option<i64>) -> bool {
     matches!((generation, observed), (Some(g), Some(o)) if o >= g)
 }
@@ -85,13 +91,11 @@ pub fn deployment(object: &Deployment, timeout: Duration, now: Timestamp) -> Pro
 
 pub fn stateful_set(object: &StatefulSet, timeout: Duration, now: Timestamp) -> Progress {
     let spec = &object.spec;
-    let on_delete = spec
+    let strategy = spec
         .update_strategy
         .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        == Some("OnDelete");
-    if on_delete {
-        // Pods change only when someone deletes them: nothing to follow.
+        .and_then(|s| s.type_.as_deref());
+    if on_delete(strategy) {
         return Progress::Done;
     }
     let status = object.status.clone().unwrap_or_default();
@@ -108,12 +112,11 @@ pub fn stateful_set(object: &StatefulSet, timeout: Duration, now: Timestamp) -> 
 
 pub fn daemon_set(object: &DaemonSet, timeout: Duration, now: Timestamp) -> Progress {
     let spec = &object.spec;
-    let on_delete = spec
+    let strategy = spec
         .update_strategy
         .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        == Some("OnDelete");
-    if on_delete {
+        .and_then(|s| s.type_.as_deref());
+    if on_delete(strategy) {
         return Progress::Done;
     }
     let status = object.status.clone().unwrap_or_default();

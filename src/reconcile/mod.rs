@@ -7,7 +7,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
-use crate::cluster::rollout::WorkloadScope;
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
@@ -331,8 +330,7 @@ impl Reconciler {
             "read live Secrets"
         );
         let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        self.plan_restarts(&mut plan, &manifest, &live, WorkloadScope::Everywhere)
-            .await;
+        self.plan_restarts(&mut plan, &manifest, &live, None).await;
         if let Ok(requests) = self.requests.lock() {
             plan.requests = requests.clone();
         }

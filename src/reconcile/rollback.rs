@@ -1,11 +1,11 @@
 //! Rollbacks: what a snapshot's content would change, checked against the
 //! sources, then applied and pinned, and recorded in a rollback commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use super::rollouts::namespaces_of;
 use super::{Planned, ReconcileError, Reconciler, SyncReport};
 use crate::cluster::apply::{ApplyOptions, Pin};
-use crate::cluster::rollout::WorkloadScope;
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan;
 use crate::progress::Step;
@@ -20,13 +20,7 @@ impl Reconciler {
         restored: BTreeMap<SecretRef, DesiredSecret>,
         signed: bool,
     ) -> Result<Verified, crate::restore::RestoreError> {
-        let sources = crate::restore::Sources {
-            table: self.read_table.then_some(&self.source),
-            secrets_manager: self.secrets_manager.as_ref(),
-            mapping: self.mapping,
-            cluster: self.snapshot.as_ref().map_or("", |s| s.cluster()),
-        };
-        crate::restore::verify(&sources, restored, signed).await
+        crate::restore::verify(&self.restore_sources(), restored, signed).await
     }
 
     /// Reads `items` (key -> `name@version`) of `secret` from the sources:
@@ -36,13 +30,17 @@ impl Reconciler {
         secret: &SecretRef,
         items: BTreeMap<String, crate::source::ItemId>,
     ) -> Result<Verified, crate::restore::RestoreError> {
-        let sources = crate::restore::Sources {
+        crate::restore::fetch(&self.restore_sources(), secret, items).await
+    }
+
+    /// Where restored content is checked or read.
+    fn restore_sources(&self) -> crate::restore::Sources<'_> {
+        crate::restore::Sources {
             table: self.read_table.then_some(&self.source),
             secrets_manager: self.secrets_manager.as_ref(),
             mapping: self.mapping,
             cluster: self.snapshot.as_ref().map_or("", |s| s.cluster()),
-        };
-        crate::restore::fetch(&sources, secret, items).await
+        }
     }
 
     /// What the desired state in `docs` (a snapshot) would change in the cluster.
@@ -58,18 +56,9 @@ impl Reconciler {
             secret.pinned = None;
         }
         let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        let namespaces: BTreeSet<String> = manifest
-            .secrets
-            .keys()
-            .map(|s| s.namespace.clone())
-            .collect();
-        self.plan_restarts(
-            &mut plan,
-            &manifest,
-            &live,
-            WorkloadScope::Namespaces(&namespaces),
-        )
-        .await;
+        let namespaces = Some(namespaces_of(manifest.secrets.keys()));
+        self.plan_restarts(&mut plan, &manifest, &live, namespaces)
+            .await;
         Ok(Planned {
             manifest,
             live,

@@ -32,6 +32,11 @@ pub(super) struct Rotations {
     handled: BTreeSet<(SecretRef, String)>,
 }
 
+/// The namespaces `secrets` are in: where their workloads are.
+pub(super) fn namespaces_of<'a>(secrets: impl Iterator<Item = &'a SecretRef>) -> BTreeSet<String> {
+    secrets.map(|s| s.namespace.clone()).collect()
+}
+
 /// Each Secret's fingerprint once `plan` is written: the new content's for
 /// the Secrets it changes, what the cluster holds for the others.
 fn targets(plan: &Plan, manifest: &Manifest, live: &LiveState) -> BTreeMap<SecretRef, String> {
@@ -59,12 +64,14 @@ impl Reconciler {
     /// still rolling, waves that failed, and what workloads now run.
     /// Workloads that cannot be listed do not stop the Secret writes: the
     /// plan shows it as a skip.
+    /// `in_namespaces`: the namespaces of the Secrets in question (None:
+    /// everywhere, for a full reconcile).
     pub(super) async fn plan_restarts(
         &self,
         plan: &mut Plan,
         manifest: &Manifest,
         live: &LiveState,
-        scope: WorkloadScope<'_>,
+        in_namespaces: Option<BTreeSet<String>>,
     ) {
         if !self.apply.rollouts {
             return;
@@ -73,6 +80,10 @@ impl Reconciler {
         if targets.is_empty() {
             return;
         }
+        let scope = match &in_namespaces {
+            Some(namespaces) => WorkloadScope::Namespaces(namespaces),
+            None => WorkloadScope::Everywhere,
+        };
         match self
             .cluster
             .workloads(scope, self.apply.rollout_timeout)
@@ -141,15 +152,10 @@ impl Reconciler {
                 live.secrets.insert(secret.clone(), found);
             }
         }
-        let namespaces: BTreeSet<String> = watching.iter().map(|s| s.namespace.clone()).collect();
         let mut plan = Plan::default();
-        self.plan_restarts(
-            &mut plan,
-            &Manifest::default(),
-            &live,
-            WorkloadScope::Namespaces(&namespaces),
-        )
-        .await;
+        let namespaces = Some(namespaces_of(watching.iter()));
+        self.plan_restarts(&mut plan, &Manifest::default(), &live, namespaces)
+            .await;
         let why: BTreeMap<SecretRef, String> = plan
             .restarts
             .iter()

@@ -9,7 +9,6 @@ use super::{
     Planned, QueryResult, ReconcileError, Reconciler, ScopeNames, SyncReport, log_findings,
     poisoned,
 };
-use crate::cluster::rollout::WorkloadScope;
 use crate::credstash::RawItem;
 use crate::manifest::{SecretRef, Selection};
 use crate::plan::{self, LiveState};
@@ -100,14 +99,9 @@ impl Reconciler {
             }
         }
         let mut plan = plan::plan(&manifest, &live, self.apply.diff);
-        let namespaces: BTreeSet<String> = affected.iter().map(|s| s.namespace.clone()).collect();
-        self.plan_restarts(
-            &mut plan,
-            &manifest,
-            &live,
-            WorkloadScope::Namespaces(&namespaces),
-        )
-        .await;
+        let namespaces = Some(super::rollouts::namespaces_of(affected.iter()));
+        self.plan_restarts(&mut plan, &manifest, &live, namespaces)
+            .await;
         log_findings(&plan);
         Ok(Some((
             Planned {

@@ -364,16 +364,14 @@ fn findings(b: &mut Budget, plan: &Plan) {
         .pinned
         .iter()
         .map(|p| {
-            let state = if p.differs_from_table {
-                "differs"
-            } else {
-                "agrees"
+            let state = match (p.differs_from_table, &p.held_out) {
+                (_, Some(held_out)) => {
+                    format!("reverted rotation; holds out {}", md_code(held_out))
+                }
+                (true, None) => "differs".to_owned(),
+                (false, None) => "agrees".to_owned(),
             };
-            row(&[
-                md_code(&p.secret.to_string()),
-                md_code(&p.commit),
-                state.to_owned(),
-            ])
+            row(&[md_code(&p.secret.to_string()), md_code(&p.commit), state])
         })
         .collect();
     b.table(

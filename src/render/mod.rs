@@ -192,14 +192,18 @@ fn text(plan: &Plan, outcome: Option<(&ApplyOutcome, bool)>, h: &Heading, color:
         } else {
             "table agrees"
         };
-        let resume = match &p.request {
-            Some(request) => format!(
+        let resume = match (&p.request, &p.held_out) {
+            (Some(request), _) => format!(
                 "remove {} (or revert its merge) to resume",
                 request
                     .rsplit_once('@')
                     .map_or(request.as_str(), |(file, _)| file)
             ),
-            None => format!("`credsync unpin {}` to resume", p.secret),
+            (None, Some(held_out)) => format!(
+                "reverted after a failed rollout; holds out {held_out} until a newer version or `credsync unpin {}`",
+                p.secret
+            ),
+            (None, None) => format!("`credsync unpin {}` to resume", p.secret),
         };
         let _ = writeln!(
             out,
@@ -461,6 +465,7 @@ fn plan_json(plan: &Plan, h: &Heading) -> Value {
             "commit": p.commit,
             "differs_from_table": p.differs_from_table,
             "request": p.request,
+            "held_out": p.held_out,
         })).collect::<Vec<_>>(),
         "restarts": plan.restarts,
         "rolling": plan.rolling,
@@ -550,6 +555,7 @@ mod tests {
                 commit: "0123456789abcdef".into(),
                 differs_from_table: true,
                 request: None,
+                held_out: None,
             }],
             restarts: vec![],
             kubestash_v2: vec![crate::plan::KubestashV2Secret {
