@@ -513,3 +513,128 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
     assert!(log.contains("a full reconcile covers it"), "{log}");
     env.assert_no_value_in(&log, "the log");
 }
+
+/// A Secrets Manager event costs the same whatever the number of secrets:
+/// one DescribeSecret, and one GetSecretValue when the version moved; no
+/// listing. A message naming a secret of another account is not read; one
+/// naming a deleted secret removes its keys; one naming a secret that
+/// cannot be read alone falls back to a full read.
+#[tokio::test]
+async fn a_secrets_manager_event_reads_its_secret_alone() {
+    const SECRETS: usize = 150; // two ListSecrets pages
+    let env = StandIns::start(&["team-a"]).await;
+    let sm = env.secrets_manager().await;
+    for i in 0..SECRETS {
+        sm.create_secret()
+            .name(format!("team-a/app-{i}"))
+            .secret_string(format!(r#"{{"TOKEN":"event-token-{i}"}}"#))
+            .send()
+            .await
+            .unwrap();
+    }
+    let url = env.create_queue("one-secret").await;
+    let daemon = env.daemon(
+        &[
+            "--source",
+            "secretsmanager",
+            "--events-queue",
+            &url,
+            "--debounce",
+            "100ms",
+            "--no-drift-repair",
+        ],
+        &[],
+    );
+    assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
+    let calls = || {
+        let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
+        [
+            "ListSecrets",
+            "DescribeSecret",
+            "GetSecretValue",
+            "BatchGetSecretValue",
+        ]
+        .map(|op| {
+            metric(
+                &metrics,
+                &format!("credsync_secretsmanager_requests_total{{operation=\"{op}\"}}"),
+            )
+        })
+    };
+    let since = |before: [f64; 4]| {
+        let now = calls();
+        [0, 1, 2, 3].map(|i| now[i] - before[i])
+    };
+    env.seed("event-token-1");
+    let [listed, ..] = calls();
+    assert!(listed >= 2.0, "the full read lists every page");
+
+    // A change: one DescribeSecret, one GetSecretValue.
+    let before = calls();
+    env.seed("event-token-changed");
+    env.sm_put("team-a/app-7", r#"{"TOKEN":"event-token-changed"}"#)
+        .await;
+    env.send_to_queue(&url, &cloudtrail_event("PutSecretValue", "team-a/app-7"))
+        .await;
+    let arrived = env
+        .eventually_value(
+            "team-a",
+            "app-7",
+            "TOKEN",
+            b"event-token-changed",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(arrived, "{}", env.daemon_log(&daemon));
+    assert!(env.eventually_drained(&url, Duration::from_secs(10)).await);
+    assert_eq!(
+        since(before),
+        [0.0, 1.0, 1.0, 0.0],
+        "ListSecrets, DescribeSecret, GetSecretValue, BatchGetSecretValue"
+    );
+
+    // The same event again (SQS delivers at least once): one DescribeSecret.
+    let before = calls();
+    env.send_to_queue(&url, &cloudtrail_event("PutSecretValue", "team-a/app-7"))
+        .await;
+    assert!(env.eventually_drained(&url, Duration::from_secs(10)).await);
+    assert_eq!(since(before), [0.0, 1.0, 0.0, 0.0]);
+
+    // A forged message naming another account's secret: nothing is read.
+    let before = calls();
+    let foreign = "arn:aws:secretsmanager:us-east-1:999999999999:secret:team-a/app-1-AbCdEf";
+    env.send_to_queue(&url, &cloudtrail_event("PutSecretValue", foreign))
+        .await;
+    assert!(env.eventually_drained(&url, Duration::from_secs(10)).await);
+    assert_eq!(since(before), [0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(
+        env.secret_data("team-a", "app-1").await.unwrap()["TOKEN"],
+        b"event-token-1"
+    );
+    let log = env.daemon_log(&daemon);
+    assert!(log.contains("outside this account and region"), "{log}");
+
+    // Marked for deletion: its Secret goes, still without a listing.
+    let before = calls();
+    sm.delete_secret()
+        .secret_id("team-a/app-9")
+        .send()
+        .await
+        .unwrap();
+    env.send_to_queue(&url, &cloudtrail_event("DeleteSecret", "team-a/app-9"))
+        .await;
+    let gone = eventually(Duration::from_secs(20), || async {
+        env.secret("team-a", "app-9").await.is_none()
+    })
+    .await;
+    assert!(gone, "{}", env.daemon_log(&daemon));
+    assert_eq!(since(before)[0], 0.0, "no listing for a deletion");
+
+    // A name Secrets Manager does not know: a full read covers it.
+    let before = calls();
+    env.send_to_queue(&url, &cloudtrail_event("DeleteSecret", "team-a/never-was"))
+        .await;
+    assert!(env.eventually_drained(&url, Duration::from_secs(20)).await);
+    assert!(since(before)[0] >= 2.0, "{}", env.daemon_log(&daemon));
+    env.assert_no_value_in(&env.daemon_log(&daemon), "the log");
+}

@@ -73,6 +73,7 @@ fn config(table: &str, debounce_ms: u64) -> StreamConfig {
         stream_arn: None,
         debounce: Duration::from_millis(debounce_ms),
         poll_interval: Duration::from_millis(100),
+        idle_poll_interval: Duration::from_millis(100),
     }
 }
 

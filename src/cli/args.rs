@@ -402,6 +402,10 @@ pub struct RunArgs {
     /// Quiet time after stream events before reconciling them (WAIT_TIME, in seconds, accepted).
     #[arg(long, env = "CREDSYNC_DEBOUNCE", default_value = "1s", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// Poll interval of a stream shard idle for 30 s (active shards: 250 ms). Up to this much
+    /// latency is added to the first change after a quiet spell; 250ms keeps every shard fast.
+    #[arg(long, env = "CREDSYNC_STREAM_IDLE_POLL", default_value = "3s", value_parser = parse_duration)]
+    pub stream_idle_poll: Duration,
     /// A reconcile running longer is cancelled and retried (CREDSTASH_SYNC_TIMEOUT_SECS accepted).
     #[arg(long, env = "CREDSYNC_RECONCILE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub reconcile_timeout: Duration,

@@ -106,6 +106,7 @@ pub(super) fn run_config(
                 stream_arn: args.stream_arn.clone(),
                 debounce: args.debounce,
                 poll_interval: Duration::from_millis(250),
+                idle_poll_interval: args.stream_idle_poll,
             }
         }),
         worker: crate::daemon::worker::WorkerConfig {
@@ -194,6 +195,8 @@ pub(super) struct RunSettings {
     stream: String,
     #[serde(serialize_with = "as_debug")]
     debounce: Duration,
+    #[serde(serialize_with = "as_debug")]
+    stream_idle_poll: Duration,
     #[serde(serialize_with = "as_debug")]
     reconcile_timeout: Duration,
     failure_limit: u32,
@@ -314,6 +317,7 @@ impl RunSettings {
                     .unwrap_or_else(|| "from DescribeTable".to_owned())
             },
             debounce: args.debounce,
+            stream_idle_poll: args.stream_idle_poll,
             reconcile_timeout: args.reconcile_timeout,
             failure_limit: args.failure_limit,
             sync_token: set(matches!(access, Access::Token(_))),

@@ -154,9 +154,9 @@ pub async fn run(
                 _ = shutdown.cancelled() => return,
                 _ = leadership.wait_for(|l| *l == Leadership::Leading) => {}
             }
-            request.names = None;
+            request.changed = None;
         }
-        let full = request.names.is_none();
+        let full = request.changed.is_none();
         if let Some(oldest) = request.oldest_event {
             let lag = (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
             metrics.stream_lag_seconds.set(lag);
@@ -168,8 +168,8 @@ pub async fn run(
         };
         let began = Instant::now();
         let work = async {
-            match &request.names {
-                Some(names) => reconciler.sync_names(names, config.dry_run).await,
+            match &request.changed {
+                Some(changed) => reconciler.sync_changed(changed, config.dry_run).await,
                 None => reconciler.sync(config.dry_run).await,
             }
         };

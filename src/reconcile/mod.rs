@@ -22,6 +22,7 @@ use authors::Authored;
 mod rollback;
 mod rollouts;
 mod targeted;
+pub use targeted::Changed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {

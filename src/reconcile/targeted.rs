@@ -1,5 +1,7 @@
 //! Targeted reconciles: only the Secrets some table names map to, from a
-//! Query of each name (no Scan), against the index of the last full read.
+//! Query of each name (no Scan), against the index of the last full read,
+//! and the Secrets some Secrets Manager secrets map to, from a
+//! DescribeSecret of each (no listing).
 
 use std::collections::BTreeSet;
 
@@ -13,25 +15,52 @@ use crate::credstash::RawItem;
 use crate::manifest::{SecretRef, Selection};
 use crate::plan::{self, LiveState};
 
+/// What changed, as events and callers name it: what a targeted reconcile
+/// reads again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Credstash names.
+    pub names: BTreeSet<String>,
+    /// Secrets Manager secrets, by name or ARN.
+    pub secrets: BTreeSet<String>,
+}
+
+impl Changed {
+    pub fn names(names: BTreeSet<String>) -> Self {
+        Self {
+            names,
+            secrets: BTreeSet::new(),
+        }
+    }
+
+    pub fn merge(&mut self, other: Changed) {
+        self.names.extend(other.names);
+        self.secrets.extend(other.secrets);
+    }
+}
+
 impl Reconciler {
-    /// Reconciles only the Secrets that `names` map to, from a Query of each
-    /// name's latest version: no Scan, and KMS only for the changed items.
-    /// Falls back to a full sync before the first full reconcile.
-    pub async fn sync_names(
+    /// Reconciles only the Secrets that `changed` maps to, from a Query of
+    /// each name's latest version and a DescribeSecret of each secret: no
+    /// Scan, no listing, and KMS or GetSecretValue only for what changed.
+    /// Falls back to a full sync before the first full reconcile, or when a
+    /// secret cannot be read alone.
+    pub async fn sync_changed(
         &self,
-        names: &BTreeSet<String>,
+        changed: &Changed,
         dry_run: bool,
     ) -> Result<SyncReport, ReconcileError> {
-        let Some((planned, scope)) = self.plan_names(names).await? else {
+        let Some((planned, scope)) = self.plan_changed(changed).await? else {
             return self.sync(dry_run).await;
         };
         self.commit_and_apply(planned, dry_run, Some(scope)).await
     }
 
-    async fn plan_names(
+    async fn plan_changed(
         &self,
-        names: &BTreeSet<String>,
+        changed: &Changed,
     ) -> Result<Option<(Planned, BTreeSet<SecretRef>)>, ReconcileError> {
+        let names = &changed.names;
         let Some(namespaces) = self
             .index
             .lock()
@@ -50,11 +79,19 @@ impl Reconciler {
         .collect()
         .await;
         let mut malformed = Vec::new();
-        let affected: BTreeSet<SecretRef> = names
+        let mut affected: BTreeSet<SecretRef> = names
             .iter()
             .filter_map(|n| self.mapping.map(n).ok())
             .map(|t| t.secret)
             .collect();
+        if let Some(sm) = &self.secrets_manager {
+            for id in &changed.secrets {
+                let Some(secrets) = sm.refresh(id).await else {
+                    return Ok(None);
+                };
+                affected.extend(secrets);
+            }
+        }
         let items: Vec<RawItem> = {
             let mut guard = self.index.lock().map_err(|_| poisoned())?;
             let Some(index) = guard.as_mut() else {

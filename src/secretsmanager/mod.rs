@@ -9,6 +9,7 @@
 //! records `ARN#member@VersionId` (or `ARN@VersionId` for a whole value) as
 //! its source, in plans and snapshots.
 
+mod event;
 pub mod names;
 
 use std::collections::{BTreeMap, HashMap};
@@ -68,6 +69,23 @@ struct Listed {
     current: Option<String>,
 }
 
+/// One version of a secret, as GetSecretValue returned it.
+struct Got {
+    name: String,
+    arn: String,
+    version: String,
+    stored: Stored,
+}
+
+/// A secret's description, from ListSecrets or DescribeSecret.
+struct Found {
+    arn: String,
+    name: String,
+    deleted: bool,
+    tags: Vec<aws_sdk_secretsmanager::types::Tag>,
+    stages: HashMap<String, Vec<String>>,
+}
+
 /// A secret's keys at one version.
 struct Held {
     version: String,
@@ -81,12 +99,35 @@ struct Held {
 }
 
 impl Held {
+    /// A fetched value, split into keys as `shape` says.
+    fn new(version: String, shape: &Shape, stored: Stored) -> Self {
+        let expanded = expand(shape, stored);
+        Self {
+            version,
+            parts: expanded
+                .parts
+                .into_iter()
+                .map(|p| (p.member, p.value))
+                .collect(),
+            skipped: expanded.skipped,
+            shape: None,
+        }
+    }
+
     /// The keys it yields under `shape` (kept while the secret fails).
     fn targets(&self, shape: &Shape) -> Vec<Target> {
         self.parts
             .iter()
             .filter_map(|(member, _)| target_of(shape, member.as_deref()))
             .collect()
+    }
+
+    /// The Secrets its keys map to, once a listing saw how its name maps.
+    fn secrets(&self) -> std::collections::BTreeSet<SecretRef> {
+        self.shape
+            .as_ref()
+            .map(|shape| self.targets(shape).into_iter().map(|t| t.secret).collect())
+            .unwrap_or_default()
     }
 
     /// Its values as keys under `shape`, each recorded as `ARN[#member]@VersionId`.
@@ -117,6 +158,10 @@ pub struct SecretsManagerSource {
     region: String,
     /// By ARN: the version held and its keys.
     held: Mutex<HashMap<String, Held>>,
+    /// `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:` of the secrets
+    /// listed: an event may name only a secret under it (a secret another
+    /// account shares by resource policy is never read).
+    own_arns: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -131,6 +176,7 @@ impl SecretsManagerSource {
             config,
             region,
             held: Mutex::new(HashMap::new()),
+            own_arns: Mutex::new(None),
             metrics,
         }
     }
@@ -238,19 +284,7 @@ impl SecretsManagerSource {
                 continue;
             }
             if let Some((version, stored)) = fetched.remove(&secret.arn) {
-                let expanded = expand(shape, stored);
-                let parts = expanded
-                    .parts
-                    .into_iter()
-                    .map(|p| (p.member, p.value))
-                    .collect();
-                let entry = Held {
-                    version,
-                    parts,
-                    skipped: expanded.skipped,
-                    shape: None,
-                };
-                held.insert(secret.arn.clone(), entry);
+                held.insert(secret.arn.clone(), Held::new(version, shape, stored));
             }
             let Some(entry) = held.get_mut(&secret.arn) else {
                 continue;
@@ -280,12 +314,35 @@ impl SecretsManagerSource {
         arn: &str,
         version: &str,
     ) -> Result<Option<Vec<Ready>>, SmError> {
+        let got = match self.get_value(arn, Some(version)).await {
+            Ok(got) => got,
+            Err(aws) => {
+                return Err(SmError {
+                    region: self.region.clone(),
+                    hint: fetch_hint(&aws).to_owned(),
+                    aws: Some(aws),
+                });
+            }
+        };
+        let Some(got) = got.filter(|got| got.arn == arn && got.version == version) else {
+            return Ok(None);
+        };
+        let Ok(shape) = shape(self.config.names, &self.config.prefix, &got.name) else {
+            return Ok(Some(Vec::new()));
+        };
+        let held = Held::new(version.to_owned(), &shape, got.stored);
+        Ok(Some(held.ready(arn, &shape).collect()))
+    }
+
+    /// One GetSecretValue: the version asked for, or AWSCURRENT. None when
+    /// Secrets Manager does not hold it (or the secret).
+    async fn get_value(&self, id: &str, version: Option<&str>) -> Result<Option<Got>, AwsError> {
         self.count("GetSecretValue");
         let answer = self
             .client
             .get_secret_value()
-            .secret_id(arn)
-            .version_id(version)
+            .secret_id(id)
+            .set_version_id(version.map(str::to_owned))
             .send()
             .await;
         let out = match answer {
@@ -295,48 +352,27 @@ impl SecretsManagerSource {
                 if aws.class == FailureClass::NotFound || aws.is("InvalidRequestException") {
                     return Ok(None);
                 }
-                return Err(SmError {
-                    region: self.region.clone(),
-                    hint: fetch_hint(&aws).to_owned(),
-                    aws: Some(aws),
-                });
+                return Err(aws);
             }
         };
-        let (Some(name), Some(found_arn), Some(found_version)) =
-            (out.name, out.arn, out.version_id)
-        else {
+        let (Some(name), Some(arn), Some(version)) = (out.name, out.arn, out.version_id) else {
             return Ok(None);
         };
-        if found_arn != arn || found_version != version {
-            return Ok(None);
-        }
         let stored = match (out.secret_string, out.secret_binary) {
             (Some(text), _) => Stored::Text(SecretValue::new(text.into_bytes())),
             (None, Some(blob)) => Stored::Binary(SecretValue::new(blob.into_inner())),
             (None, None) => return Ok(None),
         };
-        let Ok(shape) = shape(self.config.names, &self.config.prefix, &name) else {
-            return Ok(Some(Vec::new()));
-        };
-        let expanded = expand(&shape, stored);
-        let held = Held {
-            version: version.to_owned(),
-            parts: expanded
-                .parts
-                .into_iter()
-                .map(|p| (p.member, p.value))
-                .collect(),
-            skipped: Vec::new(),
-            shape: None,
-        };
-        Ok(Some(held.ready(arn, &shape).collect()))
+        Ok(Some(Got {
+            name,
+            arn,
+            version,
+            stored,
+        }))
     }
 
     async fn list(&self) -> Result<Vec<Listed>, SmError> {
-        let prefix = match self.config.names {
-            NameScheme::Path => self.config.prefix.clone(),
-            NameScheme::Kiss => names::KISS_PREFIX.to_owned(),
-        };
+        let prefix = self.name_prefix();
         let mut filters = Vec::new();
         if !prefix.is_empty() {
             filters.push(filter(FilterNameStringType::Name, &prefix));
@@ -359,39 +395,74 @@ impl SecretsManagerSource {
                 .await
                 .map_err(|err| self.error(AwsError::from_sdk(&err)))?;
             for entry in page.secret_list.unwrap_or_default() {
-                let (Some(arn), Some(name)) = (entry.arn.clone(), entry.name.clone()) else {
+                let (Some(arn), Some(name)) = (entry.arn, entry.name) else {
                     continue;
                 };
-                // The name filter is a case-insensitive prefix match; ours is exact.
-                if !name.starts_with(&prefix) || entry.deleted_date.is_some() {
-                    continue;
-                }
-                let tags: BTreeMap<&str, &str> = entry
-                    .tags
-                    .iter()
-                    .flatten()
-                    .filter_map(|t| Some((t.key.as_deref()?, t.value.as_deref()?)))
-                    .collect();
-                if !self
-                    .config
-                    .tags
-                    .iter()
-                    .all(|(k, v)| tags.get(k.as_str()) == Some(&v.as_str()))
-                {
-                    continue;
-                }
-                let current = entry.secret_versions_to_stages.as_ref().and_then(|stages| {
-                    stages
-                        .iter()
-                        .find(|(_, s)| s.iter().any(|s| s == "AWSCURRENT"))
-                        .map(|(version, _)| version.clone())
-                });
-                out.push(Listed { arn, name, current });
+                self.learn_account(&arn);
+                let found = Found {
+                    arn,
+                    name,
+                    deleted: entry.deleted_date.is_some(),
+                    tags: entry.tags.unwrap_or_default(),
+                    stages: entry.secret_versions_to_stages.unwrap_or_default(),
+                };
+                out.extend(self.admit(found));
             }
             match page.next_token {
                 Some(next) if !next.is_empty() => token = Some(next),
                 _ => return Ok(out),
             }
+        }
+    }
+
+    /// The name prefix every secret credsync reads starts with.
+    fn name_prefix(&self) -> String {
+        match self.config.names {
+            NameScheme::Path => self.config.prefix.clone(),
+            NameScheme::Kiss => names::KISS_PREFIX.to_owned(),
+        }
+    }
+
+    /// A secret as ListSecrets or DescribeSecret found it, if credsync reads
+    /// it: its name under the prefix (exact; the API's name filter is a
+    /// case-insensitive match), not marked for deletion, every tag asked
+    /// for. The one rule of both the full read and an event's refresh.
+    fn admit(&self, found: Found) -> Option<Listed> {
+        if !found.name.starts_with(&self.name_prefix()) || found.deleted {
+            return None;
+        }
+        let tags: BTreeMap<&str, &str> = found
+            .tags
+            .iter()
+            .filter_map(|t| Some((t.key.as_deref()?, t.value.as_deref()?)))
+            .collect();
+        if !self
+            .config
+            .tags
+            .iter()
+            .all(|(k, v)| tags.get(k.as_str()) == Some(&v.as_str()))
+        {
+            return None;
+        }
+        let current = found
+            .stages
+            .into_iter()
+            .find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT"))
+            .map(|(version, _)| version);
+        Some(Listed {
+            arn: found.arn,
+            name: found.name,
+            current,
+        })
+    }
+
+    /// Notes the account and region ARNs of this source start with, from an
+    /// ARN ListSecrets returned (only the caller's own secrets are listed).
+    fn learn_account(&self, arn: &str) {
+        if let (Some(prefix), Ok(mut own)) = (account_prefix(arn), self.own_arns.lock())
+            && own.is_none()
+        {
+            *own = Some(prefix.to_owned());
         }
     }
 
@@ -482,6 +553,18 @@ fn fetch_hint(err: &AwsError) -> &'static str {
         }
         _ => "BatchGetSecretValue failed",
     }
+}
+
+/// `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:` of a secret's ARN.
+fn account_prefix(arn: &str) -> Option<&str> {
+    let mut end = 0;
+    for (fields, part) in arn.split(':').enumerate() {
+        end += part.len() + 1;
+        if fields == 5 {
+            return (part == "secret" && arn.len() >= end).then(|| &arn[..end]);
+        }
+    }
+    None
 }
 
 fn filter(key: FilterNameStringType, value: &str) -> Filter {

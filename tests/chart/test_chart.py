@@ -92,6 +92,7 @@ VARIANTS: dict[str, dict] = {
                 "enabled": True,
                 "arn": "arn:aws:dynamodb:eu-west-1:123456789012:table/prod-credentials/stream/2024-01-01T00:00:00.000",
                 "debounce": "500ms",
+                "idlePoll": "5s",
             },
             "reconcileTimeout": "2m",
             "failureLimit": 3,
@@ -435,7 +436,7 @@ def test_credsync_accepts_the_rendered_environment(variant, tmp_path):
         assert printed["interval"] is None
     expected_stream = "off" if not cfg["stream"]["enabled"] else (cfg["stream"]["arn"] or "from DescribeTable")
     assert printed["stream"] == expected_stream
-    for key, value in [("debounce", cfg["stream"]["debounce"]), ("reconcile_timeout", cfg["reconcileTimeout"]),
+    for key, value in [("debounce", cfg["stream"]["debounce"]), ("stream_idle_poll", cfg["stream"]["idlePoll"]), ("reconcile_timeout", cfg["reconcileTimeout"]),
                        ("sync_rate_limit", cfg["syncRateLimit"]), ("grace", cfg["grace"])]:
         assert seconds(printed[key]) == seconds(value), key
     assert printed["failure_limit"] == cfg["failureLimit"]

@@ -181,6 +181,8 @@ app.kubernetes.io/component: controller
 {{- end }}
 - name: CREDSYNC_DEBOUNCE
   value: {{ $c.stream.debounce | quote }}
+- name: CREDSYNC_STREAM_IDLE_POLL
+  value: {{ $c.stream.idlePoll | quote }}
 - name: CREDSYNC_RECONCILE_TIMEOUT
   value: {{ $c.reconcileTimeout | quote }}
 - name: CREDSYNC_FAILURE_LIMIT

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::reconcile::Changed;
+
 /// Why a reconcile runs; the label of its metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Trigger {
@@ -48,7 +50,7 @@ pub struct ReconcileRequest {
     /// one's counter counts the reconcile.
     pub triggers: BTreeSet<Trigger>,
     /// None: a full reconcile.
-    pub names: Option<BTreeSet<String>>,
+    pub changed: Option<Changed>,
     /// For the stream lag metric.
     pub oldest_event: Option<chrono::DateTime<chrono::Utc>>,
     /// The queue's sequence number ([`Sequencer`]), the greatest once
@@ -63,9 +65,14 @@ impl ReconcileRequest {
 
     /// A request from one trigger; `names: None` is a full reconcile.
     pub fn names(trigger: Trigger, names: Option<BTreeSet<String>>) -> Self {
+        Self::changed(trigger, names.map(Changed::names))
+    }
+
+    /// A request from one trigger; `changed: None` is a full reconcile.
+    pub fn changed(trigger: Trigger, changed: Option<Changed>) -> Self {
         Self {
             triggers: BTreeSet::from([trigger]),
-            names,
+            changed,
             oldest_event: None,
             seq: None,
         }
@@ -80,9 +87,9 @@ impl ReconcileRequest {
     /// Merges a request that arrived while another was pending.
     pub(super) fn merge(&mut self, other: ReconcileRequest) {
         self.triggers.extend(other.triggers);
-        self.names = match (self.names.take(), other.names) {
+        self.changed = match (self.changed.take(), other.changed) {
             (Some(mut a), Some(b)) => {
-                a.extend(b);
+                a.merge(b);
                 Some(a)
             }
             _ => None,
@@ -139,13 +146,17 @@ mod tests {
         Some(list.iter().map(|s| s.to_string()).collect())
     }
 
+    fn changed(list: &[&str]) -> Option<Changed> {
+        names(list).map(Changed::names)
+    }
+
     #[test]
     fn merging_unions_names_and_a_full_request_wins() {
         let mut a = ReconcileRequest::names(Trigger::Stream, names(&["a"]));
         a.merge(ReconcileRequest::names(Trigger::Stream, names(&["b"])));
-        assert_eq!(a.names, names(&["a", "b"]));
+        assert_eq!(a.changed, changed(&["a", "b"]));
         a.merge(ReconcileRequest::full(Trigger::Schedule));
-        assert_eq!(a.names, None);
+        assert_eq!(a.changed, None);
         assert_eq!(a.primary(), Trigger::Schedule);
     }
 

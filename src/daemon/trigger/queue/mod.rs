@@ -3,8 +3,9 @@
 //!
 //! Each queue is long-polled while this replica leads. A batch (messages
 //! arriving within the debounce of each other) becomes one reconcile:
-//! targeted at the Credstash names it carries, or full when a Secrets
-//! Manager secret changed. Messages are deleted only once every request
+//! targeted at the Credstash names and Secrets Manager secrets it carries
+//! (each secret read alone: DescribeSecret, and GetSecretValue if its
+//! version moved; no listing). Messages are deleted only once every request
 //! up to theirs was reconciled with everything written; otherwise they
 //! come back after their visibility timeout (and reach a dead-letter queue
 //! if the queue has one). Duplicates cost a reconcile that writes nothing.
@@ -14,7 +15,6 @@
 
 pub mod events;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message};
@@ -26,6 +26,7 @@ use crate::backoff::Backoff;
 use crate::cluster::lease::Leadership;
 use crate::daemon::trigger::{Finished, ReconcileRequest, Sequencer, Trigger};
 use crate::metrics::Metrics;
+use crate::reconcile::Changed;
 use events::Change;
 
 /// SQS's longest long poll.
@@ -55,7 +56,7 @@ pub struct QueueLinks {
 /// What one batch asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Wanted {
-    names: BTreeSet<String>,
+    changed: Changed,
     full: bool,
 }
 
@@ -63,10 +64,13 @@ impl Wanted {
     fn request(self) -> Option<ReconcileRequest> {
         if self.full {
             Some(ReconcileRequest::full(Trigger::Queue))
-        } else if self.names.is_empty() {
+        } else if self.changed == Changed::default() {
             None
         } else {
-            Some(ReconcileRequest::names(Trigger::Queue, Some(self.names)))
+            Some(ReconcileRequest::changed(
+                Trigger::Queue,
+                Some(self.changed),
+            ))
         }
     }
 }
@@ -109,11 +113,11 @@ pub async fn run(client: aws_sdk_sqs::Client, config: QueueConfig, mut links: Qu
         for message in messages {
             match message.body().and_then(events::parse) {
                 Some(Change::Credstash(name)) => {
-                    wanted.names.insert(name);
+                    wanted.changed.names.insert(name);
                     understood.push(message);
                 }
-                Some(Change::SecretsManager(_)) => {
-                    wanted.full = true;
+                Some(Change::SecretsManager(id)) => {
+                    wanted.changed.secrets.insert(id);
                     understood.push(message);
                 }
                 None => {
@@ -259,22 +263,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_asks_for_its_names_or_for_everything() {
+    fn a_batch_asks_for_what_it_names_or_for_everything() {
         assert_eq!(Wanted::default().request(), None);
-        let names = Wanted {
+        let changed = Changed {
             names: ["a/b/C".to_owned()].into(),
+            secrets: ["team-a/db".to_owned()].into(),
+        };
+        let targeted = Wanted {
+            changed: changed.clone(),
             full: false,
         };
         assert_eq!(
-            names.request().map(|r| r.names),
-            Some(Some(["a/b/C".to_owned()].into()))
+            targeted.request().map(|r| r.changed),
+            Some(Some(changed.clone()))
         );
         let full = Wanted {
-            names: ["a/b/C".to_owned()].into(),
+            changed,
             full: true,
         };
         let request = full.request().unwrap();
-        assert_eq!(request.names, None);
+        assert_eq!(request.changed, None);
         assert_eq!(request.primary(), Trigger::Queue);
     }
 }

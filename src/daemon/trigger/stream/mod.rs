@@ -28,6 +28,7 @@ use crate::backoff::Backoff;
 
 mod calls;
 mod debounce;
+mod pacing;
 mod reader;
 mod records;
 mod shards;
@@ -59,6 +60,8 @@ pub struct StreamConfig {
     pub debounce: Duration,
     /// Sleep between GetRecords polls of a shard with no new records (default 250 ms).
     pub poll_interval: Duration,
+    /// The same once a shard has been idle a while (default 3 s): see `pacing`.
+    pub idle_poll_interval: Duration,
 }
 
 impl Default for StreamConfig {
@@ -68,6 +71,7 @@ impl Default for StreamConfig {
             stream_arn: None,
             debounce: Duration::from_secs(1),
             poll_interval: Duration::from_millis(250),
+            idle_poll_interval: Duration::from_secs(3),
         }
     }
 }
@@ -441,7 +445,11 @@ impl StreamFollower {
                 shard_id: id.clone(),
                 start,
                 last_sequence: None,
-                poll_interval: self.config.poll_interval,
+                pacing: pacing::Pacing::new(
+                    self.config.poll_interval,
+                    self.config.idle_poll_interval,
+                    Instant::now(),
+                ),
                 events: events.clone(),
                 metrics: self.metrics.clone(),
             };

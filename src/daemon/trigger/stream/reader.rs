@@ -1,7 +1,7 @@
 //! One task per shard: polls GetRecords and reports the names it saw.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::calls::{
     BACKOFF_BASE, BACKOFF_CAP, PERSISTENT_FAILURES, Position, get_shard_iterator, log_failure,
 };
+use super::pacing::Pacing;
 use super::records::{RecordsRead, read_records};
 use super::shards::StartAt;
 use crate::aws_error::{AwsError as Failure, FailureClass};
@@ -41,7 +42,8 @@ pub(crate) struct ShardReader {
     pub(crate) iterator: Option<String>,
     /// The last sequence number seen, to re-open an expired iterator after it.
     pub(crate) last_sequence: Option<String>,
-    pub(crate) poll_interval: Duration,
+    /// The sleep after an empty poll: short while records come, longer once idle.
+    pub(crate) pacing: Pacing,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -122,6 +124,7 @@ impl ShardReader {
 
             let records = out.records.unwrap_or_default();
             if !records.is_empty() {
+                self.pacing.records(Instant::now());
                 self.metrics.stream_records.inc_by(records.len() as u64);
                 let RecordsRead {
                     names,
@@ -153,7 +156,7 @@ impl ShardReader {
                     self.iterator = Some(next);
                     // A full page may mean more is waiting: read on at once.
                     if records.is_empty() {
-                        tokio::time::sleep(self.poll_interval).await;
+                        tokio::time::sleep(self.pacing.after_empty(Instant::now())).await;
                     }
                 }
                 None => {
