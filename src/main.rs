@@ -3,6 +3,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     limit_malloc_arenas();
     raise_open_file_limit();
+    // The one TLS crypto provider (Cargo.toml says why ring); set before any
+    // client exists, so no dependency can pick another.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -323,16 +323,24 @@ mod tests {
         assert!(next.settled[0].finished, "a rollout credsync started");
     }
 
+    /// Wave 1 failed on the "new" content (it last rolled out "good"); wave
+    /// 2 still runs on "good".
+    fn failed_wave_one() -> [Workload; 2] {
+        [
+            w(
+                "one",
+                1,
+                "new",
+                "good",
+                Progress::Failed("ProgressDeadlineExceeded".into()),
+            ),
+            w("two", 2, "good", "good", Progress::Done),
+        ]
+    }
+
     #[test]
     fn a_failed_wave_stops_the_later_ones_and_names_the_last_good_content() {
-        let failed = w(
-            "one",
-            1,
-            "new",
-            "good",
-            Progress::Failed("ProgressDeadlineExceeded".into()),
-        );
-        let w2 = w("two", 2, "good", "good", Progress::Done);
+        let [failed, w2] = failed_wave_one();
         let steps = steps(&targets("new"), &BTreeSet::new(), &[failed, w2]);
         assert!(steps.restarts.is_empty(), "wave 2 is never restarted");
         assert_eq!(steps.failed.len(), 1);
@@ -344,14 +352,7 @@ mod tests {
     #[test]
     fn after_a_revert_the_failed_wave_restarts_once_and_the_rest_stays() {
         // The Secret holds the good content again.
-        let failed = w(
-            "one",
-            1,
-            "new",
-            "good",
-            Progress::Failed("ProgressDeadlineExceeded".into()),
-        );
-        let w2 = w("two", 2, "good", "good", Progress::Done);
+        let [failed, w2] = failed_wave_one();
         let steps = steps(&targets("good"), &[db()].into(), &[failed, w2]);
         assert_eq!(names(&steps.restarts), ["one"]);
         assert!(steps.failed.is_empty());

@@ -473,6 +473,22 @@ async fn a_stream_record_on_the_queue_reconciles_only_its_name() {
     assert!(drained, "{}", env.daemon_log(&daemon));
 }
 
+/// `credsync run` on Secrets Manager alone, following the queue at `url`.
+fn queue_daemon(env: &StandIns, url: &str) -> Daemon {
+    env.daemon(
+        &[
+            "--source",
+            "secretsmanager",
+            "--events-queue",
+            url,
+            "--debounce",
+            "100ms",
+            "--no-drift-repair",
+        ],
+        &[],
+    )
+}
+
 /// A message of a shape credsync does not know (here a batch of events, as
 /// an EventBridge input transformer may send) may still announce a change:
 /// it triggers a full reconcile, and is deleted only after that reconcile
@@ -487,18 +503,7 @@ async fn a_message_of_an_unknown_shape_triggers_a_full_reconcile_before_it_is_de
     )
     .await;
     let url = env.create_queue("shapes").await;
-    let daemon = env.daemon(
-        &[
-            "--source",
-            "secretsmanager",
-            "--events-queue",
-            &url,
-            "--debounce",
-            "100ms",
-            "--no-drift-repair",
-        ],
-        &[],
-    );
+    let daemon = queue_daemon(&env, &url);
     assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
     // A change no event of a known shape announces; no schedule runs.
     env.seed("shape-token-two");
@@ -533,18 +538,7 @@ async fn a_secrets_manager_event_reads_its_secret_alone() {
             .unwrap();
     }
     let url = env.create_queue("one-secret").await;
-    let daemon = env.daemon(
-        &[
-            "--source",
-            "secretsmanager",
-            "--events-queue",
-            &url,
-            "--debounce",
-            "100ms",
-            "--no-drift-repair",
-        ],
-        &[],
-    );
+    let daemon = queue_daemon(&env, &url);
     assert!(reconciled(daemon.port).await, "{}", env.daemon_log(&daemon));
     let calls = || {
         let (_, metrics) = http(daemon.port, "GET", "/metrics", None);
