@@ -567,6 +567,10 @@ class Bench:
 
 # ---- analysis ------------------------------------------------------------------
 
+RECONCILE_AWS_OPS = ("Query", "Scan", "GetItem", "Decrypt", "DescribeTable", "ListSecrets",
+                     "BatchGetSecretValue", "GetSecretValue", "DescribeSecret")
+
+
 def window_calls(before: dict, after: dict) -> dict:
     """Calls and reconciles (by trigger) credsync made between two /metrics reads."""
     def d(key):
@@ -577,6 +581,11 @@ def window_calls(before: dict, after: dict) -> dict:
            "kms": d('credsync_kms_requests_total{operation="Decrypt"}'),
            "writes": sum(d(f'credsync_kubernetes_requests_total{{verb="{v}"}}')
                          for v in ("create", "update", "patch", "delete"))}
+    # Time the reconciles spent, and of it the time waiting for the calls a
+    # reconcile makes (the stream poll runs beside them and is left out).
+    out["reconcile_s"] = sum(d(k) for k in after if k.startswith("credsync_reconcile_duration_seconds_sum{"))
+    out["aws_wait_s"] = sum(d(f'credsync_aws_request_duration_seconds_sum{{operation="{op}"}}')
+                            for op in RECONCILE_AWS_OPS)
     for key in after:
         if key.startswith("credsync_reconciles_by_trigger_total{"):
             trigger = key.split('trigger="')[1].split('"')[0]

@@ -203,6 +203,7 @@ def rows(b, row, fmt_s, percentile) -> list[dict]:
                        f"<= debounce + 1 s = {DEBOUNCE + 1:.1f} s", p99 <= DEBOUNCE + 1,
                        f"p50 {fmt_s(percentile(lat, 0.5))}; {len(lat)} puts; one moto Query at this N: "
                        f"{fmt_s(h['moto_query_s']) if h.get('moto_query_s') else '-'}"))
+        out.append(own_time_row(row, fmt_s, n, h["stream"]["samples"], small))
         first = h["snapshot_first"]["phases"]["commit_s"]
         one = h["one_key"]["phases"]["commit_s"]
         out.append(row(f"6-{n}-first", "Snapshot commit, first snapshot (every Secret)", n, first, "s",
@@ -236,6 +237,28 @@ def converged_row(row, fmt_s, n: int, ready: dict) -> dict:
                (warm <= 2 or n > 10_000) and ready["warm_kms"] == 0,
                f"KMS calls: {ready['warm_kms']:.0f}; ready after {fmt_s(ready['warm_s'])}; one moto Scan "
                f"pass of the table (4 segments) takes {fmt_s(ready['scan_pass_s'])}, the floor of any convergence")
+
+
+def own_time_row(row, fmt_s, n: int, samples: list[dict], small: dict | None) -> dict:
+    """Per put: the reconcile's time split into credsync's own (with the API
+    server's write) and the wait for AWS (here the emulator), medians, beside
+    the same at the small N: which part grows with N."""
+    def split(samples):
+        own = sorted(max(0.0, s["window"].get("reconcile_s", 0) - s["window"].get("aws_wait_s", 0))
+                     for s in samples)
+        aws = sorted(s["window"].get("aws_wait_s", 0) for s in samples)
+        mid = len(own) // 2
+        return (own[mid], aws[mid]) if own else (None, None)
+    own, aws = split(samples)
+    small_own, small_aws = split(small["samples"]) if small else (None, None)
+    growth = own / small_own if own and small_own else None
+    return row(f"4-{n}-own", "Per put: reconcile time, credsync's own (and the API server's write) vs "
+               "waiting for AWS, medians", n, own, "s",
+               f"credsync's own at N={small['n'] if small else '-'}", small_own, growth,
+               f"{growth:.2f}x" if growth else "", "-", None,
+               f"waiting for AWS (moto) per put: {fmt_s(aws)} at N={n}, "
+               f"{fmt_s(small_aws)} at N={small['n'] if small else '-'} "
+               "(credsync_aws_request_duration_seconds of the reconcile's calls)")
 
 
 def put_costs(samples: list[dict]) -> tuple[int, int, int, int]:

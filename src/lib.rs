@@ -11,7 +11,8 @@
 //!   [`errors`] (error chains printed whole), [`progress`] and [`text`]
 //!   (outside text made safe to print), used by every layer and depending
 //!   on none;
-//! - adapters: [`credstash`] reads, decrypts and writes the table,
+//! - adapters: [`aws_http`] is every AWS call's HTTP client (one TLS
+//!   stack, each request timed), [`credstash`] reads, decrypts and writes the table,
 //!   [`secretsmanager`] reads AWS Secrets Manager, [`cluster`] reads live
 //!   Secrets, applies, restarts workloads, reviews callers and holds the
 //!   Lease, [`snapshot`] records desired state in git as SOPS files (the
@@ -25,6 +26,7 @@
 //!   triggers, the HTTP server, health and the rollback follower).
 
 pub mod aws_error;
+pub mod aws_http;
 pub mod backoff;
 pub mod cli;
 pub mod cluster;

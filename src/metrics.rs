@@ -35,6 +35,9 @@ pub struct Metrics {
     pub kms_requests: IntCounterVec,
     /// DynamoDB requests by operation (`Scan`, `Query`, `GetItem`).
     pub dynamodb_requests: IntCounterVec,
+    /// Time spent waiting for AWS, by operation (every service): what of a
+    /// reconcile is AWS's (or an emulator's) and what is credsync's own.
+    pub aws_request_duration: prometheus::HistogramVec,
     /// Secrets Manager requests by operation (`ListSecrets`, `BatchGetSecretValue`).
     pub secretsmanager_requests: IntCounterVec,
     /// SQS event messages by outcome (`handled`, `unrecognized`, `retried`),
@@ -262,6 +265,20 @@ impl Metrics {
                         0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
                     ]),
                     &["trigger"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            aws_request_duration: {
+                let h = prometheus::HistogramVec::new(
+                    prometheus::HistogramOpts::new(
+                        "credsync_aws_request_duration_seconds",
+                        "Time from sending an AWS request to its response, by operation.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                    &["operation"],
                 )?;
                 registry.register(Box::new(h.clone()))?;
                 h

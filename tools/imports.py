@@ -18,7 +18,7 @@ import sys
 LAYERS = {
     "domain": ["secret", "source", "manifest", "plan", "labels", "rollout_rules", "rotation",
                "metrics", "backoff", "aws_error", "errors", "text", "progress"],
-    "adapters": ["credstash", "secretsmanager", "cluster", "snapshot"],
+    "adapters": ["aws_http", "credstash", "secretsmanager", "cluster", "snapshot"],
     "application": ["reconcile", "restore", "rollback_requests", "render", "telemetry",
                     "context", "cli", "daemon"],
 }

@@ -75,16 +75,6 @@ pub struct CredstashSource {
     metrics: Arc<Metrics>,
 }
 
-/// The HTTP client of every AWS call (and of the credential providers):
-/// rustls on ring with the system's roots, the crypto the API server's
-/// client uses too. Without it the SDK has no client at all.
-pub fn aws_http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
-}
-
 impl CredstashSource {
     /// Builds clients from the standard AWS configuration chain. Every call
     /// gets a connect timeout and `request_timeout` per attempt, so a frozen
@@ -100,7 +90,7 @@ impl CredstashSource {
             .operation_attempt_timeout(request_timeout)
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(aws_http_client())
+            .http_client(crate::aws_http::aws_http_client(Some(metrics.clone())))
             .timeout_config(timeouts);
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));

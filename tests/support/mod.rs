@@ -253,7 +253,7 @@ impl StandIns {
 
     pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(credsync::credstash::aws_http_client())
+            .http_client(credsync::aws_http::aws_http_client(None))
             .region(aws_config::Region::new(region.to_owned()))
             .endpoint_url(&self.aws_endpoint)
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
