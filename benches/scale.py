@@ -61,11 +61,7 @@ def run_huge(b, n: int, puts: int) -> None:
     huge["one_key"] = b.sync(f"huge-{n}-one-key", table, ["--verbose", *snap])
 
     say(f"N={n}: restart to ready and to converged (`credsync run` with the last snapshot, then a cold start)")
-    warm = b.ready_after_start(f"huge-{n}-run-warm", table, snap)
-    cold = b.ready_after_start(f"huge-{n}-run-cold", table, [])
-    huge["ready"] = {"warm_s": warm["ready_s"], "warm_kms": warm["kms"], "cold_s": cold["ready_s"],
-                     "cold_kms": cold["kms"], "warm_converged_s": warm["converged_s"],
-                     "cold_converged_s": cold["converged_s"], "scan_pass_s": b.s.scan_pass(table, 4)[0]}
+    huge["ready"] = restarts(b, f"huge-{n}", table, snap)
 
     say(f"N={n}: credsync run following the stream: a warm POST /sync, then {puts} puts")
     b.s.enable_stream(table)
@@ -86,6 +82,16 @@ def run_huge(b, n: int, puts: int) -> None:
     # bounds the per-put latency from below (a real DynamoDB Query does not grow with N).
     huge["moto_query_s"] = b.s.query_cost(table, si.item_names(n), k=5)
     b.results["huge"] = huge
+
+
+def restarts(b, label: str, table: str, snap: list[str]) -> dict:
+    """`credsync run` started with the last snapshot, then without: to ready
+    and to converged, the KMS calls of each, and one Scan pass beside them."""
+    warm = b.ready_after_start(f"{label}-run-warm", table, snap)
+    cold = b.ready_after_start(f"{label}-run-cold", table, [])
+    return {"warm_s": warm["ready_s"], "warm_kms": warm["kms"], "cold_s": cold["ready_s"],
+            "cold_kms": cold["kms"], "warm_converged_s": warm["converged_s"],
+            "cold_converged_s": cold["converged_s"], "scan_pass_s": b.s.scan_pass(table, 4)[0]}
 
 
 def wait_for_reconcile(b, port: int, trigger: str, count: int, timeout: float) -> None:
