@@ -25,7 +25,7 @@ use crate::labels::{
     KUBESTASH_V2_VALUE, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MANAGED_KEYS_ANNOTATION,
     MANAGED_SELECTOR, PINNED_ANNOTATION, PINNED_BY_REQUEST_ANNOTATION,
 };
-use crate::manifest::{Manifest, SecretRef};
+use crate::manifest::SecretRef;
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
@@ -427,7 +427,10 @@ impl Cluster {
 
     /// The managed Secrets, plus every Secret the manifest names that is
     /// not managed yet (to create or adopt).
-    pub async fn live_state(&self, manifest: &Manifest) -> Result<LiveState, ClusterError> {
+    pub async fn live_state(
+        &self,
+        desired: &BTreeSet<SecretRef>,
+    ) -> Result<LiveState, ClusterError> {
         let mut state = LiveState::default();
         for api in self.secret_apis() {
             self.list_paged(
@@ -447,9 +450,8 @@ impl Cluster {
         }
         // Desired Secrets not managed yet: to create (404) or to adopt.
         // Bounded, so a first sync of thousands of Secrets does not flood the API.
-        let mut unmanaged: Vec<SecretRef> = manifest
-            .secrets
-            .keys()
+        let mut unmanaged: Vec<SecretRef> = desired
+            .iter()
             .filter(|secret| !state.secrets.contains_key(*secret))
             .cloned()
             .collect();

@@ -173,6 +173,23 @@ impl<I: SourceItem> Selection<I> {
 
     /// Builds the manifest from the decrypted items; failed items and
     /// conflicts become held keys so their live values stay.
+    /// Every Secret the assembled manifest can hold, known before anything
+    /// is decrypted: the live Secrets can be read while decryption runs.
+    pub fn secrets(&self) -> BTreeSet<SecretRef> {
+        let failed = self
+            .failures
+            .iter()
+            .filter_map(|f| self.mapping.map(&f.id.name).ok());
+        self.targets
+            .values()
+            .cloned()
+            .chain(failed)
+            .chain(self.held.iter().cloned())
+            .map(|t| t.secret)
+            .chain(self.conflicts.iter().map(|c| c.secret.clone()))
+            .collect()
+    }
+
     pub fn assemble(self, credentials: Vec<Credential>, failures: Vec<ItemFailure>) -> Manifest {
         let mut manifest = Manifest {
             skipped: self.skipped,
@@ -347,6 +364,58 @@ mod tests {
         assert_eq!(
             m.secrets[&SecretRef::new("ns", "app")].held.get("K"),
             Some(&Hold::Failed)
+        );
+    }
+
+    #[test]
+    fn the_secrets_known_before_decryption_cover_the_manifest() {
+        let filter = NamespaceFilter::parse("", None);
+        let malformed = ItemFailure {
+            id: ItemId {
+                name: "ns/broken/k".into(),
+                version: "0000000000000000001".into(),
+            },
+            reason: "not base64".into(),
+        };
+        let sel = Selection::of(
+            vec![
+                item("ns/app/k"),
+                item("ns/clash/db.pass"),
+                item("ns/clash/DB_PASS"),
+                item("ns/fails/k"),
+                item("other/app/k"),
+            ],
+            vec![malformed],
+            &filter,
+            &existing(&["ns"]),
+            KeyMapping::Credsync,
+        );
+        let known = sel.secrets();
+        let fails = sel
+            .to_decrypt
+            .iter()
+            .find(|i| i.id().name == "ns/fails/k")
+            .map(|i| ItemFailure {
+                id: i.id().clone(),
+                reason: "KMS refused".into(),
+            })
+            .unwrap();
+        let decrypted: Vec<Credential> = sel
+            .to_decrypt
+            .iter()
+            .filter(|i| i.id().name == "ns/app/k")
+            .map(|i| Credential {
+                id: i.id().clone(),
+                value: SecretValue::new(b"v".to_vec()),
+            })
+            .collect();
+        let manifest = sel.assemble(decrypted, vec![fails]);
+        let assembled: BTreeSet<SecretRef> = manifest.secrets.keys().cloned().collect();
+        assert!(assembled.is_subset(&known), "{assembled:?} vs {known:?}");
+        assert_eq!(
+            assembled.len(),
+            4,
+            "app, clash, fails, broken: {assembled:?}"
         );
     }
 

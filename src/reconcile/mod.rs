@@ -321,10 +321,15 @@ impl Reconciler {
         self.progress.step(Step::Decrypting {
             items: to_decrypt.len() as u64,
         });
-        let decrypted = self.source.decrypt(to_decrypt).await;
+        // The live Secrets are read while the values are decrypted: the
+        // reads need only the Secrets' names, which the selection knows.
+        let desired = selection.secrets();
+        let (decrypted, live) = tokio::join!(
+            self.source.decrypt(to_decrypt),
+            self.cluster.live_state(&desired)
+        );
         let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
-        self.progress.step(Step::ReadingCluster);
-        let live = self.cluster.live_state(&manifest).await?;
+        let live = live?;
         tracing::debug!(
             desired = manifest.secrets.len(),
             live = live.secrets.len(),

@@ -51,7 +51,8 @@ impl Reconciler {
     ) -> Result<Planned, ReconcileError> {
         let manifest = Manifest::of_secrets(secrets);
         self.progress.step(Step::ReadingCluster);
-        let mut live = self.cluster.live_state(&manifest).await?;
+        let desired = manifest.secrets.keys().cloned().collect();
+        let mut live = self.cluster.live_state(&desired).await?;
         for secret in live.secrets.values_mut() {
             secret.pinned = None;
         }
