@@ -741,7 +741,7 @@ def exported_metrics() -> set[str]:
     text = (ROOT / "src" / "metrics.rs").read_text()
     names = {"credsync_" + n for n in re.findall(r'\b(?:counter2|counter|plain_counter|gauge)\(\s*"([a-z_]+)"', text)}
     names |= set(re.findall(r'"(credsync_[a-z_]+)"', text))
-    for histogram in re.findall(r'HistogramOpts::new\(\s*"(credsync_[a-z_]+)"', text):
+    for histogram in re.findall(r'(?:HistogramOpts::new|\bhistogram)\(\s*"(credsync_[a-z_]+)"', text):
         names |= {histogram + suffix for suffix in ("_bucket", "_sum", "_count")}
     return names
 
