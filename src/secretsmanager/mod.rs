@@ -394,11 +394,19 @@ impl SecretsManagerSource {
                 .send()
                 .await
                 .map_err(|err| self.error(AwsError::from_sdk(&err)))?;
+            // Every listed ARN is the caller's own: one per page is enough.
+            if let Some(arn) = page
+                .secret_list
+                .iter()
+                .flatten()
+                .find_map(|e| e.arn.as_deref())
+            {
+                self.learn_account(arn);
+            }
             for entry in page.secret_list.unwrap_or_default() {
                 let (Some(arn), Some(name)) = (entry.arn, entry.name) else {
                     continue;
                 };
-                self.learn_account(&arn);
                 let found = Found {
                     arn,
                     name,
