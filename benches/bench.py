@@ -52,6 +52,7 @@ try:
     import figures  # noqa: E402
     import rotations  # noqa: E402
     import scale  # noqa: E402
+    import sm_events  # noqa: E402
     import standins as si  # noqa: E402
 except ImportError as err:  # boto3 lives in the project's venv
     sys.exit(f"error: {err}; run with .venv/bin/python (just setup installs it)")
@@ -65,9 +66,9 @@ DEBOUNCE = 1.0  # credsync run's default --debounce
 MIB = 1024 * 1024
 
 FULL = dict(cold_ns=[1000, 5000], cold_reps=3, getall_reps={1000: 3, 5000: 1}, warm_reps=5,
-            stream_n=1000, puts=50, big_n=10000, huge_n=100000, huge_puts=50, build=True)
+            stream_n=1000, puts=50, big_n=10000, huge_n=100000, huge_puts=50, sm_ns=[1000, 10000], build=True)
 QUICK = dict(cold_ns=[100], cold_reps=2, getall_reps={100: 2}, warm_reps=3,
-             stream_n=100, puts=5, big_n=100, huge_n=200, huge_puts=3, build=False)
+             stream_n=100, puts=5, big_n=100, huge_n=200, huge_puts=3, sm_ns=[50, 150], build=False)
 
 
 def say(msg: str) -> None:
@@ -111,6 +112,7 @@ class Bench:
         self.credsync_logs: list[Path] = []
         self.cold_runs: dict[int, list[dict]] = {}
         self.query_cost: dict[int, float] = {}
+        self.profiling_built = False
 
     # ---- credsync runs ------------------------------------------------------
 
@@ -128,7 +130,8 @@ class Bench:
         and the CPU the emulators spent meanwhile."""
         log = self.logs / f"{label}.log"
         out = self.logs / f"{label}.plan.txt"
-        argv = [CREDSYNC, "--kms-concurrency", str(KMS_CONCURRENCY), *extra, "sync"]
+        argv = [self.profiling_binary() if profile else CREDSYNC, "--kms-concurrency", str(KMS_CONCURRENCY),
+                *extra, "sync"]
         if profile:
             argv = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g",
                     "-o", self.profile_dir / "perf.data", "--", *argv]
@@ -159,6 +162,19 @@ class Bench:
             "_timed": timed,
             "_log": log,
         }
+
+    def profiling_binary(self) -> Path:
+        """The release code with symbols (Cargo profile `profiling`), built
+        once, for perf and massif; the debug build when checking the harness."""
+        if self.build != "release":
+            return CREDSYNC
+        binary = si.TARGET_DIR / "profiling" / "credsync"
+        if not self.profiling_built:
+            say("building credsync with the `profiling` profile (release code, symbols) for the profiles")
+            subprocess.run(["cargo", "build", "--profile", "profiling", "--locked", "--quiet", "-p", "credsync",
+                            "--bin", "credsync"], cwd=si.ROOT, check=True)
+            self.profiling_built = True
+        return binary
 
     def getall(self, table: str, n: int) -> dict:
         moto0 = self.s.moto_cpu()
@@ -515,7 +531,7 @@ class Bench:
         out = self.profile_dir / "massif.out"
         self.s.start_kube()
         argv = ["valgrind", "--tool=massif", f"--massif-out-file={out}", "--depth=40", "--threshold=0.5",
-                CREDSYNC, "sync"]
+                self.profiling_binary(), "sync"]
         log = self.logs / f"massif-cold-{n}.log"
         with open(log, "wb") as err:
             timed, _ = self.s.timed(argv, self.env(table), stderr=err)
@@ -547,13 +563,15 @@ class Bench:
         for key in ("plain", "snapshot_first", "restart", "one_key"):
             self.results["huge"][key]["phases"] = phases(self.results["huge"][key])
         rotations.run(self)
+        sm_events.run(self, cfg["sm_ns"])
         if cfg["build"]:
             scale.run_build(self)
         rows = build_rows(self)
         if any(r["pass"] is False for r in rows):
             self.profile(tables[max(cfg["cold_ns"])], max(cfg["cold_ns"]))
-        if any(r["id"] == "5" and r["pass"] is False for r in rows):
-            self.heap_profile(tables[min(cfg["cold_ns"])], min(cfg["cold_ns"]))
+        if any(r["id"].startswith("5") and r["pass"] is False for r in rows):
+            # At the N of row 5 (the table row_big seeded), whose peak is the target.
+            self.heap_profile(f"bench-{cfg['big_n']}", cfg["big_n"])
         leaks = sum(self.s.leaks_in(p.read_text(errors="replace")) for p in self.credsync_logs if p.exists())
         busy = cpu_busy()
         self.results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -808,7 +826,8 @@ def build_rows(b: Bench) -> list[dict]:
                     "files", "files in the snapshot", g["files_in_snapshot"], None, "", "1 file",
                     g["last_commit_files"] == 1, ""))
     big["peak_rss_max_mib"] = rss
-    return rows + scale.rows(b, row, fmt_s, percentile) + rotations.rows(b, row, fmt_s, median)
+    return (rows + scale.rows(b, row, fmt_s, percentile) + rotations.rows(b, row, fmt_s, median)
+            + sm_events.rows(b, row))
 
 
 def machine() -> dict:
@@ -1113,7 +1132,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "target" / "bench"), help="report directory")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work directory")
     parser.add_argument("--cold-n", type=int, default=5000, help="N of `--only cold`")
-    parser.add_argument("--only", choices=["rotations", "cold"],
+    parser.add_argument("--only", choices=["rotations", "cold", "sm-events"],
                         help="run only these rows and print them (no report.md): a quick look at one part")
     parser.add_argument("--build", choices=["release", "debug"], default="release",
                         help="which cargo build to run (debug: only to check the harness, figures mean little)")
@@ -1156,12 +1175,17 @@ def main() -> int:
     if args.only:
         try:
             bench.s.start_moto()
-            rotations.run(bench)
-            for r in rotations.rows(bench, row, fmt_s, median):
+            if args.only == "sm-events":
+                sm_events.run(bench, bench.cfg["sm_ns"])
+                found = sm_events.rows(bench, row)
+            else:
+                rotations.run(bench)
+                found = rotations.rows(bench, row, fmt_s, median)
+            for r in found:
                 print(f"| {r['id']} | {r['measure']} | {cell(r['value'], r['unit'])} | {r['baseline']}: "
                       f"{cell(r['baseline_value'], r['unit'])} | {r['ratio_text']} | {r['target']} | "
                       f"{'PASS' if r['pass'] else 'FAIL'} |")
-            (bench.out / "rotations.json").write_text(json.dumps(clean(bench.results), indent=2) + "\n")
+            (bench.out / f"{args.only}.json").write_text(json.dumps(clean(bench.results), indent=2) + "\n")
         finally:
             bench.close()
         return 0

@@ -119,6 +119,47 @@ async fn one_key_change_among_50_touches_one_file_and_only_its_lines() {
     assert!(changed.iter().any(|l| l.contains("mac:")), "{diff}");
 }
 
+/// A commit of more files than a targeted checkout takes is checked out on a
+/// thread beside the writes to the cluster; the process still ends with the
+/// work tree showing the commit, and the next commit's checkout follows it.
+#[tokio::test]
+async fn a_large_snapshot_still_leaves_a_whole_work_tree() {
+    let s = Snap::start(&["ns"]).await;
+    s.env.put("ns/seed/key", "wide-snapshot-value");
+    let names: Vec<String> = (0..300).map(|i| format!("ns/app-{i:03}/key")).collect();
+    s.env.copy_item("ns/seed/key", &names).await;
+    // The cluster already right: the process ends as soon as it committed,
+    // while its checkout may still run.
+    let plain = s.env.credsync(&["--cluster-name", "test", "sync"]);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("snapshot committed"), "{}", run.stderr);
+    assert_eq!(
+        s.git(&["status", "--porcelain"]).trim(),
+        "",
+        "the work tree matches the commit"
+    );
+    let on_disk = std::fs::read_dir(s.repo.join("test/ns")).unwrap().count();
+    assert_eq!(on_disk, 301, "one file per Secret in the work tree");
+
+    // A process killed during that checkout leaves the index before it (and
+    // some files): the next commit, of one file, checks out the whole tree.
+    s.git(&["read-tree", "--empty"]);
+    std::fs::remove_dir_all(s.repo.join("test")).unwrap();
+    s.env.put("ns/app-007/key", "wide-snapshot-value-rotated");
+    let run = s.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(s.git(&["status", "--porcelain"]).trim(), "");
+    assert_eq!(
+        std::fs::read_dir(s.repo.join("test/ns")).unwrap().count(),
+        301
+    );
+    let file = std::fs::read_to_string(s.repo.join("test/ns/app-007.yaml")).unwrap();
+    assert_eq!(file, s.git(&["show", "HEAD:test/ns/app-007.yaml"]));
+    assert_ne!(file, s.git(&["show", "HEAD~1:test/ns/app-007.yaml"]));
+}
+
 #[tokio::test]
 async fn rollback_restores_pins_and_unpin_resumes() {
     let s = Snap::start(&["app"]).await;

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
+use git2::build::TreeUpdateBuilder;
 use git2::{ErrorCode, FileMode, Oid, Repository, Signature};
 
 use super::remote::{self, PushOutcome, RemoteConfig};
 mod changes;
+mod checkout;
 mod error;
 mod read;
 mod recorded;
@@ -25,7 +26,7 @@ mod seal;
 mod trust;
 mod warm;
 
-use super::{BRANCH, worktree};
+use super::BRANCH;
 use crate::labels::{SOURCES_ANNOTATION, parse_sources};
 use crate::manifest::{DesiredSecret, SecretRef};
 use crate::metrics::Metrics;
@@ -40,9 +41,6 @@ use sops_age::{Identities, Outline, Recipients};
 use trust::Restored;
 pub use warm::WarmError;
 use warm::{FileValues, WarmCache};
-
-/// Commits that change at most this many files check out only those.
-const TARGETED_CHECKOUT_PATHS: usize = 256;
 
 /// An index.lock older than this was left by a killed process.
 const STALE_LOCK: Duration = Duration::from_secs(60);
@@ -93,6 +91,8 @@ pub struct SnapshotStore {
     config: StoreConfig,
     /// Set while a work-tree refresh has not completed: the next one is whole.
     work_tree_behind: std::sync::atomic::AtomicBool,
+    /// A whole checkout running on its own thread (see `checkout.rs`).
+    pending_checkout: Mutex<Option<checkout::Pending>>,
     /// The commit that wrote each request file seen, and the HEAD it was
     /// checked at: later reads walk only the commits since.
     origins: Mutex<requests::OriginCache>,
@@ -153,11 +153,15 @@ impl SnapshotStore {
             remote::ensure_origin(&repo, remote)
                 .map_err(|e| git_error(path, "configuring the remote", e))?;
         }
+        let behind = checkout::index_behind(&repo);
         Ok(Self {
             repo: Mutex::new(repo),
             config,
-            // Trusted at start: only changed paths are written (and checked for links).
-            work_tree_behind: std::sync::atomic::AtomicBool::new(false),
+            // Trusted at start unless the index lags HEAD: then the first
+            // refresh is whole; otherwise only changed paths are written
+            // (and checked for links).
+            work_tree_behind: std::sync::atomic::AtomicBool::new(behind),
+            pending_checkout: Mutex::new(None),
             origins: Mutex::new(Default::default()),
             verified: Mutex::new(Default::default()),
         })
@@ -230,45 +234,7 @@ impl SnapshotStore {
             .find_commit(target)
             .and_then(|c| c.tree())
             .map_err(|e| self.err("reading the new tree", e))?;
-        self.refresh_work_tree(repo, &tree, None)
-    }
-
-    /// Makes the work tree show `tree` (HEAD's), after removing any link
-    /// that would lead a checkout outside the repository. With `changed`
-    /// (the files a commit wrote or removed), only those are checked out:
-    /// a one-key commit among 50,000 files then costs a few file writes,
-    /// not a stat of every file. After a refresh that failed, the next one
-    /// covers the whole tree again.
-    fn refresh_work_tree(
-        &self,
-        repo: &Repository,
-        tree: &git2::Tree<'_>,
-        changed: Option<&[String]>,
-    ) -> Result<(), SnapshotError> {
-        use std::sync::atomic::Ordering;
-        // libgit2 matches each path against every file: past a few hundred
-        // paths a whole checkout is cheaper.
-        let changed = changed
-            .filter(|paths| paths.len() <= TARGETED_CHECKOUT_PATHS)
-            .filter(|_| !self.work_tree_behind.load(Ordering::Relaxed));
-        self.work_tree_behind.store(true, Ordering::Relaxed);
-        let removed = match (changed, repo.workdir()) {
-            (Some(paths), Some(workdir)) => worktree::remove_stray_links_on(tree, workdir, paths),
-            _ => worktree::remove_stray_links(repo, tree),
-        };
-        removed.map_err(|e| self.err("removing a symbolic link from the work tree", e))?;
-        let mut checkout = CheckoutBuilder::new();
-        checkout.force().remove_untracked(false);
-        if let Some(paths) = changed {
-            checkout.disable_pathspec_match(true);
-            for path in paths {
-                checkout.path(path);
-            }
-        }
-        repo.checkout_head(Some(&mut checkout))
-            .map_err(|e| self.err("updating the work tree", e))?;
-        self.work_tree_behind.store(false, Ordering::Relaxed);
-        Ok(())
+        self.refresh_work_tree(repo, &tree, None, false)
     }
 
     /// Runs a repository operation off the async runtime's worker threads:
@@ -574,7 +540,7 @@ impl SnapshotStore {
             .map_err(|e| self.err("pointing HEAD at the branch", e))?;
         // The commit is published; a work tree that cannot be refreshed now
         // is refreshed by the next write.
-        if let Err(e) = self.refresh_work_tree(repo, &tree, changed) {
+        if let Err(e) = self.refresh_work_tree(repo, &tree, changed, true) {
             tracing::warn!(error = %crate::errors::Chain(&e), "snapshot committed, but the work tree was not refreshed");
         }
         let commit = repo
@@ -586,6 +552,7 @@ impl SnapshotStore {
     /// Refuses to write while another git process holds the index, and
     /// removes a lock a killed process left behind.
     fn check_lock(&self, repo: &Repository) -> Result<(), SnapshotError> {
+        self.finish_checkout();
         let lock = repo.path().join("index.lock");
         let Ok(meta) = std::fs::metadata(&lock) else {
             return Ok(());
