@@ -38,7 +38,7 @@ test-chart: setup build
 demo: setup build
     PATH="{{venv}}/bin:$PATH" bash tests/demo.sh
 
-# Benchmarks (release build): writes target/bench/report.md and report.json (about 19 min from a fresh clone, 12 once built).
+# Benchmarks (release build): writes target/bench/report.md and report.json (about 90 min on two cores with N = 100,000).
 bench: setup
     cargo build --release --quiet -p credsync -p control-plane
     "{{venv}}/bin/python" benches/bench.py --out target/bench

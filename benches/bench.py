@@ -235,12 +235,7 @@ class Bench:
         proc, port, _, ready_s = self.daemon(label, table, ["--no-stream", "--no-drift-repair",
                                                             "--reconcile-timeout", "3600s", *extra])
         try:
-            key = 'credsync_reconcile_duration_seconds_count{trigger="startup"}'
-            deadline = time.monotonic() + 1800
-            while self.metrics(port).get(key, 0) < 1:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{label}: no start-up reconcile finished")
-                time.sleep(0.05)
+            self.wait_startup(proc, port, label)
             converged_s = time.perf_counter() - proc.started_at
             m = self.metrics(port)
             startup_ok = sum(v for k, v in m.items() if k.startswith("credsync_reconciles_by_trigger_total")
@@ -251,6 +246,15 @@ class Bench:
         finally:
             self.s.stop(proc)
         return {"ready_s": ready_s, "converged_s": converged_s, "kms": kms}
+
+    def wait_startup(self, proc, port: int, label: str) -> None:
+        """Until the daemon's start-up reconcile has finished (30 min at most)."""
+        key = 'credsync_reconcile_duration_seconds_count{trigger="startup"}'
+        deadline = time.monotonic() + 1800
+        while self.metrics(port).get(key, 0) < 1:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{label}: no start-up reconcile finished")
+            time.sleep(0.05)
 
     def metrics(self, port: int) -> dict[str, float]:
         code, text = si.http(port, "GET", "/metrics")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 
 import standins as si
@@ -77,15 +76,9 @@ def one_n(b, n: int, sm, sqs, queue: str) -> dict:
         "--source", "secretsmanager", "--events-queue", queue, "--no-drift-repair",
         "--reconcile-timeout", "3600s"])
     try:
-        startup = 'credsync_reconcile_duration_seconds_count{trigger="startup"}'
-        deadline = time.monotonic() + 1800
-        while b.metrics(port).get(startup, 0) < 1:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sm-events-{n}: no start-up reconcile; see {log}")
-            time.sleep(0.1)
+        b.wait_startup(proc, port, f"sm-events-{n} (see {log})")
         time.sleep(1.0)
         before = b.metrics(port)
-        changed = []
         t0 = time.perf_counter()
         for k in range(EVENTS):
             i = (k * 7919) % n
@@ -94,7 +87,6 @@ def one_n(b, n: int, sm, sqs, queue: str) -> dict:
             s.values.append(value)
             sm.put_secret_value(SecretId=name, SecretString=json.dumps({"TOKEN": value}))
             sqs.send_message(QueueUrl=queue, MessageBody=cloudtrail_event("PutSecretValue", name))
-            changed.append((name, value))
             ns, secret = name.split("/")
             wait_value(kube, ns, secret, value, log)
         wall = time.perf_counter() - t0
