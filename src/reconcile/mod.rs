@@ -3,7 +3,7 @@
 //! Every trigger (the CLI, and later streams, schedules and HTTP) goes
 //! through [`Reconciler`], so they all share the KMS cache and the counters.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
@@ -21,7 +21,9 @@ mod authors;
 use authors::Authored;
 mod rollback;
 mod rollouts;
+mod table_index;
 mod targeted;
+use table_index::TableIndex;
 pub use targeted::Changed;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,11 +119,6 @@ pub struct Reconciler {
 
 /// One name's latest version from a Query: absent, unreadable, or an item.
 type QueryResult = Result<Option<Result<RawItem, ItemFailure>>, SourceError>;
-
-struct TableIndex {
-    items: HashMap<String, RawItem>,
-    namespaces: BTreeSet<String>,
-}
 
 fn poisoned() -> ReconcileError {
     ReconcileError::Internal(
@@ -298,14 +295,11 @@ impl Reconciler {
         if self.keep_index
             && let Ok(mut index) = self.index.lock()
         {
-            *index = Some(TableIndex {
-                items: scanned
-                    .latest
-                    .iter()
-                    .map(|i| (i.id.name.clone(), i.clone()))
-                    .collect(),
-                namespaces: namespaces.clone(),
-            });
+            *index = Some(TableIndex::new(
+                &scanned.latest,
+                namespaces.clone(),
+                self.mapping,
+            ));
         }
         let mut selection = Selection::of(
             scanned.latest,

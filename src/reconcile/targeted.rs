@@ -99,25 +99,12 @@ impl Reconciler {
             };
             for (name, found) in queried {
                 match found? {
-                    Some(Ok(item)) => {
-                        index.items.insert(name, item);
-                    }
+                    Some(Ok(item)) => index.insert(name, item, self.mapping),
                     Some(Err(failure)) => malformed.push(failure),
-                    None => {
-                        index.items.remove(&name);
-                    }
+                    None => index.remove(&name, self.mapping),
                 }
             }
-            index
-                .items
-                .values()
-                .filter(|item| {
-                    self.mapping
-                        .map(&item.id.name)
-                        .is_ok_and(|t| affected.contains(&t.secret))
-                })
-                .cloned()
-                .collect()
+            index.items_of(&affected)
         };
         let mut selection =
             Selection::of(items, malformed, &self.filter, &namespaces, self.mapping);
@@ -160,17 +147,7 @@ impl Reconciler {
         let Some(index) = guard.as_ref() else {
             return ScopeNames::NotIndexed;
         };
-        let names: BTreeSet<String> = index
-            .items
-            .keys()
-            .filter(|name| {
-                self.mapping.map(name).is_ok_and(|t| match secret {
-                    Some(secret) => &t.secret == secret,
-                    None => t.secret.namespace == namespace,
-                })
-            })
-            .cloned()
-            .collect();
+        let names = index.names_in(namespace, secret);
         if names.is_empty() {
             ScopeNames::Nothing
         } else {
