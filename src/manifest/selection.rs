@@ -171,8 +171,6 @@ impl<I: SourceItem> Selection<I> {
         }
     }
 
-    /// Builds the manifest from the decrypted items; failed items and
-    /// conflicts become held keys so their live values stay.
     /// Every Secret the assembled manifest can hold, known before anything
     /// is decrypted: the live Secrets can be read while decryption runs.
     pub fn secrets(&self) -> BTreeSet<SecretRef> {
@@ -190,6 +188,8 @@ impl<I: SourceItem> Selection<I> {
             .collect()
     }
 
+    /// Builds the manifest from the decrypted items; failed items and
+    /// conflicts become held keys so their live values stay.
     pub fn assemble(self, credentials: Vec<Credential>, failures: Vec<ItemFailure>) -> Manifest {
         let mut manifest = Manifest {
             skipped: self.skipped,

@@ -1,20 +1,20 @@
 //! The last full read of the table, kept for targeted reconciles.
 //!
 //! A stream or queue event names a few items; the Secrets they map to need
-//! all their items, not only the changed ones. Items are kept by name and,
-//! beside that, by the Secret each maps to, so finding a Secret's items
-//! costs a lookup instead of mapping every name of the table (at 100,000
-//! items that walk was most of credsync's own time per put).
+//! all their items, not only the changed ones. Items are kept by the Secret
+//! each maps to, so finding a Secret's items costs a lookup instead of
+//! mapping every name of the table (at 100,000 items that walk was most of
+//! credsync's own time per put).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::credstash::RawItem;
 use crate::manifest::{KeyMapping, SecretRef};
 
 pub(super) struct TableIndex {
-    items: HashMap<String, RawItem>,
-    /// Names by the Secret they map to; names that map nowhere are absent.
-    by_secret: BTreeMap<SecretRef, BTreeSet<String>>,
+    /// Items by the Secret their name maps to, then by name. A name that
+    /// maps to no Secret is left out: no reconcile could use it.
+    by_secret: BTreeMap<SecretRef, BTreeMap<String, RawItem>>,
     pub(super) namespaces: BTreeSet<String>,
 }
 
@@ -25,7 +25,6 @@ impl TableIndex {
         mapping: KeyMapping,
     ) -> Self {
         let mut index = Self {
-            items: HashMap::with_capacity(items.len()),
             by_secret: BTreeMap::new(),
             namespaces,
         };
@@ -41,21 +40,18 @@ impl TableIndex {
             self.by_secret
                 .entry(target.secret)
                 .or_default()
-                .insert(name.clone());
+                .insert(name, item);
         }
-        self.items.insert(name, item);
     }
 
     /// Forgets `name` (it is no longer in the table).
     pub(super) fn remove(&mut self, name: &str, mapping: KeyMapping) {
-        if self.items.remove(name).is_none() {
+        let Ok(target) = mapping.map(name) else {
             return;
-        }
-        if let Ok(target) = mapping.map(name)
-            && let Some(names) = self.by_secret.get_mut(&target.secret)
-        {
-            names.remove(name);
-            if names.is_empty() {
+        };
+        if let Some(items) = self.by_secret.get_mut(&target.secret) {
+            items.remove(name);
+            if items.is_empty() {
                 self.by_secret.remove(&target.secret);
             }
         }
@@ -66,8 +62,7 @@ impl TableIndex {
         secrets
             .iter()
             .filter_map(|secret| self.by_secret.get(secret))
-            .flatten()
-            .filter_map(|name| self.items.get(name))
+            .flat_map(BTreeMap::values)
             .cloned()
             .collect()
     }
@@ -75,12 +70,18 @@ impl TableIndex {
     /// The names that map into `namespace`, or into `secret` when given.
     pub(super) fn names_in(&self, namespace: &str, secret: Option<&SecretRef>) -> BTreeSet<String> {
         match secret {
-            Some(secret) => self.by_secret.get(secret).cloned().unwrap_or_default(),
+            Some(secret) => self
+                .by_secret
+                .get(secret)
+                .into_iter()
+                .flat_map(BTreeMap::keys)
+                .cloned()
+                .collect(),
             None => self
                 .by_secret
                 .iter()
                 .filter(|(secret, _)| secret.namespace == namespace)
-                .flat_map(|(_, names)| names.iter().cloned())
+                .flat_map(|(_, items)| items.keys().cloned())
                 .collect(),
         }
     }
