@@ -697,3 +697,76 @@ async fn a_first_sync_of_many_secrets_lists_names_once_instead_of_a_get_each() {
     assert_eq!(adopted["KEY"], b"bulk-seed-value");
     assert!(env.secret_data("bulk", "app-099").await.is_some());
 }
+
+/// Without a snapshot to commit first, a Secret is written as soon as its
+/// items are decrypted (in rounds of the apply's 8 writes): the writes of
+/// a cold sync hide behind the KMS calls of the other Secrets instead of
+/// waiting for the last one.
+#[tokio::test]
+async fn secrets_are_written_while_another_is_still_with_kms() {
+    let env = StandIns::start(&["team-a"]).await;
+    let early: Vec<String> = (1..=8).map(|i| format!("app-{i}")).collect();
+    for name in &early {
+        env.put(
+            &format!("team-a/{name}/token"),
+            &format!("early-{name}-value"),
+        );
+    }
+    env.put("team-a/zz-held/token", "held-token-value");
+    // One KMS call at a time, in Secret order: the ninth Decrypt is the
+    // last Secret's item, and the relay holds it back.
+    let hold = support::kms_hold::KmsHold::start(&env.aws_endpoint, 9);
+    let run = {
+        let (env, kms) = (env.clone(), hold.url.clone());
+        tokio::task::spawn_blocking(move || {
+            env.credsync_env(
+                &["--kms-concurrency", "1", "sync"],
+                &[("AWS_ENDPOINT_URL_KMS", &kms)],
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !hold.holding() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ninth Decrypt never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut written_meanwhile = Vec::new();
+    while written_meanwhile.len() < early.len() && std::time::Instant::now() < deadline {
+        written_meanwhile.clear();
+        for name in &early {
+            if let Some(data) = env.secret_data("team-a", name).await {
+                written_meanwhile.push((name.clone(), data));
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let held_meanwhile = env.secret_data("team-a", "zz-held").await;
+    hold.release();
+    let run = run.await.unwrap();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        written_meanwhile.len(),
+        early.len(),
+        "every Secret whose item was decrypted is written while the last item is with KMS"
+    );
+    for (name, data) in &written_meanwhile {
+        assert_eq!(data["TOKEN"], bytes(&format!("early-{name}-value")));
+    }
+    assert!(
+        held_meanwhile.is_none(),
+        "zz-held written before its value was decrypted"
+    );
+    let held = env.secret_data("team-a", "zz-held").await.unwrap();
+    assert_eq!(held["TOKEN"], bytes("held-token-value"));
+    // Each is reported, and written, once.
+    assert!(run.stdout.contains("9 to create"), "{}", run.stdout);
+    let writes: Vec<String> = env
+        .secret_writes()
+        .iter()
+        .map(|w| format!("{} {}", w.verb, w.request_uri))
+        .collect();
+    assert_eq!(writes.len(), 9, "{writes:?}");
+}

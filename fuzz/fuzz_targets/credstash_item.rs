@@ -57,7 +57,7 @@ fuzz_target!(|item: Item| {
             attributes.insert(name.to_owned(), attr.value());
         }
     }
-    let Ok(raw) = RawItem::from_attributes(&attributes) else {
+    let Ok(raw) = RawItem::from_attributes(attributes) else {
         return;
     };
     let Ok(envelope) = Envelope::decode(&raw.key, &raw.contents, &raw.hmac, &raw.digest) else {

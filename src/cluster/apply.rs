@@ -175,6 +175,28 @@ fn restart_reasons(written: &[SecretChange], manifest: &Manifest) -> BTreeMap<Se
         .collect()
 }
 
+/// Writes made before the whole plan was known (each Secret as soon as its
+/// items were decrypted): the apply that follows skips those Secrets and
+/// reports these writes with its own.
+#[derive(Default)]
+pub struct EarlyWrites {
+    refused: RefusedEvents,
+    done: std::sync::Mutex<Vec<WriteResult>>,
+}
+
+type WriteResult = (SecretRef, Result<Option<SecretChange>, WriteError>);
+
+impl EarlyWrites {
+    /// How many Secrets were written (or tried) so far.
+    pub fn len(&self) -> usize {
+        self.done.lock().map(|done| done.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 enum Attempt {
     Done,
     /// The Secret moved under us: re-read and re-plan.
@@ -182,31 +204,62 @@ enum Attempt {
 }
 
 impl Cluster {
-    /// Applies every change of `plan`; one Secret's failure does not stop the others.
+    /// Writes one Secret ahead of its plan (`change` is what the plan will
+    /// say of it); `early` keeps the outcome for [`Cluster::apply`].
+    pub async fn write_early(
+        &self,
+        change: SecretChange,
+        desired: DesiredSecret,
+        live: Option<LiveSecret>,
+        options: &ApplyOptions,
+        early: &EarlyWrites,
+    ) {
+        let secret = change.secret.clone();
+        let result = self
+            .apply_one(change, Some(&desired), live, options, &early.refused)
+            .await;
+        // A lost result (poisoned lock) only means the apply writes the
+        // Secret again: it re-reads it on the conflict and finds it right.
+        if let Ok(mut done) = early.done.lock() {
+            done.push((secret, result));
+        }
+    }
+
+    /// Applies every change of `plan` but those `early` wrote already; one
+    /// Secret's failure does not stop the others.
     pub async fn apply(
         &self,
         plan: &Plan,
         manifest: &Manifest,
         live: &LiveState,
         options: &ApplyOptions,
+        early: EarlyWrites,
     ) -> ApplyOutcome {
-        let refused_events = RefusedEvents::default();
+        let refused_events = early.refused;
+        let mut results = early.done.into_inner().unwrap_or_else(|p| p.into_inner());
+        let written_early: BTreeSet<SecretRef> =
+            results.iter().map(|(secret, _)| secret.clone()).collect();
         // Futures are made as slots free up, not all at once: at 10000
         // changes, holding every pending write at once costs tens of MiB.
-        let results: Vec<(SecretRef, Result<Option<SecretChange>, WriteError>)> =
-            // (Owned items: a closure taking a reference would make the
-            // reconcile future !Send for tokio::spawn, rust-lang/rust#102211.)
-            futures::stream::iter(plan.changes.iter().cloned())
-                .map(|change| {
-                    let desired = manifest.secrets.get(&change.secret);
-                    let live = live.secrets.get(&change.secret).cloned();
-                    let secret = change.secret.clone();
-                    let write = self.apply_one(change, desired, live, options, &refused_events);
-                    async move { (secret, write.await) }
-                })
-                .buffer_unordered(options.concurrency.max(1))
-                .collect()
-                .await;
+        // (Owned items: a closure taking a reference would make the
+        // reconcile future !Send for tokio::spawn, rust-lang/rust#102211.)
+        let to_write = plan
+            .changes
+            .iter()
+            .cloned()
+            .filter_map(|change| (!written_early.contains(&change.secret)).then_some(change));
+        let now: Vec<WriteResult> = futures::stream::iter(to_write)
+            .map(|change| {
+                let desired = manifest.secrets.get(&change.secret);
+                let live = live.secrets.get(&change.secret).cloned();
+                let secret = change.secret.clone();
+                let write = self.apply_one(change, desired, live, options, &refused_events);
+                async move { (secret, write.await) }
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+        results.extend(now);
         let mut outcome = ApplyOutcome::default();
         for (secret, result) in results {
             match result {

@@ -114,13 +114,15 @@ impl Decryptor {
         }
     }
 
-    /// Decrypts every item, at most `concurrency` KMS calls at once.
-    pub async fn open_all(&self, items: Vec<RawItem>) -> Vec<Result<Credential, ItemFailure>> {
+    /// Decrypts every item, at most `concurrency` KMS calls at once, each
+    /// handed on as soon as it is done.
+    pub fn open_each(
+        &self,
+        items: Vec<RawItem>,
+    ) -> impl futures::Stream<Item = Result<Credential, ItemFailure>> + Send + '_ {
         futures::stream::iter(items)
             .map(|item| self.open(item))
             .buffer_unordered(self.concurrency)
-            .collect()
-            .await
     }
 
     /// Decrypts one item with KMS and checks its HMAC, whatever a snapshot

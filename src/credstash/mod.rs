@@ -14,6 +14,8 @@ mod write;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 
@@ -190,10 +192,20 @@ impl CredstashSource {
         self.kms.remember(values)
     }
 
+    /// Decrypts `items` (cached ones cost no KMS call), handing each on as
+    /// soon as it is done: a reconcile writes a Secret once its items are.
+    pub fn decrypt_each(
+        &self,
+        items: Vec<RawItem>,
+    ) -> impl futures::Stream<Item = Result<Credential, ItemFailure>> + Send + '_ {
+        self.kms.open_each(items)
+    }
+
     /// Decrypts `items` (cached ones cost no KMS call).
     pub async fn decrypt(&self, items: Vec<RawItem>) -> Decrypted {
         let mut out = Decrypted::default();
-        for result in self.kms.open_all(items).await {
+        let results: Vec<_> = self.decrypt_each(items).collect().await;
+        for result in results {
             match result {
                 Ok(credential) => out.credentials.push(credential),
                 Err(failure) => out.failures.push(failure),

@@ -1,12 +1,14 @@
 //! From table names to desired Secrets (SPEC 2): the types a plan is made
 //! of, and, one concern each, `mapping` (names to Secret keys), `filter`
 //! (which namespaces credsync writes) and `selection` (what is worth a KMS
-//! call, and the [`Manifest`] built from what was decrypted).
+//! call) and `assembly` (the [`Manifest`] built as items are decrypted).
 
+mod assembly;
 mod filter;
 mod mapping;
 mod selection;
 
+pub use assembly::Assembly;
 pub use filter::{DEFAULT_NAMESPACE_EXCLUDE, NamespaceFilter};
 pub use mapping::{
     KeyMapping, MappingError, is_dns1123_label, is_dns1123_subdomain, map_name, normalize_key,

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::assembly::Assembly;
 use super::{
-    Conflict, DesiredKey, Failed, Hold, KeyMapping, Manifest, NamespaceFilter, Ready, SecretRef,
-    Skip, Target,
+    Conflict, Failed, KeyMapping, Manifest, NamespaceFilter, Ready, SecretRef, Skip, Target,
 };
 use crate::source::{Credential, ItemFailure, ItemId, SourceItem};
 
@@ -191,56 +191,47 @@ impl<I: SourceItem> Selection<I> {
     /// Builds the manifest from the decrypted items; failed items and
     /// conflicts become held keys so their live values stay.
     pub fn assemble(self, credentials: Vec<Credential>, failures: Vec<ItemFailure>) -> Manifest {
-        let mut manifest = Manifest {
+        let mut assembly = self.into_assembly();
+        for credential in credentials {
+            assembly.add(Ok(credential));
+        }
+        for failure in failures {
+            assembly.add(Err(failure));
+        }
+        assembly.finish()
+    }
+
+    /// The manifest to build item by item as decryption goes on: what needs
+    /// no KMS call (other sources' values, failures, held keys, conflicts)
+    /// is in already.
+    pub fn into_assembly(self) -> Assembly {
+        let manifest = Manifest {
             skipped: self.skipped,
             filter: self.filter,
             existing: self.existing,
             ..Manifest::default()
         };
-        for credential in credentials.into_iter().chain(self.ready) {
-            if let Some(target) = self.targets.get(&credential.id) {
-                manifest
-                    .secrets
-                    .entry(target.secret.clone())
-                    .or_default()
-                    .keys
-                    .insert(
-                        target.key.clone(),
-                        DesiredKey {
-                            value: credential.value,
-                            source: credential.id,
-                        },
-                    );
-            }
+        let mut assembly = Assembly::new(
+            manifest,
+            self.targets,
+            self.mapping,
+            self.held,
+            self.conflicts,
+        );
+        for credential in self.ready {
+            assembly.add(Ok(credential));
         }
-        for failure in self.failures.into_iter().chain(failures) {
-            let target = self.targets.get(&failure.id).cloned();
-            // A malformed item was never selected; hold its key all the same.
-            let target = target.or_else(|| self.mapping.map(&failure.id.name).ok());
-            if let Some(target) = target {
-                let secret = manifest.secrets.entry(target.secret.clone()).or_default();
-                secret.held.insert(target.key.clone(), Hold::Failed);
-            }
-            manifest.failures.push(failure);
+        for failure in self.failures {
+            assembly.add(Err(failure));
         }
-        for target in self.held {
-            let secret = manifest.secrets.entry(target.secret).or_default();
-            secret.held.insert(target.key, Hold::Failed);
-        }
-        for conflict in &self.conflicts {
-            let secret = manifest.secrets.entry(conflict.secret.clone()).or_default();
-            secret.held.insert(conflict.key.clone(), Hold::Conflict);
-        }
-        manifest.conflicts = self.conflicts;
-        manifest.skipped.sort_by(|a, b| a.subject.cmp(&b.subject));
-        manifest.failures.sort_by(|a, b| a.id.cmp(&b.id));
-        manifest
+        assembly
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Hold;
     use crate::manifest::{DEFAULT_NAMESPACE_EXCLUDE, SecretRef, map_name};
     use crate::secret::SecretValue;
 
@@ -430,6 +421,84 @@ mod tests {
                 value: SecretValue::new(value.as_bytes().to_vec()),
             },
         }
+    }
+
+    #[test]
+    fn a_secret_is_whole_once_its_last_item_is_in_and_not_before() {
+        let filter = NamespaceFilter::parse("", None);
+        let mut sel = Selection::of(
+            vec![
+                item("ns/app/A"),
+                item("ns/app/B"),
+                item("ns/one/K"),
+                item("ns/clash/db.pass"),
+                item("ns/clash/DB_PASS"),
+            ],
+            vec![],
+            &filter,
+            &existing(&["ns"]),
+            KeyMapping::Credsync,
+        );
+        sel.add_source(
+            vec![ready("arn:sm:only#T", "ns/sm-only/T", "sm")],
+            vec![],
+            vec![],
+        );
+        let to_decrypt = std::mem::take(&mut sel.to_decrypt);
+        let mut assembly = sel.into_assembly();
+        // Nothing to decrypt for these: a conflict, another source's value.
+        let mut whole = assembly.whole();
+        whole.sort();
+        assert_eq!(
+            whole,
+            vec![
+                SecretRef::new("ns", "clash"),
+                SecretRef::new("ns", "sm-only")
+            ]
+        );
+        let credential = |name: &str| {
+            let found = to_decrypt.iter().find(|i| i.id().name == name).unwrap();
+            Credential {
+                id: found.id().clone(),
+                value: SecretValue::new(b"v".to_vec()),
+            }
+        };
+        assert_eq!(assembly.add(Ok(credential("ns/app/A"))), None);
+        assert_eq!(
+            assembly
+                .secret(&SecretRef::new("ns", "app"))
+                .unwrap()
+                .keys
+                .len(),
+            1
+        );
+        // A failed item completes its Secret too, with its key held.
+        let failure = ItemFailure {
+            id: credential("ns/app/B").id,
+            reason: "KMS refused".into(),
+        };
+        assert_eq!(
+            assembly.add(Err(failure)),
+            Some(SecretRef::new("ns", "app"))
+        );
+        let app = assembly.secret(&SecretRef::new("ns", "app")).unwrap();
+        assert_eq!(app.held.get("B"), Some(&Hold::Failed));
+        assert_eq!(
+            assembly.add(Ok(credential("ns/one/K"))),
+            Some(SecretRef::new("ns", "one"))
+        );
+        // An item nobody selected makes nothing whole.
+        let stray = Credential {
+            id: ItemId {
+                name: "ns/other/K".into(),
+                version: "0000000000000000001".into(),
+            },
+            value: SecretValue::new(b"v".to_vec()),
+        };
+        assert_eq!(assembly.add(Ok(stray)), None);
+        let manifest = assembly.finish();
+        assert_eq!(manifest.secrets.len(), 4, "{:?}", manifest.secrets.keys());
+        assert_eq!(manifest.failures.len(), 1);
     }
 
     #[test]

@@ -317,6 +317,22 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
     plan
 }
 
+/// The change [`plan`] makes for `secret` when nothing but its own desired
+/// and live content decides it: `None` for a pinned or held-out Secret
+/// (whether a pin lifts is the whole plan's call) and for one that needs
+/// no write. What a reconcile may write before the rest of its plan is known.
+pub fn plain_change(
+    secret: &SecretRef,
+    desired: Option<&DesiredSecret>,
+    live: Option<&LiveSecret>,
+    options: DiffOptions,
+) -> Option<SecretChange> {
+    if live.is_some_and(|l| l.pinned.is_some() || l.held_out.is_some()) {
+        return None;
+    }
+    diff_secret(secret, desired, live, options).ok().flatten()
+}
+
 /// A `rollout-failure` pin holds out the item versions whose rollout
 /// failed; once the table offers anything else for the Secret, the pin
 /// lifts and that content is tried (from the first wave).

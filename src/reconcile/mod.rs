@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use crate::cluster::apply::{ApplyOptions, ApplyOutcome};
+use crate::cluster::apply::{ApplyOptions, ApplyOutcome, EarlyWrites};
 use crate::cluster::{Cluster, ClusterError};
 use crate::credstash::{CredstashSource, RawItem, SourceError};
 use crate::manifest::{KeyMapping, Manifest, NamespaceFilter, SecretRef, Selection};
@@ -19,6 +19,7 @@ use crate::source::ItemFailure;
 
 mod authors;
 use authors::Authored;
+mod early;
 mod rollback;
 mod rollouts;
 mod table_index;
@@ -54,6 +55,9 @@ pub struct Planned {
     pub manifest: Manifest,
     pub live: LiveState,
     pub plan: Plan,
+    /// Secrets written while the plan was still being read (no snapshot
+    /// had to be committed first): the apply leaves them out.
+    pub early: EarlyWrites,
 }
 
 /// The table names a `/sync` scope covers.
@@ -272,6 +276,15 @@ impl Reconciler {
 
     /// Reads the table and the cluster and computes the plan; writes nothing.
     pub async fn plan(&self) -> Result<Planned, ReconcileError> {
+        self.plan_writing_early(None).await
+    }
+
+    /// Reads and plans; with `write`, writes each Secret whose change its
+    /// own content decides as soon as its items are decrypted (see `early`).
+    async fn plan_writing_early(
+        &self,
+        write: Option<&ApplyOptions>,
+    ) -> Result<Planned, ReconcileError> {
         let started = std::time::Instant::now();
         self.progress.step(Step::Scanning);
         let (scanned, namespaces, managed) = tokio::join!(
@@ -318,12 +331,16 @@ impl Reconciler {
         // The live Secrets are read while the values are decrypted: the
         // reads need only the Secrets' names, which the selection knows.
         let desired = selection.secrets();
-        let (decrypted, live) = tokio::join!(
-            self.source.decrypt(to_decrypt),
-            self.cluster.live_state(&desired)
-        );
-        let manifest = selection.assemble(decrypted.credentials, decrypted.failures);
-        let live = live?;
+        let read = early::decrypt_and_write(
+            &self.cluster,
+            selection.into_assembly(),
+            self.source.decrypt_each(to_decrypt),
+            self.cluster.live_state(&desired),
+            write,
+        )
+        .await;
+        let manifest = read.manifest;
+        let live = read.live?;
         tracing::debug!(
             desired = manifest.secrets.len(),
             live = live.secrets.len(),
@@ -340,15 +357,18 @@ impl Reconciler {
             manifest,
             live,
             plan,
+            early: read.early,
         })
     }
 
-    /// Plans, then applies (server-side dry-run if `dry_run`).
+    /// Plans, then applies (server-side dry-run if `dry_run`). Without a
+    /// snapshot to commit first, Secrets are written while others decrypt.
     pub async fn sync(&self, dry_run: bool) -> Result<SyncReport, ReconcileError> {
-        let planned = match self.plan().await {
-            Ok(planned) => planned,
-            Err(err) => return Err(err),
-        };
+        let early = (dry_run || self.snapshot.is_none()).then(|| ApplyOptions {
+            dry_run,
+            ..self.apply.clone()
+        });
+        let planned = self.plan_writing_early(early.as_ref()).await?;
         self.commit_and_apply(planned, dry_run, None).await
     }
 
@@ -414,7 +434,7 @@ impl Reconciler {
             dry_run,
             ..self.apply.clone()
         };
-        let outcome = self.apply_and_log(&planned, &options).await;
+        let outcome = self.apply_and_log(&mut planned, &options).await;
         if !dry_run {
             self.note_rollouts(&planned.plan, &outcome, complete).await;
             self.handle_failed_waves(&planned.plan).await;
@@ -429,13 +449,19 @@ impl Reconciler {
 
     /// Writes what `planned` says (as `options` say: dry run, pins) and logs
     /// each Secret written or not: the one write of syncs and rollbacks.
-    async fn apply_and_log(&self, planned: &Planned, options: &ApplyOptions) -> ApplyOutcome {
+    async fn apply_and_log(&self, planned: &mut Planned, options: &ApplyOptions) -> ApplyOutcome {
         self.progress.step(Step::Writing {
             secrets: planned.plan.changes.len() as u64,
         });
         let outcome = self
             .cluster
-            .apply(&planned.plan, &planned.manifest, &planned.live, options)
+            .apply(
+                &planned.plan,
+                &planned.manifest,
+                &planned.live,
+                options,
+                std::mem::take(&mut planned.early),
+            )
             .await;
         for change in &outcome.written {
             tracing::info!(

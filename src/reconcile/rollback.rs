@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::rollouts::namespaces_of;
 use super::{Planned, ReconcileError, Reconciler, SyncReport};
-use crate::cluster::apply::{ApplyOptions, Pin};
+use crate::cluster::apply::{ApplyOptions, EarlyWrites, Pin};
 use crate::manifest::{DesiredSecret, Manifest, SecretRef};
 use crate::plan;
 use crate::progress::Step;
@@ -64,6 +64,7 @@ impl Reconciler {
             manifest,
             live,
             plan,
+            early: EarlyWrites::default(),
         })
     }
 
@@ -117,7 +118,7 @@ impl Reconciler {
                 "{secret} is outside the namespaces credsync writes ({why}): nothing was restored"
             )));
         }
-        let planned = self.plan_rollback(restored.into_secrets()).await?;
+        let mut planned = self.plan_rollback(restored.into_secrets()).await?;
         let options = ApplyOptions {
             dry_run,
             pin: Some(Pin {
@@ -130,7 +131,7 @@ impl Reconciler {
             }),
             ..self.apply.clone()
         };
-        let outcome = self.apply_and_log(&planned, &options).await;
+        let outcome = self.apply_and_log(&mut planned, &options).await;
         if !dry_run {
             self.note_rollouts(&planned.plan, &outcome, false).await;
         }

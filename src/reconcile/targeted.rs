@@ -11,6 +11,7 @@ use super::{
     Planned, QueryResult, ReconcileError, Reconciler, ScopeNames, SyncReport, log_findings,
     poisoned,
 };
+use crate::cluster::apply::EarlyWrites;
 use crate::credstash::RawItem;
 use crate::manifest::{SecretRef, Selection};
 use crate::plan::{self, LiveState};
@@ -132,6 +133,7 @@ impl Reconciler {
                 manifest,
                 live,
                 plan,
+                early: EarlyWrites::default(),
             },
             affected,
         )))

@@ -9,6 +9,7 @@
 
 pub mod daemon;
 pub mod flow;
+pub mod kms_hold;
 mod kubernetes;
 pub mod snap;
 pub mod workloads;
