@@ -698,31 +698,30 @@ async fn a_first_sync_of_many_secrets_lists_names_once_instead_of_a_get_each() {
     assert!(env.secret_data("bulk", "app-099").await.is_some());
 }
 
-/// Without a snapshot to commit first, a Secret is written as soon as its
-/// items are decrypted (in rounds of the apply's 8 writes): the writes of
-/// a cold sync hide behind the KMS calls of the other Secrets instead of
-/// waiting for the last one.
-#[tokio::test]
-async fn secrets_are_written_while_another_is_still_with_kms() {
-    let env = StandIns::start(&["team-a"]).await;
+/// Eight Secrets of one item each and a ninth, `zz-held`, whose Decrypt a
+/// relay holds back (one KMS call at a time, in Secret order: the ninth
+/// call is its item). Returns the Secrets that exist `grace` after the
+/// hold began (as soon as all eight do, without `grace`), whether `zz-held`
+/// did, and the finished run.
+async fn written_while_the_last_item_is_held(
+    env: &std::sync::Arc<StandIns>,
+    flags: &[&str],
+    grace: Option<std::time::Duration>,
+) -> (Vec<(String, BTreeMap<String, Vec<u8>>)>, bool, support::Run) {
     let early: Vec<String> = (1..=8).map(|i| format!("app-{i}")).collect();
     for name in &early {
-        env.put(
-            &format!("team-a/{name}/token"),
-            &format!("early-{name}-value"),
-        );
+        env.put(&format!("team-a/{name}/token"), &format!("early-{name}-value"));
     }
     env.put("team-a/zz-held/token", "held-token-value");
-    // One KMS call at a time, in Secret order: the ninth Decrypt is the
-    // last Secret's item, and the relay holds it back.
     let hold = support::kms_hold::KmsHold::start(&env.aws_endpoint, 9);
     let run = {
         let (env, kms) = (env.clone(), hold.url.clone());
+        let mut args = vec!["--kms-concurrency".to_owned(), "1".to_owned()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args.push("sync".to_owned());
         tokio::task::spawn_blocking(move || {
-            env.credsync_env(
-                &["--kms-concurrency", "1", "sync"],
-                &[("AWS_ENDPOINT_URL_KMS", &kms)],
-            )
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.credsync_env(&args, &[("AWS_ENDPOINT_URL_KMS", &kms)])
         })
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -733,32 +732,49 @@ async fn secrets_are_written_while_another_is_still_with_kms() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let mut written_meanwhile = Vec::new();
-    while written_meanwhile.len() < early.len() && std::time::Instant::now() < deadline {
-        written_meanwhile.clear();
+    let wait_until = match grace {
+        Some(grace) => std::time::Instant::now() + grace,
+        None => deadline,
+    };
+    let mut written = Vec::new();
+    loop {
+        written.clear();
         for name in &early {
             if let Some(data) = env.secret_data("team-a", name).await {
-                written_meanwhile.push((name.clone(), data));
+                written.push((name.clone(), data));
             }
+        }
+        let enough = grace.is_none() && written.len() == early.len();
+        if enough || std::time::Instant::now() > wait_until {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let held_meanwhile = env.secret_data("team-a", "zz-held").await;
+    let held_meanwhile = env.secret_data("team-a", "zz-held").await.is_some();
     hold.release();
     let run = run.await.unwrap();
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    (written, held_meanwhile, run)
+}
+
+/// Without a snapshot to commit first, Secrets are written as soon as
+/// their items are decrypted (in rounds of the apply's 8 writes): the
+/// writes of a cold sync hide behind the KMS calls of the other Secrets
+/// instead of waiting for the last one.
+#[tokio::test]
+async fn secrets_are_written_while_another_is_still_with_kms() {
+    let env = StandIns::start(&["team-a"]).await;
+    let (written, held_meanwhile, run) =
+        written_while_the_last_item_is_held(&env, &[], None).await;
     assert_eq!(
-        written_meanwhile.len(),
-        early.len(),
+        written.len(),
+        8,
         "every Secret whose item was decrypted is written while the last item is with KMS"
     );
-    for (name, data) in &written_meanwhile {
+    for (name, data) in &written {
         assert_eq!(data["TOKEN"], bytes(&format!("early-{name}-value")));
     }
-    assert!(
-        held_meanwhile.is_none(),
-        "zz-held written before its value was decrypted"
-    );
+    assert!(!held_meanwhile, "zz-held written before its value was decrypted");
     let held = env.secret_data("team-a", "zz-held").await.unwrap();
     assert_eq!(held["TOKEN"], bytes("held-token-value"));
     // Each is reported, and written, once.
@@ -769,4 +785,22 @@ async fn secrets_are_written_while_another_is_still_with_kms() {
         .map(|w| format!("{} {}", w.verb, w.request_uri))
         .collect();
     assert_eq!(writes.len(), 9, "{writes:?}");
+}
+
+/// With `--rollouts`, nothing is written before the whole plan: a sync cut
+/// short after an early write would leave the Secret written and its
+/// workloads never restarted.
+#[tokio::test]
+async fn with_rollouts_nothing_is_written_before_the_last_item_is_decrypted() {
+    let env = StandIns::start(&["team-a"]).await;
+    let (written, held_meanwhile, run) = written_while_the_last_item_is_held(
+        &env,
+        &["--rollouts"],
+        Some(std::time::Duration::from_secs(2)),
+    )
+    .await;
+    let names: Vec<&String> = written.iter().map(|(name, _)| name).collect();
+    assert!(names.is_empty() && !held_meanwhile, "{names:?}");
+    assert!(run.stdout.contains("9 to create"), "{}", run.stdout);
+    assert_eq!(env.secret_writes().len(), 9);
 }

@@ -218,8 +218,9 @@ impl Cluster {
         let result = self
             .apply_one(change, Some(&desired), live, options, &early.refused)
             .await;
-        // A lost result (poisoned lock) only means the apply writes the
-        // Secret again: it re-reads it on the conflict and finds it right.
+        // The lock is only poisoned by a panic, and a release build aborts
+        // on one; a debug build would lose this result, and the apply would
+        // find the Secret right on its re-read and not report the write.
         if let Ok(mut done) = early.done.lock() {
             done.push((secret, result));
         }

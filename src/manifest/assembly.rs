@@ -67,6 +67,13 @@ impl Assembly {
 
     /// Puts one decrypted or failed item in (a failed one holds its key, so
     /// the live value stays); returns its Secret if that made it whole.
+    ///
+    /// A failure of an item that was never selected (malformed) holds a key
+    /// without counting towards any Secret: such failures must all be in
+    /// before decryption starts ([`Selection::into_assembly`] puts them in),
+    /// or a Secret already reported whole could still change.
+    ///
+    /// [`Selection::into_assembly`]: super::Selection::into_assembly
     pub fn add(&mut self, item: Result<Credential, ItemFailure>) -> Option<SecretRef> {
         let target = match item {
             Ok(credential) => {

@@ -1,7 +1,8 @@
 //! What a reconcile decrypts and what it builds: [`Selection::of`] maps the
 //! encrypted items and decides which are worth a KMS call (bad names and
 //! filtered or absent namespaces are not, conflicts neither), and
-//! [`Selection::assemble`] builds the [`Manifest`] from what was decrypted.
+//! [`Selection::into_assembly`] starts the [`Manifest`] that decrypted items
+//! complete one by one ([`Selection::assemble`] when they are all in).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,12 +1,13 @@
-//! Decryption with the writes beside it: each Secret is written as soon as
-//! its last item is decrypted, while KMS works on the others, so a cold
+//! Decryption with the writes beside it: Secrets whose items are all
+//! decrypted are written in rounds while KMS works on the others, so a cold
 //! reconcile's writes hide behind its KMS calls instead of following them.
 //!
 //! Only when nothing must come first: with snapshots the commit precedes
-//! every write, so there the writes wait for the whole plan. And only
-//! Secrets whose change needs nothing but their own content
-//! ([`plan::plain_change`]); the apply that follows writes the rest, with
-//! the whole plan, and skips what was written here.
+//! every write, so there the writes wait for the whole plan (with
+//! `--rollouts` too, see `Reconciler::sync`). And only Secrets whose change
+//! needs nothing but their own content ([`plan::plain_change`]); the apply
+//! that follows writes the rest (a last part round among them) with the
+//! whole plan, and skips what was written here.
 
 use std::pin::pin;
 
@@ -27,8 +28,8 @@ pub(super) struct Read {
 }
 
 /// Builds `assembly` from `decrypted` while `live` is read. With `write`,
-/// a Secret whose items are all in is written at once (at most the apply's
-/// concurrency at a time) for as long as decryption goes on; what is still
+/// Secrets whose items are all in are written a round (the apply's
+/// concurrency) at a time for as long as decryption goes on; what is still
 /// waiting when the last item arrives is left to the apply.
 pub(super) async fn decrypt_and_write(
     cluster: &Cluster,

@@ -362,9 +362,13 @@ impl Reconciler {
     }
 
     /// Plans, then applies (server-side dry-run if `dry_run`). Without a
-    /// snapshot to commit first, Secrets are written while others decrypt.
+    /// snapshot to commit first, Secrets are written while others decrypt;
+    /// not with `--rollouts`: a reconcile cut short (its timeout, a
+    /// shutdown) between an early write and the apply would leave the
+    /// Secret written and its workloads' restart never made.
     pub async fn sync(&self, dry_run: bool) -> Result<SyncReport, ReconcileError> {
-        let early = (dry_run || self.snapshot.is_none()).then(|| ApplyOptions {
+        let nothing_first = dry_run || self.snapshot.is_none();
+        let early = (nothing_first && !self.apply.rollouts).then(|| ApplyOptions {
             dry_run,
             ..self.apply.clone()
         });
