@@ -710,7 +710,10 @@ async fn written_while_the_last_item_is_held(
 ) -> (Vec<(String, BTreeMap<String, Vec<u8>>)>, bool, support::Run) {
     let early: Vec<String> = (1..=8).map(|i| format!("app-{i}")).collect();
     for name in &early {
-        env.put(&format!("team-a/{name}/token"), &format!("early-{name}-value"));
+        env.put(
+            &format!("team-a/{name}/token"),
+            &format!("early-{name}-value"),
+        );
     }
     env.put("team-a/zz-held/token", "held-token-value");
     let hold = support::kms_hold::KmsHold::start(&env.aws_endpoint, 9);
@@ -764,8 +767,7 @@ async fn written_while_the_last_item_is_held(
 #[tokio::test]
 async fn secrets_are_written_while_another_is_still_with_kms() {
     let env = StandIns::start(&["team-a"]).await;
-    let (written, held_meanwhile, run) =
-        written_while_the_last_item_is_held(&env, &[], None).await;
+    let (written, held_meanwhile, run) = written_while_the_last_item_is_held(&env, &[], None).await;
     assert_eq!(
         written.len(),
         8,
@@ -774,7 +776,10 @@ async fn secrets_are_written_while_another_is_still_with_kms() {
     for (name, data) in &written {
         assert_eq!(data["TOKEN"], bytes(&format!("early-{name}-value")));
     }
-    assert!(!held_meanwhile, "zz-held written before its value was decrypted");
+    assert!(
+        !held_meanwhile,
+        "zz-held written before its value was decrypted"
+    );
     let held = env.secret_data("team-a", "zz-held").await.unwrap();
     assert_eq!(held["TOKEN"], bytes("held-token-value"));
     // Each is reported, and written, once.
