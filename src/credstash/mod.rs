@@ -204,8 +204,8 @@ impl CredstashSource {
     /// Decrypts `items` (cached ones cost no KMS call).
     pub async fn decrypt(&self, items: Vec<RawItem>) -> Decrypted {
         let mut out = Decrypted::default();
-        let results: Vec<_> = self.decrypt_each(items).collect().await;
-        for result in results {
+        let mut results = self.decrypt_each(items);
+        while let Some(result) = results.next().await {
             match result {
                 Ok(credential) => out.credentials.push(credential),
                 Err(failure) => out.failures.push(failure),

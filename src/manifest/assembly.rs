@@ -75,42 +75,39 @@ impl Assembly {
     ///
     /// [`Selection::into_assembly`]: super::Selection::into_assembly
     pub fn add(&mut self, item: Result<Credential, ItemFailure>) -> Option<SecretRef> {
+        // Each item arrives once: its target leaves the map with it (no
+        // copy per item, and the map shrinks as decryption goes on).
         let target = match item {
             Ok(credential) => {
-                let target = self.targets.get(&credential.id)?.clone();
+                let target = self.targets.remove(&credential.id)?;
                 self.manifest
                     .secrets
                     .entry(target.secret.clone())
                     .or_default()
                     .keys
                     .insert(
-                        target.key.clone(),
+                        target.key,
                         DesiredKey {
                             value: credential.value,
                             source: credential.id,
                         },
                     );
-                Some(target)
+                target.secret
             }
             Err(failure) => {
-                let selected = self.targets.get(&failure.id).cloned();
+                let selected = self.targets.remove(&failure.id);
+                let counted = selected.as_ref().map(|t| t.secret.clone());
                 // A malformed item was never selected; hold its key all the same.
-                let target = selected
-                    .clone()
-                    .or_else(|| self.mapping.map(&failure.id.name).ok());
-                if let Some(target) = &target {
-                    let secret = self
-                        .manifest
-                        .secrets
-                        .entry(target.secret.clone())
-                        .or_default();
-                    secret.held.insert(target.key.clone(), Hold::Failed);
+                let target = selected.or_else(|| self.mapping.map(&failure.id.name).ok());
+                if let Some(target) = target {
+                    let secret = self.manifest.secrets.entry(target.secret).or_default();
+                    secret.held.insert(target.key, Hold::Failed);
                 }
                 self.manifest.failures.push(failure);
-                selected
+                counted?
             }
-        }?;
-        self.arrived(target.secret)
+        };
+        self.arrived(target)
     }
 
     fn arrived(&mut self, secret: SecretRef) -> Option<SecretRef> {
