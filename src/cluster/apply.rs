@@ -494,12 +494,16 @@ fn annotations(
 ) -> BTreeMap<String, String> {
     let owned = match live {
         Some(live) => owned_after(desired, live, removed),
-        None => desired.keys.keys().cloned().collect(),
+        None => desired.keys.keys().map(|k| (k.clone(), ())).collect(),
     };
     let mut annotations = BTreeMap::from([
         (
             MANAGED_KEYS_ANNOTATION.to_owned(),
-            owned.into_iter().collect::<Vec<_>>().join(","),
+            owned
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
         ),
         (
             LAST_SYNC_ANNOTATION.to_owned(),

@@ -27,7 +27,7 @@ use crate::labels::{
 };
 use crate::manifest::SecretRef;
 use crate::metrics::Metrics;
-use crate::secret::SecretValue;
+use crate::secret::{KeySet, SecretValue};
 
 use crate::plan::{LiveSecret, LiveState};
 
@@ -50,7 +50,7 @@ impl LiveSecret {
             .map(|keys| {
                 keys.split(',')
                     .filter(|k| !k.is_empty())
-                    .map(str::to_owned)
+                    .map(|k| (k.to_owned(), ()))
                     .collect()
             })
             .unwrap_or_default();
@@ -64,7 +64,7 @@ impl LiveSecret {
                 .map(|(k, v)| (k, SecretValue::new(v.0)))
                 .collect(),
             managed,
-            owned_keys: if managed { owned_keys } else { BTreeSet::new() },
+            owned_keys: if managed { owned_keys } else { KeySet::new() },
             created_by_credsync: managed && annotations.contains_key(CREATED_ANNOTATION),
             pinned: annotations
                 .get(PINNED_ANNOTATION)

@@ -120,7 +120,7 @@ impl Decryptor {
         &self,
         items: Vec<RawItem>,
     ) -> impl futures::Stream<Item = Result<Credential, ItemFailure>> + Send + '_ {
-        futures::stream::iter(items)
+        futures::stream::iter(Draining::new(items))
             .map(|item| self.open(item))
             .buffer_unordered(self.concurrency)
     }
@@ -156,7 +156,12 @@ impl Decryptor {
         // A version the last snapshot holds: credstash never rewrites a
         // version in place, so its value is the one we decrypted then.
         let known = from_snapshot
-            .then(|| self.known.lock().ok().and_then(|mut k| k.remove(&item.id)))
+            .then(|| {
+                self.known
+                    .lock()
+                    .ok()
+                    .and_then(|mut k| take_known(&mut k, &item.id))
+            })
             .flatten();
         if let Some(value) = known {
             tracing::debug!(item = %item.id, "value from the last snapshot; no KMS call");
@@ -202,6 +207,43 @@ impl Decryptor {
     }
 }
 
+/// Takes a snapshot's value out of `known`, giving back the table's memory
+/// as it empties: a warm start's values are each used once.
+fn take_known(known: &mut HashMap<ItemId, SecretValue>, id: &ItemId) -> Option<SecretValue> {
+    let value = known.remove(id)?;
+    if known.len() < known.capacity() / 4 {
+        known.shrink_to(known.len() * 2);
+    }
+    Some(value)
+}
+
+/// Hands out a Vec's items in order while giving its buffer back as it
+/// empties: a `vec::IntoIter` keeps the whole buffer (3.6 MiB at 10,000
+/// items) until the last item is decrypted.
+struct Draining<T> {
+    /// The items not yet handed out, last first.
+    rest: Vec<T>,
+}
+
+impl<T> Draining<T> {
+    fn new(mut items: Vec<T>) -> Self {
+        items.reverse();
+        Self { rest: items }
+    }
+}
+
+impl<T> Iterator for Draining<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        let item = self.rest.pop()?;
+        if self.rest.len() < self.rest.capacity() / 4 {
+            self.rest.shrink_to(self.rest.len() * 2);
+        }
+        Some(item)
+    }
+}
+
 /// Why KMS gave no usable data key; the item fails with these words.
 #[derive(Debug, thiserror::Error)]
 enum KmsError {
@@ -233,4 +275,37 @@ fn describe_kms_error(err: SdkError<DecryptError, HttpResponse>) -> KmsError {
         }
     };
     KmsError::Refused { hint, aws }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_hands_out_every_item_in_order_and_gives_the_buffer_back() {
+        let mut items = Draining::new((0..1000).collect::<Vec<u32>>());
+        let first: Vec<u32> = items.by_ref().take(900).collect();
+        assert_eq!(first, (0..900).collect::<Vec<_>>());
+        // At most four times what is left, not the thousand it started with.
+        assert!(items.rest.capacity() <= 400, "{}", items.rest.capacity());
+        assert_eq!(items.collect::<Vec<_>>(), (900..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_known_value_is_taken_once_and_the_table_shrinks() {
+        let id = |n: u32| ItemId {
+            name: format!("ns/app/k{n}"),
+            version: "1".into(),
+        };
+        let mut known: HashMap<ItemId, SecretValue> = (0..1000)
+            .map(|n| (id(n), SecretValue::new(vec![1])))
+            .collect();
+        let capacity = known.capacity();
+        for n in 0..990 {
+            assert!(take_known(&mut known, &id(n)).is_some());
+        }
+        assert!(take_known(&mut known, &id(0)).is_none());
+        assert_eq!(known.len(), 10);
+        assert!(known.capacity() < capacity / 10, "{}", known.capacity());
+    }
 }

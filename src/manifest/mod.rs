@@ -18,7 +18,7 @@ pub use selection::Selection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::secret::SecretValue;
+use crate::secret::{KeyMap, SecretValue};
 use crate::source::{Credential, ItemFailure, ItemId};
 
 /// A Secret by namespace and name.
@@ -120,7 +120,7 @@ pub enum Hold {
 /// The keys one Secret should hold.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredSecret {
-    pub keys: BTreeMap<String, DesiredKey>,
+    pub keys: KeyMap<DesiredKey>,
     /// Keys named by the table whose live value stays untouched.
     pub held: BTreeMap<String, Hold>,
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::manifest::{Conflict, DesiredSecret, Manifest, SecretRef, Skip};
 use crate::rollout_rules::Restart;
 use crate::rotation::{FailedWave, Rolling, Settled};
-use crate::secret::SecretValue;
+use crate::secret::{KeyMap, KeySet, SecretValue};
 use crate::source::ItemFailure;
 
 /// A Secret as it lives in the cluster, reduced to what the diff needs.
@@ -16,11 +16,11 @@ use crate::source::ItemFailure;
 pub struct LiveSecret {
     pub secret: SecretRef,
     pub type_: String,
-    pub data: BTreeMap<String, SecretValue>,
+    pub data: KeyMap<SecretValue>,
     /// Labelled as managed by credsync.
     pub managed: bool,
     /// Keys the managed-keys annotation says credsync owns.
-    pub owned_keys: BTreeSet<String>,
+    pub owned_keys: KeySet,
     pub created_by_credsync: bool,
     /// The snapshot commit a rollback pinned this Secret to.
     pub pinned: Option<String>,
@@ -427,7 +427,7 @@ pub fn diff_secret(
     }
     let removed: Vec<String> = if options.prune_keys {
         live.owned_keys
-            .iter()
+            .keys()
             .filter(|k| !desired.keys.contains_key(*k) && !desired.held.contains_key(*k))
             .filter(|k| live.data.contains_key(*k))
             .cloned()
@@ -469,17 +469,13 @@ pub fn diff_secret(
 
 /// The keys credsync owns once a change is applied: the table's keys, the
 /// held keys it already owned, and owned keys kept because pruning is off.
-pub fn owned_after(
-    desired: &DesiredSecret,
-    live: &LiveSecret,
-    removed: &[String],
-) -> BTreeSet<String> {
-    let mut owned: BTreeSet<String> = desired.keys.keys().cloned().collect();
+pub fn owned_after(desired: &DesiredSecret, live: &LiveSecret, removed: &[String]) -> KeySet {
+    let mut owned: KeySet = desired.keys.keys().map(|k| (k.clone(), ())).collect();
     owned.extend(
         live.owned_keys
-            .iter()
+            .keys()
             .filter(|k| !removed.contains(k) && live.data.contains_key(*k))
-            .cloned(),
+            .map(|k| (k.clone(), ())),
     );
     owned
 }

@@ -32,9 +32,9 @@ fn live(pairs: &[(&str, &str)], owned: &[&str], created: bool) -> LiveSecret {
         data: pairs
             .iter()
             .map(|(k, v)| (k.to_string(), SecretValue::new(v.as_bytes().to_vec())))
-            .collect::<BTreeMap<_, _>>(),
+            .collect(),
         managed: !owned.is_empty() || created,
-        owned_keys: owned.iter().map(|s| s.to_string()).collect(),
+        owned_keys: owned.iter().map(|s| (s.to_string(), ())).collect(),
         created_by_credsync: created,
         pinned: None,
         resource_version: Some("7".into()),
@@ -67,7 +67,7 @@ fn a_kubestash_v2_secret_gets_merges_until_taken_over() {
     assert!(c.adopt && !c.merge_only && !c.content_changed());
     assert_eq!(
         owned_after(&d, &kv2, &c.removed),
-        BTreeSet::from(["DB.PASSWORD".to_string()])
+        KeySet::from_iter([("DB.PASSWORD".to_string(), ())])
     );
 }
 
@@ -266,8 +266,8 @@ mod properties {
     fn applied(
         change: &SecretChange,
         desired: &DesiredSecret,
-        live: &BTreeMap<String, SecretValue>,
-    ) -> Option<BTreeMap<String, SecretValue>> {
+        live: &KeyMap<SecretValue>,
+    ) -> Option<KeyMap<SecretValue>> {
         if change.action == Action::Delete {
             return None;
         }
@@ -330,10 +330,10 @@ mod properties {
             }
             let owned_before = live.as_ref().map(|l| l.owned_keys.clone()).unwrap_or_default();
             for (key, value) in &before {
-                if !owned_before.contains(key) && !desired.keys.contains_key(key) {
+                if !owned_before.contains_key(key) && !desired.keys.contains_key(key) {
                     prop_assert_eq!(after.get(key), Some(value), "a foreign key is kept");
                 }
-                if owned_before.contains(key) && !desired.keys.contains_key(key) {
+                if owned_before.contains_key(key) && !desired.keys.contains_key(key) {
                     prop_assert!(!after.contains_key(key), "an owned key is pruned");
                 }
             }
@@ -343,7 +343,7 @@ mod properties {
                 managed: true,
                 owned_keys: match &live {
                     Some(l) => owned_after(&desired, l, &change.removed),
-                    None => desired.keys.keys().cloned().collect(),
+                    None => desired.keys.keys().map(|k| (k.clone(), ())).collect(),
                 },
                 created_by_credsync: live.as_ref().is_none_or(|l| l.created_by_credsync),
                 ..self::live(&[], &[], false)

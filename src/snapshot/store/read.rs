@@ -412,7 +412,7 @@ impl SnapshotStore {
         let opened = self.open_files(&commit, &paths, identities)?;
         for (file, doc) in missing.iter().zip(opened) {
             let (_, desired) = crate::snapshot::desired(doc);
-            let values = desired.keys.into_values().map(|k| (k.source, k.value));
+            let values = desired.keys.into_iter().map(|(_, k)| (k.source, k.value));
             read.entries.insert(file.oid, values.collect());
         }
         if (!missing.is_empty() || read.stale || read.segments.len() > 1)
