@@ -45,29 +45,40 @@ pub(super) async fn scan_latest(
         (0..segments).map(|segment| scan_segment(client, table, segment, segments, metrics)),
     )
     .await?;
-    let mut latest: HashMap<String, RawItem> = HashMap::new();
+    let mut latest: Vec<RawItem> = Vec::with_capacity(pages.iter().map(Vec::len).sum());
     let mut malformed = Vec::new();
-    for item in pages.into_iter().flatten() {
-        match item {
-            Ok(raw) => match latest.get(&raw.id.name) {
-                Some(seen) if seen.id.version >= raw.id.version => {}
-                _ => {
-                    latest.insert(raw.id.name.clone(), raw);
-                }
-            },
-            Err(failure) => malformed.push(failure),
+    for page in pages {
+        for item in page {
+            match item {
+                Ok(raw) => latest.push(raw),
+                Err(failure) => malformed.push(failure),
+            }
         }
     }
+    Ok(keep_latest(latest, malformed))
+}
+
+/// Each name's greatest version (DynamoDB's string order, as `credstash
+/// get`), and the malformed items that are not older than a good one.
+fn keep_latest(mut latest: Vec<RawItem>, mut malformed: Vec<ItemFailure>) -> Scanned {
+    // Sorted by name, newest first, and cut to each name's first: the items
+    // are moved, never copied, and no name is held twice (a map by name
+    // took a copy of every name beside the items).
+    latest.sort_unstable_by(|a, b| {
+        a.id.name
+            .cmp(&b.id.name)
+            .then_with(|| b.id.version.cmp(&a.id.version))
+    });
+    latest.dedup_by(|later, first| later.id.name == first.id.name);
+    latest.shrink_to_fit();
     // A malformed old version does not matter if a newer good one exists.
     malformed.retain(|f| {
-        latest
-            .get(&f.id.name)
-            .is_none_or(|good| good.id.version < f.id.version)
+        match latest.binary_search_by(|item| item.id.name.as_str().cmp(&f.id.name)) {
+            Ok(good) => latest[good].id.version < f.id.version,
+            Err(_) => true,
+        }
     });
-    Ok(Scanned {
-        latest: latest.into_values().collect(),
-        malformed,
-    })
+    Scanned { latest, malformed }
 }
 
 /// The latest version of one name: a Query, newest first, one item. No Scan.
@@ -245,5 +256,59 @@ fn describe_table_error(err: &AwsError, denied: &str, otherwise: &str) -> TableR
     TableReadError {
         hint: hint.to_owned(),
         aws: err.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str, version: &str) -> RawItem {
+        RawItem {
+            id: ItemId {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            },
+            key: String::new(),
+            contents: String::new(),
+            hmac: Vec::new(),
+            digest: "SHA256".to_owned(),
+        }
+    }
+
+    fn broken(name: &str, version: &str) -> ItemFailure {
+        ItemFailure {
+            id: item(name, version).id,
+            reason: "item has no 'key' attribute".to_owned(),
+        }
+    }
+
+    #[test]
+    fn each_name_keeps_its_greatest_version_and_only_newer_failures() {
+        let scanned = keep_latest(
+            vec![
+                item("b", "0000000000000000001"),
+                item("a", "0000000000000000002"),
+                item("b", "0000000000000000003"),
+                item("a", "0000000000000000001"),
+                item("c", "0000000000000000001"),
+            ],
+            vec![
+                broken("a", "0000000000000000001"),
+                broken("c", "0000000000000000002"),
+                broken("d", "0000000000000000001"),
+            ],
+        );
+        let ids: Vec<String> = scanned.latest.iter().map(|i| i.id.to_string()).collect();
+        assert_eq!(
+            ids,
+            [
+                "a@0000000000000000002",
+                "b@0000000000000000003",
+                "c@0000000000000000001"
+            ]
+        );
+        let failed: Vec<String> = scanned.malformed.iter().map(|f| f.id.to_string()).collect();
+        assert_eq!(failed, ["c@0000000000000000002", "d@0000000000000000001"]);
     }
 }

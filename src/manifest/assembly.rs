@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Conflict, DesiredKey, DesiredSecret, Hold, KeyMapping, Manifest, SecretRef, Target};
+use crate::secret::KeyMap;
 use crate::source::{Credential, ItemFailure, ItemId};
 
 /// A [`Manifest`] in the making: what needs no decryption is in from the
@@ -80,18 +81,25 @@ impl Assembly {
         let target = match item {
             Ok(credential) => {
                 let target = self.targets.remove(&credential.id)?;
-                self.manifest
+                // Room for every item the Secret awaits, no more: a Vec
+                // grown by pushes holds four slots for two keys.
+                let awaited = self.pending.get(&target.secret).copied().unwrap_or(1);
+                let keys = &mut self
+                    .manifest
                     .secrets
                     .entry(target.secret.clone())
                     .or_default()
-                    .keys
-                    .insert(
-                        target.key,
-                        DesiredKey {
-                            value: credential.value,
-                            source: credential.id,
-                        },
-                    );
+                    .keys;
+                if keys.is_empty() {
+                    *keys = KeyMap::with_capacity(awaited);
+                }
+                keys.insert(
+                    target.key,
+                    DesiredKey {
+                        value: credential.value,
+                        source: credential.id,
+                    },
+                );
                 target.secret
             }
             Err(failure) => {
