@@ -284,15 +284,17 @@ impl SnapshotStore {
     /// folding its segments into one once there are many. Only with an
     /// identity: without one, nothing could read the cache back. A cache
     /// that cannot be written costs the next start time, nothing else.
-    fn remember_written(&self, repo: &Repository, tree_id: Oid, written: &[(Oid, FileValues)]) {
+    fn remember_written(&self, repo: &Repository, tree_id: Oid, written: warm::Segment) {
         let (Some(recipients), Some(identities)) =
             (&self.config.recipients, &self.config.identities)
         else {
             return;
         };
+        if written.is_empty() {
+            return;
+        }
         let cache = self.warm_cache(repo);
-        let entries: Vec<(Oid, &FileValues)> = written.iter().map(|(o, v)| (*o, v)).collect();
-        let mut result = cache.add(&entries, recipients).map(|_| ());
+        let mut result = cache.add_segment(written, recipients).map(|_| ());
         if result.is_ok() && cache.segments().len() > warm::COMPACT_AT {
             let live = repo
                 .find_tree(tree_id)
@@ -385,7 +387,7 @@ impl SnapshotStore {
                 update: TreeUpdateBuilder::new(),
                 index,
                 changed: Vec::new(),
-                written: Vec::new(),
+                written: warm::Segment::default(),
             };
             // Built file by file: what stays of a Secret once its file is
             // written is its delta, if it changed.
@@ -472,7 +474,7 @@ impl SnapshotStore {
             let message = commit_message(heading, &deltas, &foreign);
             changed.extend(foreign.into_keys());
             let commit = self.commit(repo, head.as_ref(), tree_id, &message, Some(&changed), sign)?;
-            self.remember_written(repo, tree_id, &written);
+            self.remember_written(repo, tree_id, written);
             Ok(Some(commit))
         })
     }
@@ -495,7 +497,7 @@ impl SnapshotStore {
             tree.update.upsert(job.path.as_str(), oid, FileMode::Blob);
             tree.index.insert(oid, job.fingerprint);
             if let Some(values) = job.values {
-                tree.written.push((oid, values));
+                tree.written.push(oid, &values);
             }
             tree.changed.push(job.path);
         }
@@ -664,8 +666,8 @@ struct NewTree {
     index: FingerprintIndex,
     /// Paths written or removed: what the work tree refresh checks out.
     changed: Vec<String>,
-    /// Blobs written, with their values: the warm-start cache's new entries.
-    written: Vec<(Oid, FileValues)>,
+    /// Blobs written, with their values: the warm-start cache's new segment.
+    written: warm::Segment,
 }
 
 /// A digest of everything in a file but its values, which the sources
