@@ -50,28 +50,67 @@ pub(crate) fn is_armor(enc: &str) -> bool {
         && !enc.contains(" \n")
 }
 
+/// A fresh data key wrapped for the recipients once, for the files sealed
+/// afresh together (see [`crate::seal_sharing`]).
+pub struct SharedKey {
+    key: DataKey,
+    age: Vec<AgeEntry>,
+}
+
+impl SharedKey {
+    pub fn new(recipients: &Recipients) -> Result<Self, SopsError> {
+        let key = fresh_data_key()?;
+        let age = wrap_for(&key, recipients)?;
+        Ok(Self { key, age })
+    }
+
+    /// Its key and wrapped keys, if wrapped for exactly `recipients`.
+    fn for_recipients(&self, recipients: &Recipients) -> Option<(DataKey, Vec<AgeEntry>)> {
+        let same = self.age.len() == recipients.strings.len()
+            && self
+                .age
+                .iter()
+                .zip(&recipients.strings)
+                .all(|(entry, r)| &entry.recipient == r);
+        same.then(|| (self.key.clone(), self.age.clone()))
+    }
+}
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedKey(<redacted>)")
+    }
+}
+
+fn wrap_for(key: &DataKey, recipients: &Recipients) -> Result<Vec<AgeEntry>, SopsError> {
+    recipients
+        .strings
+        .iter()
+        .zip(&recipients.parsed)
+        .map(|(text, parsed)| {
+            Ok(AgeEntry {
+                recipient: text.clone(),
+                enc: wrap_data_key(key, parsed)?,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn seal_tree(
     plain: &[(String, Node)],
     recipients: &Recipients,
     previous: Option<(&str, &Identities)>,
     lastmodified: DateTime<Utc>,
+    shared: Option<&SharedKey>,
 ) -> Result<String, SopsError> {
     let previous = previous.and_then(|(text, ids)| Previous::load(text, ids, recipients));
-    let (data_key, age) = match &previous {
-        Some(p) => (p.decrypted.data_key.clone(), p.decrypted.meta.age.clone()),
-        None => {
+    let shared = shared.and_then(|shared| shared.for_recipients(recipients));
+    let (data_key, age) = match (&previous, shared) {
+        (Some(p), _) => (p.decrypted.data_key.clone(), p.decrypted.meta.age.clone()),
+        (None, Some(shared)) => shared,
+        (None, None) => {
             let key = fresh_data_key()?;
-            let age = recipients
-                .strings
-                .iter()
-                .zip(&recipients.parsed)
-                .map(|(text, parsed)| {
-                    Ok(AgeEntry {
-                        recipient: text.clone(),
-                        enc: wrap_data_key(&key, parsed)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, SopsError>>()?;
+            let age = wrap_for(&key, recipients)?;
             (key, age)
         }
     };

@@ -366,6 +366,33 @@ fn changed_recipients_or_unreadable_previous_get_a_fresh_key() {
 }
 
 #[test]
+fn a_shared_key_serves_new_files_only_and_only_its_own_recipients() {
+    let (id1, r1) = identity();
+    let (_, r2) = identity();
+    let rs = recipients(&[&r1]);
+    let shared = SharedKey::new(&rs).expect("shared key");
+    assert!(!format!("{shared:?}").contains(&r1));
+    let key = |text: &str| decrypt_file(text, &ids(&id1)).expect("open").data_key;
+    let a = seal_sharing(&doc(), &rs, None, at(0), &shared).expect("seal");
+    let b = seal_sharing(&doc(), &rs, None, at(0), &shared).expect("seal");
+    assert_eq!(*key(&a), *key(&b));
+    assert_eq!(open(&b, &ids(&id1)).expect("open"), doc());
+    // A file with a previous version keeps that version's key.
+    let own = seal(&doc(), &rs, None, at(0)).expect("seal");
+    let mut changed = doc();
+    changed.data.insert("user".into(), value(b"root"));
+    let next =
+        seal_sharing(&changed, &rs, Some((&own, &ids(&id1))), at(60), &shared).expect("seal");
+    assert_eq!(*key(&own), *key(&next));
+    assert_ne!(*key(&next), *key(&a));
+    // Other recipients: the file gets a key of its own.
+    let wider = recipients(&[&r1, &r2]);
+    let c = seal_sharing(&doc(), &wider, None, at(0), &shared).expect("seal");
+    assert_ne!(*key(&c), *key(&a));
+    assert_eq!(open(&c, &ids(&id1)).expect("open"), doc());
+}
+
+#[test]
 fn outline_needs_no_identity() {
     let (_, r1) = identity();
     let (_, r2) = identity();
@@ -404,7 +431,7 @@ fn no_value_in_any_error() {
         "data".into(),
         Node::Map(vec![("password".into(), str_node(&format!("{SECRET}!")))]),
     ));
-    let bad = seal_tree(&tree, &rs, None, at(0)).expect("seal");
+    let bad = seal_tree(&tree, &rs, None, at(0), None).expect("seal");
     errors.push(open(&bad, &ids(&id)).expect_err("base64"));
     // Broken YAML around a value.
     errors.push(outline(&format!("data:\n  password: [{SECRET}\nsops: x\n")).expect_err("yaml"));
@@ -458,7 +485,7 @@ fn string_data_merges_and_any_path_under_data_is_encrypted() {
             ("extra".into(), str_node("plain text")),
         ]),
     ));
-    let sealed = seal_tree(&tree, &recipients(&[&r]), None, at(0)).expect("seal");
+    let sealed = seal_tree(&tree, &recipients(&[&r]), None, at(0), None).expect("seal");
     assert!(!sealed.contains("label-value") && !sealed.contains("from-string-data"));
     let opened = open(&sealed, &ids(&id)).expect("open");
     assert_eq!(opened.labels["data"], "label-value");

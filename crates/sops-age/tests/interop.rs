@@ -14,7 +14,8 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use serde_yaml::Value;
 use sops_age::{
-    ENCRYPTED_REGEX, Identities, Plaintext, Recipients, SecretDocument, open, outline, seal,
+    ENCRYPTED_REGEX, Identities, Plaintext, Recipients, SecretDocument, SharedKey, open, outline,
+    seal, seal_sharing,
 };
 
 const SECRET: &str = "hunter2-very-secret";
@@ -359,4 +360,41 @@ fn interop_sops_decrypts_with_an_ssh_identity() {
         .env("SOPS_AGE_SSH_PRIVATE_KEY_FILE", fixture("test_ed25519")));
     let got: Value = serde_yaml::from_slice(&out).expect("yaml");
     assert_eq!(got, expected_manifest(&doc()));
+}
+
+#[test]
+fn interop_sops_decrypts_files_sealed_with_a_shared_key() {
+    let sb = Sandbox::new();
+    let rs = recipients(&[&sb.recipient]);
+    let shared = SharedKey::new(&rs).expect("shared key");
+    let mut other = doc();
+    other.name = "cache".into();
+    other
+        .data
+        .insert("password".into(), value(b"another-value"));
+    let a = seal_sharing(&doc(), &rs, None, at(0), &shared).expect("seal");
+    let b = seal_sharing(&other, &rs, None, at(0), &shared).expect("seal");
+    // One wrap for both files: the same age block, each its own MAC.
+    assert_eq!(age_block(&a), age_block(&b));
+    assert_ne!(mac_of(&a), mac_of(&b));
+    for (text, want) in [(&a, doc()), (&b, other)] {
+        std::fs::write(sb.path("secret.yaml"), text).expect("write");
+        let out = sb.sops(&["-d", "secret.yaml"]);
+        let got: Value = serde_yaml::from_slice(&out).expect("sops output is YAML");
+        assert_eq!(got, expected_manifest(&want));
+    }
+}
+
+fn age_block(text: &str) -> &str {
+    let start = text.find("-----BEGIN AGE").expect("age block");
+    let end = text
+        .find("-----END AGE ENCRYPTED FILE-----")
+        .expect("age block end");
+    &text[start..end]
+}
+
+fn mac_of(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with("mac:"))
+        .expect("mac line")
 }

@@ -68,27 +68,74 @@ pub(super) fn delta(
     })
 }
 
+/// The changed Secrets of a commit, a message line each, collected while
+/// the commit is built: a line is a tenth of the memory of the
+/// [`SecretDelta`] it says (a first snapshot of 50,000 Secrets held 28 MiB
+/// of deltas).
+#[derive(Default)]
+pub(super) struct Listing {
+    created: usize,
+    updated: usize,
+    deleted: usize,
+    /// `{mark} {namespace}/{name}: {keys}`.
+    lines: Vec<String>,
+}
+
+impl Listing {
+    pub(super) fn add(&mut self, delta: Option<SecretDelta>) {
+        let Some(d) = delta else {
+            return;
+        };
+        let mark = match d.action {
+            "create" => {
+                self.created += 1;
+                '+'
+            }
+            "delete" => {
+                self.deleted += 1;
+                '-'
+            }
+            _ => {
+                self.updated += 1;
+                '~'
+            }
+        };
+        let keys = crate::manifest::marked_keys(&d.added, &d.changed, &d.removed);
+        self.lines.push(format!("{mark} {}: {keys}", d.secret));
+    }
+
+    /// In the order of the Secrets (namespace, then name), whatever order
+    /// they were added in.
+    fn sorted(mut self) -> Self {
+        // A line names its Secret right after the mark; neither a namespace
+        // nor a name holds '/', ':' or a space.
+        fn secret(line: &str) -> (&str, &str) {
+            let named = line.get(2..).unwrap_or_default();
+            let (namespace, rest) = named.split_once('/').unwrap_or((named, ""));
+            (
+                namespace,
+                rest.split_once(':').map_or(rest, |(name, _)| name),
+            )
+        }
+        self.lines.sort_by(|a, b| secret(a).cmp(&secret(b)));
+        self
+    }
+}
+
 /// The commit message: what changed, by Secret and key name, never a value.
 pub(super) fn commit_message(
     heading: &str,
-    deltas: &[SecretDelta],
+    listing: Listing,
     foreign: &trust::ForeignFiles,
 ) -> String {
-    let count = |a: &str| deltas.iter().filter(|d| d.action == a).count();
+    let listing = listing.sorted();
     let mut msg = format!(
         "credsync: {} created, {} updated, {} deleted\n\n",
-        count("create"),
-        count("update"),
-        count("delete")
+        listing.created, listing.updated, listing.deleted
     );
-    for d in deltas {
-        let mark = match d.action {
-            "create" => '+',
-            "delete" => '-',
-            _ => '~',
-        };
-        let keys = crate::manifest::marked_keys(&d.added, &d.changed, &d.removed);
-        msg.push_str(&format!("{mark} {}: {keys}\n", d.secret));
+    for line in &listing.lines {
+        msg.push_str(line);
+        msg.push('\n');
     }
     msg.push('\n');
     msg.push_str(&trust::restored_paragraph(foreign));
@@ -130,5 +177,29 @@ mod tests {
         assert_eq!(delta(&secret, None, Some(&new)).unwrap().action, "create");
         assert_eq!(delta(&secret, Some(&old), None).unwrap().action, "delete");
         assert!(delta(&secret, Some(&old), Some(&old)).is_none());
+    }
+
+    #[test]
+    fn the_listing_is_in_secret_order_whatever_the_order_added() {
+        let keys = sources(&[("A", "x@1")]);
+        let mut listing = Listing::default();
+        for (ns, name, old) in [
+            ("a", "z", None),
+            ("a-x", "c", None),
+            ("a", "b", Some(&keys)),
+            ("a", "b-1", None),
+        ] {
+            let secret = SecretRef::new(ns, name);
+            let new = old.is_none().then_some(&keys);
+            listing.add(delta(&secret, old, new));
+        }
+        listing.add(None);
+        let message = commit_message("heading", listing, &trust::ForeignFiles::new());
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines[0], "credsync: 3 created, 0 updated, 1 deleted");
+        assert_eq!(
+            &lines[2..6],
+            ["- a/b: -A", "+ a/b-1: +A", "+ a/z: +A", "+ a-x/c: +A"]
+        );
     }
 }

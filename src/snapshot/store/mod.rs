@@ -74,7 +74,7 @@ pub struct CommitInfo {
 }
 
 pub use changes::SecretDelta;
-use changes::{commit_message, delta};
+use changes::{Listing, commit_message, delta};
 
 /// A Secret at a revision, readable without any identity.
 #[derive(Debug, Clone)]
@@ -391,7 +391,7 @@ impl SnapshotStore {
             };
             // Built file by file: what stays of a Secret once its file is
             // written is its delta, if it changed.
-            let mut deltas = Vec::new();
+            let mut listing = Listing::default();
             let caching = self.config.identities.is_some();
             let mut jobs: Vec<SealJob> = Vec::new();
             for (secret, desired) in secrets {
@@ -414,7 +414,7 @@ impl SnapshotStore {
                     .as_ref()
                     .and_then(|old| self.sources_of(repo, old))
                     .map(|sources| parse_sources(Some(&sources)));
-                deltas.extend(delta(secret, old_sources.as_ref(), Some(&new_sources)));
+                listing.add(delta(secret, old_sources.as_ref(), Some(&new_sources)));
                 if let Some(old) = &old {
                     tree.index.forget(&old.oid);
                 }
@@ -459,7 +459,7 @@ impl SnapshotStore {
                 update.remove(gone.path.as_str());
                 changed.push(gone.path.clone());
                 let old_sources = parse_sources(self.sources_of(repo, gone).as_ref());
-                deltas.extend(delta(secret, Some(&old_sources), None));
+                listing.add(delta(secret, Some(&old_sources), None));
             }
             let tree_id = update
                 .create_updated(repo, &base_tree)
@@ -470,8 +470,7 @@ impl SnapshotStore {
             if tree_id == head_tree {
                 return Ok(None);
             }
-            deltas.sort_by(|a, b| a.secret.cmp(&b.secret));
-            let message = commit_message(heading, &deltas, &foreign);
+            let message = commit_message(heading, listing, &foreign);
             changed.extend(foreign.into_keys());
             let commit = self.commit(repo, head.as_ref(), tree_id, &message, Some(&changed), sign)?;
             self.remember_written(repo, tree_id, written);

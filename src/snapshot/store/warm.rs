@@ -233,10 +233,11 @@ impl Default for Segment {
 impl Segment {
     /// Adds the values of the file stored as blob `oid`.
     pub(super) fn push(&mut self, oid: Oid, values: &FileValues) {
-        let size = 24 + values
-            .iter()
-            .map(|(id, v)| 12 + id.name.len() + id.version.len() + v.expose().len())
-            .sum::<usize>();
+        let size = 24
+            + values
+                .iter()
+                .map(|(id, v)| 12 + id.name.len() + id.version.len() + v.expose().len())
+                .sum::<usize>();
         // Grown by hand: a Vec growing itself frees its old buffer
         // without zeroing it, and that buffer holds values.
         if self.plain.capacity() - self.plain.len() < size {
