@@ -38,7 +38,8 @@ const LIST_INSTEAD_OF_GETS: usize = 64;
 pub use crate::secret::MAX_SECRET_BYTES;
 
 impl LiveSecret {
-    fn from_k8s(secret: Secret) -> Option<Self> {
+    /// The Secret's name and what the diff needs of it; None without a name.
+    fn from_k8s(secret: Secret) -> Option<(SecretRef, Self)> {
         let meta = secret.metadata;
         let namespace = meta.namespace?;
         let name = meta.name?;
@@ -48,14 +49,16 @@ impl LiveSecret {
         let owned_keys = annotations
             .get(MANAGED_KEYS_ANNOTATION)
             .map(|keys| {
-                keys.split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(|k| (k.to_owned(), ()))
-                    .collect()
+                // Sized to fit: a set grown by inserts holds four for two.
+                let keys = || keys.split(',').filter(|k| !k.is_empty());
+                let mut owned = KeySet::with_capacity(keys().count());
+                for key in keys() {
+                    owned.insert(key.to_owned(), ());
+                }
+                owned
             })
             .unwrap_or_default();
-        Some(Self {
-            secret: SecretRef::new(namespace, name),
+        let live = Self {
             type_: secret.type_.unwrap_or_else(|| "Opaque".to_owned()),
             data: secret
                 .data
@@ -85,7 +88,8 @@ impl LiveSecret {
                 .get(HELD_OUT_ANNOTATION)
                 .filter(|_| managed && annotations.contains_key(PINNED_ANNOTATION))
                 .cloned(),
-        })
+        };
+        Some((SecretRef::new(namespace, name), live))
     }
 }
 
@@ -441,8 +445,8 @@ impl Cluster {
                     async move { api.list(&params).await }
                 },
                 |secret| {
-                    if let Some(secret) = LiveSecret::from_k8s(secret) {
-                        state.secrets.insert(secret.secret.clone(), secret);
+                    if let Some((name, secret)) = LiveSecret::from_k8s(secret) {
+                        state.secrets.insert(name, secret);
                     }
                 },
             )
@@ -461,15 +465,18 @@ impl Cluster {
             let existing = self.existing_secrets().await?;
             unmanaged.retain(|secret| existing.contains(secret));
         }
-        let fetched: Vec<Result<Option<LiveSecret>, ClusterError>> =
+        let fetched: Vec<(SecretRef, Result<Option<LiveSecret>, ClusterError>)> =
             futures::stream::iter(unmanaged)
-                .map(|secret| async move { self.get(&secret).await })
+                .map(|secret| async move {
+                    let found = self.get(&secret).await;
+                    (secret, found)
+                })
                 .buffer_unordered(READ_CONCURRENCY)
                 .collect()
                 .await;
-        for secret in fetched {
+        for (name, secret) in fetched {
             if let Some(secret) = secret? {
-                state.secrets.insert(secret.secret.clone(), secret);
+                state.secrets.insert(name, secret);
             }
         }
         Ok(state)
@@ -483,7 +490,9 @@ impl Cluster {
             .get_opt(&secret.name)
             .await
             .map_err(|e| api_error(&format!("reading Secret {secret}"), e))?;
-        Ok(found.and_then(LiveSecret::from_k8s))
+        Ok(found
+            .and_then(LiveSecret::from_k8s)
+            .map(|(_, secret)| secret))
     }
 }
 

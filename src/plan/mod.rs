@@ -13,8 +13,9 @@ use crate::source::ItemFailure;
 
 /// A Secret as it lives in the cluster, reduced to what the diff needs.
 #[derive(Debug, Clone)]
+/// Its name is its key in [`LiveState::secrets`] (not kept twice: a sync
+/// holds one of these for every Secret).
 pub struct LiveSecret {
-    pub secret: SecretRef,
     pub type_: String,
     pub data: KeyMap<SecretValue>,
     /// Labelled as managed by credsync.
@@ -262,9 +263,9 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
     let mut subjects: BTreeSet<&SecretRef> = manifest.secrets.keys().collect();
     subjects.extend(
         live.secrets
-            .values()
-            .filter(|s| s.managed && manifest.in_scope(&s.secret.namespace))
-            .map(|s| &s.secret),
+            .iter()
+            .filter(|(name, s)| s.managed && manifest.in_scope(&name.namespace))
+            .map(|(name, _)| name),
     );
     for secret in subjects {
         let live_secret = live.secrets.get(secret);
@@ -288,7 +289,7 @@ pub fn plan(manifest: &Manifest, live: &LiveState, options: DiffOptions) -> Plan
         }
         let desired = manifest.secrets.get(secret);
         if let (Some(live), Some(desired)) = (live_secret, desired) {
-            note_kubestash_v2(&mut plan, live, desired, options);
+            note_kubestash_v2(&mut plan, secret, live, desired, options);
         }
         match diff_secret(secret, desired, live_secret, options) {
             Ok(Some(change)) => {
@@ -349,13 +350,14 @@ fn released_hold(live: Option<&LiveSecret>, desired: Option<&DesiredSecret>) -> 
 /// Lists a Secret Kubestash-V2 wrote, with the keys a take-over makes credsync's.
 fn note_kubestash_v2(
     plan: &mut Plan,
+    secret: &SecretRef,
     live: &LiveSecret,
     desired: &DesiredSecret,
     options: DiffOptions,
 ) {
     if live.kubestash_v2 && !live.managed && !desired.keys.is_empty() {
         plan.kubestash_v2.push(KubestashV2Secret {
-            secret: live.secret.clone(),
+            secret: secret.clone(),
             taken_over: options.adopt_kubestash_v2,
             keys: desired.keys.keys().cloned().collect(),
         });

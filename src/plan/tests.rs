@@ -27,7 +27,6 @@ fn desired(pairs: &[(&str, &str)]) -> DesiredSecret {
 
 fn live(pairs: &[(&str, &str)], owned: &[&str], created: bool) -> LiveSecret {
     LiveSecret {
-        secret: sref(),
         type_: "Opaque".into(),
         data: pairs
             .iter()

@@ -456,8 +456,9 @@ impl SnapshotStore {
             // Files of Secrets no longer desired.
             for (secret, gone) in &before {
                 index.forget(&gone.oid);
-                update.remove(gone.path.as_str());
-                changed.push(gone.path.clone());
+                let path = self.file_path(secret);
+                update.remove(path.as_str());
+                changed.push(path);
                 let old_sources = parse_sources(self.sources_of(repo, gone).as_ref());
                 listing.add(delta(secret, Some(&old_sources), None));
             }

@@ -19,8 +19,9 @@ use crate::labels::SOURCES_ANNOTATION;
 use crate::manifest::SecretRef;
 
 /// A file of the last snapshot, as `record` compares it with the new state.
+/// Its path is the Secret's (`SnapshotStore::file_path`): not kept, since
+/// `record` holds one of these for every Secret at once.
 pub(super) struct RecordedFile {
-    pub(super) path: String,
     pub(super) oid: Oid,
     /// The sources annotation as written, when the file was parsed; `record`
     /// reads it with [`SnapshotStore::sources_of`] for changed files only.
@@ -123,7 +124,6 @@ impl SnapshotStore {
                 continue;
             }
             let mut recorded = RecordedFile {
-                path: file.path,
                 oid: file.oid,
                 sources: None,
                 fingerprint: None,
@@ -150,7 +150,7 @@ impl SnapshotStore {
                 Ok(None) => {}
                 Err(reason) => UnreadableFile {
                     secret: file.secret.clone(),
-                    path: recorded.path.clone(),
+                    path: file.path,
                     reason: crate::text::one_line(&crate::errors::chain(&reason), 500),
                 }
                 .warn(REWRITTEN),
