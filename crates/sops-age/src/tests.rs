@@ -377,6 +377,26 @@ fn a_shared_key_serves_new_files_only_and_only_its_own_recipients() {
     let b = seal_sharing(&doc(), &rs, None, at(0), &shared).expect("seal");
     assert_eq!(*key(&a), *key(&b));
     assert_eq!(open(&b, &ids(&id1)).expect("open"), doc());
+    // A value spliced from one file into another under the same key name
+    // decrypts, but the file's MAC no longer matches: refused.
+    let mut other = doc();
+    other
+        .data
+        .insert("password".into(), value(b"another-password"));
+    let c = seal_sharing(&other, &rs, None, at(0), &shared).expect("seal");
+    let password = |text: &str| {
+        lines(text)
+            .into_iter()
+            .find(|l| l.starts_with("    password:"))
+            .map(str::to_owned)
+            .expect("password line")
+    };
+    let spliced = a.replace(&password(&a), &password(&c));
+    assert_ne!(spliced, a);
+    assert!(matches!(
+        open(&spliced, &ids(&id1)),
+        Err(SopsError::MacMismatch)
+    ));
     // A file with a previous version keeps that version's key.
     let own = seal(&doc(), &rs, None, at(0)).expect("seal");
     let mut changed = doc();
