@@ -28,12 +28,7 @@ impl Previous {
     ) -> Option<Self> {
         let decrypted = decrypt_file(text, identities).ok()?;
         let meta = &decrypted.meta;
-        let same_recipients = meta.age.len() == recipients.strings.len()
-            && meta
-                .age
-                .iter()
-                .zip(&recipients.strings)
-                .all(|(entry, r)| &entry.recipient == r);
+        let same_recipients = wrapped_for(&meta.age, recipients);
         let emittable =
             meta.age.iter().all(|entry| is_armor(&entry.enc)) && parse_enc(&meta.mac).is_some();
         (same_recipients && emittable && meta.is_credsync_layout()).then_some(Self { decrypted })
@@ -66,14 +61,17 @@ impl SharedKey {
 
     /// Its key and wrapped keys, if wrapped for exactly `recipients`.
     fn for_recipients(&self, recipients: &Recipients) -> Option<(DataKey, Vec<AgeEntry>)> {
-        let same = self.age.len() == recipients.strings.len()
-            && self
-                .age
-                .iter()
-                .zip(&recipients.strings)
-                .all(|(entry, r)| &entry.recipient == r);
-        same.then(|| (self.key.clone(), self.age.clone()))
+        wrapped_for(&self.age, recipients).then(|| (self.key.clone(), self.age.clone()))
     }
+}
+
+/// Whether `age` wraps a key for exactly `recipients`, in their order.
+fn wrapped_for(age: &[AgeEntry], recipients: &Recipients) -> bool {
+    age.len() == recipients.strings.len()
+        && age
+            .iter()
+            .zip(&recipients.strings)
+            .all(|(entry, r)| &entry.recipient == r)
 }
 
 impl std::fmt::Debug for SharedKey {

@@ -75,13 +75,7 @@ pub fn seal(
     previous: Option<(&str, &Identities)>,
     lastmodified: DateTime<Utc>,
 ) -> Result<String, SopsError> {
-    encrypt::seal_tree(
-        &document::manifest_tree(doc),
-        recipients,
-        previous,
-        lastmodified,
-        None,
-    )
+    seal_document(doc, recipients, previous, lastmodified, None)
 }
 
 /// [`seal`], but a file without a usable `previous` takes `shared`'s data
@@ -99,13 +93,18 @@ pub fn seal_sharing(
     lastmodified: DateTime<Utc>,
     shared: &SharedKey,
 ) -> Result<String, SopsError> {
-    encrypt::seal_tree(
-        &document::manifest_tree(doc),
-        recipients,
-        previous,
-        lastmodified,
-        Some(shared),
-    )
+    seal_document(doc, recipients, previous, lastmodified, Some(shared))
+}
+
+fn seal_document(
+    doc: &SecretDocument,
+    recipients: &Recipients,
+    previous: Option<(&str, &Identities)>,
+    lastmodified: DateTime<Utc>,
+    shared: Option<&SharedKey>,
+) -> Result<String, SopsError> {
+    let tree = document::manifest_tree(doc);
+    encrypt::seal_tree(&tree, recipients, previous, lastmodified, shared)
 }
 
 /// Decrypts a SOPS file (written by this crate or by `sops -e`) and checks
