@@ -34,9 +34,14 @@ pub(super) fn seal_all(
 ) -> Vec<Result<String, SnapshotError>> {
     let now = chrono::Utc::now();
     // New files of the batch share one data key, wrapped once (see
-    // `sops_age::seal_sharing`); without one (no randomness), each file
-    // tries for its own and reports why it failed.
-    let shared = sops::SharedKey::new(recipients).ok();
+    // `sops_age::seal_sharing`); a batch of changed files (a put's commit)
+    // or of one new file has nothing to share and wraps nothing extra.
+    // Without a shared key (no randomness), each file tries for its own and
+    // reports why it failed.
+    let new_files = jobs.iter().filter(|job| job.old_text.is_none()).count();
+    let shared = (new_files > 1)
+        .then(|| sops::SharedKey::new(recipients).ok())
+        .flatten();
     let seal = |job: &SealJob| {
         let previous = job.old_text.as_deref().zip(identities);
         match &shared {
