@@ -60,7 +60,7 @@ fuzz_target!(|item: Item| {
     let Ok(raw) = RawItem::from_attributes(attributes) else {
         return;
     };
-    let Ok(envelope) = Envelope::decode(&raw.key, &raw.contents, &raw.hmac, &raw.digest) else {
+    let Ok(envelope) = Envelope::decode(&raw.key, &raw.contents, &raw.hmac, raw.digest()) else {
         return;
     };
     let key = DataKey::new(item.data_key.to_vec()).expect("64 bytes");

@@ -34,8 +34,8 @@ impl CacheKey {
         for part in [
             item.key.as_bytes(),
             item.contents.as_bytes(),
-            item.hmac.as_slice(),
-            item.digest.as_bytes(),
+            &item.hmac,
+            item.digest().as_bytes(),
         ] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
@@ -168,12 +168,12 @@ impl Decryptor {
             self.remember_read(&item.id.name, key, &value);
             return Ok(Credential { id: item.id, value });
         }
-        tracing::debug!(item = %item.id, digest = %item.digest, "decrypting");
+        tracing::debug!(item = %item.id, digest = item.digest(), "decrypting");
         let fail = |reason: String| ItemFailure {
             id: item.id.clone(),
             reason,
         };
-        let envelope = Envelope::decode(&item.key, &item.contents, &item.hmac, &item.digest)
+        let envelope = Envelope::decode(&item.key, &item.contents, &item.hmac, item.digest())
             .map_err(|e| fail(e.to_string()))?;
         let data_key = self
             .decrypt_data_key(envelope.wrapped_key.clone())

@@ -97,10 +97,10 @@ mod tests {
                 name: name.to_owned(),
                 version: "0000000000000000001".to_owned(),
             },
-            key: String::new(),
-            contents: String::new(),
-            hmac: Vec::new(),
-            digest: "SHA256".to_owned(),
+            key: "".into(),
+            contents: "".into(),
+            hmac: Box::default(),
+            other_digest: None,
         }
     }
 
