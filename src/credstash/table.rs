@@ -199,7 +199,7 @@ async fn scan_segment(
 }
 
 impl RawItem {
-    /// Reads an item as DynamoDB returned it (its strings move, not copied);
+    /// Reads an item as DynamoDB returned it (its strings move, boxed);
     /// anything credstash would not have written is an [`ItemFailure`]
     /// naming the missing attribute.
     pub fn from_attributes(item: HashMap<String, AttributeValue>) -> Result<Self, ItemFailure> {
@@ -336,6 +336,66 @@ mod tests {
         no_key.remove("key");
         let failure = RawItem::from_attributes(no_key).unwrap_err();
         assert!(failure.reason.contains("'key'"), "{}", failure.reason);
+    }
+
+    #[test]
+    fn cutting_each_segment_first_gives_what_one_cut_of_the_whole_table_gives() {
+        // A name whose versions (and a newer broken one) sit in two
+        // segments, as a store that spread them would return.
+        let items = || {
+            (
+                vec![
+                    item("a", "0000000000000000003"),
+                    item("b", "0000000000000000001"),
+                ],
+                vec![
+                    item("a", "0000000000000000001"),
+                    item("b", "0000000000000000004"),
+                ],
+            )
+        };
+        let failures = || {
+            (
+                vec![broken("b", "0000000000000000002")],
+                vec![
+                    broken("a", "0000000000000000004"),
+                    broken("c", "0000000000000000001"),
+                ],
+            )
+        };
+        let ids = |scanned: &Scanned| {
+            let latest: Vec<String> = scanned.latest.iter().map(|i| i.id.to_string()).collect();
+            let failed: Vec<String> = scanned.malformed.iter().map(|f| f.id.to_string()).collect();
+            (latest, failed)
+        };
+        let ((first, second), (first_bad, second_bad)) = (items(), failures());
+        let whole = keep_latest(
+            first.into_iter().chain(second).collect(),
+            first_bad.into_iter().chain(second_bad).collect(),
+        );
+        let ((first, second), (first_bad, second_bad)) = (items(), failures());
+        let (one, two) = (
+            keep_latest(first, first_bad),
+            keep_latest(second, second_bad),
+        );
+        let merged = keep_latest(
+            one.latest.into_iter().chain(two.latest).collect(),
+            one.malformed.into_iter().chain(two.malformed).collect(),
+        );
+        assert_eq!(ids(&merged), ids(&whole));
+        assert_eq!(
+            ids(&whole),
+            (
+                vec![
+                    "a@0000000000000000003".to_owned(),
+                    "b@0000000000000000004".to_owned()
+                ],
+                vec![
+                    "a@0000000000000000004".to_owned(),
+                    "c@0000000000000000001".to_owned()
+                ],
+            )
+        );
     }
 
     #[test]

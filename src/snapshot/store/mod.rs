@@ -114,12 +114,6 @@ impl SnapshotStore {
                 "it names the snapshot directory: no '/', not empty, not starting with '.'",
             ));
         }
-        // Trees and commits name only objects this store has just written
-        // or read from a tree it holds: libgit2's check that each exists (an
-        // open and inflate of every loose blob a new tree names) cost a
-        // first commit one more file read per Secret. Reads still verify
-        // every object's hash, so nothing read is trusted less.
-        git2::opts::strict_object_creation(false);
         let repo = match Repository::open(path) {
             Ok(repo) => repo,
             Err(e)
