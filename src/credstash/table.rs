@@ -321,21 +321,23 @@ mod tests {
     }
 
     #[test]
-    fn an_item_keeps_its_fields_and_names_a_digest_only_when_not_the_default() {
-        let plain = RawItem::from_attributes(stored(None)).unwrap();
+    fn an_item_keeps_its_fields_and_names_a_digest_only_when_not_the_default()
+    -> Result<(), ItemFailure> {
+        let plain = RawItem::from_attributes(stored(None))?;
         assert_eq!(plain.id.to_string(), "app.db@0000000000000000001");
         assert_eq!((&*plain.key, &*plain.contents), ("a2V5", "Y29udGVudHM="));
         assert_eq!(&*plain.hmac, b"00ff");
         assert_eq!(plain.digest(), "SHA256");
         assert_eq!(plain.other_digest, None);
-        let named_default = RawItem::from_attributes(stored(Some("SHA256"))).unwrap();
+        let named_default = RawItem::from_attributes(stored(Some("SHA256")))?;
         assert_eq!(named_default.other_digest, None);
-        let other = RawItem::from_attributes(stored(Some("SHA512"))).unwrap();
+        let other = RawItem::from_attributes(stored(Some("SHA512")))?;
         assert_eq!(other.digest(), "SHA512");
         let mut no_key = stored(None);
         no_key.remove("key");
         let failure = RawItem::from_attributes(no_key).unwrap_err();
         assert!(failure.reason.contains("'key'"), "{}", failure.reason);
+        Ok(())
     }
 
     #[test]
